@@ -1,0 +1,65 @@
+"""`ddk-fast` command line. Each subcommand parses flags and calls the Python API; no logic lives here."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ddk_fast._version import __version__
+
+
+class UserError(Exception):
+    """Bad input from the user: printed as one line, exit status 2."""
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from ddk_fast.doctor import collect, format_report
+
+    report = collect()
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ddk-fast",
+        description="Compress fine-tuned BERT-family models by structured pruning + knowledge distillation.",
+    )
+    parser.add_argument("--version", action="version", version=f"ddk-fast {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    doctor = sub.add_parser("doctor", help="versions, built extension, and which fast path each op uses")
+    doctor.add_argument("--json", action="store_true", help="print the report as JSON")
+    doctor.set_defaults(func=_cmd_doctor)
+    _register_optional(sub)
+    return parser
+
+
+def _register_optional(sub) -> None:
+    """Subcommands that live in their own modules register themselves here."""
+    import importlib
+
+    for module in ("ddk_fast.train.commands", "ddk_fast.bench.commands"):
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            continue
+        mod.register(sub)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        print(f"ddk-fast {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
