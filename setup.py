@@ -8,7 +8,7 @@ import os
 import shutil
 import sys
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -57,20 +57,9 @@ def _extensions():
 ext_modules, cmdclass = _extensions()
 
 setup(
-    packages=[
-        "ddk_fast",
-        "ddk_fast.ops",
-        "ddk_fast.model",
-        "ddk_fast.search",
-        "ddk_fast.distill",
-        "ddk_fast.data",
-        "ddk_fast.train",
-        "ddk_fast.export",
-        "ddk_fast.bench",
-        "ddk_fast.kernels",
-    ],
+    packages=find_packages(include=["ddk_fast", "ddk_fast.*"]) + ["ddk_fast.kernels"],
     package_dir={"ddk_fast.kernels": "kernels"},
-    package_data={"ddk_fast.export": ["*.py.txt"]},
+    package_data={"ddk_fast": ["**/*.txt", "**/*.json"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

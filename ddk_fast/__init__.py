@@ -2,8 +2,24 @@
 
 Importing this package never touches a GPU or compiles a kernel; heavy submodules load on first use.
 """
+import importlib
+
 import torch as _torch  # noqa: F401 - loads libtorch before the compiled extension can be imported
 
 from ddk_fast._version import __version__
 
-__all__ = ["__version__"]
+_LAZY = {
+    "compress": "ddk_fast.train.api",
+    "finetune": "ddk_fast.train.api",
+    "evaluate": "ddk_fast.train.api",
+    "load_pruned": "ddk_fast.export",
+    "MaskedTransformer": "ddk_fast.model",
+}
+
+__all__ = ["__version__", *sorted(_LAZY)]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'ddk_fast' has no attribute {name!r}")
