@@ -1,0 +1,41 @@
+"""GLUE and plain-text data: loading, validation, tokenisation, batching, official metrics.
+
+API summary (everything below is importable from ``ddk_fast.data``)
+
+Tasks
+- ``GLUE_TASKS: dict[str, TaskSpec]`` keyed by the ``datasets`` config name:
+  cola sst2 mrpc stsb qqp mnli qnli rte wnli.
+- ``get_task(name) -> TaskSpec``; raises ``DataError`` listing the valid names.
+  ``TaskSpec`` fields: ``name, glue_dir`` ("CoLA", "SST-2", ...), ``hub_columns`` (text_a, text_b|None),
+  ``num_labels`` (stsb: 1), ``is_regression``, ``label_names``, ``splits`` (train, validation /
+  mnli: validation_matched, validation_mismatched), ``eval_splits``, ``metric_names``, ``main_metric``.
+- ``DataError(ValueError)``: one-line message naming the file, line number and problem.
+
+Loading
+- ``load_task(task, split="train", data_dir=None, max_examples=None, seed=0) -> list[Example]``
+  ``Example(text_a: str, text_b: str | None, label: int | float)`` (frozen dataclass; float for stsb).
+  data_dir=None: ``datasets.load_dataset("nyu-mll/glue", task, split=...)``; otherwise a folder holding
+  task subfolders (``data_dir/MRPC/dev.tsv``) or the task folder itself. "validation" reads dev.tsv
+  (mnli: "validation" means validation_matched). ``max_examples`` keeps a seeded random subset in file order.
+
+Tokenisation and batching
+- ``encode(examples, tokenizer, max_length=128) -> EncodedDataset`` (a torch Dataset of unpadded
+  examples; ``len()``, ``[i] -> dict``, ``.lengths``, ``.pad_token_id``, ``.is_regression``).
+- ``collate(features, pad_token_id=0) -> dict[str, Tensor]``: pads to the longest sequence in the batch.
+  Batch keys: ``input_ids`` [B, T] long, ``attention_mask`` [B, T] long, ``token_type_ids`` [B, T] long,
+  ``labels`` [B] (long for classification, float32 for stsb).
+- ``make_dataloader(encoded, batch_size, shuffle=False, seed=0, drop_last=False, sampler=None,
+  sort_by_length=False, num_workers=0) -> torch.utils.data.DataLoader``; the same seed gives the same
+  batches; ``sampler`` may be a DistributedSampler (then shuffling is the sampler's job);
+  ``sort_by_length`` groups similar lengths within buckets (less padding, faster eval).
+  Call ``set_loader_epoch(loader, epoch)`` each epoch to reshuffle deterministically.
+
+Metrics
+- ``compute_metrics(task, predictions, labels) -> dict[str, float]``: the task's official metrics
+  (cola: mcc; sst2/qnli/rte/wnli/mnli: accuracy; mrpc/qqp: f1, accuracy; stsb: pearson, spearman)
+  plus ``score`` (their mean). ``predictions``: logits [N, C] or class ids [N] (stsb: floats [N] or
+  [N, 1]). ``get_task(task).main_metric`` names the metric to select checkpoints by.
+
+Plain-text LM data
+- ``load_text_lm(path, tokenizer, block_size, max_blocks=None) -> Tensor`` [n_blocks, block_size] long.
+"""
