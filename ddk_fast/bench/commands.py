@@ -1,0 +1,33 @@
+"""`ddk-fast benchmark`: run the suites and print ratio tables."""
+from __future__ import annotations
+
+import argparse
+
+
+def _cmd_benchmark(args: argparse.Namespace) -> int:
+    from ddk_fast.bench.runner import run_suite
+    from ddk_fast.cli import UserError
+
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda asked for, but torch sees no CUDA device")
+    try:
+        md, out = run_suite(device=args.device, quick=args.quick, output=args.output, bench_dir=args.bench_dir,
+                            select=args.select)
+    except FileNotFoundError as exc:
+        raise UserError(str(exc)) from exc
+    print(md)
+    print(f"results written to {out}")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("benchmark", help="time the fast paths against the pure-PyTorch paths (ratio tables)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--quick", action="store_true", help="small shapes, one round each (under 3 minutes on CPU)")
+    p.add_argument("--output", default=None, help="folder for results.json/md/png (default benchmarks/results/<device>)")
+    p.add_argument("--bench-dir", default=None, help="folder of pytest-benchmark suites (default: the source tree's)")
+    p.add_argument("-k", "--select", default=None, help="pytest -k expression to run a subset")
+    p.set_defaults(func=_cmd_benchmark)

@@ -1,0 +1,34 @@
+"""What every benchmark records, so one reporter can turn any suite into ratio tables.
+
+Each timed case calls :func:`tag` with the subject (op or workload), the provider (the path being
+timed), the mode (fwd, fwd+bwd, step, infer), the keep ratio and a shape string. Cases that share
+everything but the provider form one comparison row; the baseline provider of the row is the
+pure-PyTorch path ("reference", or stock "transformers" for inference).
+"""
+from __future__ import annotations
+
+import os
+
+BASELINES = ("reference", "transformers", "eager")
+QUICK_ENV = "DDK_BENCH_QUICK"
+DEVICE_ENV = "DDK_BENCH_DEVICE"
+
+
+def quick() -> bool:
+    """True when the suite should run its small, fast subset (``ddk-fast benchmark --quick``)."""
+    return os.environ.get(QUICK_ENV, "0") not in ("", "0")
+
+
+def bench_device() -> str:
+    return os.environ.get(DEVICE_ENV, "cpu")
+
+
+def tag(benchmark, subject: str, provider: str, mode: str, keep: float | None = None, shape: str = "",
+        peak_mem_bytes: int | None = None, **extra) -> None:
+    """Attach the comparison keys to a pytest-benchmark case and group it with its siblings."""
+    keep_txt = "" if keep is None else f" keep={keep:g}"
+    benchmark.group = f"{subject} {mode}{keep_txt} {shape}".strip()
+    benchmark.extra_info.update(subject=subject, provider=provider, mode=mode, keep=keep, shape=shape,
+                                device=bench_device(), **extra)
+    if peak_mem_bytes is not None:
+        benchmark.extra_info["peak_mem_bytes"] = int(peak_mem_bytes)
