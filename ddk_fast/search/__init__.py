@@ -1,0 +1,65 @@
+"""Differentiable structure search: how many attention heads and FFN channels each layer keeps.
+
+Pure PyTorch modules on tensors; no model and no training loop live here.
+
+Cost (``cost.py``)
+    ``CostModel(hidden, head_dim, num_heads: list[int], intermediate: list[int], seq_len=128,
+    metric="params"|"flops")`` -- exact encoder cost counted from shapes.
+    ``.attention_cost(heads)``, ``.ffn_cost(channels)``, ``.layer_cost(kind, heads, channels)``
+    (kind = "params" | "flops"), ``.structure_cost(heads: list, channels: list)``, ``.full_cost()``,
+    ``.min_cost()`` (every layer at 0 heads / 0 channels), ``.expected_cost(head_probs, head_counts,
+    ffn_probs, ffn_counts)`` (differentiable).  A block with 0 heads (0 channels) keeps its output
+    bias and LayerNorm, as stock transformers' ``prune_heads`` does.
+
+Searches (``width.py``, ``hard_concrete.py``) share one interface (``base.StructureSearch``):
+    ``search = build_search("gumbel" | "hard_concrete", num_heads=[12]*L, intermediate=[3072]*L, **kw)``
+    ``head_gates, ffn_gates = search.sample(tau=None)`` -> ``[L, max(num_heads)]``, ``[L, max(intermediate)]``
+        gates for the masked model; Gumbel gates are exactly 0/1 in the forward pass (units beyond the
+        sampled count are exactly 0), gradients reach the architecture parameters.  ``search.eval()``
+        makes them deterministic (most likely structure).
+    ``search.expected_cost(cost_model)`` / ``search.expected_ratio(cost_model)`` -> scalar tensor E[C] or
+        E[C]/C_full, differentiable w.r.t. the architecture parameters.
+    ``search.derive(cost_model=None, target=None)`` -> ``DerivedStructure(heads=[[kept idx]...],
+        ffn=[[kept idx]...])``; with a target ratio it is guaranteed to cost <= target * C_full.
+    ``search.arch_parameters()`` -> list of parameters for their own optimizer.
+    ``search.needs_importance`` (bool); Gumbel search ranks units by importance:
+        ``search.update_importance(head_scores [L,H], ffn_scores [L,I], head_active=None, ffn_active=None)``
+        (EMA of Taylor scores |a * dL/da|, e.g. ``|gate * gate.grad|``), ``search.set_importance(...)``;
+        ``head_importance_from_weights`` / ``ffn_importance_from_weights`` (``importance.py``) give a
+        weight-norm initial ranking.
+    ``TemperatureSchedule(tau_max, tau_min, total_steps)(step)`` -> exponential anneal.
+
+Budget (``budget.py``)
+    ``LagrangianBudget(target, min_ratio=0.0)``: ``loss = budget(ratio)`` with
+        lambda1*(s-t) + lambda2*(s-t)^2; the lambdas are maximised by a gradient-reversal trick, so a
+        plain optimizer minimising the total loss is enough (put ``budget.parameters()`` in it).
+    ``OneSidedBudget(target, weight=..., min_ratio=0.0)``: weight * relu(s - t)^2.
+    ``build_budget(kind="lagrangian"|"one_sided", target, cost_model=None, **kw)``.
+    Targets outside (0, 1] or below ``cost_model.min_cost()/full_cost()`` raise ValueError.
+"""
+import importlib
+
+_WHERE = {
+    "CostModel": "ddk_fast.search.cost",
+    "StructureSearch": "ddk_fast.search.base",
+    "DerivedStructure": "ddk_fast.search.base",
+    "GumbelWidthSearch": "ddk_fast.search.width",
+    "TemperatureSchedule": "ddk_fast.search.width",
+    "HardConcreteSearch": "ddk_fast.search.hard_concrete",
+    "LagrangianBudget": "ddk_fast.search.budget",
+    "OneSidedBudget": "ddk_fast.search.budget",
+    "build_budget": "ddk_fast.search.budget",
+    "check_target": "ddk_fast.search.budget",
+    "build_search": "ddk_fast.search.registry",
+    "SEARCHES": "ddk_fast.search.registry",
+    "head_importance_from_weights": "ddk_fast.search.importance",
+    "ffn_importance_from_weights": "ddk_fast.search.importance",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name):
+    if name in _WHERE:
+        return getattr(importlib.import_module(_WHERE[name]), name)
+    raise AttributeError(f"module 'ddk_fast.search' has no attribute {name!r}")
