@@ -39,3 +39,15 @@ Metrics
 Plain-text LM data
 - ``load_text_lm(path, tokenizer, block_size, max_blocks=None) -> Tensor`` [n_blocks, block_size] long.
 """
+from ddk_fast.data.encoding import BATCH_KEYS, EncodedDataset, collate, encode, pad_token_id_of
+from ddk_fast.data.glue import HUB_DATASET, Example, find_task_file, load_task, read_glue_tsv
+from ddk_fast.data.loader import LengthGroupedBatchSampler, SeededShuffleSampler, make_dataloader, set_loader_epoch
+from ddk_fast.data.metrics import compute_metrics
+from ddk_fast.data.tasks import GLUE_TASKS, DataError, TaskSpec, get_task
+from ddk_fast.data.text_lm import load_text_lm
+
+__all__ = [
+    "BATCH_KEYS", "DataError", "EncodedDataset", "Example", "GLUE_TASKS", "HUB_DATASET", "LengthGroupedBatchSampler",
+    "SeededShuffleSampler", "TaskSpec", "collate", "compute_metrics", "encode", "find_task_file", "get_task",
+    "load_task", "load_text_lm", "make_dataloader", "pad_token_id_of", "read_glue_tsv", "set_loader_epoch",
+]

@@ -1,0 +1,104 @@
+"""Tokenise examples once, keep them unpadded, and pad each batch only to its own longest row.
+
+Padding to the batch's longest sequence instead of ``max_length`` is most of the CPU-time win on GLUE:
+SST-2 sentences average ~13 tokens against a usual max_length of 128.
+"""
+from typing import List, Optional, Sequence
+
+import torch
+from torch.utils.data import Dataset
+
+from ddk_fast.data.tasks import DataError
+
+BATCH_KEYS = ("input_ids", "attention_mask", "token_type_ids", "labels")
+
+
+class EncodedDataset(Dataset):
+    """Tokenised, unpadded examples; ``[i]`` is a dict of python lists plus the label.
+
+    ``lengths[i]`` is the token count of example i (for length bucketing), ``pad_token_id`` the id
+    ``collate`` pads ``input_ids`` with, ``is_regression`` tells whether labels are float scores.
+    """
+
+    def __init__(self, input_ids: List[List[int]], token_type_ids: List[List[int]], labels: Sequence,
+                 pad_token_id: int, is_regression: bool):
+        if not (len(input_ids) == len(token_type_ids) == len(labels)):
+            raise ValueError(f"input_ids, token_type_ids and labels differ in length: "
+                             f"{len(input_ids)}, {len(token_type_ids)}, {len(labels)}")
+        self.input_ids = input_ids
+        self.token_type_ids = token_type_ids
+        self.labels = list(labels)
+        self.pad_token_id = int(pad_token_id)
+        self.is_regression = bool(is_regression)
+        self.lengths = [len(ids) for ids in input_ids]
+
+    def __len__(self):
+        return len(self.input_ids)
+
+    def __getitem__(self, index):
+        return {"input_ids": self.input_ids[index], "token_type_ids": self.token_type_ids[index],
+                "labels": self.labels[index]}
+
+
+def encode(examples, tokenizer, max_length: int = 128) -> EncodedDataset:
+    """Tokenise ``Example``s (single sentences or pairs) with truncation 'longest_first'.
+
+    ``tokenizer`` is a transformers tokenizer (fast ones are much quicker). Every example must have
+    ``text_b`` (pair task) or none may. Tokenizers without segment ids (RoBERTa, GPT-2) get all-zero
+    ``token_type_ids``.
+    """
+    examples = list(examples)
+    if not examples:
+        raise DataError("encode() got no examples")
+    if not isinstance(max_length, int) or max_length < 2:
+        raise DataError(f"max_length={max_length!r}; expected an int >= 2")
+    n_pairs = sum(ex.text_b is not None for ex in examples)
+    if n_pairs not in (0, len(examples)):
+        raise DataError(f"encode() got a mix of pairs and single sentences ({n_pairs} of {len(examples)} have "
+                        f"text_b); expected one kind")
+    labels = [ex.label for ex in examples]
+    is_regression = any(isinstance(label, float) for label in labels)
+    texts_a = [ex.text_a for ex in examples]
+    texts_b = [ex.text_b for ex in examples] if n_pairs else None
+    wants_segments = "token_type_ids" in getattr(tokenizer, "model_input_names", ("token_type_ids",))
+    encoded = tokenizer(texts_a, texts_b, truncation="longest_first", max_length=max_length, padding=False,
+                        return_attention_mask=False, return_token_type_ids=wants_segments)
+    input_ids = encoded["input_ids"]
+    if wants_segments:
+        token_type_ids = encoded["token_type_ids"]
+    else:
+        token_type_ids = [[0] * len(ids) for ids in input_ids]
+    return EncodedDataset(input_ids, token_type_ids, [float(x) for x in labels] if is_regression else labels,
+                          pad_token_id_of(tokenizer), is_regression)
+
+
+def pad_token_id_of(tokenizer) -> int:
+    """The tokenizer's pad id; GPT-2 has none, so its EOS id pads (the attention mask hides it)."""
+    for candidate in (getattr(tokenizer, "pad_token_id", None), getattr(tokenizer, "eos_token_id", None)):
+        if candidate is not None:
+            return int(candidate)
+    return 0
+
+
+def collate(features, pad_token_id: int = 0, pad_to_multiple_of: Optional[int] = None) -> dict:
+    """Stack features from ``EncodedDataset`` into right-padded tensors.
+
+    Returns ``input_ids``, ``attention_mask``, ``token_type_ids`` ([B, T] int64, T = longest row,
+    rounded up to ``pad_to_multiple_of`` if given) and ``labels`` ([B], int64 or float32).
+    """
+    if not features:
+        raise DataError("collate() got an empty batch")
+    longest = max(len(f["input_ids"]) for f in features)
+    if pad_to_multiple_of:
+        longest = -(-longest // pad_to_multiple_of) * pad_to_multiple_of
+    ids, mask, segments = [], [], []
+    for f in features:
+        n_pad = longest - len(f["input_ids"])
+        ids.append(f["input_ids"] + [pad_token_id] * n_pad)
+        mask.append([1] * len(f["input_ids"]) + [0] * n_pad)
+        segments.append(f["token_type_ids"] + [0] * n_pad)
+    labels = [f["labels"] for f in features]
+    label_dtype = torch.float32 if isinstance(labels[0], float) else torch.long
+    return {"input_ids": torch.tensor(ids, dtype=torch.long), "attention_mask": torch.tensor(mask, dtype=torch.long),
+            "token_type_ids": torch.tensor(segments, dtype=torch.long),
+            "labels": torch.tensor(labels, dtype=label_dtype)}
