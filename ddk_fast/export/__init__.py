@@ -1,0 +1,35 @@
+"""Export a (pruned) masked transformer as a folder that stock transformers can load.
+
+``save_pruned(model, out_dir, tokenizer=None, extra_files=None, overwrite=False) -> str``
+    Writes config.json (model_type "ddk_bert", per-layer ``num_heads`` / ``intermediate_sizes``,
+    ``auto_map`` for AutoConfig / AutoModel / AutoModelForSequenceClassification), the standalone
+    modeling file ``modeling_ddk_bert.py`` (plain torch + transformers, no ddk_fast import; attention
+    through torch SDPA; uneven heads and widths, 0-unit blocks), model.safetensors, the tokenizer files
+    (``tokenizer``: an object with ``save_pretrained`` or a folder to copy tokenizer files from),
+    ``structure.json`` when the model came from ``prune`` (kept units relative to the original), and
+    ``extra_files`` ({relative name: str (text) | bytes | dict/list (JSON) | pathlib.Path (copied)}).
+    Atomic: written to a temporary sibling folder, then renamed; an existing non-empty ``out_dir``
+    is refused unless ``overwrite=True`` (then replaced whole). Returns the folder path.
+
+``load_pruned(dir, dtype=torch.float32) -> MaskedTransformer``: the exported model, ready for more
+    distillation or evaluation (``pruned_from`` restored from structure.json when present).
+
+The folder also loads without ddk_fast:
+    ``transformers.AutoModelForSequenceClassification.from_pretrained(dir, trust_remote_code=True)``
+    (same logits), ``AutoModel`` (encoder + pooler), ``AutoConfig``.
+"""
+import importlib
+
+_WHERE = {
+    "save_pruned": "ddk_fast.export.save",
+    "load_pruned": "ddk_fast.export.save",
+    "MODEL_TYPE": "ddk_fast.export.save",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name):
+    if name in _WHERE:
+        return getattr(importlib.import_module(_WHERE[name]), name)
+    raise AttributeError(f"module 'ddk_fast.export' has no attribute {name!r}")
