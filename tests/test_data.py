@@ -171,7 +171,8 @@ def test_label_not_in_label_set(tmp_path, task, folder, text, bad):
 STSB_HEADER = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
 
 
-@pytest.mark.parametrize("score,problem", [("high", "is not a number"), ("5.5", "out of range"), ("nan", "out of range")])
+@pytest.mark.parametrize("score,problem", [("high", "is not a number"), ("5.5", "out of range"),
+                                           ("nan", "out of range")])
 def test_bad_regression_scores(tmp_path, score, problem):
     row = "0\tg\tf\t2012\t0001\tnone\tnone\tA\tB\t{}\n"
     write(tmp_path / "STS-B" / "train.tsv", STSB_HEADER + row.format("4.2") + row.format(score))

@@ -46,8 +46,8 @@ class LengthGroupedBatchSampler(_EpochMixin, Sampler):
 
     Indices come from ``sampler`` (e.g. a DistributedSampler) if given, else a seeded shuffle or
     ``range(n)``. They are cut into buckets of ``bucket_size`` (default: 50 batches when shuffling,
-    everything otherwise; rounded up to whole batches), each bucket is sorted by length, longest first, and cut into batches;
-    when shuffling, the batch order is shuffled too.
+    everything otherwise; rounded up to whole batches), each bucket is sorted by length, longest first,
+    and cut into batches; when shuffling, the batch order is shuffled too.
     """
 
     def __init__(self, lengths: Sequence[int], batch_size: int, shuffle: bool = False, seed: int = 0,

@@ -91,7 +91,8 @@ def compute_metrics(task: str, predictions, labels) -> Dict[str, float]:
         if predictions.ndim == 2 and predictions.shape[1] == 1:
             predictions = predictions[:, 0]
         if predictions.ndim != 1:
-            raise DataError(f"predictions for {spec.name} have shape {predictions.shape}; expected [N] or [N, 1] scores")
+            raise DataError(f"predictions for {spec.name} have shape {predictions.shape}; "
+                            f"expected [N] or [N, 1] scores")
     else:
         if predictions.ndim == 2:
             if predictions.shape[1] != spec.num_labels:
