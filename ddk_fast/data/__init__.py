@@ -12,22 +12,26 @@ Tasks
 - ``DataError(ValueError)``: one-line message naming the file, line number and problem.
 
 Loading
-- ``load_task(task, split="train", data_dir=None, max_examples=None, seed=0) -> list[Example]``
+- ``load_task(task, split="train", data_dir=None, max_examples=None, seed=0, *, skip_bad_rows=False)
+  -> list[Example]``
   ``Example(text_a: str, text_b: str | None, label: int | float)`` (frozen dataclass; float for stsb).
   data_dir=None: ``datasets.load_dataset("nyu-mll/glue", task, split=...)``; otherwise a folder holding
   task subfolders (``data_dir/MRPC/dev.tsv``) or the task folder itself. "validation" reads dev.tsv
   (mnli: "validation" means validation_matched). ``max_examples`` keeps a seeded random subset in file order.
+  Lower level: ``find_task_file(task, split, data_dir) -> str``, ``read_glue_tsv(path, task, split) -> list``.
 
 Tokenisation and batching
 - ``encode(examples, tokenizer, max_length=128) -> EncodedDataset`` (a torch Dataset of unpadded
   examples; ``len()``, ``[i] -> dict``, ``.lengths``, ``.pad_token_id``, ``.is_regression``).
 - ``collate(features, pad_token_id=0) -> dict[str, Tensor]``: pads to the longest sequence in the batch.
   Batch keys: ``input_ids`` [B, T] long, ``attention_mask`` [B, T] long, ``token_type_ids`` [B, T] long,
-  ``labels`` [B] (long for classification, float32 for stsb).
+  ``labels`` [B] (long for classification, float32 for stsb). ``token_type_ids`` are all zeros for
+  tokenizers without segment ids (RoBERTa, GPT-2).
 - ``make_dataloader(encoded, batch_size, shuffle=False, seed=0, drop_last=False, sampler=None,
-  sort_by_length=False, num_workers=0) -> torch.utils.data.DataLoader``; the same seed gives the same
-  batches; ``sampler`` may be a DistributedSampler (then shuffling is the sampler's job);
-  ``sort_by_length`` groups similar lengths within buckets (less padding, faster eval).
+  sort_by_length=False, num_workers=0, pad_to_multiple_of=None) -> torch.utils.data.DataLoader``; the
+  same seed gives the same batches; ``sampler`` may be a DistributedSampler (then shuffling is the
+  sampler's job); ``sort_by_length`` groups similar lengths within buckets (less padding, faster eval;
+  batches then come out of example order, so take labels from the batches).
   Call ``set_loader_epoch(loader, epoch)`` each epoch to reshuffle deterministically.
 
 Metrics
