@@ -1,0 +1,250 @@
+"""Masked FFN: ``y = (act(x @ w_in.T + b_in) * channel_gate) @ w_out.T + b_out``, pruned channels skipped.
+
+Channels whose gate is exactly 0 are never computed on the "compact" and "triton" paths (neither GEMM
+touches them), and in every path, the reference included, a zero gate switches its unit off: zero
+contribution, and exactly zero gradient for that gate and for that channel's rows of w_in / b_in and
+columns of w_out. Non-zero gates (any value, e.g. 0.3 or -1.2) get their true gradient.
+
+Paths:
+  "reference"  plain PyTorch over all I channels; the gate enters as ``gate * (gate != 0)`` so that
+               d/dgate is 0 where the gate is 0 (the rule above).
+  "compact"    gather the active channels' weights, dense GEMMs over them, hand-written backward that
+               saves only x and the compact pre-activation (the fast CPU path).
+  "triton"     fused up-proj (+bias, activation, gate) and down-proj kernels over active channels,
+               backward kernels likewise (see ``ddk_fast.kernels.masked_ffn``).
+  "auto"       triton on GPU, compact on CPU.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from ddk_fast.ops._dispatch import resolve_path
+from ddk_fast.ops.activations import activation, activation_and_grad, check_activation
+
+__all__ = ["masked_ffn", "masked_ffn_reference", "FFNIntermediate"]
+
+
+class FFNIntermediate(NamedTuple):
+    """Gated intermediate activations ``act(x @ w_in.T + b_in) * gate`` of the active channels.
+
+    values: [..., K] (differentiable; K = number of non-zero gates, in channel order);
+    active: [K] channel indices; num_channels: I. ``full()`` gives [..., I] with zeros at pruned channels.
+    Same layout on every path, so distillation code need not care which path ran.
+    """
+
+    values: torch.Tensor
+    active: torch.Tensor
+    num_channels: int
+
+    def full(self) -> torch.Tensor:
+        out = self.values.new_zeros(*self.values.shape[:-1], self.num_channels)
+        return out.index_copy(-1, self.active, self.values)
+
+
+# ----------------------------------------------------------------------------------------------------
+# checks
+# ----------------------------------------------------------------------------------------------------
+
+def _check(x, w_in, b_in, w_out, b_out, gate):
+    if x.dim() < 1:
+        raise ValueError(f"masked_ffn: x must have a last (hidden) dim, got shape {tuple(x.shape)}")
+    d = x.shape[-1]
+    if w_in.dim() != 2 or w_in.shape[1] != d:
+        raise ValueError(f"masked_ffn: w_in must have shape (I, {d}), got {tuple(w_in.shape)}")
+    n_ch = w_in.shape[0]
+    if w_out.shape != (d, n_ch):
+        raise ValueError(f"masked_ffn: w_out must have shape ({d}, {n_ch}), got {tuple(w_out.shape)}")
+    if b_in is not None and b_in.shape != (n_ch,):
+        raise ValueError(f"masked_ffn: b_in must have shape ({n_ch},), got {tuple(b_in.shape)}")
+    if b_out is not None and b_out.shape != (d,):
+        raise ValueError(f"masked_ffn: b_out must have shape ({d},), got {tuple(b_out.shape)}")
+    if gate.shape != (n_ch,):
+        raise ValueError(f"masked_ffn: channel_gate must have shape ({n_ch},), got {tuple(gate.shape)}")
+    for name, t in (("w_in", w_in), ("w_out", w_out), ("b_in", b_in), ("b_out", b_out)):
+        if t is not None and t.dtype != x.dtype:
+            raise TypeError(f"masked_ffn: {name} dtype {t.dtype} != x dtype {x.dtype}")
+    if not gate.is_floating_point():
+        raise TypeError(f"masked_ffn: channel_gate must be floating point, got {gate.dtype}")
+
+
+def active_channels(gate: torch.Tensor) -> torch.Tensor:
+    """Sorted indices of the non-zero gates (a host sync on GPU: the grid size depends on it)."""
+    return torch.nonzero(gate.detach()).flatten()
+
+
+# ----------------------------------------------------------------------------------------------------
+# reference
+# ----------------------------------------------------------------------------------------------------
+
+def masked_ffn_reference(x, w_in, b_in, w_out, b_out, channel_gate, activation_name="gelu"):
+    """Plain PyTorch over every channel; returns (y, full gated intermediate [..., I])."""
+    check_activation(activation_name)
+    gate = channel_gate * (channel_gate != 0)  # d/dgate = 0 exactly where gate == 0
+    h = activation(F.linear(x, w_in, b_in), activation_name) * gate.to(x.dtype)
+    return F.linear(h, w_out, b_out), h
+
+
+# ----------------------------------------------------------------------------------------------------
+# compact path
+# ----------------------------------------------------------------------------------------------------
+
+def _scatter(values, active, n, dim):
+    if values.shape[dim] == n:
+        return values
+    shape = list(values.shape)
+    shape[dim] = n
+    return values.new_zeros(shape).index_copy_(dim, active, values)
+
+
+class _MaskedFFNCompact(torch.autograd.Function):
+    """Dense GEMMs over the gathered active channels. Saves x, the compact pre-activation z and the
+    gathered weights; the backward recomputes act(z) and act'(z) in one pass (one erf for both) instead
+    of keeping act(z) and h from the forward."""
+
+    @staticmethod
+    def forward(ctx, x2d, w_in, b_in, w_out, b_out, gate, active, act_name):
+        n_ch = w_in.shape[0]
+        all_on = active.numel() == n_ch
+        w_in_a = w_in if all_on else w_in.index_select(0, active)
+        w_out_a = w_out if all_on else w_out.index_select(1, active)
+        g_a = (gate if all_on else gate.index_select(0, active)).to(x2d.dtype)
+        if b_in is None:
+            z = x2d @ w_in_a.t()
+        else:
+            z = torch.addmm(b_in if all_on else b_in.index_select(0, active), x2d, w_in_a.t())
+        h = activation(z, act_name).mul_(g_a)
+        y = h @ w_out_a.t() if b_out is None else torch.addmm(b_out, h, w_out_a.t())
+        ctx.save_for_backward(x2d, z, w_in_a, w_out_a, g_a, active)
+        ctx.meta = (act_name, n_ch, b_in is not None, b_out is not None, gate.dtype)
+        ctx.set_materialize_grads(False)
+        return y, h
+
+    @staticmethod
+    def backward(ctx, grad_y, grad_h):
+        x2d, z, w_in_a, w_out_a, g_a, active = ctx.saved_tensors
+        act_name, n_ch, has_b_in, has_b_out, gate_dtype = ctx.meta
+        need_x, need_w_in, need_b_in, need_w_out, need_b_out, need_gate = ctx.needs_input_grad[:6]
+        dx = dw_in = db_in = dw_out = db_out = dgate = None
+        if grad_y is None and grad_h is None:
+            return None, None, None, None, None, None, None, None
+        value, slope = activation_and_grad(z, act_name)
+        dh = grad_y @ w_out_a if grad_y is not None else None
+        if grad_h is not None:
+            dh = grad_h.clone() if dh is None else dh.add_(grad_h)
+        if grad_y is not None and need_w_out:
+            dw_out = _scatter(grad_y.t() @ (value * g_a), active, n_ch, 1)
+        if grad_y is not None and has_b_out and need_b_out:
+            db_out = grad_y.sum(0)
+        if need_gate:
+            dgate = _scatter((dh * value).sum(0).to(gate_dtype), active, n_ch, 0)
+        dz = dh.mul_(slope.mul_(g_a))
+        if need_x:
+            dx = dz @ w_in_a
+        if need_w_in:
+            dw_in = _scatter(dz.t() @ x2d, active, n_ch, 0)
+        if has_b_in and need_b_in:
+            db_in = _scatter(dz.sum(0), active, n_ch, 0)
+        return dx, dw_in, db_in, dw_out, db_out, dgate, None, None
+
+
+# ----------------------------------------------------------------------------------------------------
+# triton path
+# ----------------------------------------------------------------------------------------------------
+
+class _MaskedFFNTriton(torch.autograd.Function):
+    """Fused up-proj (+bias, act, gate) and indexed down-proj; the backward's dh kernel applies the gate
+    and act'(z) in its epilogue and recomputes h for dW_out. Saves x and the compact z only."""
+
+    @staticmethod
+    def forward(ctx, x2d, w_in, b_in, w_out, b_out, gate, active, act_name):
+        from ddk_fast.kernels import masked_ffn as FK
+        from ddk_fast.kernels import masked_linear as LK
+
+        h, z = FK.ffn_up_forward(x2d, w_in, b_in, gate, active, act_name, save_z=True)
+        y = LK.active_in_forward(h, w_out, b_out, active)
+        ctx.save_for_backward(x2d, w_in, w_out, gate, z, active)
+        ctx.meta = (act_name, b_in is not None, b_out is not None)
+        ctx.set_materialize_grads(False)
+        return y, h
+
+    @staticmethod
+    def backward(ctx, grad_y, grad_h):
+        from ddk_fast.kernels import masked_ffn as FK
+        from ddk_fast.kernels import masked_linear as LK
+
+        x2d, w_in, w_out, gate, z, active = ctx.saved_tensors
+        act_name, has_b_in, has_b_out = ctx.meta
+        need_x, need_w_in, need_b_in, need_w_out, need_b_out, need_gate = ctx.needs_input_grad[:6]
+        if grad_y is None and grad_h is None:
+            return None, None, None, None, None, None, None, None
+        n_ch = w_in.shape[0]
+        if grad_y is None:
+            grad_y = torch.zeros((x2d.shape[0], w_out.shape[0]), device=x2d.device, dtype=x2d.dtype)
+        grad_y = grad_y.contiguous()
+        dx = dw_in = db_in = dw_out = db_out = dgate = None
+        dz, h, dgate_a = FK.ffn_dh_backward(grad_y, w_out, z, gate, active, act_name, grad_h=grad_h,
+                                            want_gate=need_gate)
+        if need_gate:
+            dgate = torch.zeros_like(gate).index_copy_(0, active, dgate_a.to(gate.dtype))
+        want_b_out = has_b_out and need_b_out
+        if need_w_out:
+            dw_out, db_out = LK.active_in_backward_weight(grad_y, h, active, n_ch, want_b_out)
+        elif want_b_out:
+            db_out = grad_y.sum(0)
+        if need_x:
+            dx = LK.active_out_backward_input(dz, w_in, active)
+        want_b_in = has_b_in and need_b_in
+        if need_w_in or want_b_in:
+            dw_in, db_in = LK.active_out_backward_weight(dz, x2d, active, n_ch, want_b_in)
+            dw_in = dw_in if need_w_in else None
+        return dx, dw_in, db_in, dw_out, db_out, dgate, None, None
+
+
+# ----------------------------------------------------------------------------------------------------
+# public op
+# ----------------------------------------------------------------------------------------------------
+
+def masked_ffn(x: torch.Tensor, w_in: torch.Tensor, b_in: torch.Tensor | None, w_out: torch.Tensor,
+               b_out: torch.Tensor | None, channel_gate: torch.Tensor, activation: str = "gelu",
+               path: str = "auto", *, return_intermediate: bool = False):
+    """``y = (act(x @ w_in.T + b_in) * channel_gate) @ w_out.T + b_out`` skipping zero-gate channels.
+
+    x: [..., d]; w_in: [I, d]; b_in: [I] or None; w_out: [d, I]; b_out: [d] or None;
+    channel_gate: [I] float (any values; exactly 0 = channel off). activation: "gelu" (exact erf, BERT),
+    "gelu_tanh", "relu". path: "auto" | "triton" | "compact" | "reference".
+    Returns y [..., d] in x's dtype; with ``return_intermediate=True`` returns ``(y, FFNIntermediate)``
+    holding the gated activations of the active channels ([..., K], differentiable) and their indices
+    (``.full()`` scatters to [..., I]) -- for distilling FFN activations. Same layout on every path.
+    Gradients reach x, all weights and biases, and the gate; zero-gate channels get exactly zero.
+    Triton path dtypes: fp32/fp16/bf16 (fp32 accumulation); under autocast inputs are cast to its dtype.
+    """
+    check_activation(activation)
+    _check(x, w_in, b_in, w_out, b_out, channel_gate)
+    path = resolve_path("masked_ffn", "engine", path, x.device)
+    n_ch = w_in.shape[0]
+    active = active_channels(channel_gate)
+    if path == "reference":
+        y, h_full = masked_ffn_reference(x, w_in, b_in, w_out, b_out, channel_gate, activation)
+        if not return_intermediate:
+            return y
+        return y, FFNIntermediate(h_full.index_select(-1, active), active, n_ch)
+    lead = x.shape[:-1]
+    if path == "triton":
+        dev = x.device.type
+        if dev in ("cuda", "cpu") and torch.is_autocast_enabled(dev):
+            dt = torch.get_autocast_dtype(dev)
+            x, w_in, w_out = x.to(dt), w_in.to(dt), w_out.to(dt)
+            b_in = b_in.to(dt) if b_in is not None else None
+            b_out = b_out.to(dt) if b_out is not None else None
+        fn = _MaskedFFNTriton
+    else:
+        fn = _MaskedFFNCompact
+    x2d = x.reshape(lead.numel(), x.shape[-1])
+    y2d, h = fn.apply(x2d, w_in, b_in, w_out, b_out, channel_gate, active, activation)
+    y = y2d.reshape(*lead, x.shape[-1])
+    if not return_intermediate:
+        return y
+    return y, FFNIntermediate(h.reshape(*lead, active.numel()), active, n_ch)
