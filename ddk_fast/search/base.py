@@ -1,0 +1,132 @@
+"""What every structure search offers, and the structure it derives.
+
+A search owns architecture parameters over "how many heads / FFN channels does layer l keep" and
+hands gates to the masked model.  Gates are padded to ``[L, max(num_heads)]`` and
+``[L, max(intermediate)]``; units beyond a layer's own size are always 0.
+"""
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence
+
+import torch
+from torch import nn
+
+from ddk_fast.search.cost import CostModel, _as_int_list
+
+
+@dataclass
+class DerivedStructure:
+    """Kept unit indices per layer (sorted ascending): ``heads[l]`` and ``ffn[l]``."""
+
+    heads: List[List[int]] = field(default_factory=list)
+    ffn: List[List[int]] = field(default_factory=list)
+
+    def __post_init__(self):
+        if len(self.heads) != len(self.ffn):
+            raise ValueError(f"heads has {len(self.heads)} layers, ffn has {len(self.ffn)}: expected equal")
+        self.heads = [sorted(int(i) for i in h) for h in self.heads]
+        self.ffn = [sorted(int(i) for i in f) for f in self.ffn]
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.heads)
+
+    @property
+    def head_counts(self) -> List[int]:
+        return [len(h) for h in self.heads]
+
+    @property
+    def ffn_counts(self) -> List[int]:
+        return [len(f) for f in self.ffn]
+
+    def cost(self, cost_model: CostModel, metric: Optional[str] = None) -> float:
+        return cost_model.structure_cost(self.head_counts, self.ffn_counts, metric)
+
+    def ratio(self, cost_model: CostModel, metric: Optional[str] = None) -> float:
+        return self.cost(cost_model, metric) / cost_model.full_cost(metric)
+
+    def pruned_heads(self, num_heads: Sequence[int]) -> dict:
+        """Removed heads per layer, in the form of ``config.pruned_heads`` ({layer: [head, ...]})."""
+        return {l: [h for h in range(n) if h not in set(kept)]
+                for l, (n, kept) in enumerate(zip(num_heads, self.heads)) if len(kept) < n}
+
+    def gates(self, num_heads: Sequence[int], intermediate: Sequence[int], dtype=torch.float32, device=None):
+        """0/1 gates ``[L, max(num_heads)]``, ``[L, max(intermediate)]`` for this structure."""
+        head_gates = torch.zeros(self.num_layers, max(num_heads), dtype=dtype, device=device)
+        ffn_gates = torch.zeros(self.num_layers, max(intermediate), dtype=dtype, device=device)
+        for l in range(self.num_layers):
+            head_gates[l, self.heads[l]] = 1
+            ffn_gates[l, self.ffn[l]] = 1
+        return head_gates, ffn_gates
+
+    def to_dict(self) -> dict:
+        return {"heads": self.heads, "ffn": self.ffn}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "DerivedStructure":
+        return cls(heads=data["heads"], ffn=data["ffn"])
+
+
+class StructureSearch(nn.Module):
+    """Base class: stores the search space sizes and provides the shared helpers."""
+
+    #: whether ``update_importance`` must be fed (units are ranked by an importance score)
+    needs_importance = False
+
+    def __init__(self, num_heads: Sequence[int], intermediate: Sequence[int]):
+        super().__init__()
+        self.num_heads = _as_int_list("num_heads", num_heads)
+        self.intermediate = _as_int_list("intermediate", intermediate, len(self.num_heads))
+        if not self.num_heads:
+            raise ValueError("num_heads=[]: expected at least one layer")
+        self.register_buffer("head_unit_valid", self._valid_units(self.num_heads), persistent=False)
+        self.register_buffer("ffn_unit_valid", self._valid_units(self.intermediate), persistent=False)
+
+    @staticmethod
+    def _valid_units(sizes):
+        return torch.arange(max(sizes))[None, :] < torch.tensor(sizes)[:, None]
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.num_heads)
+
+    def arch_parameters(self) -> List[nn.Parameter]:
+        """Parameters that define the architecture distribution (their own optimizer / lr)."""
+        return [p for p in self.parameters()]
+
+    def check_cost_model(self, cost_model: CostModel):
+        if cost_model.num_heads != self.num_heads or cost_model.intermediate != self.intermediate:
+            raise ValueError(f"cost model sizes (heads {cost_model.num_heads}, intermediate "
+                             f"{cost_model.intermediate}) differ from the search space (heads {self.num_heads}, "
+                             f"intermediate {self.intermediate})")
+
+    def expected_ratio(self, cost_model: CostModel, metric: Optional[str] = None) -> torch.Tensor:
+        """E[C] / C_full (differentiable)."""
+        return self.expected_cost(cost_model, metric) / cost_model.full_cost(metric)
+
+    def expected_cost(self, cost_model: CostModel, metric: Optional[str] = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def sample(self, tau: Optional[float] = None):
+        raise NotImplementedError
+
+    def derive(self, cost_model: Optional[CostModel] = None, target: Optional[float] = None,
+               metric: Optional[str] = None) -> DerivedStructure:
+        raise NotImplementedError
+
+    def _pad_scores(self, name, scores, sizes):
+        """Accept ``[L, max]`` tensors or per-layer lists; return ``[L, max]`` with padding zeros."""
+        width = max(sizes)
+        if isinstance(scores, (list, tuple)):
+            if len(scores) != len(sizes):
+                raise ValueError(f"{name} has {len(scores)} layers: expected {len(sizes)}")
+            out = torch.zeros(len(sizes), width)
+            for l, (s, n) in enumerate(zip(scores, sizes)):
+                s = torch.as_tensor(s, dtype=torch.float32).flatten()
+                if s.numel() != n:
+                    raise ValueError(f"{name}[{l}] has {s.numel()} entries: expected {n}")
+                out[l, :n] = s
+            return out
+        scores = torch.as_tensor(scores).detach().float()
+        if tuple(scores.shape) != (len(sizes), width):
+            raise ValueError(f"{name} shape {tuple(scores.shape)}: expected ({len(sizes)}, {width})")
+        return scores
