@@ -48,7 +48,7 @@ Structure (``structure.py``)
         ``.total_kept_channels``, ``.is_full()``, ``.compose(inner)``, ``.to_json()`` /
         ``.from_json()``, ``.save(path)`` / ``.load(path)``, ``.summary()``.
 
-Pruning (``prune.py``)
+Pruning (``pruning.py``)
     ``prune(model, structure) -> MaskedTransformer``: a new, smaller model with sliced weights (all
         gates ones) that computes what ``model`` computes with ``structure.to_gates()``. A layer with no
         heads (channels) keeps only that block's output bias + LayerNorm. ``pruned.pruned_from`` is the
@@ -68,7 +68,7 @@ _WHERE = {
     "MaskedTransformerOutput": "ddk_fast.model.masked_transformer",
     "TransformerConfig": "ddk_fast.model.config",
     "Structure": "ddk_fast.model.structure",
-    "prune": "ddk_fast.model.prune",
+    "prune": "ddk_fast.model.pruning",
     "attention_params": "ddk_fast.model.params",
     "ffn_params": "ddk_fast.model.params",
     "layer_param_counts": "ddk_fast.model.params",

@@ -164,7 +164,9 @@ class Structure:
                    total_channels=tuple(x["total_channels"] for x in layers))
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=1)
+        """Compact JSON, one layer per line (readable even with thousands of channels)."""
+        layers = ",\n  ".join(json.dumps(layer) for layer in self.to_dict()["layers"])
+        return '{"format": "ddk_fast.structure/1", "layers": [\n  ' + layers + "\n]}\n"
 
     @classmethod
     def from_json(cls, text: str) -> "Structure":

@@ -1,0 +1,168 @@
+"""Write a MaskedTransformer as a self-contained transformers folder, and read it back.
+
+Why this layout: stock BertConfig cannot say "layer 3 has 5 heads and 700 FFN channels", and
+transformers 5 has no prune_heads. A small modeling file shipped in the folder (auto_map +
+trust_remote_code) is the portable answer; ddk_fast reads the same folder without executing it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+from typing import Any, Mapping
+
+import torch
+
+from ddk_fast._version import __version__
+from ddk_fast.model.masked_transformer import DDK_MODEL_TYPE, MaskedTransformer
+from ddk_fast.model.structure import Structure
+
+MODEL_TYPE = DDK_MODEL_TYPE
+MODELING_FILE = "modeling_ddk_bert.py"
+STRUCTURE_FILE = "structure.json"
+AUTO_MAP = {
+    "AutoConfig": "modeling_ddk_bert.DdkBertConfig",
+    "AutoModel": "modeling_ddk_bert.DdkBertModel",
+    "AutoModelForSequenceClassification": "modeling_ddk_bert.DdkBertForSequenceClassification",
+}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   "vocab.txt", "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model")
+_RESERVED = ("config.json", MODELING_FILE, "model.safetensors", STRUCTURE_FILE)
+
+
+def _config_json(model: MaskedTransformer) -> dict[str, Any]:
+    cfg = model.config.to_dict()
+    for key in ("extra", "num_labels", "id2label"):
+        cfg.pop(key)
+    id2label = model.config.id2label or {i: f"LABEL_{i}" for i in range(model.config.num_labels)}
+    dtype = str(model.classifier.weight.dtype).replace("torch.", "")
+    return {
+        "model_type": MODEL_TYPE,
+        "architectures": ["DdkBertForSequenceClassification"],
+        "auto_map": dict(AUTO_MAP),
+        **cfg,
+        "num_hidden_layers": model.num_layers,
+        "num_attention_heads": max(model.num_heads, default=0),
+        "intermediate_size": max(model.intermediate_sizes, default=0),
+        "id2label": {str(k): v for k, v in id2label.items()},
+        "label2id": {v: int(k) for k, v in id2label.items()},
+        "problem_type": "regression" if model.config.task_type == "regression" else "single_label_classification",
+        "dtype": dtype,
+        "ddk_fast_version": __version__,
+    }
+
+
+def _hf_state_dict(model: MaskedTransformer) -> dict[str, torch.Tensor]:
+    """MaskedTransformer keys -> the shipped classes' keys: the encoder and pooler live under "model."."""
+    out = {}
+    for key, value in model.state_dict().items():
+        name = key if key.startswith("classifier.") else "model." + key
+        out[name] = value.detach().to("cpu").contiguous().clone()
+    return out
+
+
+def _write_tokenizer(tokenizer, folder: str) -> None:
+    if hasattr(tokenizer, "save_pretrained"):
+        tokenizer.save_pretrained(folder)
+        return
+    src = os.fspath(tokenizer)
+    found = [n for n in TOKENIZER_FILES if os.path.isfile(os.path.join(src, n))]
+    if not found:
+        raise FileNotFoundError(f"tokenizer: no tokenizer files in {src!r}; expected some of {list(TOKENIZER_FILES)}")
+    for name in found:
+        shutil.copy2(os.path.join(src, name), os.path.join(folder, name))
+
+
+def _write_extra(folder: str, name: str, content) -> None:
+    rel = pathlib.PurePosixPath(name)
+    if rel.is_absolute() or ".." in rel.parts or not rel.parts:
+        raise ValueError(f"extra_files: name {name!r} must be a relative path inside the folder")
+    if str(rel) in _RESERVED:
+        raise ValueError(f"extra_files: {name!r} would overwrite a file the export writes itself")
+    path = os.path.join(folder, *rel.parts)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    if isinstance(content, os.PathLike):
+        shutil.copy2(os.fspath(content), path)
+    elif isinstance(content, bytes):
+        with open(path, "wb") as f:
+            f.write(content)
+    elif isinstance(content, str):
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(content)
+    elif isinstance(content, (dict, list)):
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(content, f, indent=2)
+    else:
+        raise TypeError(f"extra_files[{name!r}]: expected str, bytes, dict/list or pathlib.Path, "
+                        f"got {type(content).__name__}")
+
+
+def save_pruned(model: MaskedTransformer, out_dir: str | os.PathLike, tokenizer=None,
+                extra_files: Mapping[str, Any] | None = None, overwrite: bool = False) -> str:
+    """Write ``model`` to ``out_dir`` atomically (see ddk_fast.export). Returns the folder path."""
+    from safetensors.torch import save_file
+
+    if not isinstance(model, MaskedTransformer):
+        raise TypeError(f"model: expected a ddk_fast MaskedTransformer, got {type(model).__name__}")
+    out_dir = os.path.abspath(os.fspath(out_dir))
+    if os.path.exists(out_dir):
+        if not os.path.isdir(out_dir):
+            raise FileExistsError(f"out_dir {out_dir!r} exists and is not a folder")
+        if os.listdir(out_dir) and not overwrite:
+            raise FileExistsError(f"out_dir {out_dir!r} exists and is not empty; pass overwrite=True to replace it")
+    parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
+    try:
+        with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
+            json.dump(_config_json(model), f, indent=2)
+        shutil.copy2(os.path.join(os.path.dirname(os.path.abspath(__file__)), MODELING_FILE),
+                     os.path.join(tmp, MODELING_FILE))
+        save_file(_hf_state_dict(model), os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+        if model.pruned_from is not None:
+            model.pruned_from.save(os.path.join(tmp, STRUCTURE_FILE))
+        if tokenizer is not None:
+            _write_tokenizer(tokenizer, tmp)
+        for name, content in (extra_files or {}).items():
+            _write_extra(tmp, name, content)
+        _swap_into_place(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _swap_into_place(tmp: str, out_dir: str) -> None:
+    """Rename ``tmp`` to ``out_dir``; an existing folder is moved aside first and removed only after."""
+    if not os.path.exists(out_dir):
+        os.rename(tmp, out_dir)
+        return
+    backup = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.old-", dir=os.path.dirname(out_dir))
+    os.rmdir(backup)
+    os.rename(out_dir, backup)
+    try:
+        os.rename(tmp, out_dir)
+    except BaseException:
+        os.rename(backup, out_dir)
+        raise
+    shutil.rmtree(backup, ignore_errors=True)
+
+
+def load_pruned(folder: str | os.PathLike, dtype: torch.dtype = torch.float32) -> MaskedTransformer:
+    """The MaskedTransformer saved in ``folder`` by save_pruned (with ``pruned_from`` when recorded)."""
+    folder = os.fspath(folder)
+    config_path = os.path.join(folder, "config.json")
+    if not os.path.isfile(config_path):
+        raise FileNotFoundError(f"load_pruned: no config.json in {folder!r}")
+    with open(config_path, encoding="utf-8") as f:
+        model_type = json.load(f).get("model_type")
+    if model_type != MODEL_TYPE:
+        raise ValueError(f"load_pruned: {folder!r} has model_type {model_type!r}, expected {MODEL_TYPE!r} "
+                         f"(for a stock checkpoint use MaskedTransformer.from_pretrained)")
+    model = MaskedTransformer.from_pretrained(folder, dtype=dtype)
+    structure_path = os.path.join(folder, STRUCTURE_FILE)
+    if os.path.isfile(structure_path):
+        model.pruned_from = Structure.load(structure_path)
+    return model

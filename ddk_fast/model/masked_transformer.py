@@ -1,0 +1,279 @@
+"""MaskedTransformer: a BERT-family encoder + sequence classifier whose heads and FFN channels are gated.
+
+Why: the search and the distillation need one model that (a) reproduces the stock checkpoint exactly
+when every gate is 1, (b) takes per-layer gates that the fused ops use to skip pruned units, and
+(c) exposes the internals distillation losses need (hidden states, attention scores/probabilities,
+Q/K/V, FFN activations) only when asked, so that asking for nothing keeps the fast path.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from ddk_fast.model.adapters import adapter_for
+from ddk_fast.model.adapters.base import HEAD_KEYS
+from ddk_fast.model.config import TransformerConfig
+from ddk_fast.model.layers import Embeddings, MaskedLayer, linear
+from ddk_fast.model.structure import Structure
+
+logger = logging.getLogger(__name__)
+
+DDK_MODEL_TYPE = "ddk_bert"  # model_type of folders written by ddk_fast.export.save_pruned
+
+
+@dataclass
+class MaskedTransformerOutput:
+    """Forward results; optional fields are None unless asked for (see MaskedTransformer.forward)."""
+
+    logits: torch.Tensor
+    pooled: torch.Tensor
+    last_hidden_state: torch.Tensor
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attention_scores: tuple[torch.Tensor, ...] | None = None
+    attention_probs: tuple[torch.Tensor, ...] | None = None
+    qkv: tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], ...] | None = None
+    ffn_intermediate: tuple[torch.Tensor, ...] | None = None
+    ffn_output: tuple[torch.Tensor, ...] | None = None
+
+
+def _per_layer(gates, sizes: Sequence[int], name: str) -> list[torch.Tensor | None]:
+    """Normalise gates to one entry per layer: None, a list of [size_l] tensors, or a [L, >= max size] tensor."""
+    n = len(sizes)
+    if gates is None:
+        return [None] * n
+    if isinstance(gates, torch.Tensor):
+        if gates.dim() != 2 or gates.shape[0] != n or gates.shape[1] < max(sizes, default=0):
+            raise ValueError(f"{name}: a tensor must be [num_layers={n}, >= {max(sizes, default=0)}], "
+                             f"got shape {tuple(gates.shape)}")
+        return [gates[i, :s] for i, s in enumerate(sizes)]
+    gates = list(gates)
+    if len(gates) != n:
+        raise ValueError(f"{name}: expected {n} per-layer entries, got {len(gates)}")
+    for i, (g, s) in enumerate(zip(gates, sizes)):
+        if g is not None and (g.dim() != 1 or g.shape[0] != s):
+            raise ValueError(f"{name}[{i}]: expected shape [{s}], got {tuple(g.shape)}")
+    return gates
+
+
+class MaskedTransformer(nn.Module):
+    """Embeddings -> L masked post-LN layers -> first-token pooler (tanh) -> classifier."""
+
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        self.config = config
+        self.embeddings = Embeddings(config)
+        self.layers = nn.ModuleList(MaskedLayer(config, i) for i in range(config.num_layers))
+        self.pooler = linear(config.hidden_size, config.hidden_size)
+        self.classifier = linear(config.hidden_size, config.num_labels)
+        self.classifier_dropout = nn.Dropout(config.classifier_dropout_prob)
+        self.pruned_from: Structure | None = None
+        self.apply(self._init_module)
+
+    # ---- shape ----------------------------------------------------------------------------------
+    @property
+    def num_layers(self) -> int:
+        return self.config.num_layers
+
+    @property
+    def num_heads(self) -> list[int]:
+        return list(self.config.num_heads)
+
+    @property
+    def intermediate_sizes(self) -> list[int]:
+        return list(self.config.intermediate_sizes)
+
+    @property
+    def head_dim(self) -> int:
+        return self.config.head_dim
+
+    @property
+    def hidden_size(self) -> int:
+        return self.config.hidden_size
+
+    def structure(self, head_gates=None, ffn_gates=None) -> Structure:
+        """All units (no gates), or the units whose gate is 1 (gates must be exactly 0/1)."""
+        if head_gates is None and ffn_gates is None:
+            return Structure.full(self)
+        hg = [torch.ones(h) if g is None else g for g, h in
+              zip(_per_layer(head_gates, self.num_heads, "head_gates"), self.num_heads)]
+        fg = [torch.ones(i) if g is None else g for g, i in
+              zip(_per_layer(ffn_gates, self.intermediate_sizes, "ffn_gates"), self.intermediate_sizes)]
+        return Structure.from_gates(hg, fg)
+
+    def full_gates(self, dtype=None, device=None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per-layer gates of ones (a starting point for soft gates)."""
+        p = self.classifier.weight
+        dtype, device = dtype or p.dtype, device or p.device
+        return ([torch.ones(h, dtype=dtype, device=device) for h in self.num_heads],
+                [torch.ones(i, dtype=dtype, device=device) for i in self.intermediate_sizes])
+
+    # ---- init -----------------------------------------------------------------------------------
+    def _init_module(self, module: nn.Module) -> None:
+        """BERT's initialisation: normal(0, initializer_range) weights, zero biases, unit LayerNorm."""
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=std)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=std)
+            if module.padding_idx is not None:
+                with torch.no_grad():
+                    module.weight[module.padding_idx].zero_()
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    # ---- forward --------------------------------------------------------------------------------
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, head_gates=None, ffn_gates=None, path: str = "auto",
+                output_hidden_states: bool = False, output_attention_scores: bool = False,
+                output_attention_probs: bool = False, output_qkv: bool = False,
+                output_ffn: bool = False) -> MaskedTransformerOutput:
+        """input_ids [B, S] (long); attention_mask [B, S] (1 = real token, 0 = padding) or None.
+
+        See the package docstring (ddk_fast.model) for gates, paths and the optional outputs.
+        """
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}")
+        hgates = _per_layer(head_gates, self.num_heads, "head_gates")
+        fgates = _per_layer(ffn_gates, self.intermediate_sizes, "ffn_gates")
+        x = self.embeddings(input_ids, token_type_ids)
+        hidden = [x] if output_hidden_states else None
+        scores, probs, qkv, inter, ffn_out = ([] if flag else None for flag in (
+            output_attention_scores, output_attention_probs, output_qkv, output_ffn, output_ffn))
+        for layer, hg, fg in zip(self.layers, hgates, fgates):
+            x, extra = layer(x, attention_mask, hg, fg, path, want_qkv=output_qkv, want_scores=output_attention_scores,
+                             want_probs=output_attention_probs, want_ffn=output_ffn)
+            if hidden is not None:
+                hidden.append(x)
+            if scores is not None:
+                scores.append(extra.scores)
+            if probs is not None:
+                probs.append(extra.probs)
+            if qkv is not None:
+                qkv.append((extra.q, extra.k, extra.v))
+            if inter is not None:
+                inter.append(extra.intermediate)
+                ffn_out.append(extra.output)
+        first = x[:, 0]
+        if self.config.head_style == "roberta":
+            first = self.classifier_dropout(first)
+        pooled = torch.tanh(self.pooler(first))
+        logits = self.classifier(self.classifier_dropout(pooled))
+        as_tuple = (lambda v: None if v is None else tuple(v))
+        return MaskedTransformerOutput(
+            logits=logits, pooled=pooled, last_hidden_state=x, hidden_states=as_tuple(hidden),
+            attention_scores=as_tuple(scores), attention_probs=as_tuple(probs), qkv=as_tuple(qkv),
+            ffn_intermediate=as_tuple(inter), ffn_output=as_tuple(ffn_out))
+
+    # ---- loading --------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, path_or_model, num_labels: int | None = None, task_type: str | None = None,
+                        dtype: torch.dtype = torch.float32) -> "MaskedTransformer":
+        """Build from a stock checkpoint folder, a loaded transformers model, or a save_pruned folder.
+
+        num_labels: default = the checkpoint's classifier rows, else 1 for regression, else 2.
+        task_type: default = "regression" when num_labels is 1 (or the config says so), else "classification".
+        A checkpoint classifier whose row count differs from num_labels is replaced by a fresh one.
+        """
+        hf_config, state_dict = _read_checkpoint(path_or_model)
+        if hf_config.get("model_type") == DDK_MODEL_TYPE:
+            return _from_ddk_export(cls, hf_config, state_dict, dtype)
+        adapter = adapter_for(hf_config.get("model_type", ""))
+        ckpt_labels = adapter.checkpoint_num_labels(state_dict)
+        if task_type is None:
+            regression = (num_labels == 1 or hf_config.get("problem_type") == "regression"
+                          or (num_labels is None and ckpt_labels == 1))
+            task_type = "regression" if regression else "classification"
+        if num_labels is None:
+            num_labels = 1 if task_type == "regression" else (ckpt_labels or 2)
+        config = adapter.config_from_hf(hf_config, num_labels=num_labels, task_type=task_type)
+        weights, unused = adapter.convert_state_dict(state_dict, config)
+        if unused:
+            logger.warning("MaskedTransformer.from_pretrained: ignoring %d checkpoint tensors: %s",
+                           len(unused), unused[:8])
+        model = cls(config)
+        if "classifier.weight" in weights and weights["classifier.weight"].shape[0] != num_labels:
+            logger.warning("checkpoint classifier has %d labels, num_labels=%d: using a fresh classifier",
+                           weights["classifier.weight"].shape[0], num_labels)
+            weights.pop("classifier.weight")
+            weights.pop("classifier.bias", None)
+        _load_weights(model, weights, allow_missing=HEAD_KEYS)
+        return model.to(dtype)
+
+
+def _load_weights(model: nn.Module, weights: dict[str, torch.Tensor], allow_missing: Sequence[str] = ()) -> None:
+    """Copy ``weights`` into ``model``; shapes must match; only ``allow_missing`` keys may be absent."""
+    own = model.state_dict()
+    missing = sorted(k for k in own if k not in weights and k not in allow_missing)
+    unexpected = sorted(k for k in weights if k not in own)
+    if missing or unexpected:
+        raise ValueError(f"checkpoint does not fit the model: missing {missing[:8]}, unexpected {unexpected[:8]}")
+    for key, value in weights.items():
+        if tuple(value.shape) != tuple(own[key].shape):
+            raise ValueError(f"checkpoint tensor {key!r} has shape {tuple(value.shape)}, "
+                             f"the model expects {tuple(own[key].shape)}")
+    absent = [k for k in allow_missing if k in own and k not in weights]
+    if absent:
+        logger.info("fresh (randomly initialised) parameters: %s", absent)
+    model.load_state_dict({k: v for k, v in weights.items()}, strict=False)
+
+
+def _read_checkpoint(path_or_model) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(config as a plain dict, state dict) from a folder or a loaded transformers model."""
+    if isinstance(path_or_model, nn.Module):
+        cfg = getattr(path_or_model, "config", None)
+        if cfg is None or not hasattr(cfg, "to_dict"):
+            raise TypeError(f"path_or_model: a module must be a transformers PreTrainedModel with .config, "
+                            f"got {type(path_or_model).__name__}")
+        return cfg.to_dict(), {k: v.detach() for k, v in path_or_model.state_dict().items()}
+    path = os.fspath(path_or_model)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"path_or_model: {path!r} is not a folder (expected config.json + weights)")
+    with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
+        config = json.load(f)
+    return config, read_weights(path)
+
+
+def read_weights(folder: str) -> dict[str, torch.Tensor]:
+    """model.safetensors (single or sharded), else pytorch_model.bin loaded with weights_only=True."""
+    from safetensors.torch import load_file
+
+    single = os.path.join(folder, "model.safetensors")
+    if os.path.isfile(single):
+        return load_file(single)
+    index = os.path.join(folder, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        with open(index, encoding="utf-8") as f:
+            shards = sorted(set(json.load(f)["weight_map"].values()))
+        out = {}
+        for shard in shards:
+            out.update(load_file(os.path.join(folder, shard)))
+        return out
+    legacy = os.path.join(folder, "pytorch_model.bin")
+    if os.path.isfile(legacy):
+        return torch.load(legacy, map_location="cpu", weights_only=True)
+    raise FileNotFoundError(f"no weights in {folder!r}: expected model.safetensors, "
+                            f"model.safetensors.index.json or pytorch_model.bin")
+
+
+def _from_ddk_export(cls, hf_config: dict, state_dict: dict, dtype) -> "MaskedTransformer":
+    """A folder written by ddk_fast.export.save_pruned: its config.json carries TransformerConfig fields."""
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(TransformerConfig)} - {"num_labels", "id2label", "extra"}
+    kwargs = {k: hf_config[k] for k in fields if k in hf_config}
+    id2label = hf_config.get("id2label")
+    kwargs["num_labels"] = len(id2label) if id2label else int(hf_config.get("num_labels", 2))
+    kwargs["id2label"] = id2label
+    model = cls(TransformerConfig(**kwargs))
+    prefix = "model."
+    weights = {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in state_dict.items()}
+    _load_weights(model, weights)
+    return model.to(dtype)

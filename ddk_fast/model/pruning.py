@@ -1,0 +1,59 @@
+"""Physical pruning: slice the kept heads and channels out of a MaskedTransformer.
+
+Why exact: a head's output reaches the rest of the network only through its D columns of the output
+projection, and an FFN channel only through its column of the down projection. Dropping the matching
+rows of Q/K/V (or the up projection) and those columns computes the same function as gating the unit
+to 0, biases and LayerNorms unchanged.
+"""
+from __future__ import annotations
+
+import torch
+
+from ddk_fast.model.masked_transformer import MaskedTransformer
+from ddk_fast.model.structure import Structure
+
+
+def _head_rows(heads: tuple[int, ...], head_dim: int, device) -> torch.Tensor:
+    """Row indices of the kept heads in a [H*D, ...] projection (head-major, as in stock BERT)."""
+    if not heads:
+        return torch.zeros(0, dtype=torch.long, device=device)
+    h = torch.tensor(heads, dtype=torch.long, device=device)
+    return (h[:, None] * head_dim + torch.arange(head_dim, device=device)).reshape(-1)
+
+
+@torch.no_grad()
+def prune(model: MaskedTransformer, structure: Structure) -> MaskedTransformer:
+    """A new MaskedTransformer holding only ``structure``'s units (same dtype, device and train/eval mode).
+
+    Output equals ``model(..., head_gates=g_h, ffn_gates=g_f)`` with ``g_h, g_f = structure.to_gates()``.
+    ``structure`` indexes ``model``'s current units; the result's ``pruned_from`` is relative to the
+    original model (composed with ``model.pruned_from`` when pruning a pruned model).
+    """
+    if list(structure.total_heads) != model.num_heads or list(structure.total_channels) != model.intermediate_sizes:
+        raise ValueError(
+            f"prune: structure sizes (heads {list(structure.total_heads)}, channels {list(structure.total_channels)}) "
+            f"do not match the model (heads {model.num_heads}, channels {model.intermediate_sizes})")
+    ref = model.classifier.weight
+    new = MaskedTransformer(model.config.with_widths(structure.num_heads, structure.intermediate_sizes))
+    new.to(device=ref.device, dtype=ref.dtype)
+
+    old_sd = model.state_dict()
+    new_sd = {k: v.clone() for k, v in old_sd.items() if not k.startswith("layers.")}
+    for i, (heads, channels) in enumerate(zip(structure.heads, structure.channels)):
+        rows = _head_rows(heads, model.head_dim, ref.device)
+        chans = torch.tensor(channels, dtype=torch.long, device=ref.device)
+        p = f"layers.{i}."
+        for name in ("query", "key", "value"):
+            new_sd[p + f"attention.{name}.weight"] = old_sd[p + f"attention.{name}.weight"].index_select(0, rows)
+            new_sd[p + f"attention.{name}.bias"] = old_sd[p + f"attention.{name}.bias"].index_select(0, rows)
+        new_sd[p + "attention.output.weight"] = old_sd[p + "attention.output.weight"].index_select(1, rows)
+        new_sd[p + "ffn.up.weight"] = old_sd[p + "ffn.up.weight"].index_select(0, chans)
+        new_sd[p + "ffn.up.bias"] = old_sd[p + "ffn.up.bias"].index_select(0, chans)
+        new_sd[p + "ffn.down.weight"] = old_sd[p + "ffn.down.weight"].index_select(1, chans)
+        for name in ("attention.output.bias", "attention.norm.weight", "attention.norm.bias",
+                     "ffn.down.bias", "ffn.norm.weight", "ffn.norm.bias"):
+            new_sd[p + name] = old_sd[p + name].clone()
+    new.load_state_dict(new_sd, strict=True)
+    new.pruned_from = structure if model.pruned_from is None else model.pruned_from.compose(structure)
+    new.train(model.training)
+    return new
