@@ -1,0 +1,54 @@
+"""Public Python API: ``ddk_fast.finetune``, ``ddk_fast.compress``, ``ddk_fast.evaluate``.
+
+Each takes the same options as the matching ``ddk-fast`` command (flag names with underscores), plus
+``config="file.yaml"``; precedence is defaults < preset < config file < keyword arguments.
+Bad input raises ``ddk_fast.cli.UserError`` with a one-line message.
+
+    import ddk_fast
+    ddk_fast.finetune(task="mrpc", data_dir="glue", output="teacher", preset="quick")
+    ddk_fast.compress(teacher="teacher", task="mrpc", data_dir="glue", target="params=0.5", output="student")
+    ddk_fast.evaluate(model="student", task="mrpc", data_dir="glue")
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+from ddk_fast.train.config import CompressConfig, FinetuneConfig, build_config
+
+
+def finetune(task: str, output: str, model: Optional[str] = None, data_dir: Optional[str] = None, *,
+             config: Optional[str] = None, **options) -> dict:
+    """Fine-tune a stock transformers classifier (the teacher) on a GLUE task.
+
+    ``model``: a local model folder (default: the packaged MiniLM-L6 BERT). Writes a standard
+    transformers folder (config.json, model.safetensors, tokenizer, metrics.json, log.jsonl) to
+    ``output``. Returns the metrics dict (best dev metrics under ``"dev"``).
+    """
+    from ddk_fast.train.finetune import run_finetune
+
+    flags = dict(options, task=task, output=output, model=model, data_dir=data_dir)
+    return run_finetune(build_config(FinetuneConfig, "finetune", flags, config))
+
+
+def compress(teacher: str, task: str, output: str, target: Optional[str] = None, data_dir: Optional[str] = None, *,
+             config: Optional[str] = None, **options) -> dict:
+    """DDK compression of a fine-tuned teacher to ``target`` ("params=0.5" or "flops=0.4").
+
+    Searches the number of heads and FFN channels per layer with recursive adaptive KD, prunes
+    physically, distills the pruned student, and exports it with report.json. Returns the report.
+    """
+    from ddk_fast.train.compress import run_compress
+
+    flags = dict(options, teacher=teacher, task=task, output=output, target=target, data_dir=data_dir)
+    return run_compress(build_config(CompressConfig, "compress", flags, config))
+
+
+def evaluate(model: str, task: str, data_dir: Optional[str] = None, *, output: Optional[str] = None,
+             batch_size: int = 64, max_seq_len: Optional[int] = None, max_eval_examples: Optional[int] = None,
+             split: str = "validation", device: str = "auto", path: str = "auto") -> dict:
+    """Dev-set metrics of a teacher folder or a pruned export; written as JSON to ``output`` if given."""
+    from ddk_fast.train.evaluate import run_evaluate
+
+    return run_evaluate(model=model, task=task, data_dir=data_dir, output=output, batch_size=batch_size,
+                        max_seq_len=max_seq_len, max_eval_examples=max_eval_examples, split=split, device=device,
+                        path=path)

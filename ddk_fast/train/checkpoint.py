@@ -1,0 +1,117 @@
+"""Training checkpoints for ``--resume``: everything that decides the rest of a run.
+
+A checkpoint is a folder ``step-<N>/`` holding ``model.safetensors`` (weights and buffers of the
+trained module, arch parameters included), ``state.pt`` (optimizers, schedulers, loop state, the
+RNG states of every rank) and ``meta.json`` (human-readable summary). It is built in a temporary
+sibling and renamed into place, then ``LATEST`` is rewritten atomically: a kill at any instant leaves
+the previous checkpoint usable. Only safetensors and ``torch.load(weights_only=True)`` are ever read.
+"""
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from typing import Any, Optional
+
+import torch
+
+from ddk_fast.train.io import atomic_directory, atomic_write_json, atomic_write_text, read_json
+
+LATEST = "LATEST"
+
+
+# ----------------------------------------------------------------------------------------- RNG state
+def rng_state() -> dict:
+    """The RNG states that can influence training on this process (torch CPU/CUDA, python, numpy)."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": _python_state_to_plain(random.getstate())}
+    try:
+        import numpy as np
+
+        name, keys, pos, has_gauss, cached = np.random.get_state()
+        state["numpy"] = {"name": name, "keys": torch.from_numpy(keys.astype("int64")), "pos": int(pos),
+                          "has_gauss": int(has_gauss), "cached": float(cached)}
+    except ImportError:  # pragma: no cover
+        pass
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(_python_state_from_plain(state["python"]))
+    if "numpy" in state:
+        import numpy as np
+
+        s = state["numpy"]
+        np.random.set_state((s["name"], s["keys"].numpy().astype("uint32"), s["pos"], s["has_gauss"], s["cached"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _python_state_to_plain(st):
+    version, internal, gauss = st
+    return [version, list(internal), gauss]
+
+
+def _python_state_from_plain(st):
+    version, internal, gauss = st
+    return (version, tuple(internal), gauss)
+
+
+# -------------------------------------------------------------------------------------- model tensors
+def model_tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """state_dict as standalone contiguous CPU tensors (shared storage is cloned: safetensors refuses it)."""
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in module.state_dict().items()}
+
+
+def save_tensors(path: str, tensors: dict[str, torch.Tensor]) -> None:
+    from safetensors.torch import save_file
+
+    save_file(tensors, path)
+
+
+def load_tensors(path: str) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(path)
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+def save_checkpoint(ckpt_root: str, step: int, model: torch.nn.Module, state: dict, meta: Optional[dict] = None,
+                    keep: int = 2) -> str:
+    """Write ``ckpt_root/step-<step>`` atomically, point LATEST at it, prune all but the newest ``keep``."""
+    os.makedirs(ckpt_root, exist_ok=True)
+    name = f"step-{step:08d}"
+    final = os.path.join(ckpt_root, name)
+    with atomic_directory(final) as tmp:
+        save_tensors(os.path.join(tmp, "model.safetensors"), model_tensors(model))
+        torch.save(state, os.path.join(tmp, "state.pt"))
+        atomic_write_json(os.path.join(tmp, "meta.json"), {"step": step, **(meta or {})})
+    atomic_write_text(os.path.join(ckpt_root, LATEST), name + "\n")
+    existing = sorted(d for d in os.listdir(ckpt_root) if d.startswith("step-") and not d.endswith((".partial", ".old")))
+    for old in existing[:-keep] if keep > 0 else []:
+        if old != name:
+            shutil.rmtree(os.path.join(ckpt_root, old), ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(ckpt_root: str) -> Optional[str]:
+    """The folder LATEST points to, or None if there is no complete checkpoint."""
+    pointer = os.path.join(ckpt_root, LATEST)
+    if not os.path.isfile(pointer):
+        return None
+    with open(pointer, encoding="utf-8") as fh:
+        name = fh.read().strip()
+    path = os.path.join(ckpt_root, name)
+    if not os.path.isfile(os.path.join(path, "state.pt")):
+        return None
+    return path
+
+
+def load_checkpoint(path: str, map_location="cpu") -> tuple[dict[str, torch.Tensor], dict, dict]:
+    """(model tensors, state, meta) from a checkpoint folder; never unpickles arbitrary objects."""
+    tensors = load_tensors(os.path.join(path, "model.safetensors"))
+    state = torch.load(os.path.join(path, "state.pt"), map_location=map_location, weights_only=True)
+    meta = read_json(os.path.join(path, "meta.json"))
+    return tensors, state, meta

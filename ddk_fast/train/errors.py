@@ -1,0 +1,14 @@
+"""Errors the training loops raise on purpose."""
+from __future__ import annotations
+
+from ddk_fast.cli import UserError
+
+
+class TrainingDiverged(UserError):
+    """The loss (or gradient norm) became NaN/inf. The message names the step and the last good
+    checkpoint; the in-progress folder is kept so the run can be resumed with other settings."""
+
+
+class RunInterrupted(RuntimeError):
+    """Raised by the ``stop_after_steps`` testing hook: the run stops as if killed right after a step
+    (nothing else is written), so tests can exercise ``--resume`` without signals."""

@@ -1,0 +1,102 @@
+"""`ddk-fast evaluate`: dev metrics of a teacher folder (stock transformers) or a pruned export."""
+from __future__ import annotations
+
+import os
+import time
+from typing import Optional
+
+import torch
+
+from ddk_fast.cli import UserError
+from ddk_fast.train import ddp
+from ddk_fast.train.batching import eval_loader
+from ddk_fast.train.evaluation import evaluate, load_split, task_spec
+from ddk_fast.train.io import atomic_write_json, read_json
+
+
+def is_pruned_export(folder: str) -> bool:
+    """A `ddk-fast compress` output (or anything ``ddk_fast.export.save_pruned`` wrote)."""
+    try:
+        from ddk_fast.export import is_pruned_export as _probe
+    except ImportError:
+        _probe = None
+    if _probe is not None:
+        return bool(_probe(folder))
+    return os.path.isfile(os.path.join(folder, "report.json")) or os.path.isfile(os.path.join(folder, "structure.json"))
+
+
+def load_any(folder: str, spec, path: str = "auto"):
+    """(model, tokenizer, logits_fn, kind) for a teacher folder or a pruned export."""
+    from ddk_fast.train.hf import load_classifier, load_tokenizer, logits_of
+
+    if not os.path.isdir(folder):
+        raise UserError(f"--model {folder!r} is not a folder")
+    if is_pruned_export(folder):
+        from ddk_fast.export import load_pruned
+
+        try:
+            model = load_pruned(folder)
+        except (ValueError, OSError, KeyError) as exc:
+            raise UserError(f"cannot load the pruned model in {folder!r}: {exc}") from None
+        _check_pruned_labels(folder, model, spec)
+        tokenizer = load_tokenizer(folder)
+        return model, tokenizer, (lambda b: _pruned_logits(model, b, path)), "pruned"
+    model, tokenizer = load_classifier(folder, spec, require_head=True)
+    return model, tokenizer, (lambda b: logits_of(model, b)), "transformers"
+
+
+def _check_pruned_labels(folder, model, spec):
+    n = getattr(model, "num_labels", None)
+    if n is None:
+        n = getattr(getattr(model, "config", None), "num_labels", None)
+    if n is not None and int(n) != spec.num_labels:
+        raise UserError(f"the model at {folder!r} has {n} output label(s) but task {spec.name} needs {spec.num_labels}")
+
+
+def _pruned_logits(model, batch, path):
+    kwargs = {} if path == "auto" else {"path": path}
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                token_type_ids=batch.get("token_type_ids"), **kwargs)
+    return getattr(out, "logits", out)
+
+
+def trained_seq_len(folder: str) -> Optional[int]:
+    for name in ("report.json", "metrics.json"):
+        p = os.path.join(folder, name)
+        if os.path.isfile(p):
+            try:
+                cfg = read_json(p).get("config", {})
+            except (OSError, ValueError, AttributeError):
+                continue
+            if isinstance(cfg, dict) and cfg.get("max_seq_len"):
+                return int(cfg["max_seq_len"])
+    return None
+
+
+def run_evaluate(model: str, task: str, data_dir=None, output=None, batch_size: int = 64, max_seq_len=None,
+                 max_eval_examples=None, split: str = "validation", device: str = "auto", path: str = "auto") -> dict:
+    from ddk_fast.data import encode
+
+    spec = task_spec(task)
+    if not model:
+        raise UserError("--model is required")
+    if batch_size < 1:
+        raise UserError(f"--batch-size {batch_size}: expected a positive integer")
+    dev = ddp.resolve_device(device)
+    t0 = time.time()
+    net, tokenizer, logits_fn, kind = load_any(model, spec, path)
+    seq = max_seq_len or trained_seq_len(model) or 128
+    from ddk_fast.train.validate import check_seq_len
+
+    check_seq_len(seq, getattr(net, "config", {}), "--max-seq-len")
+    net.to(dev)
+    examples = load_split(spec.name, split, data_dir, max_eval_examples, 0)
+    loader = eval_loader(encode(examples, tokenizer, max_length=seq), batch_size)
+    with torch.inference_mode():
+        metrics = evaluate(net, logits_fn, loader, dev, spec.name)
+    result = {"model": os.path.abspath(model), "kind": kind, "task": spec.name, "split": split,
+              "examples": len(examples), "max_seq_len": seq, "main_metric": spec.main_metric, "metrics": metrics,
+              "wall_time_s": round(time.time() - t0, 2)}
+    if output:
+        atomic_write_json(output, result)
+    return result

@@ -1,0 +1,67 @@
+"""Dev-set evaluation shared by every loop: run a model over a loader, compute the task's metrics."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from ddk_fast.cli import UserError
+
+
+def to_device(batch: dict, device) -> dict:
+    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+
+
+@torch.no_grad()
+def predict(logits_fn: Callable[[dict], torch.Tensor], loader, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits [N, C] float32 on CPU, labels [N]) over the whole loader, in loader order."""
+    all_logits, all_labels = [], []
+    for batch in loader:
+        batch = to_device(batch, device)
+        logits = logits_fn(batch)
+        all_logits.append(logits.detach().float().cpu())
+        all_labels.append(batch["labels"].detach().cpu())
+    return torch.cat(all_logits), torch.cat(all_labels)
+
+
+def evaluate_logits(task: str, logits: torch.Tensor, labels: torch.Tensor) -> dict:
+    from ddk_fast.data import compute_metrics
+
+    preds = logits.squeeze(-1) if logits.shape[-1] == 1 else logits
+    return {k: float(v) for k, v in compute_metrics(task, preds.numpy(), labels.numpy()).items()}
+
+
+def evaluate(model, logits_fn, loader, device, task: str) -> dict:
+    was_training = model.training
+    model.eval()
+    try:
+        logits, labels = predict(logits_fn, loader, device)
+    finally:
+        model.train(was_training)
+    return evaluate_logits(task, logits, labels)
+
+
+def load_split(task: str, split: str, data_dir, max_examples=None, seed: int = 0):
+    """``ddk_fast.data.load_task`` with data errors turned into one-line user errors."""
+    from ddk_fast.data import DataError, load_task
+
+    try:
+        examples = load_task(task, split=split, data_dir=data_dir, max_examples=max_examples, seed=seed)
+    except DataError as exc:
+        raise UserError(str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - file system or hub failure: the user must fix the source
+        where = data_dir or "the Hugging Face hub (no --data-dir given)"
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"cannot read {task} {split} from {where}: {first}") from None
+    if not examples:
+        raise UserError(f"{task} {split} split is empty (data dir {data_dir!r})")
+    return examples
+
+
+def task_spec(task: str):
+    from ddk_fast.data import DataError, get_task
+
+    try:
+        return get_task(task)
+    except DataError as exc:
+        raise UserError(f"--task: {exc}") from None

@@ -1,0 +1,119 @@
+"""Stock transformers sequence classifiers (the teacher): load with checks, save as a standard folder.
+
+Only safetensors weights are read (``use_safetensors=True``): a folder with pickled weights only is
+refused rather than unpickled.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+
+import torch
+
+from ddk_fast.cli import UserError
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """Silence transformers' load report (missing classifier weights are expected for a fresh head)."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    old = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(old)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def read_config(path: str) -> dict:
+    cfg = os.path.join(path, "config.json")
+    if not os.path.isfile(cfg):
+        raise UserError(f"{path!r} is not a model folder: config.json not found")
+    try:
+        with open(cfg, encoding="utf-8") as fh:
+            return json.load(fh)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"{cfg!r}: not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc})") from None
+
+
+def has_classifier_head(config: dict) -> bool:
+    return any(a.endswith("ForSequenceClassification") for a in (config.get("architectures") or []))
+
+
+def check_label_count(path: str, config: dict, spec) -> None:
+    """A folder that already has a classifier head must have the task's number of labels."""
+    if not has_classifier_head(config):
+        return
+    n = config.get("num_labels")
+    if n is None and config.get("id2label"):
+        n = len(config["id2label"])
+    if n is not None and int(n) != spec.num_labels:
+        raise UserError(f"the model at {path!r} has a {n}-label classifier but task {spec.name} needs "
+                        f"{spec.num_labels} label(s)")
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    try:
+        with quiet_transformers():
+            return AutoTokenizer.from_pretrained(path)
+    except Exception as exc:  # noqa: BLE001 - any failure is a bad folder from the user's point of view
+        raise UserError(f"cannot load a tokenizer from {path!r}: {_one_line(exc)}") from None
+
+
+def load_classifier(path: str, spec, require_head: bool = False):
+    """(model, tokenizer) for ``spec`` from a local folder; errors are one line naming the folder."""
+    if not os.path.isdir(path):
+        raise UserError(f"model {path!r} is not a folder (models cannot be downloaded here; give a local path)")
+    config = read_config(path)
+    if require_head and not has_classifier_head(config):
+        raise UserError(f"{path!r} has no sequence-classification head (architectures="
+                        f"{config.get('architectures')}); fine-tune it first with `ddk-fast finetune`")
+    check_label_count(path, config, spec)
+    if not any(f.endswith(".safetensors") for f in os.listdir(path)):
+        raise UserError(f"{path!r} has no .safetensors weights; only safetensors checkpoints are read")
+    from transformers import AutoModelForSequenceClassification
+
+    kwargs = {"num_labels": spec.num_labels}
+    if spec.is_regression:
+        kwargs["problem_type"] = "regression"
+    else:
+        kwargs["problem_type"] = "single_label_classification"
+    kwargs["id2label"] = {i: n for i, n in enumerate(spec.label_names)}
+    kwargs["label2id"] = {n: i for i, n in enumerate(spec.label_names)}
+    try:
+        with quiet_transformers():
+            model = AutoModelForSequenceClassification.from_pretrained(path, use_safetensors=True, **kwargs)
+    except Exception as exc:  # noqa: BLE001
+        raise UserError(f"cannot load a sequence classifier from {path!r}: {_one_line(exc)}") from None
+    model.config.finetuning_task = spec.name
+    return model, load_tokenizer(path)
+
+
+def save_classifier(model, tokenizer, folder: str) -> None:
+    """A standard transformers folder: config.json, model.safetensors, tokenizer files."""
+    os.makedirs(folder, exist_ok=True)
+    with quiet_transformers():
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+
+def logits_of(model, batch: dict) -> torch.Tensor:
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                token_type_ids=batch.get("token_type_ids"))
+    return out.logits if hasattr(out, "logits") else out
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

