@@ -107,3 +107,18 @@ def test_bad_arguments_are_named():
     cm = CostModel(HIDDEN, HEAD_DIM, [HEADS], [INTER])
     with pytest.raises(ValueError, match="exceed"):
         cm.structure_cost([HEADS + 1], [INTER])
+
+
+def test_from_config_of_the_masked_model_config_and_structure_hand_off():
+    from ddk_fast.model.config import TransformerConfig
+    from ddk_fast.model.params import encoder_param_count
+    from ddk_fast.search import DerivedStructure
+
+    cfg = TransformerConfig(vocab_size=50, hidden_size=HIDDEN, head_dim=HEAD_DIM, num_heads=[HEADS, 2],
+                            intermediate_sizes=[INTER, 9])
+    cm = CostModel.from_config(cfg)
+    assert cm.num_heads == [HEADS, 2] and cm.intermediate == [INTER, 9]
+    assert cm.full_cost() == encoder_param_count(cfg)
+    structure = DerivedStructure(heads=[[1, 3], []], ffn=[list(range(5)), [8]]).to_structure(cfg)
+    assert structure.num_heads == [2, 0] and structure.intermediate_sizes == [5, 1]
+    assert list(structure.total_heads) == [HEADS, 2]

@@ -58,6 +58,11 @@ class DerivedStructure:
             ffn_gates[l, self.ffn[l]] = 1
         return head_gates, ffn_gates
 
+    def to_structure(self, model_or_config):
+        """The ``ddk_fast.model.Structure`` (what pruning and export take) for a model's sizes."""
+        from ddk_fast.model.structure import Structure
+        return Structure.from_indices(self.heads, self.ffn, model_or_config)
+
     def to_dict(self) -> dict:
         return {"heads": self.heads, "ffn": self.ffn}
 

@@ -72,8 +72,13 @@ class CostModel:
 
     @classmethod
     def from_config(cls, config, seq_len: int = 128, metric: str = "params") -> "CostModel":
-        """From a transformers BERT-style config (``hidden_size``, ``num_attention_heads``,
-        ``intermediate_size``, ``num_hidden_layers``, optional ``pruned_heads``)."""
+        """From a ``ddk_fast.model`` TransformerConfig / MaskedTransformer (per-layer ``num_heads`` and
+        ``intermediate_sizes``), or a transformers BERT-style config (``hidden_size``,
+        ``num_attention_heads``, ``intermediate_size``, ``num_hidden_layers``, optional ``pruned_heads``)."""
+        config = getattr(config, "config", config)
+        if isinstance(getattr(config, "num_heads", None), (list, tuple)):
+            return cls(config.hidden_size, config.head_dim, config.num_heads, config.intermediate_sizes,
+                       seq_len=seq_len, metric=metric)
         num_layers = config.num_hidden_layers
         heads = config.num_attention_heads
         pruned = getattr(config, "pruned_heads", None) or {}
