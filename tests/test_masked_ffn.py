@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ddk_fast.kernels import masked_ffn as ffn_kernels
-from ddk_fast.ops.activations import activation_and_grad
+from ddk_fast.ops.activations import activation, activation_backward
 from ddk_fast.ops.masked_ffn import FFNIntermediate, masked_ffn
 
 ACTS = ("gelu", "gelu_tanh", "relu")
@@ -142,15 +142,18 @@ def test_gradcheck_float64(path, act):
 
 
 @pytest.mark.parametrize("act", ACTS)
-def test_activation_and_grad_match_torch(act):
+def test_activation_and_backward_match_torch(act):
     z = torch.linspace(-6, 6, 241, dtype=torch.float64).requires_grad_()
     torch_fn = {"gelu": lambda t: F.gelu(t, approximate="none"),
                 "gelu_tanh": lambda t: F.gelu(t, approximate="tanh"), "relu": F.relu}[act]
     want = torch_fn(z)
-    (want_slope,) = torch.autograd.grad(want.sum(), z)
-    value, slope = activation_and_grad(z.detach(), act)
-    torch.testing.assert_close(value, want.detach(), rtol=1e-13, atol=1e-13)
-    torch.testing.assert_close(slope, want_slope, rtol=1e-12, atol=1e-12)
+    grad = torch.randn(241, dtype=torch.float64)
+    (want_grad,) = torch.autograd.grad(want, z, grad)
+    torch.testing.assert_close(activation(z.detach(), act), want.detach(), rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(activation_backward(grad, z.detach(), act), want_grad, rtol=1e-12, atol=1e-12)
+    if act == "gelu":  # BERT's exact erf GELU, spelled out
+        exact = 0.5 * z * (1 + torch.erf(z / 2 ** 0.5))
+        torch.testing.assert_close(activation(z.detach(), act), exact.detach(), rtol=1e-13, atol=1e-13)
 
 
 def test_triton_kernels_many_blocks():
@@ -168,7 +171,8 @@ def test_triton_kernels_many_blocks():
     for act in ACTS:
         h, z = ffn_kernels.ffn_up_forward(x, w_in, b_in, gate, active, act, blocks=blocks)
         z_want = x @ w_in[active].T + b_in[active]
-        a_want, slope_want = activation_and_grad(z_want, act)
+        a_want = activation(z_want, act)
+        slope_want = activation_backward(torch.ones_like(z_want), z_want, act)
         torch.testing.assert_close(z, z_want, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(h, a_want * gate[active], rtol=1e-5, atol=1e-5)
         gy = torch.randn(M, d)
@@ -216,3 +220,24 @@ def test_errors_name_the_argument():
         masked_ffn(args[0], args[1].double(), *args[2:])
     with pytest.raises(ValueError, match="path"):
         masked_ffn(*args, path="fast")
+
+
+def test_loss_on_intermediate_only():
+    """Distilling the FFN activations alone: y unused, gradients come only through the intermediate."""
+    d, n_ch = 12, 24
+    inputs = [torch.randn(2, 5, d, dtype=torch.float64)] + _params(d, n_ch) + [_gate(n_ch, "mixed")]
+    target = torch.randn(2, 5, n_ch, dtype=torch.float64)
+    grads = {}
+    for path, dtype in (("reference", torch.float64), ("compact", torch.float64), ("triton", torch.float32)):
+        leaves = [t.detach().to(dtype).clone().requires_grad_(True) for t in inputs]
+        _, inter = masked_ffn(*leaves, path=path, return_intermediate=True)
+        ((inter.full() - target.to(dtype)) ** 2).sum().backward()
+        grads[path] = [t.grad for t in leaves]
+    for path, tol in (("compact", 1e-10), ("triton", 1e-4)):
+        for name, got, want in zip(NAMES, grads[path], grads["reference"]):
+            if name in ("w_out", "b_out"):  # y unused: no gradient reaches the down-projection
+                assert got is None or torch.count_nonzero(got) == 0
+                assert want is None or torch.count_nonzero(want) == 0
+                continue
+            assert got is not None, f"{path} d{name}"
+            torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol, msg=f"{path} d{name}")

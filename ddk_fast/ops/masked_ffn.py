@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ddk_fast.ops._dispatch import resolve_path
-from ddk_fast.ops.activations import activation, activation_and_grad, check_activation
+from ddk_fast.ops.activations import activation, activation_backward, check_activation
 
 __all__ = ["masked_ffn", "masked_ffn_reference", "FFNIntermediate"]
 
@@ -100,12 +100,21 @@ def _scatter(values, active, n, dim):
 
 
 class _MaskedFFNCompact(torch.autograd.Function):
-    """Dense GEMMs over the gathered active channels. Saves x, the compact pre-activation z and the
-    gathered weights; the backward recomputes act(z) and act'(z) in one pass (one erf for both) instead
-    of keeping act(z) and h from the forward."""
+    """Dense GEMMs over the gathered active channels, with the gate folded into the (small) weights.
+
+    Why this shape on CPU, where elementwise passes over the [M, K] intermediate cost real time:
+      forward   a = act(x @ w_in_a.T + b_in_a);  y = a @ (w_out_a * g).T + b_out
+                (the gate scales K columns of a [d, K] weight instead of M*K activations)
+      backward  P = dy.T @ a  gives both dW_out_a = P * g and dgate = sum_o P * w_out_a (no [M, K]
+                product for the gate); da = dy @ (w_out_a * g); dz = act_backward(da, z) in one fused
+                pass; then dx, dW_in, db_in.
+    Saves x, the compact pre-activation z and the gathered weights; act(z) is recomputed in the backward
+    (one pass) rather than kept, so activation memory is one [M, K] tensor instead of torch's three [M, I].
+    The gated intermediate h = a * g is only materialised when asked for (``want_h``).
+    """
 
     @staticmethod
-    def forward(ctx, x2d, w_in, b_in, w_out, b_out, gate, active, act_name):
+    def forward(ctx, x2d, w_in, b_in, w_out, b_out, gate, active, act_name, want_h):
         n_ch = w_in.shape[0]
         all_on = active.numel() == n_ch
         w_in_a = w_in if all_on else w_in.index_select(0, active)
@@ -115,39 +124,54 @@ class _MaskedFFNCompact(torch.autograd.Function):
             z = x2d @ w_in_a.t()
         else:
             z = torch.addmm(b_in if all_on else b_in.index_select(0, active), x2d, w_in_a.t())
-        h = activation(z, act_name).mul_(g_a)
-        y = h @ w_out_a.t() if b_out is None else torch.addmm(b_out, h, w_out_a.t())
+        a = activation(z, act_name)
+        w_out_g = w_out_a * g_a
+        y = a @ w_out_g.t() if b_out is None else torch.addmm(b_out, a, w_out_g.t())
         ctx.save_for_backward(x2d, z, w_in_a, w_out_a, g_a, active)
         ctx.meta = (act_name, n_ch, b_in is not None, b_out is not None, gate.dtype)
         ctx.set_materialize_grads(False)
-        return y, h
+        if want_h:
+            return y, a.mul_(g_a)
+        return y
 
     @staticmethod
-    def backward(ctx, grad_y, grad_h):
+    def backward(ctx, grad_y, *maybe_grad_h):
         x2d, z, w_in_a, w_out_a, g_a, active = ctx.saved_tensors
         act_name, n_ch, has_b_in, has_b_out, gate_dtype = ctx.meta
+        grad_h = maybe_grad_h[0] if maybe_grad_h else None
         need_x, need_w_in, need_b_in, need_w_out, need_b_out, need_gate = ctx.needs_input_grad[:6]
         dx = dw_in = db_in = dw_out = db_out = dgate = None
         if grad_y is None and grad_h is None:
-            return None, None, None, None, None, None, None, None
-        value, slope = activation_and_grad(z, act_name)
-        dh = grad_y @ w_out_a if grad_y is not None else None
+            return None, None, None, None, None, None, None, None, None
+        a = activation(z, act_name)
+        da = None
+        dgate_a = None
+        if grad_y is not None:
+            if need_w_out or need_gate:
+                p = grad_y.t() @ a  # [d, K]
+                if need_w_out:
+                    dw_out = _scatter(p * g_a, active, n_ch, 1)
+                if need_gate:
+                    dgate_a = (p * w_out_a).sum(0)
+            if has_b_out and need_b_out:
+                db_out = grad_y.sum(0)
+            da = grad_y @ (w_out_a * g_a)
         if grad_h is not None:
-            dh = grad_h.clone() if dh is None else dh.add_(grad_h)
-        if grad_y is not None and need_w_out:
-            dw_out = _scatter(grad_y.t() @ (value * g_a), active, n_ch, 1)
-        if grad_y is not None and has_b_out and need_b_out:
-            db_out = grad_y.sum(0)
+            if need_gate:
+                extra = (grad_h * a).sum(0)
+                dgate_a = extra if dgate_a is None else dgate_a + extra
+            da = grad_h * g_a if da is None else da.addcmul_(grad_h, g_a)
         if need_gate:
-            dgate = _scatter((dh * value).sum(0).to(gate_dtype), active, n_ch, 0)
-        dz = dh.mul_(slope.mul_(g_a))
+            dgate = _scatter(dgate_a.to(gate_dtype), active, n_ch, 0)
+        del a
+        dz = activation_backward(da, z, act_name)
         if need_x:
             dx = dz @ w_in_a
         if need_w_in:
             dw_in = _scatter(dz.t() @ x2d, active, n_ch, 0)
         if has_b_in and need_b_in:
             db_in = _scatter(dz.sum(0), active, n_ch, 0)
-        return dx, dw_in, db_in, dw_out, db_out, dgate, None, None
+        return dx, dw_in, db_in, dw_out, db_out, dgate, None, None, None
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -159,7 +183,7 @@ class _MaskedFFNTriton(torch.autograd.Function):
     and act'(z) in its epilogue and recomputes h for dW_out. Saves x and the compact z only."""
 
     @staticmethod
-    def forward(ctx, x2d, w_in, b_in, w_out, b_out, gate, active, act_name):
+    def forward(ctx, x2d, w_in, b_in, w_out, b_out, gate, active, act_name, want_h):
         from ddk_fast.kernels import masked_ffn as FK
         from ddk_fast.kernels import masked_linear as LK
 
@@ -168,18 +192,19 @@ class _MaskedFFNTriton(torch.autograd.Function):
         ctx.save_for_backward(x2d, w_in, w_out, gate, z, active)
         ctx.meta = (act_name, b_in is not None, b_out is not None)
         ctx.set_materialize_grads(False)
-        return y, h
+        return (y, h) if want_h else y
 
     @staticmethod
-    def backward(ctx, grad_y, grad_h):
+    def backward(ctx, grad_y, *maybe_grad_h):
         from ddk_fast.kernels import masked_ffn as FK
         from ddk_fast.kernels import masked_linear as LK
 
         x2d, w_in, w_out, gate, z, active = ctx.saved_tensors
         act_name, has_b_in, has_b_out = ctx.meta
+        grad_h = maybe_grad_h[0] if maybe_grad_h else None
         need_x, need_w_in, need_b_in, need_w_out, need_b_out, need_gate = ctx.needs_input_grad[:6]
         if grad_y is None and grad_h is None:
-            return None, None, None, None, None, None, None, None
+            return None, None, None, None, None, None, None, None, None
         n_ch = w_in.shape[0]
         if grad_y is None:
             grad_y = torch.zeros((x2d.shape[0], w_out.shape[0]), device=x2d.device, dtype=x2d.dtype)
@@ -200,7 +225,7 @@ class _MaskedFFNTriton(torch.autograd.Function):
         if need_w_in or want_b_in:
             dw_in, db_in = LK.active_out_backward_weight(dz, x2d, active, n_ch, want_b_in)
             dw_in = dw_in if need_w_in else None
-        return dx, dw_in, db_in, dw_out, db_out, dgate, None, None
+        return dx, dw_in, db_in, dw_out, db_out, dgate, None, None, None
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -243,8 +268,8 @@ def masked_ffn(x: torch.Tensor, w_in: torch.Tensor, b_in: torch.Tensor | None, w
     else:
         fn = _MaskedFFNCompact
     x2d = x.reshape(lead.numel(), x.shape[-1])
-    y2d, h = fn.apply(x2d, w_in, b_in, w_out, b_out, channel_gate, active, activation)
-    y = y2d.reshape(*lead, x.shape[-1])
     if not return_intermediate:
-        return y
-    return y, FFNIntermediate(h.reshape(*lead, active.numel()), active, n_ch)
+        y2d = fn.apply(x2d, w_in, b_in, w_out, b_out, channel_gate, active, activation, False)
+        return y2d.reshape(*lead, x.shape[-1])
+    y2d, h = fn.apply(x2d, w_in, b_in, w_out, b_out, channel_gate, active, activation, True)
+    return y2d.reshape(*lead, x.shape[-1]), FFNIntermediate(h.reshape(*lead, active.numel()), active, n_ch)
