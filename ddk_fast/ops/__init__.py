@@ -1,22 +1,31 @@
-"""Public fused ops. Each lives in its own module with its reference beside it; imported lazily so
-that ``import ddk_fast.ops`` stays cheap and never touches a GPU."""
-import importlib
+"""Public fused ops. Each lives in its own module with its reference beside it.
 
-_WHERE = {
-    "gated_attention": "ddk_fast.ops.gated_attention",
-    "masked_self_attention": "ddk_fast.ops.gated_attention",
-    "linear_active_out": "ddk_fast.ops.masked_linear",
-    "linear_active_in": "ddk_fast.ops.masked_linear",
-    "masked_ffn": "ddk_fast.ops.masked_ffn",
-    "hidden_distill_loss": "ddk_fast.ops.distill_losses",
-    "attention_distill_loss": "ddk_fast.ops.distill_losses",
-    "soft_cross_entropy": "ddk_fast.ops.distill_losses",
-}
+The functions are bound here eagerly: a lazy ``__getattr__`` would be shadowed by the submodule of
+the same name (``ddk_fast.ops.masked_ffn`` the module vs ``masked_ffn`` the op) as soon as anything
+imports that submodule. Importing never touches a GPU (kernels are only compiled on first launch).
+"""
+from ddk_fast.ops.gated_attention import gated_attention, masked_self_attention
+from ddk_fast.ops.masked_ffn import masked_ffn
+from ddk_fast.ops.masked_linear import linear_active_in, linear_active_out
 
-__all__ = sorted(_WHERE)
+__all__ = [
+    "attention_distill_loss",
+    "gated_attention",
+    "hidden_distill_loss",
+    "linear_active_in",
+    "linear_active_out",
+    "masked_ffn",
+    "masked_self_attention",
+    "soft_cross_entropy",
+]
+
+_LOSSES = ("attention_distill_loss", "hidden_distill_loss", "soft_cross_entropy")
 
 
 def __getattr__(name):
-    if name in _WHERE:
-        return getattr(importlib.import_module(_WHERE[name]), name)
+    # The loss ops load on first use (their module name differs from every op name, so no shadowing).
+    if name in _LOSSES:
+        from ddk_fast.ops import distill_losses
+
+        return getattr(distill_losses, name)
     raise AttributeError(f"module 'ddk_fast.ops' has no attribute {name!r}")
