@@ -62,4 +62,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    # Run through the package module so UserError is the class subcommands raise.
+    from ddk_fast.cli import main as _package_main
+
+    sys.exit(_package_main())
