@@ -350,9 +350,15 @@ def masked_self_attention(x, wq, bq, wk, bk, wv, bv, wo, bo, head_gate, num_head
     rows = (active[:, None] * head_dim + torch.arange(head_dim, device=active.device)).flatten()
     gate_a = head_gate.index_select(0, active)
 
-    q = _split_heads(linear_active_out(x, wq, bq, rows, path), n_active, head_dim)
-    k = _split_heads(linear_active_out(x, wk, bk, rows, path), n_active, head_dim)
-    v = _split_heads(linear_active_out(x, wv, bv, rows, path), n_active, head_dim)
+    # one GEMM for Q, K and V (rows of the stacked weight): one pass over x and one input gradient
+    inner = wq.shape[0]
+    w_qkv = torch.cat([wq, wk, wv])
+    b_qkv = None
+    if not (bq is None and bk is None and bv is None):
+        b_qkv = torch.cat([b if b is not None else wq.new_zeros(inner) for b in (bq, bk, bv)])
+    qkv = linear_active_out(x, w_qkv, b_qkv, torch.cat([rows, rows + inner, rows + 2 * inner]), path)
+    n = rows.numel()
+    q, k, v = (_split_heads(qkv[..., i * n:(i + 1) * n], n_active, head_dim) for i in range(3))
 
     scores = probs = None
     if return_scores or return_probs:
