@@ -15,14 +15,16 @@ from ddk_fast.train.io import atomic_write_json, read_json
 
 
 def is_pruned_export(folder: str) -> bool:
-    """A `ddk-fast compress` output (or anything ``ddk_fast.export.save_pruned`` wrote)."""
+    """A folder written by ``ddk_fast.export.save_pruned`` (a `ddk-fast compress` output)."""
+    cfg = os.path.join(folder, "config.json")
+    if not os.path.isfile(cfg):
+        return False
     try:
-        from ddk_fast.export import is_pruned_export as _probe
-    except ImportError:
-        _probe = None
-    if _probe is not None:
-        return bool(_probe(folder))
-    return os.path.isfile(os.path.join(folder, "report.json")) or os.path.isfile(os.path.join(folder, "structure.json"))
+        from ddk_fast.export import MODEL_TYPE
+
+        return read_json(cfg).get("model_type") == MODEL_TYPE
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def load_any(folder: str, spec, path: str = "auto"):

@@ -50,6 +50,7 @@ PRESETS: dict[str, dict[str, dict]] = {
             "latency_batch_size": 8,
             "latency_seq_len": 64,
             "latency_repeats": 5,
+            "log_steps": 5,
         },
     },
 }

@@ -1,0 +1,539 @@
+"""`ddk-fast compress`: the DDK pipeline end to end.
+
+(1) load the fine-tuned teacher into the masked engine (frozen) and a student copy;
+(2) search: the student runs with gates sampled from the width search; loss = recursive adaptive
+    hidden KD + prediction KD + task loss + budget loss; weights and architecture parameters have
+    their own optimizers; the Gumbel temperature is annealed; unit importance is an EMA of Taylor
+    scores |g * dL/dg| of the sampled gates;
+(3) derive the structure (guaranteed within the budget) and prune physically;
+(4) distill the pruned student again (same objective without the budget), evaluate on dev each
+    epoch, keep the best;
+(5) export (``ddk_fast.export.save_pruned``) with report.json, structure.png, curves.png, the JSONL
+    log and TensorBoard events.
+``--fixed-structure uniform`` replaces (2)-(3) by the same budget met with uniform widths; its
+distillation runs search_epochs + distill_epochs epochs so both see the same number of steps.
+
+Resume: the checkpoint records the stage; a run killed during the search resumes the search, one
+killed during distillation rebuilds the pruned student from the recorded structure.
+"""
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import time
+
+import torch
+
+from ddk_fast.cli import UserError
+from ddk_fast.train import ddp
+from ddk_fast.train.batching import eval_loader, train_loader
+from ddk_fast.train.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from ddk_fast.train.config import CompressConfig, config_dict, resume_mismatches
+from ddk_fast.train.evaluation import evaluate, load_split, task_spec, to_device
+from ddk_fast.train.io import atomic_write_json, read_json
+from ddk_fast.train.kd import FUSIONS, DistillObjective, KDWeights
+from ddk_fast.train.logging import RunLogger
+from ddk_fast.train.loop import check_finite, run_epochs
+from ddk_fast.train.optim import adamw, linear_schedule
+from ddk_fast.train.rundir import copy_logs, finalize, prepare, run_dirs, stage_dir
+from ddk_fast.train.stages import DistillModule, SearchModule, initial_importance, teacher_outputs, weight_parameters
+from ddk_fast.train.validate import check_positive, check_seq_len, parse_target
+
+SEARCH, DISTILL = "search", "distill"
+
+
+# ----------------------------------------------------------------------------------------- validation
+def validate(cfg: CompressConfig) -> tuple[str, float]:
+    for flag, value in (("--teacher", cfg.teacher), ("--task", cfg.task), ("--output", cfg.output)):
+        if not value:
+            raise UserError(f"{flag} is required")
+    metric, ratio = parse_target(cfg.target)
+    for name in ("batch_size", "eval_batch_size", "max_seq_len", "seq_len", "save_steps", "log_steps",
+                 "channel_granularity", "latency_batch_size", "latency_seq_len", "latency_repeats"):
+        check_positive(name, getattr(cfg, name))
+    for name in ("search_epochs", "distill_epochs"):
+        value = getattr(cfg, name)
+        if not isinstance(value, int) or value < 0:
+            raise UserError(f"--{name.replace('_', '-')} {value!r}: expected an integer >= 0")
+    if cfg.fixed_structure is None and cfg.search_epochs < 1:
+        raise UserError("--search-epochs 0: the search needs at least one epoch (or use --fixed-structure uniform)")
+    for name in ("lr", "arch_lr", "temperature", "tau_start", "tau_end"):
+        value = getattr(cfg, name)
+        if not (value > 0 and math.isfinite(value)):
+            raise UserError(f"--{name.replace('_', '-')} {value!r}: expected a positive finite number")
+    if cfg.search not in ("gumbel", "hard_concrete"):
+        raise UserError(f"--search {cfg.search!r}: expected gumbel or hard_concrete")
+    if cfg.fixed_structure not in (None, "uniform"):
+        raise UserError(f"--fixed-structure {cfg.fixed_structure!r}: expected uniform")
+    if cfg.path not in ("auto", "compact", "reference", "triton"):
+        raise UserError(f"--path {cfg.path!r}: expected auto, compact, reference or triton")
+    if cfg.fusion not in FUSIONS:
+        raise UserError(f"--fusion {cfg.fusion!r}: expected one of {', '.join(FUSIONS)}")
+    if cfg.hidden_loss not in ("mse", "cosine"):
+        raise UserError(f"--hidden-loss {cfg.hidden_loss!r}: expected mse or cosine")
+    if cfg.budget_kind not in ("lagrangian", "one_sided"):
+        raise UserError(f"budget_kind {cfg.budget_kind!r}: expected lagrangian or one_sided")
+    return metric, ratio
+
+
+def load_teacher(path: str, spec):
+    """The fine-tuned teacher as a MaskedTransformer (+ its tokenizer); one-line errors otherwise."""
+    from ddk_fast.model import MaskedTransformer, supported_model_types
+    from ddk_fast.train.hf import check_label_count, has_classifier_head, load_tokenizer, read_config
+
+    if not os.path.isdir(path):
+        raise UserError(f"--teacher {path!r} is not a folder")
+    config = read_config(path)
+    model_type = config.get("model_type", "")
+    supported = list(supported_model_types())
+    if model_type not in supported:
+        raise UserError(f"--teacher {path!r}: architecture {model_type!r} is not supported; expected one of "
+                        f"{', '.join(supported)}")
+    if not has_classifier_head(config):
+        raise UserError(f"--teacher {path!r} has no sequence-classification head (architectures="
+                        f"{config.get('architectures')}); fine-tune it first with `ddk-fast finetune`")
+    check_label_count(path, config, spec)
+    if not any(f.endswith(".safetensors") for f in os.listdir(path)):
+        raise UserError(f"--teacher {path!r} has no .safetensors weights; only safetensors checkpoints are read")
+    task_type = "regression" if spec.is_regression else "classification"
+    try:
+        teacher = MaskedTransformer.from_pretrained(path, num_labels=spec.num_labels, task_type=task_type)
+    except (ValueError, KeyError, FileNotFoundError, TypeError) as exc:
+        raise UserError(f"--teacher {path!r}: cannot build the masked model: {exc}") from None
+    if teacher.pruned_from is not None:
+        raise UserError(f"--teacher {path!r} is already a pruned export; give the fine-tuned teacher")
+    return teacher, load_tokenizer(path)
+
+
+def cost_model_for(model, seq_len: int, metric: str):
+    from ddk_fast.search import CostModel
+
+    return CostModel(model.hidden_size, model.head_dim, model.num_heads, model.intermediate_sizes,
+                     seq_len=seq_len, metric=metric)
+
+
+def check_budget(cost_model, ratio: float, metric: str, target_text: str) -> None:
+    min_ratio = cost_model.min_ratio(metric)
+    if ratio < min_ratio:
+        raise UserError(f"--target {target_text}: below the minimum achievable {metric} ratio {min_ratio:.4f} "
+                        f"(every head and FFN channel removed); expected a ratio in [{min_ratio:.4f}, 1]")
+
+
+# ------------------------------------------------------------------------------------------------ run
+def run_compress(cfg: CompressConfig) -> dict:
+    metric, ratio = validate(cfg)
+    spec = task_spec(cfg.task)
+    teacher_path = os.path.abspath(cfg.teacher)
+    teacher, tokenizer = load_teacher(teacher_path, spec)
+    check_seq_len(cfg.seq_len, teacher.config, "--seq-len")
+    check_seq_len(cfg.max_seq_len, teacher.config, "--max-seq-len")
+    check_seq_len(cfg.latency_seq_len, teacher.config, "--latency-seq-len")
+    cost_model = cost_model_for(teacher, cfg.seq_len, metric)
+    check_budget(cost_model, ratio, metric, cfg.target)
+    dirs = run_dirs(cfg.output)
+    if os.path.abspath(dirs.output) == teacher_path:
+        raise UserError("--output must differ from --teacher")
+    ctx = ddp.setup(cfg.device)
+    try:
+        mode = prepare(dirs, cfg.overwrite, cfg.resume) if ctx.is_main else None
+        mode = ddp.broadcast_object(ctx, mode)
+        if mode == "done":
+            if ctx.is_main:
+                print(f"nothing to resume: {dirs.output} is already complete", flush=True)
+            return dict(read_json(os.path.join(dirs.output, "report.json")), output=dirs.output)
+        return _Compression(cfg, spec, metric, ratio, teacher, tokenizer, teacher_path, cost_model, dirs, ctx,
+                            mode).run()
+    finally:
+        ddp.teardown(ctx)
+
+
+class _Compression:
+    """One compression run; the state that a checkpoint must restore lives in ``self.state``."""
+
+    def __init__(self, cfg, spec, metric, ratio, teacher, tokenizer, teacher_path, cost_model, dirs, ctx, mode):
+        self.cfg, self.spec, self.metric, self.ratio = cfg, spec, metric, ratio
+        self.tokenizer, self.teacher_path, self.cost_model, self.dirs, self.ctx = (
+            tokenizer, teacher_path, cost_model, dirs, ctx)
+        self.mode = mode
+        self.device = ctx.device
+        self.teacher = teacher.to(self.device).eval().requires_grad_(False)
+        self.log = RunLogger(dirs.logs, enabled=ctx.is_main, console=cfg.progress)
+        self.t_start = time.time()
+        self.state = {"stage": SEARCH if cfg.fixed_structure is None else DISTILL, "epoch": 0, "batch": 0,
+                      "global_step": 0, "stage_start_step": 0, "best_score": -math.inf, "best_metrics": None,
+                      "teacher_dev": None, "pruned_dev": None, "history": [], "structure": None,
+                      "search_summary": None, "wall_before_s": 0.0}
+
+    # --- data -----------------------------------------------------------------------------------------
+    def _data(self):
+        from ddk_fast.data import encode
+
+        cfg = self.cfg
+        train_ex = load_split(self.spec.name, "train", cfg.data_dir, cfg.max_train_examples, cfg.seed)
+        dev_ex = load_split(self.spec.name, "validation", cfg.data_dir, cfg.max_eval_examples, 0)
+        self.train_ds = encode(train_ex, self.tokenizer, max_length=cfg.max_seq_len)
+        self.dev_ds = encode(dev_ex, self.tokenizer, max_length=cfg.max_seq_len)
+        self.loader = train_loader(self.train_ds, cfg.batch_size, cfg.seed, self.ctx.rank, self.ctx.world_size)
+        self.dev_loader = eval_loader(self.dev_ds, cfg.eval_batch_size)
+        self.steps_per_epoch = self.loader.batch_sampler.batches_per_epoch()
+
+    def _evaluate(self, model, **gates) -> dict:
+        path = self.cfg.path
+
+        def logits(b):
+            return model(b["input_ids"], attention_mask=b["attention_mask"], token_type_ids=b.get("token_type_ids"),
+                         path=path, **gates).logits
+
+        return evaluate(model, logits, self.dev_loader, self.device, self.spec.name)
+
+    def _objective(self):
+        cfg = self.cfg
+        return DistillObjective(self.teacher.num_layers + 1, self.teacher.hidden_size, self.spec.is_regression,
+                                KDWeights(cfg.hidden_weight, cfg.pred_weight, cfg.task_weight, cfg.temperature),
+                                fusion=cfg.fusion, layer_weighting=cfg.layer_weighting, hidden_loss=cfg.hidden_loss,
+                                path=cfg.path).to(self.device)
+
+    def info(self, msg):
+        if self.ctx.is_main:
+            self.log.info(msg)
+
+    # --- top level ------------------------------------------------------------------------------------
+    def run(self) -> dict:
+        try:
+            torch.manual_seed(self.cfg.seed)
+            self._data()
+            resumed = self._resume_if_any() if self.mode == "resume" else None
+            if resumed is None:
+                torch.manual_seed(self.cfg.seed + 1000 * self.ctx.rank)
+            self.log.log("start", step=self.state["global_step"], mode=self.mode, task=self.spec.name,
+                         teacher=self.teacher_path, target=self.cfg.target, train_examples=len(self.train_ds),
+                         dev_examples=len(self.dev_ds), steps_per_epoch=self.steps_per_epoch,
+                         world_size=self.ctx.world_size, config=config_dict(self.cfg))
+            self.info(f"compress {self.spec.name} to {self.cfg.target}: {len(self.train_ds)} train / "
+                      f"{len(self.dev_ds)} dev examples, {self.steps_per_epoch} steps per epoch, {self.mode} run, "
+                      f"work folder {self.dirs.work}")
+            if self.state["teacher_dev"] is None:
+                self.state["teacher_dev"] = self._evaluate(self.teacher)
+                self.info("teacher dev: " + _fmt(self.state["teacher_dev"]))
+            if self.state["stage"] == SEARCH:
+                self._search_stage(resumed)
+                resumed = None
+            if self.state["stage"] == DISTILL:
+                self._distill_stage(resumed)
+            return self._finish()
+        finally:
+            self.log.close()
+
+    # --- checkpoints ----------------------------------------------------------------------------------
+    def _save(self, module, optimizers: dict, schedulers: dict):
+        rng = ddp.gather_objects(self.ctx, rng_state())
+        if self.ctx.is_main:
+            loop = dict(self.state, best_score=float(self.state["best_score"]),
+                        wall_before_s=self.state["wall_before_s"] + (time.time() - self.t_start))
+            payload = {"optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+                       "schedulers": {k: s.state_dict() for k, s in schedulers.items()},
+                       "loop": _plain(loop), "rng": rng}
+            save_checkpoint(self.dirs.checkpoints, self.state["global_step"], module, payload,
+                            meta={"stage": self.state["stage"], "epoch": self.state["epoch"],
+                                  "batch": self.state["batch"], "config": config_dict(self.cfg), "kind": "compress"})
+        ddp.barrier(self.ctx)
+
+    def _resume_if_any(self):
+        path = latest_checkpoint(self.dirs.checkpoints)
+        if path is None:
+            self.info(f"no complete checkpoint in {self.dirs.checkpoints}; starting from the beginning")
+            return None
+        tensors, payload, meta = load_checkpoint(path)
+        mism = resume_mismatches(meta.get("config", {}), config_dict(self.cfg))
+        if mism:
+            raise UserError(f"--resume: the run in {self.dirs.work!r} was started with different settings "
+                            f"({'; '.join(mism)})")
+        if len(payload["rng"]) != self.ctx.world_size:
+            raise UserError(f"--resume: checkpoint was written by {len(payload['rng'])} process(es), now "
+                            f"{self.ctx.world_size}; resume with the same number of processes")
+        self.state.update(payload["loop"])
+        self.info(f"resumed from {path} ({self.state['stage']} stage, step {self.state['global_step']}, "
+                  f"epoch {self.state['epoch'] + 1}, batch {self.state['batch']})")
+        self.log.log("resume", step=self.state["global_step"], checkpoint=path)
+        return {"tensors": tensors, "payload": payload}
+
+    def _restore(self, resumed, module, optimizers, schedulers):
+        """Load a checkpoint into freshly built objects, then the RNG states (last: building consumes RNG)."""
+        module.load_state_dict(resumed["tensors"])
+        for k, o in optimizers.items():
+            o.load_state_dict(resumed["payload"]["optimizers"][k])
+        for k, s in schedulers.items():
+            s.load_state_dict(resumed["payload"]["schedulers"][k])
+        set_rng_state(resumed["payload"]["rng"][self.ctx.rank])
+
+    # --- stage 2: search ------------------------------------------------------------------------------
+    def _build_search(self):
+        import copy
+
+        from ddk_fast.search import TemperatureSchedule, build_budget, build_search
+
+        cfg = self.cfg
+        student = copy.deepcopy(self.teacher).requires_grad_(True).train()
+        heads_imp, ffn_imp = initial_importance(student)
+        if cfg.search == "gumbel":
+            search = build_search("gumbel", student.num_heads, student.intermediate_sizes,
+                                  granularity=cfg.channel_granularity, importance_momentum=cfg.importance_momentum,
+                                  tau=cfg.tau_start, init="full", head_importance=heads_imp, ffn_importance=ffn_imp)
+        else:
+            search = build_search("hard_concrete", student.num_heads, student.intermediate_sizes,
+                                  granularity=cfg.channel_granularity)
+        budget_kw = {}
+        if cfg.budget_kind == "one_sided":
+            budget_kw["weight"] = cfg.budget_weight
+        try:
+            budget = build_budget(cfg.budget_kind, self.ratio, self.cost_model, metric=self.metric, **budget_kw)
+        except ValueError as exc:
+            raise UserError(f"--target {cfg.target}: {exc}") from None
+        module = SearchModule(student, search, budget, self._objective(), self.cost_model, self.metric,
+                              cfg.path).to(self.device)
+        arch = list(search.arch_parameters())
+        lam = list(budget.parameters())
+        named_weights = weight_parameters(module, arch + lam)
+        w_opt = adamw(named_weights, cfg.lr, cfg.weight_decay)
+        groups = [{"params": arch, "lr": cfg.arch_lr, "weight_decay": 0.0}]
+        if lam:
+            groups.append({"params": lam, "lr": cfg.lambda_lr, "weight_decay": 0.0})
+        a_opt = torch.optim.Adam(groups, betas=(0.9, 0.999))
+        total = self.steps_per_epoch * cfg.search_epochs
+        w_sched = linear_schedule(w_opt, total, cfg.warmup_ratio)
+        tau = TemperatureSchedule(cfg.tau_start, min(cfg.tau_end, cfg.tau_start), max(1, total))
+        return module, search, budget, [p for _, p in named_weights], w_opt, a_opt, w_sched, tau
+
+    def _search_stage(self, resumed):
+        from ddk_fast.search.importance import taylor_importance
+
+        cfg, ctx = self.cfg, self.ctx
+        module, search, budget, weights, w_opt, a_opt, w_sched, tau_schedule = self._build_search()
+        optimizers, schedulers = {"weights": w_opt, "arch": a_opt}, {"weights": w_sched}
+        if resumed is not None:
+            self._restore(resumed, module, optimizers, schedulers)
+        train_module = ddp.wrap(module, ctx, find_unused_parameters=True)
+        student = module.student
+        self.info(f"search: {cfg.search} over heads {student.num_heads} and FFN widths {student.intermediate_sizes}, "
+                  f"{cfg.search_epochs} epoch(s), target {self.metric} ratio {self.ratio}")
+
+        def step(batch, gstep, epoch):
+            batch = to_device(batch, self.device)
+            stage_step = gstep - 1 - self.state["stage_start_step"]
+            tau = tau_schedule(stage_step)
+            if hasattr(search, "set_temperature"):
+                search.set_temperature(tau)
+            t_out = teacher_outputs(self.teacher, batch, cfg.path)
+            loss, parts, ratio, hg, fg = train_module(batch, t_out, stage_step)
+            if cfg.fault_nan_at_step is not None and gstep == cfg.fault_nan_at_step:
+                loss = loss * float("nan")
+            w_opt.zero_grad(set_to_none=True)
+            a_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(weights, cfg.max_grad_norm)
+            check_finite(ctx, loss, grad_norm, gstep, epoch, self.dirs.checkpoints, self.log)
+            if search.needs_importance and hg.grad is not None and fg.grad is not None:
+                hs, fs = taylor_importance(hg), taylor_importance(fg)
+                if ctx.distributed:
+                    torch.distributed.all_reduce(hs)
+                    torch.distributed.all_reduce(fs)
+                    hs, fs = hs / ctx.world_size, fs / ctx.world_size
+                search.update_importance(hs, fs, head_active=hg.detach() > 0, ffn_active=fg.detach() > 0)
+            w_opt.step()
+            w_sched.step()
+            a_opt.step()
+            out = {"loss": float(loss.detach()), **parts, "ratio": float(ratio.detach()), "tau": float(tau),
+                   "lr": w_sched.get_last_lr()[0], "grad_norm": float(grad_norm)}
+            for name in ("lambda_1", "lambda_2"):
+                if hasattr(budget, name):
+                    out[name] = float(getattr(budget, name).detach())
+            out["heads_kept"] = float(hg.detach().sum())
+            out["ffn_kept"] = float(fg.detach().sum())
+            return out
+
+        def after_epoch(epoch):
+            derived = self._derive(search)
+            hg, fg = derived.gates(student.num_heads, student.intermediate_sizes, device=self.device)
+            metrics = self._evaluate(student, head_gates=hg, ffn_gates=fg)
+            exp_ratio = float(search.expected_ratio(self.cost_model, self.metric).detach())
+            entry = {"stage": SEARCH, "epoch": epoch + 1, "step": self.state["global_step"], **metrics,
+                     "derived_ratio": derived.ratio(self.cost_model, self.metric), "expected_ratio": exp_ratio,
+                     "heads": derived.head_counts, "ffn": derived.ffn_counts}
+            self.state["history"].append(entry)
+            self.log.log("eval", **entry)
+            self.info(f"search epoch {epoch + 1}: derived structure {self.metric} ratio "
+                      f"{entry['derived_ratio']:.3f} (expected {exp_ratio:.3f}), dev " + _fmt(metrics))
+
+        run_epochs(ctx=ctx, cfg=cfg, log=self.log, loader=self.loader, epochs=cfg.search_epochs, state=self.state,
+                   stage=SEARCH, epoch_offset=0, step=step, after_epoch=after_epoch,
+                   save_ckpt=lambda: self._save(module, optimizers, schedulers))
+
+        derived = self._derive(search)
+        from ddk_fast.model import Structure
+
+        structure = Structure.from_indices(derived.heads, derived.ffn, student)
+        self.state["search_summary"] = {
+            "kind": cfg.search, "expected_ratio": float(search.expected_ratio(self.cost_model, self.metric).detach()),
+            "derived_ratio": derived.ratio(self.cost_model, self.metric)}
+        self._enter_distill(structure, student)
+
+    def _derive(self, search):
+        was = search.training
+        search.eval()
+        try:
+            return search.derive(self.cost_model, self.ratio, self.metric)
+        finally:
+            search.train(was)
+
+    # --- stage 3: prune -------------------------------------------------------------------------------
+    def _uniform_structure(self):
+        from ddk_fast.model import Structure
+        from ddk_fast.train.baseline import keep_top, uniform_counts
+
+        heads_n, ffn_n = uniform_counts(self.cost_model, self.ratio, self.metric, self.cfg.channel_granularity)
+        heads_imp, ffn_imp = initial_importance(self.teacher)
+        return Structure.from_indices(keep_top(heads_imp, heads_n, self.teacher.num_heads),
+                                      keep_top(ffn_imp, ffn_n, self.teacher.intermediate_sizes), self.teacher)
+
+    def _enter_distill(self, structure, student):
+        """Prune, record the structure, checkpoint at the stage boundary (resume never redoes the search)."""
+        self.state.update(stage=DISTILL, epoch=0, batch=0, stage_start_step=self.state["global_step"],
+                          structure=structure.to_dict())
+        pruned = self._pruned_student(structure, student)
+        self.state["pruned_dev"] = self._evaluate(pruned)
+        self.info(f"pruned to heads {pruned.num_heads}, FFN {pruned.intermediate_sizes}; before distillation dev "
+                  + _fmt(self.state["pruned_dev"]))
+        self.log.log("pruned", step=self.state["global_step"], structure=self.state["structure"],
+                     dev=self.state["pruned_dev"])
+        module, optimizers, schedulers, _ = self._build_distill(pruned)
+        self._save(module, optimizers, schedulers)
+        self._pruned_cache = (pruned, module, optimizers, schedulers)
+
+    def _pruned_student(self, structure, source=None):
+        import copy
+
+        from ddk_fast.model import prune
+
+        base = source if source is not None else copy.deepcopy(self.teacher)
+        pruned = prune(base, structure).to(self.device)
+        return pruned.requires_grad_(True).train()
+
+    # --- stage 4: distill -----------------------------------------------------------------------------
+    def _distill_epochs(self) -> int:
+        extra = self.cfg.search_epochs if self.cfg.fixed_structure else 0
+        return self.cfg.distill_epochs + extra
+
+    def _build_distill(self, pruned):
+        cfg = self.cfg
+        module = DistillModule(pruned, self._objective(), cfg.path).to(self.device)
+        named = weight_parameters(module, [])
+        opt = adamw(named, cfg.lr, cfg.weight_decay)
+        sched = linear_schedule(opt, self.steps_per_epoch * max(1, self._distill_epochs()), cfg.warmup_ratio)
+        return module, {"weights": opt}, {"weights": sched}, [p for _, p in named]
+
+    def _distill_stage(self, resumed):
+        from ddk_fast.model import Structure
+
+        cache = getattr(self, "_pruned_cache", None)
+        if cache is None and self.state["structure"] is None:  # fixed-structure baseline, fresh start
+            self._enter_distill(self._uniform_structure(), None)
+            cache = self._pruned_cache
+        if cache is not None:
+            pruned, module, optimizers, schedulers = cache
+        else:
+            pruned = self._pruned_student(Structure.from_dict(self.state["structure"]))
+            module, optimizers, schedulers, _ = self._build_distill(pruned)
+            if resumed is not None:
+                self._restore(resumed, module, optimizers, schedulers)
+        params = [p for p in module.parameters() if p.requires_grad]
+        return self._distill_loop(pruned, module, optimizers, schedulers, params)
+
+    def _distill_loop(self, pruned, module, optimizers, schedulers, params):
+        from ddk_fast.export import save_pruned
+
+        cfg, ctx = self.cfg, self.ctx
+        opt, sched = optimizers["weights"], schedulers["weights"]
+        train_module = ddp.wrap(module, ctx, find_unused_parameters=True)
+        epochs = self._distill_epochs()
+        self.info(f"distill: {epochs} epoch(s) of the pruned student")
+
+        def step(batch, gstep, epoch):
+            batch = to_device(batch, self.device)
+            t_out = teacher_outputs(self.teacher, batch, cfg.path)
+            loss, parts = train_module(batch, t_out)
+            if cfg.fault_nan_at_step is not None and gstep == cfg.fault_nan_at_step:
+                loss = loss * float("nan")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            check_finite(ctx, loss, grad_norm, gstep, epoch, self.dirs.checkpoints, self.log)
+            opt.step()
+            sched.step()
+            return {"loss": float(loss.detach()), **parts, "lr": sched.get_last_lr()[0], "grad_norm": float(grad_norm)}
+
+        def after_epoch(epoch):
+            metrics = self._evaluate(pruned)
+            score = metrics[self.spec.main_metric]
+            improved = score > self.state["best_score"]
+            entry = {"stage": DISTILL, "epoch": epoch + 1, "step": self.state["global_step"], **metrics, "best": improved}
+            self.state["history"].append(entry)
+            self.log.log("eval", **entry)
+            self.info(f"distill epoch {epoch + 1}: dev " + _fmt(metrics) + (" (best)" if improved else ""))
+            if improved:
+                self.state["best_score"], self.state["best_metrics"] = score, dict(metrics, epoch=epoch + 1)
+                if ctx.is_main:
+                    save_pruned(pruned, self.dirs.best, overwrite=True)
+                ddp.barrier(ctx)
+
+        run_epochs(ctx=ctx, cfg=cfg, log=self.log, loader=self.loader, epochs=epochs, state=self.state,
+                   stage=DISTILL, epoch_offset=1000, step=step, after_epoch=after_epoch,
+                   save_ckpt=lambda: self._save(module, optimizers, schedulers))
+        if epochs == 0 and ctx.is_main:  # nothing to distill: the pruned student is the result
+            self.state["best_metrics"] = dict(self.state["pruned_dev"], epoch=0)
+            save_pruned(pruned, self.dirs.best, overwrite=True)
+        ddp.barrier(ctx)
+
+    # --- stage 5: export ------------------------------------------------------------------------------
+    def _finish(self) -> dict:
+        from ddk_fast.export import load_pruned, save_pruned
+        from ddk_fast.train.report import build_report, write_plots
+
+        ctx, cfg = self.ctx, self.cfg
+        report = None
+        if ctx.is_main:
+            student = load_pruned(self.dirs.best)
+            report = build_report(self, student)
+            staged = stage_dir(self.dirs)
+            try:
+                save_pruned(student, staged, tokenizer=self.tokenizer, overwrite=True)
+                atomic_write_json(os.path.join(staged, "report.json"), report)
+                write_plots(report, staged, log_path=os.path.join(self.dirs.logs, "log.jsonl"))
+                self.log.log("done", step=self.state["global_step"], student_dev=report["student_dev"])
+                self.log.close()
+                copy_logs(self.dirs, staged)
+            except BaseException:
+                shutil.rmtree(staged, ignore_errors=True)
+                raise
+            finalize(self.dirs, staged, keep_work=cfg.keep_checkpoints)
+            self.info(f"student saved to {self.dirs.output}: dev {self.spec.main_metric}="
+                      f"{report['student_dev'][self.spec.main_metric]:.4f} (teacher "
+                      f"{report['teacher_dev'][self.spec.main_metric]:.4f}), {self.metric} ratio "
+                      f"{report[self.metric]['ratio']:.3f}, CPU latency x{report['latency']['speedup']}")
+        report = ddp.broadcast_object(ctx, report)
+        return dict(report, output=self.dirs.output)
+
+
+def _fmt(metrics: dict) -> str:
+    return ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+
+
+def _plain(obj):
+    """Loop state made of plain python values (what torch.load(weights_only=True) accepts)."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    return obj

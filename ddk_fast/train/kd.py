@@ -1,0 +1,111 @@
+"""The DDK training objective: recursive adaptive hidden-state KD + prediction KD + task loss.
+
+Pieces come from their own modules (fusion and adaptive weights from ``ddk_fast.distill``, the fused
+losses from ``ddk_fast.ops``); this module only wires them together and owns the few learned pieces
+(the highway fusion gate) so that they live in one ``nn.Module`` the optimizer and checkpoints see.
+
+Width pruning keeps the hidden size and the depth, so student state l (embeddings = 0) is matched to
+the fused teacher target F_l one to one; no projection is needed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+FUSIONS = ("param_free", "learned", "none")
+WEIGHTINGS = ("adaptive", "uniform")
+
+
+@dataclass
+class KDWeights:
+    hidden: float = 1.0
+    pred: float = 1.0
+    task: float = 0.5
+    temperature: float = 2.0
+
+
+class DistillObjective(nn.Module):
+    """``loss, parts = objective(student_out, teacher_out, labels, token_mask)``.
+
+    student_out / teacher_out: ``MaskedTransformerOutput`` with ``hidden_states`` (L+1 states) and
+    ``logits``. ``parts`` holds detached floats for logging (hidden, pred, task, total).
+    """
+
+    def __init__(self, num_states: int, hidden_size: int, is_regression: bool, weights: KDWeights,
+                 fusion: str = "param_free", layer_weighting: str = "adaptive", hidden_loss: str = "mse",
+                 path: str = "auto"):
+        super().__init__()
+        if fusion not in FUSIONS:
+            raise ValueError(f"fusion={fusion!r}: expected one of {FUSIONS}")
+        if layer_weighting not in WEIGHTINGS:
+            raise ValueError(f"layer_weighting={layer_weighting!r}: expected one of {WEIGHTINGS}")
+        self.num_states, self.is_regression, self.weights = num_states, is_regression, weights
+        self.fusion_kind, self.weighting, self.hidden_loss, self.path = fusion, layer_weighting, hidden_loss, path
+        self.fusion = None
+        if fusion == "learned":
+            from ddk_fast.distill import HighwayFusion
+
+            self.fusion = HighwayFusion(hidden_size, num_states)
+        self.layer_weights = None
+        if layer_weighting == "adaptive":
+            from ddk_fast.distill import LossShareWeights
+
+            self.layer_weights = LossShareWeights(num_states)
+
+    # --- targets ------------------------------------------------------------------------------------
+    def targets(self, teacher_states, token_mask):
+        states = list(teacher_states)
+        if self.fusion_kind == "none":
+            return states
+        if self.fusion_kind == "learned":
+            return list(self.fusion(states))
+        from ddk_fast.distill import recursive_fusion
+
+        return list(recursive_fusion(states, token_mask=token_mask))
+
+    def _layer_weights(self, student, targets, token_mask):
+        if self.layer_weights is None:
+            return torch.ones(len(student), device=student[0].device, dtype=student[0].dtype)
+        with torch.no_grad():
+            mask = token_mask.to(student[0].dtype).unsqueeze(-1)
+            denom = mask.sum().clamp_min(1.0) * student[0].shape[-1]
+            per_layer = torch.stack([(((s - t) ** 2) * mask).sum() / denom for s, t in zip(student, targets)])
+        return self.layer_weights(per_layer).to(student[0].dtype).detach()
+
+    # --- loss ---------------------------------------------------------------------------------------
+    def forward(self, student_out, teacher_out, labels, token_mask):
+        from ddk_fast.ops import hidden_distill_loss, soft_cross_entropy
+
+        w = self.weights
+        total = student_out.logits.new_zeros(())
+        parts = {}
+        if w.hidden > 0:
+            student = list(student_out.hidden_states)
+            targets = [t.detach() if self.fusion is None else t for t in self.targets(teacher_out.hidden_states,
+                                                                                        token_mask)]
+            if len(student) != len(targets):
+                raise ValueError(f"student has {len(student)} hidden states, teacher targets {len(targets)}")
+            lw = self._layer_weights(student, targets, token_mask)
+            hidden = hidden_distill_loss(student, targets, lw, token_mask, kind=self.hidden_loss, path=self.path)
+            total = total + w.hidden * hidden
+            parts["hidden"] = float(hidden.detach())
+        s_logits, t_logits = student_out.logits, teacher_out.logits.detach()
+        if w.pred > 0:
+            if self.is_regression:
+                pred = F.mse_loss(s_logits.float(), t_logits.float())
+            else:
+                pred = soft_cross_entropy(s_logits, t_logits, w.temperature)
+            total = total + w.pred * pred
+            parts["pred"] = float(pred.detach())
+        if w.task > 0:
+            if self.is_regression:
+                task = F.mse_loss(s_logits.squeeze(-1).float(), labels.float())
+            else:
+                task = F.cross_entropy(s_logits.float(), labels.long())
+            total = total + w.task * task
+            parts["task"] = float(task.detach())
+        parts["kd_total"] = float(total.detach())
+        return total, parts
