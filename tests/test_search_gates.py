@@ -243,8 +243,8 @@ def test_derived_structure_helpers():
 def test_build_search_registry():
     assert isinstance(build_search("gumbel", [H], [I], granularity=4), GumbelWidthSearch)
     assert isinstance(build_search("hard_concrete", [H], [I]), HardConcreteSearch)
-    with pytest.raises(ValueError, match="kind='progressive'"):
-        build_search("progressive", [H], [I])
+    with pytest.raises(ValueError, match="kind=.annealing."):
+        build_search("annealing", [H], [I])
     search = build_search("gumbel", [H], [I])
     assert {id(p) for p in search.arch_parameters()} == {id(search.head_logits), id(search.ffn_logits)}
 

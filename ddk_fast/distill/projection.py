@@ -4,7 +4,7 @@ When the widths are equal the map is the identity and holds no parameters: a wid
 (heads and FFN channels removed) keeps the teacher's hidden size, and an extra learned map there would
 only let the student match the teacher up to a rotation it never has to learn.
 """
-from typing import List, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
 from torch import nn

@@ -12,7 +12,7 @@ Cost (``cost.py``)
     bias and LayerNorm, as stock transformers' ``prune_heads`` does.
 
 Searches (``width.py``, ``hard_concrete.py``) share one interface (``base.StructureSearch``):
-    ``search = build_search("gumbel" | "hard_concrete", num_heads=[12]*L, intermediate=[3072]*L, **kw)``
+    ``search = build_search("gumbel" | "hard_concrete" | "progressive", num_heads=[12]*L, intermediate=[3072]*L, **kw)``
     ``head_gates, ffn_gates = search.sample(tau=None)`` -> ``[L, max(num_heads)]``, ``[L, max(intermediate)]``
         gates for the masked model; Gumbel gates are exactly 0/1 in the forward pass (units beyond the
         sampled count are exactly 0), gradients reach the architecture parameters.  ``search.eval()``
@@ -28,6 +28,9 @@ Searches (``width.py``, ``hard_concrete.py``) share one interface (``base.Struct
         ``head_importance_from_weights`` / ``ffn_importance_from_weights`` (``importance.py``) give a
         weight-norm initial ranking.
     ``TemperatureSchedule(tau_max, tau_min, total_steps)(step)`` -> exponential anneal.
+    ``ProgressiveSearch`` ("progressive", ``progressive.py``): no learned parameters; the least
+        important units fade on a cubic schedule to reach ``target`` at ``total_steps``
+        (``search.set_step(step)``); needs ``cost_model=``, ``target=``, ``total_steps=``.
 
 Budget (``budget.py``)
     ``LagrangianBudget(target, min_ratio=0.0)``: ``loss = budget(ratio)`` with
@@ -46,6 +49,7 @@ _WHERE = {
     "GumbelWidthSearch": "ddk_fast.search.width",
     "TemperatureSchedule": "ddk_fast.search.width",
     "HardConcreteSearch": "ddk_fast.search.hard_concrete",
+    "ProgressiveSearch": "ddk_fast.search.progressive",
     "LagrangianBudget": "ddk_fast.search.budget",
     "OneSidedBudget": "ddk_fast.search.budget",
     "build_budget": "ddk_fast.search.budget",
@@ -53,6 +57,7 @@ _WHERE = {
     "build_search": "ddk_fast.search.registry",
     "SEARCHES": "ddk_fast.search.registry",
     "head_importance_from_weights": "ddk_fast.search.importance",
+    "taylor_importance": "ddk_fast.search.importance",
     "ffn_importance_from_weights": "ddk_fast.search.importance",
 }
 

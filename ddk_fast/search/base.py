@@ -4,6 +4,7 @@ A search owns architecture parameters over "how many heads / FFN channels does l
 hands gates to the masked model.  Gates are padded to ``[L, max(num_heads)]`` and
 ``[L, max(intermediate)]``; units beyond a layer's own size are always 0.
 """
+import math
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence
 
@@ -135,3 +136,65 @@ class StructureSearch(nn.Module):
         if tuple(scores.shape) != (len(sizes), width):
             raise ValueError(f"{name} shape {tuple(scores.shape)}: expected ({len(sizes)}, {width})")
         return scores
+
+
+def rank_units(importance: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Rank of each unit within its layer (0 = most important); ties go to the lower index and
+    padding units rank last."""
+    scores = importance.masked_fill(~valid, -math.inf)
+    order = torch.argsort(scores, dim=1, descending=True, stable=True)
+    ranks = torch.empty_like(order)
+    positions = torch.arange(order.shape[1], device=order.device).expand_as(order)
+    return ranks.scatter_(1, order, positions)
+
+
+class RankedUnitsMixin:
+    """Importance scores per unit (buffers ``head_importance`` [L, H], ``ffn_importance`` [L, I]) for
+    searches that keep the top units of a ranking.  Call ``_init_importance`` in ``__init__``."""
+
+    needs_importance = True
+
+    def _init_importance(self, momentum, head_importance=None, ffn_importance=None):
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"importance_momentum={momentum}: expected a value in [0, 1)")
+        self.importance_momentum = float(momentum)
+        self.register_buffer("head_importance", torch.zeros(self.num_layers, max(self.num_heads)))
+        self.register_buffer("ffn_importance", torch.zeros(self.num_layers, max(self.intermediate)))
+        if head_importance is not None or ffn_importance is not None:
+            self.set_importance(head_importance, ffn_importance)
+
+    def set_importance(self, head_scores=None, ffn_scores=None):
+        """Replace the ranking scores ([L, H] / [L, I] tensors or per-layer lists; None: unchanged)."""
+        if head_scores is not None:
+            self.head_importance.copy_(self._pad_scores("head_scores", head_scores, self.num_heads))
+        if ffn_scores is not None:
+            self.ffn_importance.copy_(self._pad_scores("ffn_scores", ffn_scores, self.intermediate))
+
+    @torch.no_grad()
+    def update_importance(self, head_scores=None, ffn_scores=None, head_active=None, ffn_active=None):
+        """EMA update of the ranking scores with e.g. Taylor scores |a * dL/da| (``|gate * gate.grad|``).
+
+        ``head_active`` / ``ffn_active`` (bool, same shape): only those units are updated.  Pass the
+        sampled gates > 0: a unit whose gate was 0 got no gradient, and a 0 score would wrongly push
+        it further down the ranking.
+        """
+        m = self.importance_momentum
+        for name, scores, active, buf, sizes in (
+                ("head_scores", head_scores, head_active, self.head_importance, self.num_heads),
+                ("ffn_scores", ffn_scores, ffn_active, self.ffn_importance, self.intermediate)):
+            if scores is None:
+                continue
+            scores = self._pad_scores(name, scores, sizes).to(buf.device)
+            updated = m * buf + (1.0 - m) * scores
+            if active is not None:
+                active = self._pad_scores(name.replace("scores", "active"), active, sizes).to(buf.device) > 0
+                updated = torch.where(active, updated, buf)
+            buf.copy_(updated)
+
+    def _keep_top(self, head_counts, ffn_counts) -> DerivedStructure:
+        """The ``counts[l]`` most important units of each layer."""
+        structure = {}
+        for kind, cnts in (("head", head_counts), ("ffn", ffn_counts)):
+            ranks = rank_units(getattr(self, f"{kind}_importance"), getattr(self, f"{kind}_unit_valid"))
+            structure[kind] = [torch.nonzero(ranks[l] < cnts[l]).flatten().tolist() for l in range(self.num_layers)]
+        return DerivedStructure(heads=structure["head"], ffn=structure["ffn"])

@@ -27,7 +27,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from ddk_fast.search.base import DerivedStructure, StructureSearch
+from ddk_fast.search.base import DerivedStructure, RankedUnitsMixin, StructureSearch, rank_units
 from ddk_fast.search.cost import CostModel
 
 
@@ -57,16 +57,6 @@ class TemperatureSchedule:
         return self.tau_max * (self.tau_min / self.tau_max) ** progress
 
 
-def _rank_units(importance: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Rank of each unit within its layer (0 = most important); ties go to the lower index and
-    padding units rank last."""
-    scores = importance.masked_fill(~valid, -math.inf)
-    order = torch.argsort(scores, dim=1, descending=True, stable=True)
-    ranks = torch.empty_like(order)
-    positions = torch.arange(order.shape[1], device=order.device).expand_as(order)
-    return ranks.scatter_(1, order, positions)
-
-
 def _straight_through_gates(logits, valid, counts, ranks, tau, stochastic, hard):
     """Gates [L, U] and the chosen counts [L] for one block type (see the module docstring)."""
     logits = logits.masked_fill(~valid, -math.inf)
@@ -88,7 +78,7 @@ def _straight_through_gates(logits, valid, counts, ranks, tau, stochastic, hard)
     return hard_gate + (soft_gate - soft_gate.detach()), chosen.squeeze(1)
 
 
-class GumbelWidthSearch(StructureSearch):
+class GumbelWidthSearch(RankedUnitsMixin, StructureSearch):
     """Per-layer distributions over head counts and FFN widths; see the module docstring.
 
     Args:
@@ -103,19 +93,14 @@ class GumbelWidthSearch(StructureSearch):
             e.g. from ``importance.head_importance_from_weights``; default: keep the lowest indices.
     """
 
-    needs_importance = True
-
     def __init__(self, num_heads: Sequence[int], intermediate: Sequence[int], granularity: int = 8,
                  head_granularity: int = 1, tau: float = 1.0, importance_momentum: float = 0.9,
                  init: str = "uniform", init_scale: float = 2.0, head_importance=None, ffn_importance=None):
         super().__init__(num_heads, intermediate)
-        if not 0.0 <= importance_momentum < 1.0:
-            raise ValueError(f"importance_momentum={importance_momentum}: expected a value in [0, 1)")
         if init not in ("uniform", "full"):
             raise ValueError(f"init={init!r}: expected 'uniform' or 'full'")
         self.granularity = int(granularity)
         self.head_granularity = int(head_granularity)
-        self.importance_momentum = float(importance_momentum)
         self.tau = float(tau)
         for kind, sizes, step in (("head", self.num_heads, self.head_granularity),
                                   ("ffn", self.intermediate, self.granularity)):
@@ -134,40 +119,8 @@ class GumbelWidthSearch(StructureSearch):
                 logits = init_scale * counts.float() / torch.tensor(sizes, dtype=torch.float).clamp(min=1)[:, None]
                 logits = logits.masked_fill(~valid, 0.0)
             setattr(self, f"{kind}_logits", nn.Parameter(logits))
-        self.register_buffer("head_importance", torch.zeros(self.num_layers, max(self.num_heads)))
-        self.register_buffer("ffn_importance", torch.zeros(self.num_layers, max(self.intermediate)))
-        if head_importance is not None or ffn_importance is not None:
-            self.set_importance(head_importance, ffn_importance)
+        self._init_importance(importance_momentum, head_importance, ffn_importance)
         self.last_counts = None
-
-    # --- importance ---------------------------------------------------------------------------------
-    def set_importance(self, head_scores=None, ffn_scores=None):
-        """Replace the ranking scores ([L, H] / [L, I] tensors or per-layer lists; None: unchanged)."""
-        if head_scores is not None:
-            self.head_importance.copy_(self._pad_scores("head_scores", head_scores, self.num_heads))
-        if ffn_scores is not None:
-            self.ffn_importance.copy_(self._pad_scores("ffn_scores", ffn_scores, self.intermediate))
-
-    @torch.no_grad()
-    def update_importance(self, head_scores=None, ffn_scores=None, head_active=None, ffn_active=None):
-        """EMA update of the ranking scores with e.g. Taylor scores |a * dL/da| (``|gate * gate.grad|``).
-
-        ``head_active`` / ``ffn_active`` (bool, same shape): only those units are updated.  Pass the
-        sampled gates > 0: a unit whose gate was 0 got no gradient, and a 0 score would wrongly push
-        it further down the ranking.
-        """
-        m = self.importance_momentum
-        for name, scores, active, buf, sizes in (
-                ("head_scores", head_scores, head_active, self.head_importance, self.num_heads),
-                ("ffn_scores", ffn_scores, ffn_active, self.ffn_importance, self.intermediate)):
-            if scores is None:
-                continue
-            scores = self._pad_scores(name, scores, sizes).to(buf.device)
-            updated = m * buf + (1.0 - m) * scores
-            if active is not None:
-                active = self._pad_scores(name.replace("scores", "active"), active, sizes).to(buf.device) > 0
-                updated = torch.where(active, updated, buf)
-            buf.copy_(updated)
 
     # --- sampling -----------------------------------------------------------------------------------
     def set_temperature(self, tau: float):
@@ -183,10 +136,10 @@ class GumbelWidthSearch(StructureSearch):
             raise ValueError(f"tau={tau}: expected a positive temperature")
         head_gates, head_counts = _straight_through_gates(
             self.head_logits, self.head_candidate_valid, self.head_candidates,
-            _rank_units(self.head_importance, self.head_unit_valid), tau, self.training, hard)
+            rank_units(self.head_importance, self.head_unit_valid), tau, self.training, hard)
         ffn_gates, ffn_counts = _straight_through_gates(
             self.ffn_logits, self.ffn_candidate_valid, self.ffn_candidates,
-            _rank_units(self.ffn_importance, self.ffn_unit_valid), tau, self.training, hard)
+            rank_units(self.ffn_importance, self.ffn_unit_valid), tau, self.training, hard)
         self.last_counts = (head_counts.detach(), ffn_counts.detach())
         return head_gates, ffn_gates
 
@@ -255,14 +208,6 @@ class GumbelWidthSearch(StructureSearch):
                 choice[kind][l] -= 1
                 cost -= saved
         return self._keep_top(current("head"), current("ffn"))
-
-    def _keep_top(self, head_counts, ffn_counts) -> DerivedStructure:
-        structure = {}
-        for kind, cnts in (("head", head_counts), ("ffn", ffn_counts)):
-            importance = getattr(self, f"{kind}_importance")
-            ranks = _rank_units(importance, getattr(self, f"{kind}_unit_valid"))
-            structure[kind] = [torch.nonzero(ranks[l] < cnts[l]).flatten().tolist() for l in range(self.num_layers)]
-        return DerivedStructure(heads=structure["head"], ffn=structure["ffn"])
 
     def extra_repr(self):
         return (f"num_heads={self.num_heads}, intermediate={self.intermediate}, granularity={self.granularity}, "
