@@ -280,3 +280,16 @@ def test_triton_bf16_cuda(D):
         got = run("triton", *low, gate.float(), mask, causal, dout.bfloat16())
         for a, r64, rl in zip(got, ref64, ref_low):
             _tolerance_rule(a, r64, rl, 1e-2)
+
+
+@pytest.mark.parametrize("path", FAST_PATHS)
+def test_broadcast_upstream_gradient(path):
+    """``out.sum().backward()`` hands backward an expanded (stride-0) gradient; it must read correctly."""
+    B, H, S, D = 1, 2, 7, 16
+    q, k, v = make_qkv(B, H, S, D)
+    gate = torch.tensor([0.0, 0.8], dtype=torch.float64)
+    leaves = [t.clone().requires_grad_(True) for t in (q, k, v, gate)]
+    gated_attention(*leaves, causal=True, path=path).sum().backward()
+    ref = run("reference", q, k, v, gate, None, True, torch.ones(B, H, S, D, dtype=torch.float64))
+    for leaf, r in zip(leaves, ref[1:]):
+        torch.testing.assert_close(leaf.grad, r, rtol=1e-10, atol=1e-11)
