@@ -168,17 +168,19 @@ class GumbelWidthSearch(RankedUnitsMixin, StructureSearch):
     # --- deriving the final structure ---------------------------------------------------------------
     @torch.no_grad()
     def derive(self, cost_model: Optional[CostModel] = None, target: Optional[float] = None,
-               metric: Optional[str] = None) -> DerivedStructure:
+               metric: Optional[str] = None, fill: bool = True) -> DerivedStructure:
         """Most likely structure: argmax candidate per layer and block, top units by importance.
 
-        With ``target`` (a ratio of the full cost; needs ``cost_model``), blocks are then shrunk one
-        candidate at a time, always where the log-probability lost per unit of cost saved is the
-        smallest, until the cost is at most ``target * full_cost`` (always reachable once the target
-        passed ``budget.check_target``)."""
+        With ``target`` (a ratio of the full cost; needs ``cost_model``) the argmax structure is then
+        moved onto the budget one candidate step at a time, always taking the step that costs the
+        least log-probability per unit of cost: while it is over budget, blocks shrink (always
+        possible once the target passed ``budget.check_target``); then, with ``fill``, blocks grow
+        while a step still fits, so that structures compared "at equal budget" really use it."""
         head_probs, ffn_probs = self.candidate_probs()
         logp = {"head": head_probs.clamp_min(1e-30).log().tolist(), "ffn": ffn_probs.clamp_min(1e-30).log().tolist()}
         choice = {"head": head_probs.argmax(-1).tolist(), "ffn": ffn_probs.argmax(-1).tolist()}
         counts = {kind: self._cost_counts(kind).tolist() for kind in ("head", "ffn")}
+        last = {kind: (getattr(self, f"{kind}_candidate_valid").sum(-1) - 1).tolist() for kind in ("head", "ffn")}
 
         def current(kind):
             return [counts[kind][l][choice[kind][l]] for l in range(self.num_layers)]
@@ -189,24 +191,38 @@ class GumbelWidthSearch(RankedUnitsMixin, StructureSearch):
             self.check_cost_model(cost_model)
             from ddk_fast.search.budget import check_target
             check_target(target, cost_model.min_ratio(metric))
-            budget = target * cost_model.full_cost(metric)
+            budget = target * cost_model.full_cost(metric) * (1 + 1e-12)
             unit_cost = {"head": cost_model.head_unit_cost(metric), "ffn": cost_model.channel_unit_cost(metric)}
             cost = cost_model.structure_cost(current("head"), current("ffn"), metric)
-            while cost > budget * (1 + 1e-12):
+
+            def best_step(direction, room=math.inf):
+                """(kind, layer, cost change) of the cheapest step in log-probability per unit cost."""
                 best = None
                 for kind in ("head", "ffn"):
                     for l in range(self.num_layers):
                         c = choice[kind][l]
-                        if c == 0:
+                        n = c + direction
+                        if n < 0 or n > last[kind][l]:
                             continue
-                        saved = (counts[kind][l][c] - counts[kind][l][c - 1]) * unit_cost[kind]
-                        lost = logp[kind][l][c] - logp[kind][l][c - 1]
-                        key = lost / saved if saved > 0 else math.inf
+                        delta = abs(counts[kind][l][n] - counts[kind][l][c]) * unit_cost[kind]
+                        if delta <= 0 or (direction > 0 and delta > room):
+                            continue
+                        key = (logp[kind][l][c] - logp[kind][l][n]) / delta
                         if best is None or key < best[0]:
-                            best = (key, kind, l, saved)
-                _, kind, l, saved = best
+                            best = (key, kind, l, delta)
+                return best
+
+            while cost > budget:
+                _, kind, l, delta = best_step(-1)
                 choice[kind][l] -= 1
-                cost -= saved
+                cost -= delta
+            while fill:
+                step = best_step(+1, room=budget - cost)
+                if step is None:
+                    break
+                _, kind, l, delta = step
+                choice[kind][l] += 1
+                cost += delta
         return self._keep_top(current("head"), current("ffn"))
 
     def extra_repr(self):
