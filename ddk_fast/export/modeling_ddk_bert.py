@@ -9,6 +9,7 @@ Shipped beside config.json by ``ddk_fast.export.save_pruned`` and loaded by tran
 Each layer is post-LayerNorm BERT: attention (torch scaled_dot_product_attention) then FFN. A layer
 with 0 heads (or 0 FFN channels) keeps only that block's output bias and LayerNorm: the block
 computes LayerNorm(x + bias), which is what the full block computes with every unit removed.
+In train mode the usual BERT dropouts apply, attention-probability dropout included.
 """
 import warnings
 

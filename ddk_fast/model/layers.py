@@ -58,9 +58,10 @@ class Embeddings(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         seq_len = input_ids.shape[1]
-        if seq_len > self.position_embeddings.num_embeddings:
-            raise ValueError(f"input_ids has sequence length {seq_len}, more than max_position_embeddings "
-                             f"{self.position_embeddings.num_embeddings}")
+        offset = self.pad_token_id + 1 if self.position_style == "padding_offset" else 0
+        if seq_len + offset > self.position_embeddings.num_embeddings:
+            raise ValueError(f"input_ids has sequence length {seq_len}; this model takes at most "
+                             f"{self.position_embeddings.num_embeddings - offset} tokens")
         x = self.word_embeddings(input_ids) + self.position_embeddings(self.position_ids(input_ids))
         if self.token_type_embeddings is not None:
             if token_type_ids is None:
@@ -134,7 +135,7 @@ class MaskedFFN(nn.Module):
             from ddk_fast.ops.masked_ffn import masked_ffn
 
             y = masked_ffn(x, self.up.weight, self.up.bias, self.down.weight, self.down.bias, gate,
-                               activation=self.activation, path=path, return_intermediate=want_intermediate)
+                           activation=self.activation, path=path, return_intermediate=want_intermediate)
             if want_intermediate:
                 y, inter = y
                 extras.intermediate = inter.full()
