@@ -1,6 +1,7 @@
 """MaskedTransformer against stock transformers: exact equality with all gates 1, an independent oracle
 for 0/1 gates (a stock model with pruned units' output columns zeroed), and the optional internals."""
 import copy
+import importlib
 import os
 
 import pytest
@@ -8,9 +9,11 @@ import torch
 from transformers import (BertConfig, BertForSequenceClassification, BertModel, RobertaConfig,
                           RobertaForSequenceClassification)
 
-import ddk_fast.ops.gated_attention as gated_attention_mod
-import ddk_fast.ops.masked_ffn as masked_ffn_mod
 from ddk_fast.model import MaskedTransformer, TransformerConfig
+
+# the op modules themselves (``ddk_fast.ops.masked_ffn`` as an attribute is the function, not the module)
+gated_attention_mod = importlib.import_module("ddk_fast.ops.gated_attention")
+masked_ffn_mod = importlib.import_module("ddk_fast.ops.masked_ffn")
 
 ATOL = 1e-5
 PATHS = ["reference", "compact"]
