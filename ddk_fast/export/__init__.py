@@ -16,7 +16,9 @@
 
 The folder also loads without ddk_fast:
     ``transformers.AutoModelForSequenceClassification.from_pretrained(dir, trust_remote_code=True)``
-    (same logits), ``AutoModel`` (encoder + pooler), ``AutoConfig``.
+    (same logits), ``AutoModel`` (encoder + pooler), ``AutoConfig``. Load the tokenizer with
+    ``AutoTokenizer.from_pretrained(dir, trust_remote_code=True)`` too: AutoTokenizer reads config.json
+    first, and without the flag transformers stops to ask (stdin prompt, 15 s) because it names custom code.
 """
 import importlib
 
