@@ -91,8 +91,24 @@ def _scatter_heads(values: torch.Tensor, active: torch.Tensor, num_heads: int) -
     return full.index_copy(1, active, values)
 
 
+class _GatherHeads(torch.autograd.Function):
+    """``t.index_select(1, active)`` whose backward writes the gradient with ``index_copy_`` (the
+    indices are distinct): autograd's default ``index_add_`` along dim 1 is ~3x slower on CPU."""
+
+    @staticmethod
+    def forward(ctx, t, active):
+        ctx.save_for_backward(active)
+        ctx.full_shape = t.shape
+        return t.index_select(1, active)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (active,) = ctx.saved_tensors
+        return grad.new_zeros(ctx.full_shape).index_copy_(1, active, grad), None
+
+
 def _gather_heads(t: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
-    return t if active.numel() == t.shape[1] else t.index_select(1, active)
+    return t if active.numel() == t.shape[1] else _GatherHeads.apply(t, active)
 
 
 # ----------------------------------------------------------------------------------------------------
