@@ -79,7 +79,7 @@ def test_existing_output_is_refused_then_overwritten(tiny_base, glue_dir, tmp_pa
 
 def test_nan_loss_names_step_and_keeps_checkpoint(tiny_base, glue_dir, tmp_path):
     out = tmp_path / "nan"
-    with pytest.raises(TrainingDiverged, match=r"step 5 .*step-00000004"):
+    with pytest.raises(TrainingDiverged, match=r"loss is nan .*step 5 .*step-00000004"):
         finetune(task="mrpc", output=str(out), model=tiny_base, data_dir=glue_dir, fault_nan_at_step=5, **FAST)
     ckpts = os.listdir(os.path.join(str(out) + ".inprogress", "checkpoints"))
     assert "step-00000004" in ckpts and not out.exists()

@@ -115,3 +115,15 @@ def load_checkpoint(path: str, map_location="cpu") -> tuple[dict[str, torch.Tens
     state = torch.load(os.path.join(path, "state.pt"), map_location=map_location, weights_only=True)
     meta = read_json(os.path.join(path, "meta.json"))
     return tensors, state, meta
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    """sha256 over the names, shapes, dtypes and bytes of a module's state (to compare runs and ranks)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().to("cpu").contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()

@@ -28,7 +28,8 @@ import torch
 from ddk_fast.cli import UserError
 from ddk_fast.train import ddp
 from ddk_fast.train.batching import eval_loader, train_loader
-from ddk_fast.train.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from ddk_fast.train.checkpoint import (latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state,
+                                      weights_digest)
 from ddk_fast.train.config import CompressConfig, config_dict, resume_mismatches
 from ddk_fast.train.evaluation import evaluate, load_split, task_spec, to_device
 from ddk_fast.train.io import atomic_write_json, read_json
@@ -328,11 +329,12 @@ class _Compression:
             loss, parts, ratio, hg, fg = train_module(batch, t_out, stage_step)
             if cfg.fault_nan_at_step is not None and gstep == cfg.fault_nan_at_step:
                 loss = loss * float("nan")
+            check_finite(ctx, loss, "loss", gstep, epoch, self.dirs.checkpoints, self.log)
             w_opt.zero_grad(set_to_none=True)
             a_opt.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(weights, cfg.max_grad_norm)
-            check_finite(ctx, loss, grad_norm, gstep, epoch, self.dirs.checkpoints, self.log)
+            check_finite(ctx, grad_norm, "gradient norm", gstep, epoch, self.dirs.checkpoints, self.log)
             if search.needs_importance and hg.grad is not None and fg.grad is not None:
                 hs, fs = taylor_importance(hg), taylor_importance(fg)
                 if ctx.distributed:
@@ -447,7 +449,8 @@ class _Compression:
             if resumed is not None:
                 self._restore(resumed, module, optimizers, schedulers)
         params = [p for p in module.parameters() if p.requires_grad]
-        return self._distill_loop(pruned, module, optimizers, schedulers, params)
+        self._distill_loop(pruned, module, optimizers, schedulers, params)
+        self.final_digest = weights_digest(pruned)
 
     def _distill_loop(self, pruned, module, optimizers, schedulers, params):
         from ddk_fast.export import save_pruned
@@ -464,10 +467,11 @@ class _Compression:
             loss, parts = train_module(batch, t_out)
             if cfg.fault_nan_at_step is not None and gstep == cfg.fault_nan_at_step:
                 loss = loss * float("nan")
+            check_finite(ctx, loss, "loss", gstep, epoch, self.dirs.checkpoints, self.log)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            check_finite(ctx, loss, grad_norm, gstep, epoch, self.dirs.checkpoints, self.log)
+            check_finite(ctx, grad_norm, "gradient norm", gstep, epoch, self.dirs.checkpoints, self.log)
             opt.step()
             sched.step()
             return {"loss": float(loss.detach()), **parts, "lr": sched.get_last_lr()[0], "grad_norm": float(grad_norm)}
@@ -521,7 +525,9 @@ class _Compression:
                       f"{report['teacher_dev'][self.spec.main_metric]:.4f}), {self.metric} ratio "
                       f"{report[self.metric]['ratio']:.3f}, CPU latency x{report['latency']['speedup']}")
         report = ddp.broadcast_object(ctx, report)
-        return dict(report, output=self.dirs.output)
+        # the in-memory student after the last step, on this rank (ranks must agree under DDP)
+        return dict(report, output=self.dirs.output, final_weights_sha256=getattr(self, "final_digest", None),
+                    rank=ctx.rank)
 
 
 def _fmt(metrics: dict) -> str:

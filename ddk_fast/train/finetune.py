@@ -15,9 +15,11 @@ import torch
 
 from ddk_fast.train import ddp
 from ddk_fast.train.batching import eval_loader, train_loader
-from ddk_fast.train.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from ddk_fast.train.checkpoint import (latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state,
+                                      weights_digest)
 from ddk_fast.train.config import FinetuneConfig, config_dict, packaged_model_dir, resume_mismatches
-from ddk_fast.train.errors import RunInterrupted, TrainingDiverged
+from ddk_fast.train.errors import RunInterrupted
+from ddk_fast.train.loop import check_finite
 from ddk_fast.train.evaluation import evaluate, load_split, task_spec, to_device
 from ddk_fast.train.hf import load_classifier, logits_of, save_classifier
 from ddk_fast.train.io import atomic_directory, atomic_write_json, read_json
@@ -123,12 +125,11 @@ def _train(cfg, spec, model_path, dirs, ctx, mode) -> dict:
                 loss = out.loss
                 if cfg.fault_nan_at_step is not None and step == cfg.fault_nan_at_step:
                     loss = loss * float("nan")
+                check_finite(ctx, loss, "loss", step, epoch, dirs.checkpoints, log)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                bad = not (torch.isfinite(loss.detach()).item() and torch.isfinite(grad_norm).item())
-                if ddp.any_true(ctx, bad):
-                    _diverged(dirs, step, epoch, float(loss.detach()), log)
+                check_finite(ctx, grad_norm, "gradient norm", step, epoch, dirs.checkpoints, log)
                 optimizer.step()
                 scheduler.step()
                 state["global_step"] = step
@@ -182,7 +183,8 @@ def _train(cfg, spec, model_path, dirs, ctx, mode) -> dict:
             finalize(dirs, staged, keep_work=cfg.keep_checkpoints)
             log.info(f"teacher saved to {dirs.output}: dev {spec.main_metric}={state['best_score']:.4f}")
         ddp.barrier(ctx)
-        return dict(result, output=dirs.output)
+        # the in-memory weights after the last step, on this rank (ranks must agree under DDP)
+        return dict(result, output=dirs.output, final_weights_sha256=weights_digest(model), rank=ctx.rank)
     finally:
         log.close()
 
@@ -212,12 +214,3 @@ def _resume(cfg, dirs, ctx, model, optimizer, scheduler, log):
         log.info(f"resumed from {path} (step {loop['global_step']}, epoch {loop['epoch'] + 1}, batch {loop['batch']})")
     log.log("resume", step=loop["global_step"], checkpoint=path)
     return loop
-
-
-def _diverged(dirs, step, epoch, loss_value, log):
-    last = latest_checkpoint(dirs.checkpoints)
-    where = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
-    log.log("diverged", step=step, epoch=epoch, loss=loss_value)
-    log.close()
-    raise TrainingDiverged(f"loss is {loss_value} (not finite) at step {step} (epoch {epoch + 1}); {where}; "
-                           f"lower --lr and rerun with --resume, or --overwrite to start again")

@@ -66,7 +66,7 @@ def load_tokenizer(path: str):
 
     try:
         with quiet_transformers():
-            return AutoTokenizer.from_pretrained(path)
+            return AutoTokenizer.from_pretrained(path, trust_remote_code=False)  # never run shipped code
     except Exception as exc:  # noqa: BLE001 - any failure is a bad folder from the user's point of view
         raise UserError(f"cannot load a tokenizer from {path!r}: {_one_line(exc)}") from None
 

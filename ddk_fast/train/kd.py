@@ -43,7 +43,9 @@ class DistillObjective(nn.Module):
         if layer_weighting not in WEIGHTINGS:
             raise ValueError(f"layer_weighting={layer_weighting!r}: expected one of {WEIGHTINGS}")
         self.num_states, self.is_regression, self.weights = num_states, is_regression, weights
-        self.fusion_kind, self.weighting, self.hidden_loss, self.path = fusion, layer_weighting, hidden_loss, path
+        self.fusion_kind, self.weighting, self.hidden_loss = fusion, layer_weighting, hidden_loss
+        # the model's kernel paths (compact/triton/reference) vs the loss ops' paths (fused/reference)
+        self.loss_path = "reference" if path == "reference" else "auto"
         self.fusion = None
         if fusion == "learned":
             from ddk_fast.distill import HighwayFusion
@@ -53,7 +55,7 @@ class DistillObjective(nn.Module):
         if layer_weighting == "adaptive":
             from ddk_fast.distill import LossShareWeights
 
-            self.layer_weights = LossShareWeights(num_states)
+            self.layer_weights = LossShareWeights(num_states, momentum=0.9)
 
     # --- targets ------------------------------------------------------------------------------------
     def targets(self, teacher_states, token_mask):
@@ -66,14 +68,17 @@ class DistillObjective(nn.Module):
 
         return list(recursive_fusion(states, token_mask=token_mask))
 
-    def _layer_weights(self, student, targets, token_mask):
-        if self.layer_weights is None:
-            return torch.ones(len(student), device=student[0].device, dtype=student[0].dtype)
-        with torch.no_grad():
-            mask = token_mask.to(student[0].dtype).unsqueeze(-1)
-            denom = mask.sum().clamp_min(1.0) * student[0].shape[-1]
-            per_layer = torch.stack([(((s - t) ** 2) * mask).sum() / denom for s, t in zip(student, targets)])
-        return self.layer_weights(per_layer).to(student[0].dtype).detach()
+    def _current_layer_weights(self, like: torch.Tensor) -> torch.Tensor:
+        """Loss-share weights from the EMA of the previous steps' per-layer losses (uniform at first).
+
+        Using the previous steps' values (the fused op returns them for free) avoids a second pass
+        over every hidden state just to weight this step's loss."""
+        if self.layer_weights is None or not bool(self.layer_weights.initialized):
+            return torch.ones(self.num_states, device=like.device, dtype=torch.float32)
+        from ddk_fast.distill import loss_share_weights
+
+        lw = self.layer_weights
+        return loss_share_weights(lw.ema, lw.power, lw.normalize).to(like.device)
 
     # --- loss ---------------------------------------------------------------------------------------
     def forward(self, student_out, teacher_out, labels, token_mask):
@@ -84,12 +89,23 @@ class DistillObjective(nn.Module):
         parts = {}
         if w.hidden > 0:
             student = list(student_out.hidden_states)
-            targets = [t.detach() if self.fusion is None else t for t in self.targets(teacher_out.hidden_states,
-                                                                                        token_mask)]
+            targets = self.targets(teacher_out.hidden_states, token_mask)
             if len(student) != len(targets):
                 raise ValueError(f"student has {len(student)} hidden states, teacher targets {len(targets)}")
-            lw = self._layer_weights(student, targets, token_mask)
-            hidden = hidden_distill_loss(student, targets, lw, token_mask, kind=self.hidden_loss, path=self.path)
+            lw = self._current_layer_weights(student[0])
+            if self.fusion is not None:
+                # a learned fusion gate needs gradients on the target side, which the fused op refuses
+                from ddk_fast.ops.distill_losses import hidden_distill_loss_reference
+
+                hidden, per_layer = hidden_distill_loss_reference(student, targets, lw, token_mask,
+                                                                  kind=self.hidden_loss)
+                per_layer = per_layer.detach()
+            else:
+                hidden, per_layer = hidden_distill_loss(student, [t.detach() for t in targets], lw, token_mask,
+                                                        kind=self.hidden_loss, path=self.loss_path,
+                                                        return_per_layer=True, check_finite=False)
+            if self.layer_weights is not None and self.training:
+                self.layer_weights(per_layer)
             total = total + w.hidden * hidden
             parts["hidden"] = float(hidden.detach())
         s_logits, t_logits = student_out.logits, teacher_out.logits.detach()
@@ -97,7 +113,8 @@ class DistillObjective(nn.Module):
             if self.is_regression:
                 pred = F.mse_loss(s_logits.float(), t_logits.float())
             else:
-                pred = soft_cross_entropy(s_logits, t_logits, w.temperature)
+                pred = soft_cross_entropy(s_logits, t_logits, w.temperature, path=self.loss_path,
+                                          check_finite=False)
             total = total + w.pred * pred
             parts["pred"] = float(pred.detach())
         if w.task > 0:

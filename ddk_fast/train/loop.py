@@ -17,20 +17,20 @@ from ddk_fast.train.errors import RunInterrupted, TrainingDiverged
 from ddk_fast.train.logging import progress
 
 
-def check_finite(ctx, loss: torch.Tensor, grad_norm, step: int, epoch: int, ckpt_root: str, log) -> None:
-    """Stop every rank with a one-line error if the loss or gradient norm is NaN/inf (before any
-    optimizer step, so the weights in memory and on disk stay the last good ones)."""
-    bad = not bool(torch.isfinite(loss.detach()).item())
-    if grad_norm is not None:
-        bad = bad or not bool(torch.isfinite(torch.as_tensor(grad_norm)).item())
+def check_finite(ctx, value: torch.Tensor, what: str, step: int, epoch: int, ckpt_root: str, log) -> None:
+    """Stop every rank with a one-line error if ``value`` (the loss, checked before backward; the
+    gradient norm, checked before the optimizer step) is NaN/inf. Nothing is updated or saved, so the
+    weights on disk stay the last good ones."""
+    value = torch.as_tensor(value).detach()
+    bad = not bool(torch.isfinite(value).all().item())
     if not ddp.any_true(ctx, bad):
         return
     last = latest_checkpoint(ckpt_root)
     where = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
-    value = float(loss.detach())
-    log.log("diverged", step=step, epoch=epoch, loss=value)
+    number = float(value.float().reshape(-1)[0])
+    log.log("diverged", step=step, epoch=epoch, what=what, value=number)
     log.close()
-    raise TrainingDiverged(f"loss is {value} (not finite) at step {step} (epoch {epoch + 1}); {where}; "
+    raise TrainingDiverged(f"{what} is {number} (not finite) at step {step} (epoch {epoch + 1}); {where}; "
                            f"lower the learning rate and rerun with --resume, or --overwrite to start again")
 
 
@@ -50,7 +50,7 @@ def run_epochs(*, ctx, cfg, log, loader, epochs: int, state: dict, stage: str, e
             state["batch"] += 1
             if ctx.is_main and cfg.progress:
                 bar.set_postfix({k: f"{v:.4g}" for k, v in parts.items() if k in ("loss", "ratio", "tau")})
-            if gstep % cfg.log_steps == 0:
+            if gstep % cfg.log_steps == 0 or state["batch"] == steps_per_epoch:
                 log.log(stage, step=gstep, epoch=epoch, **parts)
             if gstep % cfg.save_steps == 0 and state["batch"] < steps_per_epoch:
                 save_ckpt()

@@ -1,0 +1,434 @@
+"""`ddk-fast distill`: distil a fixed student (TinyBERT-style: fewer layers and/or narrower) with a recipe
+of the KD catalog, on a GLUE task or on plain text (``--task lm``, GPT-2 teachers).
+
+The same objective code (``ddk_fast.distill.objectives.KDObjective``) serves the DDK compression, this
+command and ``ddk-fast sweep``, so a TinyBERT / MaKD / recursive-fusion comparison differs only in its
+options. Runs are step-based (``--steps``): recipes compared at the same budget see the same number
+of optimizer steps (a two-stage recipe splits them).
+
+Shared pieces used by the LM compression too: ``load_teacher_for``, ``TaskData`` (batches + dev metric),
+``kd_train`` (one stage of distillation), ``perplexity``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Optional
+
+import torch
+
+from ddk_fast.cli import UserError
+
+LM_TASK = "lm"
+
+
+# ------------------------------------------------------------------------------------------ config
+@dataclass
+class DistillConfig:
+    """A fixed-student distillation run (see the module docstring)."""
+
+    teacher: str = ""
+    task: str = ""
+    output: str = ""
+    data_dir: Optional[str] = None
+    train_file: Optional[str] = None
+    eval_file: Optional[str] = None
+    preset: str = "full"
+    recipe: str = "tinybert"
+    student_layers: int = 3
+    layer_init: str = "uniform"
+    student_heads: Optional[int] = None
+    student_intermediate: Optional[int] = None
+    student_hidden: Optional[int] = None
+    steps: int = 2000
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    max_seq_len: int = 128
+    block_size: int = 64
+    max_train_examples: Optional[int] = None
+    max_eval_examples: Optional[int] = None
+    seed: int = 42
+    device: str = "auto"
+    path: str = "auto"
+    log_steps: int = 50
+    save_model: bool = True
+    overwrite: bool = False
+    progress: bool = True
+    kd: dict = field(default_factory=dict)
+
+
+PRESETS = {
+    "full": {},
+    "quick": {"steps": 200, "max_train_examples": 2000, "max_eval_examples": 400, "max_seq_len": 64,
+              "batch_size": 16, "lr": 1e-4, "block_size": 64},
+}
+
+
+def parse_kd(text) -> dict[str, Any]:
+    """``"attention_weight=2,mapping=last"`` (or a dict) -> {key: value} with numbers converted."""
+    if text is None or text == "":
+        return {}
+    if isinstance(text, dict):
+        return {str(k): _number(v) for k, v in text.items()}
+    out = {}
+    for item in str(text).split(","):
+        if not item.strip():
+            continue
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--kd {text!r}: expected KEY=VALUE[,KEY=VALUE...], got {item!r}")
+        out[key.strip()] = _number(value.strip())
+    return out
+
+
+def _number(value):
+    if not isinstance(value, str):
+        return value
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    return value
+
+
+def build_distill_config(flags: dict, config_file: Optional[str] = None) -> DistillConfig:
+    """defaults < preset < YAML file < flags given (None = not given)."""
+    from ddk_fast.train.config import _coerce, load_yaml
+
+    names = {f.name for f in dataclasses.fields(DistillConfig)}
+    file_values = load_yaml(config_file) if config_file else {}
+    unknown = sorted(set(file_values) - names - {"config"})
+    if unknown:
+        raise UserError(f"--config {config_file!r}: unknown option(s) {', '.join(unknown)}")
+    given = {k: v for k, v in flags.items() if v is not None and k in names}
+    preset = str(given.get("preset") or file_values.get("preset") or "full")
+    if preset not in PRESETS:
+        raise UserError(f"--preset {preset!r} is not a preset; expected one of {', '.join(PRESETS)}")
+    merged: dict[str, Any] = {}
+    for source, values in (("preset " + preset, PRESETS[preset]), (f"--config {config_file}", file_values),
+                           ("flag", given)):
+        for key, value in values.items():
+            if key == "kd":
+                merged["kd"] = dict(merged.get("kd", {}), **parse_kd(value))
+            elif key in names and key != "config":
+                merged[key] = _coerce(DistillConfig, key, value, source)
+    merged["preset"] = preset
+    return DistillConfig(**merged)
+
+
+# --------------------------------------------------------------------------------------- teachers
+def is_lm_task(task: str) -> bool:
+    return str(task).lower() == LM_TASK
+
+
+def load_teacher_for(path: str, task: str):
+    """(teacher, tokenizer, task_type): a MaskedTransformer classifier for GLUE tasks, a MaskedGPT2 for "lm"."""
+    from ddk_fast.train.hf import load_tokenizer, read_config
+
+    if not path or not os.path.isdir(path):
+        raise UserError(f"--teacher {path!r} is not a folder")
+    config = read_config(path)
+    if is_lm_task(task):
+        from ddk_fast.model.gpt2 import EXPORT_MODEL_TYPE, MaskedGPT2
+
+        if config.get("model_type") not in ("gpt2", EXPORT_MODEL_TYPE):
+            raise UserError(f"--teacher {path!r}: --task lm needs a GPT-2 checkpoint, got model_type "
+                            f"{config.get('model_type')!r}")
+        try:
+            teacher = MaskedGPT2.from_pretrained(path)
+        except (ValueError, KeyError, FileNotFoundError) as exc:
+            raise UserError(f"--teacher {path!r}: cannot build the masked GPT-2: {exc}") from None
+        return teacher, load_tokenizer(path), "lm"
+    from ddk_fast.train.compress import load_teacher
+    from ddk_fast.train.evaluation import task_spec
+
+    spec = task_spec(task)
+    teacher, tokenizer = load_teacher(path, spec)
+    return teacher, tokenizer, "regression" if spec.is_regression else "classification"
+
+
+# ------------------------------------------------------------------------------------------- data
+@dataclass
+class TaskData:
+    """Training batches (an endless, seeded iterator) and the dev evaluation of one task."""
+
+    task: str
+    task_type: str
+    batches: Iterator[dict]
+    evaluate: Callable[[torch.nn.Module], dict]
+    main_metric: str
+    higher_is_better: bool
+    num_train: int
+    num_dev: int
+
+
+def _endless_glue(loader) -> Iterator[dict]:
+    epoch = 0
+    while True:
+        loader.batch_sampler.set_epoch(epoch, 0)
+        yield from loader
+        epoch += 1
+
+
+def _endless_blocks(blocks: torch.Tensor, batch_size: int, seed: int) -> Iterator[dict]:
+    g = torch.Generator().manual_seed(seed)
+    while True:
+        order = torch.randperm(blocks.shape[0], generator=g)
+        full = max(1, len(order) // batch_size)  # drop the ragged tail (every batch the same size)
+        for i in range(full):
+            ids = blocks[order[i * batch_size:(i + 1) * batch_size]]
+            yield {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
+
+
+@torch.no_grad()
+def perplexity(model, blocks: torch.Tensor, batch_size: int, device, path: str = "auto") -> dict:
+    """exp(mean next-token NLL) over every prediction in ``blocks`` [N, S] (no padding)."""
+    from ddk_fast.distill.objectives import next_token_loss
+
+    was = model.training
+    model.eval()
+    total, count = 0.0, 0
+    try:
+        for i in range(0, blocks.shape[0], batch_size):
+            ids = blocks[i:i + batch_size].to(device)
+            logits = model(ids, path=path).logits
+            total += float(next_token_loss(logits, ids, reduction="sum"))
+            count += ids.numel() - ids.shape[0]
+    finally:
+        model.train(was)
+    nll = total / max(count, 1)
+    return {"perplexity": math.exp(min(nll, 50.0)), "nll": nll, "tokens": count}
+
+
+def task_data(cfg, tokenizer, task_type: str, device) -> TaskData:
+    """Batches and evaluation for ``cfg.task`` (GLUE task, or "lm" with train_file / eval_file)."""
+    if task_type == "lm":
+        from ddk_fast.data import DataError, load_text_lm
+
+        for flag, value in (("--train-file", cfg.train_file), ("--eval-file", cfg.eval_file)):
+            if not value:
+                raise UserError(f"{flag} is required with --task lm")
+        try:
+            train = load_text_lm(cfg.train_file, tokenizer, cfg.block_size, max_blocks=cfg.max_train_examples)
+            dev = load_text_lm(cfg.eval_file, tokenizer, cfg.block_size, max_blocks=cfg.max_eval_examples)
+        except DataError as exc:
+            raise UserError(str(exc)) from None
+        return TaskData(LM_TASK, "lm", _endless_blocks(train, cfg.batch_size, cfg.seed),
+                        lambda m: perplexity(m, dev, cfg.eval_batch_size, device, cfg.path), "perplexity", False,
+                        int(train.shape[0]), int(dev.shape[0]))
+    from ddk_fast.data import encode
+    from ddk_fast.train.batching import eval_loader, train_loader
+    from ddk_fast.train.evaluation import evaluate, load_split, task_spec
+
+    spec = task_spec(cfg.task)
+    train_ex = load_split(spec.name, "train", cfg.data_dir, cfg.max_train_examples, cfg.seed)
+    dev_ex = load_split(spec.name, "validation", cfg.data_dir, cfg.max_eval_examples, 0)
+    train_ds = encode(train_ex, tokenizer, max_length=cfg.max_seq_len)
+    dev_ds = encode(dev_ex, tokenizer, max_length=cfg.max_seq_len)
+    loader = train_loader(train_ds, cfg.batch_size, cfg.seed)
+    dev_loader = eval_loader(dev_ds, cfg.eval_batch_size)
+
+    def run_eval(model):
+        def logits(b):
+            return model(b["input_ids"], attention_mask=b["attention_mask"], token_type_ids=b.get("token_type_ids"),
+                         path=cfg.path).logits
+        return evaluate(model, logits, dev_loader, device, spec.name)
+
+    return TaskData(spec.name, task_type, _endless_glue(loader), run_eval, spec.main_metric, True, len(train_ds),
+                    len(dev_ds))
+
+
+# ------------------------------------------------------------------------------------------- loop
+def kd_train(student, teacher, objective, batches: Iterator[dict], steps: int, *, lr: float, weight_decay: float,
+             warmup_ratio: float, max_grad_norm: float, device, path: str = "auto", log=None, stage: str = "distill",
+             log_steps: int = 50, progress: bool = False) -> list[dict]:
+    """``steps`` optimizer steps of ``objective`` (student + objective parameters); returns logged parts.
+
+    Raises ``TrainingDiverged`` on a non-finite loss or gradient norm (before the optimizer step).
+    """
+    from ddk_fast.train.errors import TrainingDiverged
+    from ddk_fast.train.evaluation import to_device
+    from ddk_fast.train.logging import progress as bar_of
+    from ddk_fast.train.optim import adamw, linear_schedule
+
+    named = [(f"student.{n}", p) for n, p in student.named_parameters() if p.requires_grad]
+    named += [(f"objective.{n}", p) for n, p in objective.named_parameters() if p.requires_grad]
+    params = [p for _, p in named]
+    opt = adamw(named, lr, weight_decay)
+    sched = linear_schedule(opt, steps, warmup_ratio)
+    kw = objective.forward_kwargs()
+    student.train()
+    objective.train()
+    history = []
+    bar = bar_of(range(steps), total=steps, desc=stage, enabled=progress)
+    for step in bar:
+        batch = to_device(next(batches), device)
+        args = (batch["input_ids"],)
+        fwd = dict(attention_mask=batch["attention_mask"], token_type_ids=batch.get("token_type_ids"), path=path, **kw)
+        with torch.no_grad():
+            t_out = teacher(*args, **fwd)
+        s_out = student(*args, **fwd)
+        loss, parts = objective(s_out, t_out, batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+        if not (torch.isfinite(loss.detach()) and torch.isfinite(grad_norm)):
+            raise TrainingDiverged(f"{stage}: loss is {float(loss.detach())} (not finite) at step {step + 1}; "
+                                   f"lower --lr")
+        opt.step()
+        sched.step()
+        if (step + 1) % log_steps == 0 or step + 1 == steps:
+            entry = {"stage": stage, "step": step + 1, "loss": float(loss.detach()), **parts,
+                     "lr": sched.get_last_lr()[0]}
+            history.append(entry)
+            if log is not None:
+                log.log(stage, step=step + 1, **{k: v for k, v in entry.items() if k != "stage"})
+    return history
+
+
+# -------------------------------------------------------------------------------------------- run
+def _resolve_device(name: str):
+    from ddk_fast.train.ddp import resolve_device
+
+    return resolve_device(name)
+
+
+def validate(cfg: DistillConfig) -> None:
+    from ddk_fast.distill.tinybert import LAYER_INITS, RECIPES
+    from ddk_fast.train.validate import check_positive
+
+    for flag, value in (("--teacher", cfg.teacher), ("--task", cfg.task)) + ((("--output", cfg.output),)
+                                                                              if cfg.save_model else ()):
+        if not value:
+            raise UserError(f"{flag} is required")
+    if cfg.recipe not in RECIPES:
+        raise UserError(f"--recipe {cfg.recipe!r}: expected one of {', '.join(sorted(RECIPES))}")
+    if cfg.layer_init not in LAYER_INITS:
+        raise UserError(f"--layer-init {cfg.layer_init!r}: expected one of {', '.join(LAYER_INITS)}")
+    for name in ("steps", "batch_size", "eval_batch_size", "max_seq_len", "block_size", "student_layers", "log_steps"):
+        check_positive(name, getattr(cfg, name))
+    if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
+        raise UserError(f"--lr {cfg.lr!r}: expected a positive finite number")
+
+
+def run_distill(cfg: DistillConfig) -> dict:
+    """Build the student, run the recipe's stages, evaluate; export to ``cfg.output`` with metrics.json
+    (``save_model=False``: nothing written, the report is returned)."""
+    from ddk_fast.distill.objectives import KDObjective
+    from ddk_fast.distill.tinybert import make_student, recipe_stages
+    from ddk_fast.train.io import output_dir_state, to_jsonable
+
+    validate(cfg)
+    out = os.path.abspath(cfg.output) if cfg.output else ""
+    if cfg.save_model and output_dir_state(out) == "nonempty" and not cfg.overwrite:
+        raise UserError(f"--output {out!r} exists and is not empty; pass --overwrite to replace it")
+    t0 = time.time()
+    device = _resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    teacher, tokenizer, task_type = load_teacher_for(cfg.teacher, cfg.task)
+    teacher = teacher.to(device).eval().requires_grad_(False)
+    data = task_data(cfg, tokenizer, task_type, device)
+    try:
+        student = make_student(teacher, cfg.student_layers, cfg.layer_init, num_heads=cfg.student_heads,
+                               intermediate_size=cfg.student_intermediate, hidden_size=cfg.student_hidden,
+                               seed=cfg.seed).to(device)
+        stages = recipe_stages(cfg.recipe, cfg.kd, cfg.steps)
+        objectives = [KDObjective.from_config(dict(opts, path=cfg.path), student, teacher, task_type)
+                      for _, opts, _ in stages]
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    teacher_dev = data.evaluate(teacher)
+    history = []
+    for (name, _, steps), objective in zip(stages, objectives):
+        history += kd_train(student, teacher, objective.to(device), data.batches, steps, lr=cfg.lr,
+                            weight_decay=cfg.weight_decay, warmup_ratio=cfg.warmup_ratio,
+                            max_grad_norm=cfg.max_grad_norm, device=device, path=cfg.path, stage=name,
+                            log_steps=cfg.log_steps, progress=cfg.progress)
+    student_dev = data.evaluate(student)
+    report = {
+        "task": data.task, "recipe": cfg.recipe, "kd": cfg.kd, "main_metric": data.main_metric,
+        "higher_is_better": data.higher_is_better, "teacher_dev": teacher_dev, "student_dev": student_dev,
+        "stages": [{"name": n, "steps": s, "options": o} for n, o, s in stages],
+        "student": {"layers": student.num_layers, "hidden": student.hidden_size, "heads": student.num_heads,
+                    "intermediate": student.intermediate_sizes,
+                    "teacher_layers": student.config.extra.get("teacher_layers"),
+                    "params": sum(p.numel() for p in student.parameters())},
+        "teacher_params": sum(p.numel() for p in teacher.parameters()),
+        "train_examples": data.num_train, "dev_examples": data.num_dev, "history": history,
+        "wall_time_s": round(time.time() - t0, 1), "config": dataclasses.asdict(cfg),
+    }
+    if cfg.save_model:
+        export_model(student, tokenizer, out, {"metrics.json": to_jsonable(report)})
+    return dict(report, output=out or None)
+
+
+def export_model(model, tokenizer, out: str, extra_files: dict) -> str:
+    """Atomic export of a MaskedTransformer (``save_pruned``) or MaskedGPT2 (``save_causal_lm``) with extra files."""
+    from ddk_fast.model.gpt2 import MaskedGPT2
+
+    if isinstance(model, MaskedGPT2):
+        from ddk_fast.export.gpt2 import save_causal_lm
+
+        return save_causal_lm(model, out, tokenizer=tokenizer, extra_files=extra_files, overwrite=True)
+    from ddk_fast.export import save_pruned
+
+    return save_pruned(model, out, tokenizer=tokenizer, extra_files=extra_files, overwrite=True)
+
+
+# -------------------------------------------------------------------------------------------- CLI
+def _cmd_distill(args) -> int:
+    import json
+
+    flags = {k: v for k, v in vars(args).items() if k not in ("command", "func", "config")}
+    result = run_distill(build_distill_config(flags, args.config))
+    keys = ("output", "task", "recipe", "teacher_dev", "student_dev")
+    print(json.dumps({k: result[k] for k in keys}, indent=2))
+    return 0
+
+
+def add_student_flags(p) -> None:
+    """Student and recipe flags shared by ``distill`` and ``sweep``."""
+    p.add_argument("--recipe", default=None, help="tinybert (two-stage) | joint | makd | ddk (default tinybert)")
+    p.add_argument("--student-layers", type=int, default=None, help="student depth (default 3)")
+    p.add_argument("--layer-init", default=None, help="uniform | first | last | scratch (default uniform)")
+    p.add_argument("--student-heads", type=int, default=None, help="heads per student layer (default: teacher's)")
+    p.add_argument("--student-intermediate", type=int, default=None, help="FFN width per student layer")
+    p.add_argument("--student-hidden", type=int, default=None, help="hidden size (needs --layer-init scratch)")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps in all (split across stages)")
+    p.add_argument("--kd", default=None, help="objective options KEY=VALUE[,...] e.g. attention_weight=2,mapping=last")
+    p.add_argument("--train-file", default=None, help="--task lm: plain-text training file")
+    p.add_argument("--eval-file", default=None, help="--task lm: plain-text evaluation file")
+    p.add_argument("--block-size", type=int, default=None, help="--task lm: tokens per block (default 64)")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("distill", help="distil a fixed smaller student (TinyBERT / MaKD / fusion recipes)",
+                       description="Distil a TinyBERT-style student (fewer layers, optionally narrower) from a "
+                                   "teacher with a recipe of the KD catalog; GLUE task or --task lm.")
+    p.add_argument("--teacher", default=None, help="teacher folder (fine-tuned classifier, or GPT-2 for --task lm)")
+    p.add_argument("--task", default=None, help="GLUE task, or lm")
+    p.add_argument("--data-dir", default=None, help="folder of GLUE TSVs")
+    p.add_argument("--output", default=None, help="folder for the student + metrics.json")
+    p.add_argument("--preset", default=None, choices=tuple(PRESETS), help="quick | full")
+    p.add_argument("--config", default=None, help="YAML file of options")
+    add_student_flags(p)
+    for flag, typ in (("--lr", float), ("--batch-size", int), ("--eval-batch-size", int), ("--max-seq-len", int),
+                      ("--max-train-examples", int), ("--max-eval-examples", int), ("--seed", int)):
+        p.add_argument(flag, type=typ, default=None)
+    p.add_argument("--device", default=None)
+    p.add_argument("--path", default=None, choices=("auto", "compact", "reference", "triton"))
+    p.add_argument("--overwrite", action="store_const", const=True, default=None)
+    p.add_argument("--no-progress", dest="progress", action="store_const", const=False, default=None)
+    p.set_defaults(func=_cmd_distill)
+
+
+__all__ = ["DistillConfig", "TaskData", "build_distill_config", "kd_train", "load_teacher_for", "parse_kd",
+           "perplexity", "register", "run_distill", "task_data"]

@@ -1,0 +1,363 @@
+"""`ddk-fast sweep`: a grid of distillation settings, run point by point, resumable, summarised.
+
+    ddk-fast sweep --teacher DIR --task mrpc --data-dir glue \\
+        --grid "attn_weight=0.5,1;hidden_weight=1,2;temperature=1,4" --output sweep-mrpc [--preset quick]
+        [--mode student|ddk] [--recipe tinybert] [--heatmap attention_weight,temperature] [--resume]
+
+Grid keys: objective options (``ddk_fast.distill.objectives.DEFAULTS``; ``attn_`` is short for
+``attention_``), or run options of the mode (``steps``, ``lr``, ``student_layers``, ``recipe`` ... for
+``student``; any ``ddk-fast compress`` option for ``ddk``). ``--grid-file`` reads a YAML mapping
+``key: [values]`` instead.
+
+Modes: ``student`` (default) distils a fixed TinyBERT-style student (``ddk-fast distill``) per point;
+``ddk`` runs the DDK compression (``ddk-fast compress``; the grid sets its options).
+
+Output folder: ``points/NNN.json`` (one per finished point, written atomically: a killed sweep loses
+only the point it was running; ``--resume`` skips finished points), ``grid.json`` (the grid, checked
+on resume), ``results.csv`` and ``results.md`` (sorted by dev score, best first), ``heatmap.png``
+(dev score over two axes; the best over the other axes).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import json
+import math
+import os
+import time
+from typing import Any, Optional
+
+from ddk_fast.cli import UserError
+
+ALIASES = {"attn_weight": "attention_weight", "attn_loss": "attention_loss", "embd_weight": "embedding_weight",
+           "T": "temperature"}
+MODES = ("student", "ddk")
+
+
+# ------------------------------------------------------------------------------------------- grid
+def _value(text: str):
+    text = text.strip()
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_grid(text: Optional[str] = None, grid_file: Optional[str] = None) -> dict[str, list]:
+    """``"a=1,2;b=x,y"`` or a YAML file ``{a: [1, 2], b: [x, y]}`` -> ordered {key: [values]}."""
+    if (text is None) == (grid_file is None):
+        raise UserError("give exactly one of --grid or --grid-file")
+    grid: dict[str, list] = {}
+    if grid_file is not None:
+        from ddk_fast.train.config import load_yaml
+
+        raw = load_yaml(grid_file)
+        for key, values in raw.items():
+            grid[key] = list(values) if isinstance(values, (list, tuple)) else [values]
+    else:
+        for part in str(text).split(";"):
+            if not part.strip():
+                continue
+            key, sep, values = part.partition("=")
+            if not sep or not key.strip() or not values.strip():
+                raise UserError(f"--grid {text!r}: expected KEY=V1,V2;KEY=V1,... got {part!r}")
+            grid[key.strip()] = [_value(v) for v in values.split(",") if v.strip()]
+    out: dict[str, list] = {}
+    for key, values in grid.items():
+        name = ALIASES.get(key, key)
+        if name in out:
+            raise UserError(f"grid key {key!r} given twice (as {name!r})")
+        if not values:
+            raise UserError(f"grid key {key!r} has no values")
+        out[name] = values
+    if not out:
+        raise UserError("the grid is empty")
+    return out
+
+
+def grid_points(grid: dict[str, list]) -> list[dict[str, Any]]:
+    keys = list(grid)
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))]
+
+
+def check_grid_keys(grid: dict[str, list], mode: str) -> None:
+    from ddk_fast.distill.objectives import DEFAULTS
+
+    if mode == "student":
+        import dataclasses
+
+        from ddk_fast.train.student_kd import DistillConfig
+
+        run_keys = {f.name for f in dataclasses.fields(DistillConfig)} - {"kd", "output", "teacher", "task"}
+    else:
+        import dataclasses
+
+        from ddk_fast.train.config import CompressConfig
+
+        run_keys = {f.name for f in dataclasses.fields(CompressConfig)} - {"output", "teacher", "task"}
+    valid = run_keys | (set(DEFAULTS) if mode == "student" else set())
+    bad = sorted(k for k in grid if k not in valid)
+    if bad:
+        raise UserError(f"grid key(s) {bad} are not options of a {mode} run; expected objective options "
+                        f"({', '.join(sorted(DEFAULTS))}) or run options")
+
+
+# -------------------------------------------------------------------------------------------- run
+def _point_name(index: int) -> str:
+    return f"{index:03d}"
+
+
+def _label(point: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in point.items())
+
+
+def run_point(mode: str, base: dict, point: dict, folder: str) -> dict:
+    """One grid point -> {"dev": metrics, "teacher_dev": metrics, "main_metric", "higher_is_better", ...}."""
+    if mode == "student":
+        import dataclasses
+
+        from ddk_fast.distill.objectives import DEFAULTS
+        from ddk_fast.train.student_kd import DistillConfig, build_distill_config, run_distill
+
+        run_keys = {f.name for f in dataclasses.fields(DistillConfig)}
+        flags = dict(base)
+        kd = dict(flags.pop("kd", None) or {})
+        for key, value in point.items():
+            if key in DEFAULTS:
+                kd[key] = value
+            elif key in run_keys:
+                flags[key] = value
+        flags.update(kd=kd, save_model=False, output="", progress=False)
+        cfg = build_distill_config(flags, None)
+        report = run_distill(cfg)
+        return {"dev": report["student_dev"], "teacher_dev": report["teacher_dev"],
+                "main_metric": report["main_metric"], "higher_is_better": report["higher_is_better"],
+                "student": report["student"], "steps": cfg.steps, "history": report["history"][-3:]}
+    from ddk_fast.train.compress import run_compress
+    from ddk_fast.train.config import CompressConfig, build_config
+    from ddk_fast.train.evaluation import task_spec
+
+    flags = {k: v for k, v in dict(base, **point).items() if k not in ("kd",)}
+    flags.update(output=os.path.join(folder, "model"), overwrite=True, progress=False)
+    report = run_compress(build_config(CompressConfig, "compress", flags, None))
+    spec = task_spec(flags["task"])
+    return {"dev": report["student_dev"], "teacher_dev": report["teacher_dev"], "main_metric": spec.main_metric,
+            "higher_is_better": True, "structure": report.get("structure"), "params": report.get("params")}
+
+
+def score_of(result: dict) -> float:
+    """The dev score a point is ranked by: GLUE ``score`` (mean of the task's metrics), or perplexity."""
+    dev = result["dev"]
+    return float(dev["score"] if "score" in dev else dev[result["main_metric"]])
+
+
+def run_sweep(teacher: str, task: str, output: str, grid: dict[str, list], mode: str = "student",
+              base: Optional[dict] = None, resume: bool = False, overwrite: bool = False,
+              heatmap: Optional[tuple[str, str]] = None, log=print) -> dict:
+    """Run every grid point not finished yet, then write results.csv/.md and heatmap.png. Returns the summary."""
+    from ddk_fast.train.io import atomic_write_json, output_dir_state, read_json
+
+    if mode not in MODES:
+        raise UserError(f"--mode {mode!r}: expected one of {', '.join(MODES)}")
+    for flag, value in (("--teacher", teacher), ("--task", task), ("--output", output)):
+        if not value:
+            raise UserError(f"{flag} is required")
+    check_grid_keys(grid, mode)
+    out = os.path.abspath(output)
+    points_dir = os.path.join(out, "points")
+    grid_file = os.path.join(out, "grid.json")
+    base = dict(base or {}, teacher=teacher, task=task)
+    spec = {"mode": mode, "grid": grid, "base": {k: v for k, v in base.items() if k not in ("progress",)}}
+    state = output_dir_state(out)
+    if state == "nonempty":
+        if resume and os.path.isfile(grid_file):
+            saved = read_json(grid_file)
+            if json.loads(json.dumps(spec)) != saved:
+                raise UserError(f"--resume: {out!r} holds a sweep with other settings (grid.json differs); "
+                                f"use another --output or --overwrite")
+        elif overwrite:
+            import shutil
+
+            shutil.rmtree(out)
+        else:
+            raise UserError(f"--output {out!r} exists and is not empty; pass --resume to continue its sweep or "
+                            f"--overwrite to start again")
+    os.makedirs(points_dir, exist_ok=True)
+    atomic_write_json(grid_file, spec)
+    points = grid_points(grid)
+    results = []
+    for index, point in enumerate(points):
+        path = os.path.join(points_dir, _point_name(index) + ".json")
+        if os.path.isfile(path):
+            saved = read_json(path)
+            if saved.get("point") == json.loads(json.dumps(point)):
+                log(f"[{index + 1}/{len(points)}] {_label(point)}: done already, skipped")
+                results.append(saved)
+                continue
+        t0 = time.time()
+        log(f"[{index + 1}/{len(points)}] {_label(point)}: running")
+        result = run_point(mode, base, point, os.path.join(points_dir, _point_name(index)))
+        result = dict(result, point=point, index=index, wall_time_s=round(time.time() - t0, 1))
+        atomic_write_json(path, result)
+        results.append(json.loads(json.dumps(result)))
+        log(f"[{index + 1}/{len(points)}] {_label(point)}: dev {result['main_metric']}="
+            f"{result['dev'][result['main_metric']]:.4f}")
+    summary = write_results(out, grid, results, heatmap)
+    return summary
+
+
+# ---------------------------------------------------------------------------------------- results
+def _sorted(results: list[dict]) -> list[dict]:
+    higher = results[0].get("higher_is_better", True) if results else True
+    return sorted(results, key=lambda r: (-score_of(r) if higher else score_of(r), r["index"]))
+
+
+def write_results(out: str, grid: dict[str, list], results: list[dict],
+                  heatmap: Optional[tuple[str, str]] = None) -> dict:
+    from ddk_fast.train.io import atomic_write_text
+
+    ranked = _sorted(results)
+    keys = list(grid)
+    main = ranked[0]["main_metric"] if ranked else "score"
+    metric_names = sorted({k for r in ranked for k in r["dev"]})
+    header = ["rank", "point"] + keys + metric_names + ["wall_time_s"]
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(header)
+    rows = []
+    for rank, r in enumerate(ranked, 1):
+        row = [rank, _point_name(r["index"])] + [r["point"].get(k) for k in keys] + \
+              [_fmt(r["dev"].get(m)) for m in metric_names] + [r.get("wall_time_s")]
+        rows.append(row)
+        writer.writerow(row)
+    atomic_write_text(os.path.join(out, "results.csv"), buf.getvalue())
+    teacher = ranked[0].get("teacher_dev", {}) if ranked else {}
+    lines = [f"# Sweep results ({len(ranked)} points)", "",
+             f"Ranked by dev {'perplexity (lower is better)' if ranked and not ranked[0].get('higher_is_better', True) else 'score (mean of the task metrics)'}; "
+             f"main metric: {main}. Teacher: " + ", ".join(f"{k}={_fmt(v)}" for k, v in teacher.items()), "",
+             "| " + " | ".join(str(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join("" if v is None else str(v) for v in row) + " |" for row in rows]
+    atomic_write_text(os.path.join(out, "results.md"), "\n".join(lines) + "\n")
+    axes = heatmap or tuple(k for k in keys if len(grid[k]) > 1)[:2]
+    plotted = None
+    if len(axes) == 2 and ranked:
+        plotted = _heatmap(out, grid, ranked, axes)
+    return {"output": out, "points": len(ranked), "best": ranked[0] if ranked else None, "heatmap": plotted,
+            "main_metric": main}
+
+
+def _fmt(v):
+    return None if v is None else (round(v, 4) if isinstance(v, float) and math.isfinite(v) else v)
+
+
+def _heatmap(out: str, grid: dict, ranked: list[dict], axes) -> Optional[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    x_key, y_key = axes
+    for key in axes:
+        if key not in grid:
+            raise UserError(f"--heatmap axis {key!r} is not a grid key; expected two of {list(grid)}")
+    xs, ys = grid[x_key], grid[y_key]
+    higher = ranked[0].get("higher_is_better", True)
+    cells = np.full((len(ys), len(xs)), np.nan)
+    for r in ranked:
+        i, j = ys.index(r["point"][y_key]), xs.index(r["point"][x_key])
+        s = score_of(r)
+        if np.isnan(cells[i, j]) or (s > cells[i, j] if higher else s < cells[i, j]):
+            cells[i, j] = s
+    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(xs), 1.0 + 0.8 * len(ys)))
+    im = ax.imshow(cells, cmap="viridis" if higher else "viridis_r", aspect="auto")
+    ax.set_xticks(range(len(xs)), [str(x) for x in xs])
+    ax.set_yticks(range(len(ys)), [str(y) for y in ys])
+    ax.set_xlabel(x_key)
+    ax.set_ylabel(y_key)
+    for i in range(len(ys)):
+        for j in range(len(xs)):
+            if not np.isnan(cells[i, j]):
+                ax.text(j, i, f"{cells[i, j]:.3f}", ha="center", va="center", color="w", fontsize=8)
+    others = [k for k in grid if k not in axes and len(grid[k]) > 1]
+    label = "dev perplexity" if not higher else "dev score"
+    ax.set_title(label + (f" (best over {', '.join(others)})" if others else ""), fontsize=9)
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    path = os.path.join(out, "heatmap.png")
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+# -------------------------------------------------------------------------------------------- CLI
+def _cmd_sweep(args) -> int:
+    from ddk_fast.train.student_kd import parse_kd
+
+    grid = parse_grid(args.grid, args.grid_file)
+    base = {}
+    skip = {"command", "func", "grid", "grid_file", "output", "resume", "overwrite", "mode", "heatmap", "teacher",
+            "task", "config"}
+    for key, value in vars(args).items():
+        if key in skip or value is None:
+            continue
+        base[key] = parse_kd(value) if key == "kd" else value
+    if args.config:
+        from ddk_fast.train.config import load_yaml
+
+        base = dict(load_yaml(args.config), **base)
+    heatmap = None
+    if args.heatmap:
+        parts = [ALIASES.get(p.strip(), p.strip()) for p in args.heatmap.split(",")]
+        if len(parts) != 2:
+            raise UserError(f"--heatmap {args.heatmap!r}: expected two grid keys X,Y")
+        heatmap = tuple(parts)
+    if args.mode == "ddk":
+        base.pop("kd", None)
+        for key in [k for k in base if k in ("recipe", "student_layers", "layer_init", "student_heads",
+                                             "student_intermediate", "student_hidden", "steps", "train_file",
+                                             "eval_file", "block_size")]:
+            raise UserError(f"--{key.replace('_', '-')} is an option of --mode student, not of --mode ddk")
+    summary = run_sweep(args.teacher, args.task, args.output, grid, mode=args.mode or "student", base=base,
+                        resume=bool(args.resume), overwrite=bool(args.overwrite), heatmap=heatmap)
+    best = summary["best"]
+    print(json.dumps({"output": summary["output"], "points": summary["points"], "heatmap": summary["heatmap"],
+                      "best": {"point": best["point"], "dev": best["dev"]} if best else None}, indent=2))
+    return 0
+
+
+def register(sub) -> None:
+    from ddk_fast.train.student_kd import PRESETS, add_student_flags
+
+    p = sub.add_parser("sweep", help="grid of KD settings (loss weights, temperature, mapping...), resumable",
+                       description="Run a grid of distillation settings: each point a TinyBERT-style student "
+                                   "(--mode student) or a DDK compression (--mode ddk); results.md/.csv sorted by "
+                                   "dev score and a heat map over two axes.")
+    p.add_argument("--teacher", default=None, help="teacher folder")
+    p.add_argument("--task", default=None, help="GLUE task, or lm")
+    p.add_argument("--data-dir", default=None, help="folder of GLUE TSVs")
+    p.add_argument("--grid", default=None, help='e.g. "attn_weight=0.5,1;hidden_weight=1,2;temperature=1,4"')
+    p.add_argument("--grid-file", default=None, help="YAML mapping key: [values]")
+    p.add_argument("--output", default=None, help="sweep folder")
+    p.add_argument("--mode", default=None, choices=MODES, help="student (default) or ddk")
+    p.add_argument("--heatmap", default=None, help="two grid keys X,Y for heatmap.png (default: the first two)")
+    p.add_argument("--preset", default=None, choices=tuple(PRESETS), help="quick | full")
+    p.add_argument("--config", default=None, help="YAML file of base options for every point")
+    add_student_flags(p)
+    for flag, typ in (("--lr", float), ("--batch-size", int), ("--eval-batch-size", int), ("--max-seq-len", int),
+                      ("--max-train-examples", int), ("--max-eval-examples", int), ("--seed", int)):
+        p.add_argument(flag, type=typ, default=None)
+    p.add_argument("--target", default=None, help="--mode ddk: budget, e.g. params=0.5")
+    p.add_argument("--device", default=None)
+    p.add_argument("--path", default=None, choices=("auto", "compact", "reference", "triton"))
+    p.add_argument("--resume", action="store_const", const=True, default=None, help="skip finished points")
+    p.add_argument("--overwrite", action="store_const", const=True, default=None, help="start the sweep again")
+    p.set_defaults(func=_cmd_sweep)
+
+
+__all__ = ["ALIASES", "MODES", "grid_points", "parse_grid", "register", "run_sweep", "write_results"]
