@@ -89,7 +89,8 @@ def ref_soft_ce(s, t, temperature):
 
 
 def _close(a, b, tol=2e-5):
-    torch.testing.assert_close(torch.as_tensor(float(torch.as_tensor(a).detach())), torch.as_tensor(float(torch.as_tensor(b).detach())), atol=tol, rtol=1e-4)
+    a, b = (torch.as_tensor(float(torch.as_tensor(x).detach())) for x in (a, b))
+    torch.testing.assert_close(a, b, atol=tol, rtol=1e-4)
 
 
 # ---------------------------------------------------------------------------------- individual terms

@@ -14,7 +14,8 @@ learned projections, and returns an unweighted scalar. The composite sums ``weig
     # also accepted: objective(s_out, t_out, labels, token_mask) -- DistillObjective's call shape
 
 Terms (option prefix -> class; weights are ``<prefix>_weight``):
-    embedding       EmbeddingTerm       MSE (or cosine) of the embedding outputs (TinyBERT L_embd), W_e when widths differ
+    embedding       EmbeddingTerm       MSE (or cosine) of the embedding outputs (TinyBERT L_embd), W_e when
+                                        widths differ
     hidden          HiddenTerm          hidden states through a mapping (uniform/last/skip/random/mean/argmin/fusion),
                                         MSE or cosine (``hidden_loss``), W_h when widths differ, uniform or adaptive
                                         per-layer weights (``layer_weighting``)

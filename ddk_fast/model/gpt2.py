@@ -208,7 +208,8 @@ class PreLNFFN(nn.Module):
 
     def __init__(self, config: TransformerConfig, layer: int):
         super().__init__()
-        d, self.intermediate_size, self.activation = config.hidden_size, config.intermediate_sizes[layer], config.hidden_act
+        d, self.activation = config.hidden_size, config.hidden_act
+        self.intermediate_size = config.intermediate_sizes[layer]
         self.norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
         self.up = linear(d, self.intermediate_size)
         self.down = linear(self.intermediate_size, d)

@@ -290,7 +290,7 @@ def kd_train(student, teacher, objective, batches: Iterator[dict], steps: int, *
                      "lr": sched.get_last_lr()[0]}
             history.append(entry)
             if log is not None:
-                log.log(stage, step=step + 1, **{k: v for k, v in entry.items() if k != "stage"})
+                log.log(stage, **{k: v for k, v in entry.items() if k != "stage"})
     return history
 
 

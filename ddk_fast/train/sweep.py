@@ -64,6 +64,8 @@ def parse_grid(text: Optional[str] = None, grid_file: Optional[str] = None) -> d
             key, sep, values = part.partition("=")
             if not sep or not key.strip() or not values.strip():
                 raise UserError(f"--grid {text!r}: expected KEY=V1,V2;KEY=V1,... got {part!r}")
+            if key.strip() in grid:
+                raise UserError(f"--grid {text!r}: key {key.strip()!r} given twice")
             grid[key.strip()] = [_value(v) for v in values.split(",") if v.strip()]
     out: dict[str, list] = {}
     for key, values in grid.items():
@@ -235,9 +237,11 @@ def write_results(out: str, grid: dict[str, list], results: list[dict],
         writer.writerow(row)
     atomic_write_text(os.path.join(out, "results.csv"), buf.getvalue())
     teacher = ranked[0].get("teacher_dev", {}) if ranked else {}
+    higher = ranked[0].get("higher_is_better", True) if ranked else True
+    ranking = "score (mean of the task metrics)" if higher else "perplexity (lower is better)"
     lines = [f"# Sweep results ({len(ranked)} points)", "",
-             f"Ranked by dev {'perplexity (lower is better)' if ranked and not ranked[0].get('higher_is_better', True) else 'score (mean of the task metrics)'}; "
-             f"main metric: {main}. Teacher: " + ", ".join(f"{k}={_fmt(v)}" for k, v in teacher.items()), "",
+             f"Ranked by dev {ranking}; main metric: {main}. Teacher: "
+             + ", ".join(f"{k}={_fmt(v)}" for k, v in teacher.items()), "",
              "| " + " | ".join(str(h) for h in header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join("" if v is None else str(v) for v in row) + " |" for row in rows]
     atomic_write_text(os.path.join(out, "results.md"), "\n".join(lines) + "\n")

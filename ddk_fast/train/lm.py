@@ -1,0 +1,317 @@
+"""DDK compression of a causal LM (GPT-2): ``ddk-fast compress --task lm --teacher DIR --train-file F --eval-file F``.
+
+The same engine as the GLUE pipeline, with the causal pieces swapped in:
+(1) the teacher is a stock GPT-2 checkpoint read into ``MaskedGPT2`` (frozen); the student is a copy;
+(2) search: Gumbel width search over heads and FFN channels of every layer, gates sampled each step,
+    loss = KD objective (``KDObjective``, task type "lm": token-level soft CE on the LM logits over real
+    tokens, recursive-fusion hidden MSE, next-token CE, plus any hidden / attention / MaKD aspects) +
+    budget loss (Lagrangian), architecture parameters on their own optimizer, Taylor importance;
+(3) derive the structure within the budget, prune physically (``prune_gpt2``);
+(4) distill the pruned student with the same objective;
+(5) evaluate perplexity (teacher, pruned before distillation, student, and an untrained model of the
+    student's shape), export with ``save_causal_lm`` (loads with AutoModelForCausalLM +
+    trust_remote_code) and report.json.
+Runs are step-based (``--search-steps``, ``--distill-steps``); no mid-run resume (runs are short).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+
+from ddk_fast.cli import UserError
+
+DEFAULT_KD = {"pred_weight": 1.0, "temperature": 2.0, "hidden_weight": 1.0, "mapping": "fusion",
+              "layer_weighting": "adaptive", "task_weight": 0.5}
+
+
+@dataclass
+class LMCompressConfig:
+    teacher: str = ""
+    output: str = ""
+    train_file: str = ""
+    eval_file: str = ""
+    task: str = "lm"
+    target: str = "params=0.5"
+    preset: str = "full"
+    block_size: int = 128
+    batch_size: int = 16
+    eval_batch_size: int = 32
+    max_train_examples: Optional[int] = None  # blocks
+    max_eval_examples: Optional[int] = None
+    search_steps: int = 1000
+    distill_steps: int = 2000
+    lr: float = 1e-4
+    arch_lr: float = 0.05
+    lambda_lr: float = 0.05
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.05
+    max_grad_norm: float = 1.0
+    tau_start: float = 5.0
+    tau_end: float = 0.5
+    channel_granularity: int = 64
+    importance_momentum: float = 0.9
+    budget_kind: str = "lagrangian"
+    seed: int = 42
+    device: str = "auto"
+    path: str = "auto"
+    log_steps: int = 50
+    overwrite: bool = False
+    progress: bool = True
+    kd: dict = field(default_factory=lambda: dict(DEFAULT_KD))
+
+
+PRESETS = {
+    "full": {},
+    "quick": {"search_steps": 150, "distill_steps": 300, "block_size": 64, "batch_size": 16,
+              "max_train_examples": 2000, "max_eval_examples": 200, "lr": 3e-4, "channel_granularity": 16},
+}
+
+
+def build_lm_config(flags: dict, config_file: Optional[str] = None) -> LMCompressConfig:
+    """defaults < preset < YAML file < flags given (None = not given). ``kd`` merges key by key."""
+    from ddk_fast.train.config import _coerce, load_yaml
+    from ddk_fast.train.student_kd import parse_kd
+
+    names = {f.name for f in dataclasses.fields(LMCompressConfig)}
+    file_values = load_yaml(config_file) if config_file else {}
+    given = {k: v for k, v in flags.items() if v is not None and k in names}
+    preset = str(given.get("preset") or file_values.get("preset") or "full")
+    if preset not in PRESETS:
+        raise UserError(f"--preset {preset!r} is not a preset; expected one of {', '.join(PRESETS)}")
+    merged: dict[str, Any] = {"kd": dict(DEFAULT_KD)}
+    for source, values in (("preset " + preset, PRESETS[preset]), (f"--config {config_file}", file_values),
+                           ("flag", given)):
+        for key, value in values.items():
+            if key == "kd":
+                merged["kd"].update(parse_kd(value))
+            elif key in names and key != "config":
+                merged[key] = _coerce(LMCompressConfig, key, value, source)
+    merged["preset"] = preset
+    return LMCompressConfig(**merged)
+
+
+def validate(cfg: LMCompressConfig) -> tuple[str, float]:
+    from ddk_fast.train.validate import check_positive, parse_target
+
+    for flag, value in (("--teacher", cfg.teacher), ("--output", cfg.output), ("--train-file", cfg.train_file),
+                        ("--eval-file", cfg.eval_file)):
+        if not value:
+            raise UserError(f"{flag} is required with --task lm")
+    metric, ratio = parse_target(cfg.target)
+    for name in ("block_size", "batch_size", "eval_batch_size", "channel_granularity", "log_steps", "search_steps"):
+        check_positive(name, getattr(cfg, name))
+    if not isinstance(cfg.distill_steps, int) or cfg.distill_steps < 0:
+        raise UserError(f"--distill-steps {cfg.distill_steps!r}: expected an integer >= 0")
+    for name in ("lr", "arch_lr", "tau_start", "tau_end"):
+        value = getattr(cfg, name)
+        if not (value > 0 and math.isfinite(value)):
+            raise UserError(f"--{name.replace('_', '-')} {value!r}: expected a positive finite number")
+    return metric, ratio
+
+
+# ------------------------------------------------------------------------------------------ stages
+def _search(cfg, teacher, objective_opts, batches, cost_model, metric, ratio, device, log):
+    """Gumbel width search with KD + budget; returns (student, Structure, summary)."""
+    from ddk_fast.distill.objectives import KDObjective
+    from ddk_fast.model import Structure
+    from ddk_fast.search import TemperatureSchedule, build_budget, build_search
+    from ddk_fast.search.importance import taylor_importance
+    from ddk_fast.train.errors import TrainingDiverged
+    from ddk_fast.train.evaluation import to_device
+    from ddk_fast.train.logging import progress
+    from ddk_fast.train.optim import adamw, linear_schedule
+    from ddk_fast.train.stages import initial_importance
+
+    student = copy.deepcopy(teacher).requires_grad_(True).train()
+    heads_imp, ffn_imp = initial_importance(student)
+    search = build_search("gumbel", student.num_heads, student.intermediate_sizes,
+                          granularity=cfg.channel_granularity, importance_momentum=cfg.importance_momentum,
+                          tau=cfg.tau_start, init="full", head_importance=heads_imp, ffn_importance=ffn_imp).to(device)
+    try:
+        budget = build_budget(cfg.budget_kind, ratio, cost_model, metric=metric).to(device)
+        objective = KDObjective.from_config(dict(objective_opts, path=cfg.path), student, teacher, "lm").to(device)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    named = [(f"student.{n}", p) for n, p in student.named_parameters()]
+    named += [(f"objective.{n}", p) for n, p in objective.named_parameters()]
+    weights = [p for _, p in named]
+    w_opt = adamw(named, cfg.lr, cfg.weight_decay)
+    groups = [{"params": list(search.arch_parameters()), "lr": cfg.arch_lr, "weight_decay": 0.0}]
+    lam = list(budget.parameters())
+    if lam:
+        groups.append({"params": lam, "lr": cfg.lambda_lr, "weight_decay": 0.0})
+    a_opt = torch.optim.Adam(groups)
+    w_sched = linear_schedule(w_opt, cfg.search_steps, cfg.warmup_ratio)
+    tau_of = TemperatureSchedule(cfg.tau_start, min(cfg.tau_end, cfg.tau_start), max(1, cfg.search_steps))
+    kw = objective.forward_kwargs()
+    search.train()
+    for step in progress(range(cfg.search_steps), total=cfg.search_steps, desc="search", enabled=cfg.progress):
+        batch = to_device(next(batches), device)
+        search.set_temperature(tau_of(step))
+        hg, fg = search.sample()
+        if hg.requires_grad:
+            hg.retain_grad()
+            fg.retain_grad()
+        with torch.no_grad():
+            t_out = teacher(batch["input_ids"], attention_mask=batch["attention_mask"], path=cfg.path, **kw)
+        s_out = student(batch["input_ids"], attention_mask=batch["attention_mask"], head_gates=hg, ffn_gates=fg,
+                        path=cfg.path, **kw)
+        kd, parts = objective(s_out, t_out, batch)
+        exp_ratio = search.expected_ratio(cost_model, metric)
+        loss = kd + budget(exp_ratio, step)
+        w_opt.zero_grad(set_to_none=True)
+        a_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(weights, cfg.max_grad_norm)
+        if not (torch.isfinite(loss.detach()) and torch.isfinite(grad_norm)):
+            raise TrainingDiverged(f"search: loss is {float(loss.detach())} (not finite) at step {step + 1}; "
+                                   f"lower --lr")
+        if hg.grad is not None and fg.grad is not None:
+            search.update_importance(taylor_importance(hg), taylor_importance(fg), head_active=hg.detach() > 0,
+                                     ffn_active=fg.detach() > 0)
+        w_opt.step()
+        w_sched.step()
+        a_opt.step()
+        if (step + 1) % cfg.log_steps == 0 or step + 1 == cfg.search_steps:
+            log.log("search", step=step + 1, loss=float(loss.detach()), ratio=float(exp_ratio.detach()),
+                    tau=tau_of(step), **parts)
+    search.eval()
+    derived = search.derive(cost_model, ratio, metric)
+    structure = Structure.from_indices(derived.heads, derived.ffn, student)
+    summary = {"expected_ratio": float(search.expected_ratio(cost_model, metric).detach()),
+               "derived_ratio": derived.ratio(cost_model, metric), "heads": derived.head_counts,
+               "ffn": derived.ffn_counts}
+    return student, structure, summary
+
+
+def run_compress_lm(cfg: LMCompressConfig) -> dict:
+    """The whole LM pipeline (see the module docstring); returns the report (also written as report.json)."""
+    from ddk_fast.distill.objectives import KDObjective
+    from ddk_fast.model.gpt2 import MaskedGPT2, prune_gpt2
+    from ddk_fast.search import CostModel
+    from ddk_fast.train.io import output_dir_state, to_jsonable
+    from ddk_fast.train.logging import RunLogger
+    from ddk_fast.train.student_kd import export_model, kd_train, load_teacher_for, task_data
+
+    metric, ratio = validate(cfg)
+    out = os.path.abspath(cfg.output)
+    if output_dir_state(out) == "nonempty" and not cfg.overwrite:
+        raise UserError(f"--output {out!r} exists and is not empty; pass --overwrite to replace it")
+    if os.path.abspath(cfg.teacher) == out:
+        raise UserError("--output must differ from --teacher")
+    t0 = time.time()
+    from ddk_fast.train.ddp import resolve_device
+
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    teacher, tokenizer, _ = load_teacher_for(cfg.teacher, "lm")
+    teacher = teacher.to(device).eval().requires_grad_(False)
+    data = task_data(cfg, tokenizer, "lm", device)
+    cost_model = CostModel(teacher.hidden_size, teacher.head_dim, teacher.num_heads, teacher.intermediate_sizes,
+                           seq_len=cfg.block_size, metric=metric)
+    if ratio < cost_model.min_ratio(metric):
+        raise UserError(f"--target {cfg.target}: below the minimum achievable {metric} ratio "
+                        f"{cost_model.min_ratio(metric):.4f}")
+    log = RunLogger(None, enabled=True, console=cfg.progress)
+    try:
+        teacher_dev = data.evaluate(teacher)
+        student, structure, search_summary = _search(cfg, teacher, cfg.kd, data.batches, cost_model, metric, ratio,
+                                                     device, log)
+        pruned = prune_gpt2(student, structure).to(device)
+        pruned_dev = data.evaluate(pruned)
+        history = []
+        if cfg.distill_steps > 0:
+            try:
+                objective = KDObjective.from_config(dict(cfg.kd, path=cfg.path), pruned, teacher, "lm").to(device)
+            except ValueError as exc:
+                raise UserError(str(exc)) from None
+            history = kd_train(pruned, teacher, objective, data.batches, cfg.distill_steps, lr=cfg.lr,
+                               weight_decay=cfg.weight_decay, warmup_ratio=cfg.warmup_ratio,
+                               max_grad_norm=cfg.max_grad_norm, device=device, path=cfg.path, log=log,
+                               stage="distill", log_steps=cfg.log_steps, progress=cfg.progress)
+        student_dev = data.evaluate(pruned)
+        torch.manual_seed(cfg.seed)
+        untrained = MaskedGPT2(pruned.config).to(device)
+        untrained_dev = data.evaluate(untrained)
+    finally:
+        log.close()
+    full_cost = cost_model.full_cost(metric)
+    kept_cost = cost_model.structure_cost(pruned.num_heads, pruned.intermediate_sizes, metric)
+    report = {
+        "task": "lm", "target": cfg.target, "metric": metric,
+        "teacher_dev": teacher_dev, "pruned_dev": pruned_dev, "student_dev": student_dev,
+        "untrained_same_shape_dev": untrained_dev,
+        metric: {"full": full_cost, "kept": kept_cost, "ratio": kept_cost / full_cost},
+        "num_parameters": {"teacher": sum(p.numel() for p in teacher.parameters()),
+                   "student": sum(p.numel() for p in pruned.parameters())},
+        "structure": {"heads": pruned.num_heads, "ffn": pruned.intermediate_sizes,
+                      "kept": structure.to_dict() if hasattr(structure, "to_dict") else None},
+        "search": search_summary, "history": history, "kd": cfg.kd,
+        "train_blocks": data.num_train, "eval_blocks": data.num_dev,
+        "wall_time_s": round(time.time() - t0, 1), "config": dataclasses.asdict(cfg),
+    }
+    export_model(pruned, tokenizer, out, {"report.json": to_jsonable(report)})
+    return dict(report, output=out)
+
+
+# -------------------------------------------------------------------------------------------- CLI
+LM_FLAGS = (("--train-file", str, "--task lm: plain-text training file (one document or sentence a line)"),
+            ("--eval-file", str, "--task lm: plain-text evaluation file (perplexity)"),
+            ("--block-size", int, "--task lm: tokens per training block (default 128, quick 64)"),
+            ("--search-steps", int, "--task lm: optimizer steps of the structure search"),
+            ("--distill-steps", int, "--task lm: optimizer steps of distillation after pruning"),
+            ("--kd", str, "KD objective options KEY=VALUE[,...], e.g. attention_weight=1,query_relation_weight=1"))
+
+
+def add_lm_flags(parser) -> None:
+    """The flags ``ddk-fast compress`` needs for ``--task lm`` (only those it does not have already)."""
+    have = set(parser._option_string_actions)
+    for flag, typ, help_text in LM_FLAGS:
+        if flag not in have:
+            parser.add_argument(flag, type=typ, default=None, help=help_text)
+
+
+def compress_lm_from_args(args) -> dict:
+    """``ddk-fast compress --task lm ...``: build the config from the parsed flags and run."""
+    flags = {k: v for k, v in vars(args).items() if k not in ("command", "func", "config")}
+    return run_compress_lm(build_lm_config(flags, getattr(args, "config", None)))
+
+
+def _cmd_compress_lm(args) -> int:
+    import json
+
+    report = compress_lm_from_args(args)
+    keys = ("output", "target", "teacher_dev", "student_dev", "untrained_same_shape_dev", "num_parameters", "structure")
+    print(json.dumps({k: report[k] for k in keys if k in report}, indent=2))
+    return 0
+
+
+def register(sub) -> None:
+    """A standalone ``compress-lm`` command (the same as ``compress --task lm``)."""
+    p = sub.add_parser("compress-lm", help="DDK compression of a GPT-2 causal LM on plain text (perplexity)")
+    p.add_argument("--teacher", default=None, help="GPT-2 checkpoint folder (GPT2LMHeadModel + tokenizer)")
+    p.add_argument("--output", default=None)
+    p.add_argument("--target", default=None, help="params=RATIO or flops=RATIO")
+    p.add_argument("--preset", default=None, choices=tuple(PRESETS))
+    p.add_argument("--config", default=None)
+    add_lm_flags(p)
+    for flag, typ in (("--lr", float), ("--arch-lr", float), ("--batch-size", int), ("--eval-batch-size", int),
+                      ("--max-train-examples", int), ("--max-eval-examples", int), ("--seed", int),
+                      ("--channel-granularity", int)):
+        p.add_argument(flag, type=typ, default=None)
+    p.add_argument("--device", default=None)
+    p.add_argument("--path", default=None, choices=("auto", "compact", "reference", "triton"))
+    p.add_argument("--overwrite", action="store_const", const=True, default=None)
+    p.add_argument("--no-progress", dest="progress", action="store_const", const=False, default=None)
+    p.set_defaults(func=_cmd_compress_lm, task="lm")
+
+
+__all__ = ["LMCompressConfig", "build_lm_config", "run_compress_lm", "add_lm_flags", "compress_lm_from_args",
+           "register"]

