@@ -14,6 +14,11 @@
 ``load_pruned(dir, dtype=torch.float32) -> MaskedTransformer``: the exported model, ready for more
     distillation or evaluation (``pruned_from`` restored from structure.json when present).
 
+``save_causal_lm(model, out_dir, tokenizer=None, extra_files=None, overwrite=False)`` / ``load_causal_lm(dir)``:
+    the same for a (pruned) ``MaskedGPT2``: model_type "ddk_gpt2", standalone ``modeling_ddk_gpt2.py``;
+    ``AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)`` loads it and ``.generate()`` works
+    (KV cache supported).
+
 The folder also loads without ddk_fast:
     ``transformers.AutoModelForSequenceClassification.from_pretrained(dir, trust_remote_code=True)``
     (same logits), ``AutoModel`` (encoder + pooler), ``AutoConfig``. Load the tokenizer with
@@ -26,6 +31,8 @@ _WHERE = {
     "save_pruned": "ddk_fast.export.save",
     "load_pruned": "ddk_fast.export.save",
     "MODEL_TYPE": "ddk_fast.export.save",
+    "save_causal_lm": "ddk_fast.export.gpt2",
+    "load_causal_lm": "ddk_fast.export.gpt2",
 }
 
 __all__ = sorted(_WHERE)

@@ -59,7 +59,11 @@ Parameter counts (``params.py``), "encoder" = transformer layers only (no embedd
     ``layer_param_counts(model_or_config)`` -> [{"attention", "ffn", "total"}] per layer,
     ``encoder_param_count(model_or_config)``, ``prunable_param_count(model_or_config)``.
 
-Checkpoint families (``adapters/``): "bert", "roberta"; ``register_adapter`` adds one (GPT-2 later).
+Checkpoint families (``adapters/``): "bert", "roberta"; ``register_adapter`` adds one.
+
+GPT-2 (``gpt2.py``): ``MaskedGPT2.from_pretrained(folder_or_GPT2LMHeadModel)`` -- pre-LN causal decoder with
+    the same gates, optional outputs (``.logits`` [B, S, vocab]), Structure and parameter names;
+    ``prune_gpt2(model, structure)``; export with ``ddk_fast.export.save_causal_lm``.
 """
 import importlib
 
@@ -76,6 +80,8 @@ _WHERE = {
     "prunable_param_count": "ddk_fast.model.params",
     "register_adapter": "ddk_fast.model.adapters",
     "supported_model_types": "ddk_fast.model.adapters",
+    "MaskedGPT2": "ddk_fast.model.gpt2",
+    "prune_gpt2": "ddk_fast.model.gpt2",
 }
 
 __all__ = sorted(_WHERE)
