@@ -172,3 +172,10 @@ def test_cli_bad_target_exits_2(teacher, tmp_path, capsys):
                str(tmp_path / "o")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "--target" in err[0]
+
+
+def test_bad_data_leaves_no_unfinished_run(teacher, tmp_path):
+    out = tmp_path / "o"
+    with pytest.raises(UserError, match="not a folder"):
+        compress(**dict(FAST, teacher=teacher, task="mrpc", data_dir=str(tmp_path / "nodata"), output=str(out)))
+    assert not os.path.exists(str(out) + ".inprogress") and not out.exists()

@@ -113,3 +113,13 @@ def test_malformed_tsv_is_one_clear_error(tiny_base, glue_dir, tmp_path):
     (bad / "dev.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     with pytest.raises(UserError, match="train.tsv"):
         finetune(task="mrpc", output=str(tmp_path / "o"), model=tiny_base, data_dir=str(tmp_path / "glue"), **FAST)
+
+
+def test_failed_start_leaves_no_unfinished_run(tiny_base, glue_dir, tmp_path):
+    out = tmp_path / "o"
+    with pytest.raises(UserError):
+        finetune(task="mrpc", output=str(out), model=tiny_base, data_dir=str(tmp_path / "nodata"), **FAST)
+    assert not os.path.exists(str(out) + ".inprogress") and not out.exists()
+    with pytest.raises(UserError, match="not a folder"):
+        finetune(task="mrpc", output=str(out), model="./no/such/model", data_dir=glue_dir, **FAST)
+    assert not os.path.exists(str(out) + ".inprogress")

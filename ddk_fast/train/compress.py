@@ -137,6 +137,7 @@ def run_compress(cfg: CompressConfig) -> dict:
         raise UserError("--output must differ from --teacher")
     ctx = ddp.setup(cfg.device)
     try:
+        data = _load_data(cfg, spec, tokenizer)  # bad data is refused before the output folders are touched
         mode = prepare(dirs, cfg.overwrite, cfg.resume) if ctx.is_main else None
         mode = ddp.broadcast_object(ctx, mode)
         if mode == "done":
@@ -144,19 +145,30 @@ def run_compress(cfg: CompressConfig) -> dict:
                 print(f"nothing to resume: {dirs.output} is already complete", flush=True)
             return dict(read_json(os.path.join(dirs.output, "report.json")), output=dirs.output)
         return _Compression(cfg, spec, metric, ratio, teacher, tokenizer, teacher_path, cost_model, dirs, ctx,
-                            mode).run()
+                            mode, data).run()
     finally:
         ddp.teardown(ctx)
+
+
+def _load_data(cfg, spec, tokenizer):
+    from ddk_fast.data import encode
+
+    train_ex = load_split(spec.name, "train", cfg.data_dir, cfg.max_train_examples, cfg.seed)
+    dev_ex = load_split(spec.name, "validation", cfg.data_dir, cfg.max_eval_examples, 0)
+    return (encode(train_ex, tokenizer, max_length=cfg.max_seq_len),
+            encode(dev_ex, tokenizer, max_length=cfg.max_seq_len))
 
 
 class _Compression:
     """One compression run; the state that a checkpoint must restore lives in ``self.state``."""
 
-    def __init__(self, cfg, spec, metric, ratio, teacher, tokenizer, teacher_path, cost_model, dirs, ctx, mode):
+    def __init__(self, cfg, spec, metric, ratio, teacher, tokenizer, teacher_path, cost_model, dirs, ctx, mode,
+                 data):
         self.cfg, self.spec, self.metric, self.ratio = cfg, spec, metric, ratio
         self.tokenizer, self.teacher_path, self.cost_model, self.dirs, self.ctx = (
             tokenizer, teacher_path, cost_model, dirs, ctx)
         self.mode = mode
+        self.train_ds, self.dev_ds = data
         self.device = ctx.device
         self.teacher = teacher.to(self.device).eval().requires_grad_(False)
         self.log = RunLogger(dirs.logs, enabled=ctx.is_main, console=cfg.progress)
@@ -168,13 +180,7 @@ class _Compression:
 
     # --- data -----------------------------------------------------------------------------------------
     def _data(self):
-        from ddk_fast.data import encode
-
         cfg = self.cfg
-        train_ex = load_split(self.spec.name, "train", cfg.data_dir, cfg.max_train_examples, cfg.seed)
-        dev_ex = load_split(self.spec.name, "validation", cfg.data_dir, cfg.max_eval_examples, 0)
-        self.train_ds = encode(train_ex, self.tokenizer, max_length=cfg.max_seq_len)
-        self.dev_ds = encode(dev_ex, self.tokenizer, max_length=cfg.max_seq_len)
         self.loader = train_loader(self.train_ds, cfg.batch_size, cfg.seed, self.ctx.rank, self.ctx.world_size)
         self.dev_loader = eval_loader(self.dev_ds, cfg.eval_batch_size)
         self.steps_per_epoch = self.loader.batch_sampler.batches_per_epoch()

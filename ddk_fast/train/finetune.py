@@ -54,6 +54,17 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
     dirs = run_dirs(cfg.output)
     ctx = ddp.setup(cfg.device)
     try:
+        t_start = time.time()
+        # everything the user can get wrong is checked before the output folders are touched
+        torch.manual_seed(cfg.seed)
+        model, tokenizer = load_classifier(model_path, spec)
+        check_seq_len(cfg.max_seq_len, model.config, "--max-seq-len")
+        from ddk_fast.data import encode
+
+        train_ex = load_split(spec.name, "train", cfg.data_dir, cfg.max_train_examples, cfg.seed)
+        dev_ex = load_split(spec.name, "validation", cfg.data_dir, cfg.max_eval_examples, 0)
+        train_ds = encode(train_ex, tokenizer, max_length=cfg.max_seq_len)
+        dev_ds = encode(dev_ex, tokenizer, max_length=cfg.max_seq_len)
         mode = prepare(dirs, cfg.overwrite, cfg.resume) if ctx.is_main else None
         mode = ddp.broadcast_object(ctx, mode)
         if mode == "done":
@@ -61,26 +72,15 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
             if ctx.is_main:
                 print(f"nothing to resume: {dirs.output} is already complete", flush=True)
             return metrics
-        return _train(cfg, spec, model_path, dirs, ctx, mode)
+        return _train(cfg, spec, model_path, model, tokenizer, train_ds, dev_ds, dirs, ctx, mode, t_start)
     finally:
         ddp.teardown(ctx)
 
 
-def _train(cfg, spec, model_path, dirs, ctx, mode) -> dict:
-    t_start = time.time()
+def _train(cfg, spec, model_path, model, tokenizer, train_ds, dev_ds, dirs, ctx, mode, t_start) -> dict:
     log = RunLogger(dirs.logs, enabled=ctx.is_main, console=cfg.progress)
     try:
-        torch.manual_seed(cfg.seed)
-        model, tokenizer = load_classifier(model_path, spec)
-        check_seq_len(cfg.max_seq_len, model.config, "--max-seq-len")
         model.to(ctx.device)
-
-        from ddk_fast.data import encode
-
-        train_ex = load_split(spec.name, "train", cfg.data_dir, cfg.max_train_examples, cfg.seed)
-        dev_ex = load_split(spec.name, "validation", cfg.data_dir, cfg.max_eval_examples, 0)
-        train_ds = encode(train_ex, tokenizer, max_length=cfg.max_seq_len)
-        dev_ds = encode(dev_ex, tokenizer, max_length=cfg.max_seq_len)
         loader = train_loader(train_ds, cfg.batch_size, cfg.seed, ctx.rank, ctx.world_size)
         dev_loader = eval_loader(dev_ds, cfg.eval_batch_size)
         steps_per_epoch = loader.batch_sampler.batches_per_epoch()

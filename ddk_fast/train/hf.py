@@ -22,6 +22,11 @@ def quiet_transformers():
     except ImportError:  # pragma: no cover
         yield
         return
+    import logging as std_logging
+
+    hub_logger = std_logging.getLogger("huggingface_hub")
+    hub_level = hub_logger.level
+    hub_logger.setLevel(std_logging.ERROR)
     old = hf_logging.get_verbosity()
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
@@ -30,6 +35,7 @@ def quiet_transformers():
         yield
     finally:
         hf_logging.set_verbosity(old)
+        hub_logger.setLevel(hub_level)
         if bars:
             hf_logging.enable_progress_bar()
 
@@ -72,16 +78,22 @@ def load_tokenizer(path: str):
 
 
 def load_classifier(path: str, spec, require_head: bool = False):
-    """(model, tokenizer) for ``spec`` from a local folder; errors are one line naming the folder."""
-    if not os.path.isdir(path):
-        raise UserError(f"model {path!r} is not a folder (models cannot be downloaded here; give a local path)")
-    config = read_config(path)
+    """(model, tokenizer) for ``spec`` from a local folder or a hub name; errors are one line naming it.
+
+    A name that is not a local folder goes to the Hugging Face hub (or its cache); only safetensors
+    weights are accepted either way."""
+    if os.path.isdir(path):
+        config = read_config(path)
+        if not any(f.endswith(".safetensors") for f in os.listdir(path)):
+            raise UserError(f"{path!r} has no .safetensors weights; only safetensors checkpoints are read")
+    elif _looks_like_path(path):
+        raise UserError(f"model {path!r} is not a folder")
+    else:
+        config = _hub_config(path)
     if require_head and not has_classifier_head(config):
         raise UserError(f"{path!r} has no sequence-classification head (architectures="
                         f"{config.get('architectures')}); fine-tune it first with `ddk-fast finetune`")
     check_label_count(path, config, spec)
-    if not any(f.endswith(".safetensors") for f in os.listdir(path)):
-        raise UserError(f"{path!r} has no .safetensors weights; only safetensors checkpoints are read")
     from transformers import AutoModelForSequenceClassification
 
     kwargs = {"num_labels": spec.num_labels}
@@ -98,6 +110,23 @@ def load_classifier(path: str, spec, require_head: bool = False):
         raise UserError(f"cannot load a sequence classifier from {path!r}: {_one_line(exc)}") from None
     model.config.finetuning_task = spec.name
     return model, load_tokenizer(path)
+
+
+def _looks_like_path(name: str) -> bool:
+    """Hub ids are ``name`` or ``org/name``; anything else (./x, /x, a/b/c, an existing file) is a path."""
+    return (os.path.exists(name) or name.startswith((".", "/", "~")) or name.count("/") > 1
+            or (os.sep != "/" and os.sep in name))
+
+
+def _hub_config(name: str) -> dict:
+    from transformers import AutoConfig
+
+    try:
+        with quiet_transformers():
+            return AutoConfig.from_pretrained(name, trust_remote_code=False).to_dict()
+    except Exception as exc:  # noqa: BLE001 - offline, unknown name, bad repo: all the user's to fix
+        raise UserError(f"model {name!r} is not a local folder and cannot be fetched from the hub: "
+                        f"{_one_line(exc)}") from None
 
 
 def save_classifier(model, tokenizer, folder: str) -> None:

@@ -278,9 +278,35 @@ def add_lm_flags(parser) -> None:
             parser.add_argument(flag, type=typ, default=None, help=help_text)
 
 
+# compress flags that mean nothing for --task lm (epochs are GLUE-sized; LM runs count steps)
+_NOT_FOR_LM = {"data_dir": "--data-dir", "search_epochs": "--search-epochs", "distill_epochs": "--distill-epochs",
+               "fixed_structure": "--fixed-structure", "max_seq_len": "--max-seq-len (use --block-size)",
+               "save_steps": "--save-steps", "resume": "--resume", "keep_checkpoints": "--keep-checkpoints",
+               "latency_batch_size": "--latency-batch-size", "latency_seq_len": "--latency-seq-len",
+               "seq_len": "--seq-len (the cost length of --task lm is --block-size)"}
+
+
 def compress_lm_from_args(args) -> dict:
-    """``ddk-fast compress --task lm ...``: build the config from the parsed flags and run."""
-    flags = {k: v for k, v in vars(args).items() if k not in ("command", "func", "config")}
+    """``ddk-fast compress --task lm ...``: build the config from the parsed flags and run.
+
+    KD flags of ``compress`` (``--temperature``, ``--hidden-loss``, ``--fusion``...) go into the objective
+    options, like ``--kd``; flags without a meaning for LM runs are refused rather than ignored."""
+    from ddk_fast.distill.objectives import DEFAULTS
+    from ddk_fast.train.student_kd import parse_kd
+
+    flags = {k: v for k, v in vars(args).items() if k not in ("command", "func", "config") and v is not None}
+    for key, flag in _NOT_FOR_LM.items():
+        if key in flags:
+            raise UserError(f"{flag} is not an option of --task lm")
+    if flags.get("search") not in (None, "gumbel"):
+        raise UserError(f"--search {flags['search']!r}: --task lm supports the gumbel search only")
+    kd = {}
+    for key in list(flags):
+        if key in DEFAULTS and key != "path":
+            kd[key] = flags.pop(key)
+    kd.update(parse_kd(flags.pop("kd", None)))
+    if kd:
+        flags["kd"] = kd
     return run_compress_lm(build_lm_config(flags, getattr(args, "config", None)))
 
 

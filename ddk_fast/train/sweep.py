@@ -224,7 +224,7 @@ def write_results(out: str, grid: dict[str, list], results: list[dict],
     ranked = _sorted(results)
     keys = list(grid)
     main = ranked[0]["main_metric"] if ranked else "score"
-    metric_names = sorted({k for r in ranked for k in r["dev"]})
+    metric_names = sorted({k for r in ranked for k, v in r["dev"].items() if k != "epoch" and isinstance(v, float)})
     header = ["rank", "point"] + keys + metric_names + ["wall_time_s"]
     buf = io.StringIO()
     writer = csv.writer(buf)
