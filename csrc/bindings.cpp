@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "cpu_buffer_pool.h"
 #include "distill_loss.h"
 #if __has_include(<torch/headeronly/version.h>)
 #include <torch/headeronly/version.h>
@@ -181,7 +182,8 @@ std::vector<Tensor> layer_loss(const std::vector<Tensor>& students, const std::v
   if (need_grad) {
     std::vector<int64_t> shape{layers};
     for (auto v : first.sizes()) shape.push_back(v);
-    grad = at::empty(shape, first.options().dtype(acc));
+    // CPU: pooled memory (a fresh buffer would page-fault on every step, see cpu_buffer_pool.h).
+    grad = first.is_cuda() ? at::empty(shape, first.options().dtype(acc)) : ddk::pooled_empty_cpu(shape, acc);
     args.grad = grad.data_ptr();
   }
   launch_rows(first, op, args);
@@ -227,6 +229,16 @@ std::vector<Tensor> soft_ce(const Tensor& student, const Tensor& teacher, double
   return {row_loss, grad};
 }
 
+// grad * scale in `dtype` (the backward of a loss that is not the last node, or of low-precision
+// inputs); CPU results come from the gradient-buffer pool.
+Tensor scale_grad(const Tensor& grad, const Tensor& scale, at::ScalarType dtype) {
+  TORCH_CHECK(scale.numel() == 1, "scale must hold one value, got ", scale.numel());
+  Tensor out = grad.is_cuda() ? at::empty(grad.sizes(), grad.options().dtype(dtype))
+                              : ddk::pooled_empty_cpu(grad.sizes(), dtype);
+  at::mul_out(out, grad, scale.to(grad.device(), grad.scalar_type()).reshape({}));
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -248,6 +260,22 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("op"), py::arg("need_grad"));
   m.def("soft_ce", &soft_ce, "fused soft cross-entropy rows + student gradient", py::arg("student"),
         py::arg("teacher"), py::arg("temperature"), py::arg("need_grad"));
+  m.def("scale_grad", &scale_grad, "grad * scale in dtype (pooled on CPU)", py::arg("grad"), py::arg("scale"),
+        py::arg("dtype"));
+  m.def("cpu_pool_stats", [] {
+    const auto st = ddk::pool_stats();
+    py::dict d;
+    d["cached_bytes"] = st.cached_bytes;
+    d["live_bytes"] = st.live_bytes;
+    d["hits"] = st.hits;
+    d["misses"] = st.misses;
+    d["limit_bytes"] = st.limit_bytes;
+    return d;
+  }, "statistics of the CPU gradient-buffer pool");
+  m.def("cpu_pool_empty", &ddk::pool_empty, "free every cached CPU gradient buffer");
+  m.def("cpu_pool_set_limit", &ddk::pool_set_limit,
+        "bytes the CPU gradient-buffer pool may cache (0 disables caching; empties the pool)",
+        py::arg("bytes"));
   m.def("cpu_isa", &ddk::cpu_isa, "instruction set the CPU kernels use: avx512, avx2 or base");
   m.def("set_cpu_isa", &ddk::set_cpu_isa, "use a lower instruction set for the CPU kernels (testing)",
         py::arg("name"));

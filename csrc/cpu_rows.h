@@ -34,12 +34,12 @@ struct AccOf<double> {
 };
 
 // exp(x) for float without a library call: Cody-Waite reduction x = n ln2 + r and the Cephes
-// minimax polynomial for exp(r) on |r| <= ln2/2 (about 2 ulp). Branch-free, so a loop over it is
-// vectorised. Inputs are clamped to [-87, 88]: softmax arguments are <= 0 and exp(-87) ~ 1.6e-38 is
-// negligible against a row sum >= 1. NaN stays NaN (comparisons with NaN are false).
+// minimax polynomial for exp(r) on |r| <= ln2/2 (about 2 ulp). Range handling is done on the
+// integer exponent only (2^n = 0 below n = -127, inf above 128): a clamp of x itself, written as a
+// select, makes GCC emit a branch and gives up vectorising the loop. Underflow is to exactly 0 for
+// x < ~-87.3 (softmax arguments are <= 0; such terms are negligible against a row sum >= 1).
+// NaN stays NaN.
 DDK_ALWAYS_INLINE float exp_fast(float x) {
-  x = x < -87.0f ? -87.0f : x;
-  x = x > 88.0f ? 88.0f : x;
   const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest
   float r = x - n * 0.693359375f;
   r = r - n * -2.12194440e-4f;
@@ -50,7 +50,10 @@ DDK_ALWAYS_INLINE float exp_fast(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  int32_t e = static_cast<int32_t>(n);  // NaN/inf give INT_MIN (cvttps2dq), then 2^n = 0, p = NaN
+  e = e < -127 ? -127 : e;
+  e = e > 128 ? 128 : e;
+  const int32_t bits = (e + 127) << 23;
   float two_n;
   std::memcpy(&two_n, &bits, sizeof(float));
   return p * two_n;
@@ -61,6 +64,31 @@ DDK_ALWAYS_INLINE double exp_fast(double x) { return std::exp(x); }  // float64 
 template <typename A>
 DDK_ALWAYS_INLINE A neg_inf() {
   return -std::numeric_limits<A>::infinity();
+}
+
+template <typename A>
+struct BitsOf {
+  using type = int32_t;
+};
+template <>
+struct BitsOf<double> {
+  using type = int64_t;
+};
+
+// m > 0 ? x : other, on the bits. A plain `?:` in these loops is turned into a branch by GCC (which
+// then gives up vectorising, at least for AVX2); an AND/OR on the bits always vectorises, and a NaN
+// at a masked position never leaks into the result.
+template <typename A>
+DDK_ALWAYS_INLINE A select_valid(float m, A x, A other) {
+  using I = typename BitsOf<A>::type;
+  I xi, oi;
+  std::memcpy(&xi, &x, sizeof(A));
+  std::memcpy(&oi, &other, sizeof(A));
+  const I keep = m > 0.0f ? I(-1) : I(0);
+  const I r = (xi & keep) | (oi & ~keep);
+  A out;
+  std::memcpy(&out, &r, sizeof(A));
+  return out;
 }
 
 // ---- hidden states: one token row of d features --------------------------------------------------
@@ -127,9 +155,8 @@ DDK_ALWAYS_INLINE void masked_row_max(const T* __restrict s, const T* __restrict
   A sm = neg_inf<A>(), tm = neg_inf<A>();
 #pragma omp simd reduction(max : sm, tm)
   for (int64_t j = 0; j < n; ++j) {
-    const bool v = km[j] > 0.0f;
-    const A sj = v ? static_cast<A>(s[j]) : neg_inf<A>();
-    const A tj = v ? static_cast<A>(t[j]) : neg_inf<A>();
+    const A sj = select_valid(km[j], static_cast<A>(s[j]), neg_inf<A>());
+    const A tj = select_valid(km[j], static_cast<A>(t[j]), neg_inf<A>());
     sm = sj > sm ? sj : sm;
     tm = tj > tm ? tj : tm;
   }
@@ -150,16 +177,15 @@ DDK_ALWAYS_INLINE A kl_row(const T* __restrict s, const T* __restrict t,
   A zs = 0, zt = 0, dot = 0;
 #pragma omp simd reduction(+ : zs, zt, dot)
   for (int64_t j = 0; j < n; ++j) {
-    const bool v = km[j] > 0.0f;
+    const float m = km[j];
     const A sj = static_cast<A>(s[j]), tj = static_cast<A>(t[j]);
-    const A e_s = exp_fast(sj - smax), e_t = exp_fast(tj - tmax);
-    const A e_s_v = v ? e_s : A(0);
-    const A e_t_v = v ? e_t : A(0);
-    es[j] = e_s_v;
-    et[j] = e_t_v;
-    zs += e_s_v;
-    zt += e_t_v;
-    dot += e_t_v * (v ? tj - sj : A(0));
+    const A e_s = select_valid(m, exp_fast(sj - smax), A(0));
+    const A e_t = select_valid(m, exp_fast(tj - tmax), A(0));
+    es[j] = e_s;
+    et[j] = e_t;
+    zs += e_s;
+    zt += e_t;
+    dot += e_t * select_valid(m, tj - sj, A(0));
   }
   const A loss = dot / zt + (smax + std::log(zs)) - (tmax + std::log(zt));
   if (g != nullptr) {
@@ -181,11 +207,10 @@ DDK_ALWAYS_INLINE A prob_mse_row(const T* __restrict s, const T* __restrict t,
   A zs = 0, zt = 0;
 #pragma omp simd reduction(+ : zs, zt)
   for (int64_t j = 0; j < n; ++j) {
-    const bool v = km[j] > 0.0f;
     const A e_s = exp_fast(static_cast<A>(s[j]) - smax);
     const A e_t = exp_fast(static_cast<A>(t[j]) - tmax);
-    q[j] = v ? e_s : A(0);
-    r[j] = v ? e_t : A(0);
+    q[j] = select_valid(km[j], e_s, A(0));
+    r[j] = select_valid(km[j], e_t, A(0));
     zs += q[j];
     zt += r[j];
   }

@@ -185,9 +185,21 @@ void rows_cpu(at::ScalarType dtype, RowOp op, const RowsArgs& args) {
   }
   const int64_t layers = static_cast<int64_t>(args.student.size());
   const int64_t rows = layers * args.batch * args.heads * args.seq;
-  // ~16K elements per task: large enough to amortise scheduling, small enough to balance.
-  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, args.width));
-  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) { fn(args, begin, end); });
+  // Blocks of ~16K elements handed out dynamically: at::parallel_for splits its range statically,
+  // one chunk per thread, so one descheduled thread (a busy, shared machine) would hold up the
+  // others; here the threads started by at::parallel_for pull blocks from a shared counter.
+  const int64_t block = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, args.width));
+  const int64_t blocks = (rows + block - 1) / block;
+  if (blocks <= 1 || at::get_num_threads() <= 1 || at::in_parallel_region()) {
+    fn(args, 0, rows);
+    return;
+  }
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, std::min<int64_t>(at::get_num_threads(), blocks), 1, [&](int64_t, int64_t) {
+    for (int64_t b = next.fetch_add(1); b < blocks; b = next.fetch_add(1)) {
+      fn(args, b * block, std::min(rows, (b + 1) * block));
+    }
+  });
 }
 
 std::string cpu_isa() { return isa_name(active_isa().load()); }

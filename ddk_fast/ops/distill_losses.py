@@ -247,8 +247,7 @@ def _scaled_grad(grad: torch.Tensor, grad_output: torch.Tensor, dtype: torch.dty
     """
     if grad.device.type == "cpu" and grad.dtype == dtype and float(grad_output) == 1.0:
         return grad
-    out = torch.empty(grad.shape, dtype=dtype, device=grad.device)
-    return torch.mul(grad, grad_output.to(grad.dtype), out=out)
+    return require_extension().scale_grad(grad, grad_output.detach(), dtype)
 
 
 class _FusedLayerLoss(torch.autograd.Function):
