@@ -12,6 +12,15 @@ transformers = pytest.importorskip("transformers")
 VOCAB = 97
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: one intra-op thread is faster than two on a loaded 2-core machine."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 def _stock(n_layer=2, n_head=4, n_embd=64, seed=0, **kw):
     torch.manual_seed(seed)
     cfg = stock_gpt2_config(vocab_size=VOCAB, n_embd=n_embd, n_layer=n_layer, n_head=n_head, n_positions=32,

@@ -11,6 +11,15 @@ from ddk_fast.distill.tinybert import make_student
 from ddk_fast.model import MaskedTransformer, Structure, TransformerConfig, prune
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: one intra-op thread is faster than two on a loaded 2-core machine."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 def ref_relation_scores(x, r):
     """Loop over relation heads: X_r X_r^T / sqrt(d_r), features zero-padded to a multiple of r."""
     b, s, w = x.shape

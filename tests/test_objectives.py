@@ -15,6 +15,15 @@ EXPECTED_6_TO_3 = {"uniform": [[2], [4], [6]], "last": [[4], [5], [6]], "skip": 
                    "mean": [[1, 2], [3, 4], [5, 6]]}
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: one intra-op thread is faster than two on a loaded 2-core machine."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 # ---------------------------------------------------------------------------------------------- setup
 def _teacher(num_labels=3, task_type="classification", seed=0):
     torch.manual_seed(seed)

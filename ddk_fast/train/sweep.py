@@ -244,6 +244,10 @@ def write_results(out: str, grid: dict[str, list], results: list[dict],
              + ", ".join(f"{k}={_fmt(v)}" for k, v in teacher.items()), "",
              "| " + " | ".join(str(h) for h in header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join("" if v is None else str(v) for v in row) + " |" for row in rows]
+    if ranked:
+        best = ",".join(f"{k}={v}" for k, v in ranked[0]["point"].items())
+        lines += ["", f"Best point as flags: `--kd {best}` (objective options) -- run options among them go to "
+                      f"their own flags."]
     atomic_write_text(os.path.join(out, "results.md"), "\n".join(lines) + "\n")
     axes = heatmap or tuple(k for k in keys if len(grid[k]) > 1)[:2]
     plotted = None
