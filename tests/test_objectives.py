@@ -358,3 +358,14 @@ def test_fused_path_matches_reference_path():
         values[path] = obj(s_out, t_out, batch)[1]
     for name, ref in values["reference"].items():
         _close(values["auto"][name], ref, tol=1e-5)
+
+
+def test_hidden_term_can_include_the_embedding_output():
+    teacher = _teacher()
+    student = make_student(teacher, 3)
+    batch = _batch()
+    mask = batch["attention_mask"]
+    _, s, t, _, parts = _run(dict(hidden_weight=1, hidden_embeddings=True, pred_weight=0), student, teacher, batch)
+    with torch.no_grad():
+        ref = sum(ref_mse(s.hidden_states[m], t.hidden_states[2 * m], mask) for m in (0, 1, 2, 3)) / 4
+    _close(parts["hidden"], ref)

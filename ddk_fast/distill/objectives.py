@@ -16,7 +16,8 @@ learned projections, and returns an unweighted scalar. The composite sums ``weig
 Terms (option prefix -> class; weights are ``<prefix>_weight``):
     embedding       EmbeddingTerm       MSE (or cosine) of the embedding outputs (TinyBERT L_embd), W_e when
                                         widths differ
-    hidden          HiddenTerm          hidden states through a mapping (uniform/last/skip/random/mean/argmin/fusion),
+    hidden          HiddenTerm          hidden states (``hidden_embeddings``: the embedding output too) through a
+                                        mapping (uniform/last/skip/random/mean/argmin/fusion),
                                         MSE or cosine (``hidden_loss``), W_h when widths differ, uniform or adaptive
                                         per-layer weights (``layer_weighting``)
     attention       AttentionTerm       per-head attention: "kl" on distributions (fused op) or "mse" on raw scores
@@ -57,7 +58,7 @@ DEFAULTS: dict[str, Any] = {
     "temperature": 2.0, "pred_weight": 1.0, "task_weight": 0.0,
     "embedding_weight": 0.0,
     "hidden_weight": 0.0, "hidden_loss": "mse", "mapping": "uniform", "fusion": "param_free",
-    "layer_weighting": "uniform", "mapping_seed": 0,
+    "layer_weighting": "uniform", "mapping_seed": 0, "hidden_embeddings": False,
     "attention_weight": 0.0, "attention_loss": "kl",
     "query_relation_weight": 0.0, "key_relation_weight": 0.0, "value_relation_weight": 0.0, "relation_heads": 0,
     "ffn_intermediate_weight": 0.0, "ffn_output_weight": 0.0, "ffn_rank": 64,
@@ -531,8 +532,9 @@ class KDObjective(nn.Module):
             terms.append(EmbeddingTerm(opts["embedding_weight"], s_shape.hidden_size, t_shape.hidden_size,
                                        opts["hidden_loss"], path))
         if opts["hidden_weight"] > 0:
-            terms.append(HiddenTerm(opts["hidden_weight"], mapping(), s_shape.hidden_size, t_shape.hidden_size,
-                                    opts["hidden_loss"], opts["layer_weighting"], path))
+            terms.append(HiddenTerm(opts["hidden_weight"], mapping(bool(opts["hidden_embeddings"])),
+                                    s_shape.hidden_size, t_shape.hidden_size, opts["hidden_loss"],
+                                    opts["layer_weighting"], path))
         if opts["attention_weight"] > 0:
             terms.append(AttentionTerm(opts["attention_weight"], mapping(), s_shape, t_shape, opts["attention_loss"],
                                        path))
