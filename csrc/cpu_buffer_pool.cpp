@@ -12,7 +12,7 @@ namespace ddk {
 namespace {
 
 constexpr size_t kAlign = size_t(2) << 20;     // 2 MiB: huge-page aligned
-constexpr size_t kMinPooled = size_t(1) << 20;  // smaller buffers use the ordinary allocator
+constexpr size_t kMinPooled = size_t(4) << 20;  // smaller buffers use the ordinary allocator
 
 class Pool {
  public:
@@ -25,11 +25,12 @@ class Pool {
   }
 
   void* take(size_t bytes) {
+    const size_t rounded = (bytes + kAlign - 1) / kAlign * kAlign;
     {
       std::lock_guard<std::mutex> lock(mu_);
       // Best fit, accepting at most 25% slack so a small request does not pin a huge block.
-      auto it = free_.lower_bound(bytes);
-      if (it != free_.end() && it->first <= bytes + bytes / 4) {
+      auto it = free_.lower_bound(rounded);
+      if (it != free_.end() && it->first <= rounded + rounded / 4) {
         void* p = it->second;
         cached_ -= static_cast<int64_t>(it->first);
         live_ += static_cast<int64_t>(it->first);
@@ -40,7 +41,6 @@ class Pool {
       }
       ++misses_;
     }
-    const size_t rounded = (bytes + kAlign - 1) / kAlign * kAlign;
     void* p = nullptr;
     TORCH_CHECK(posix_memalign(&p, kAlign, rounded) == 0 && p != nullptr, "out of memory allocating ",
                 rounded, " bytes for a fused-loss gradient");

@@ -88,6 +88,9 @@ def hidden_distill_loss_reference(student: Layers, teacher: Layers, layer_weight
         s, t = _acc(s), _acc(t)
         valid = _valid_tokens(token_mask, s.shape[0], s.shape[1], s.device)
         count = valid.sum().clamp_min(1).to(s.dtype)
+        # Padding never enters the math (a NaN there must not reach a gradient through 0 * NaN).
+        s = torch.where(valid[..., None], s, 0)
+        t = torch.where(valid[..., None], t, 0)
         if kind == "mse":
             token = (s - t).pow(2).sum(-1)
             count = count * s.shape[-1]
@@ -115,10 +118,12 @@ def attention_distill_loss_reference(student: Layers, teacher: Layers, layer_wei
         valid = _valid_tokens(token_mask, batch, seq, s.device)
         key = valid[:, None, None, :]
         row = valid[:, None, :]
-        # A finite fill (not -inf) keeps rows with no valid key finite in value and gradient.
+        # Padded keys and padded query rows are filled with a finite low value (not -inf): rows with
+        # no valid key stay finite, and whatever the padding held never reaches a gradient.
         low = torch.finfo(s.dtype).min
-        log_q = torch.log_softmax(s.masked_fill(~key, low), -1)
-        log_p = torch.log_softmax(t.masked_fill(~key, low), -1)
+        hidden_entries = ~(key & row[..., None])
+        log_q = torch.log_softmax(s.masked_fill(hidden_entries, low), -1)
+        log_p = torch.log_softmax(t.masked_fill(hidden_entries, low), -1)
         if kind == "kl":
             entry = log_p.exp() * (log_p - log_q)
             count = valid.sum() * heads
