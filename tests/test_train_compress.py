@@ -179,3 +179,22 @@ def test_bad_data_leaves_no_unfinished_run(teacher, tmp_path):
     with pytest.raises(UserError, match="not a folder"):
         compress(**dict(FAST, teacher=teacher, task="mrpc", data_dir=str(tmp_path / "nodata"), output=str(out)))
     assert not os.path.exists(str(out) + ".inprogress") and not out.exists()
+
+
+def test_kd_catalog_terms_join_the_ddk_objective(teacher, glue_dir, tmp_path, capsys):
+    out = tmp_path / "kd"
+    rc = main(["compress", "--teacher", teacher, "--task", "mrpc", "--data-dir", glue_dir, "--target", "params=0.6",
+               "--output", str(out), "--kd", "attention_weight=1,value_relation_weight=0.5", "--log-steps", "1",
+               *CLI_FLAGS])
+    assert rc == 0, capsys.readouterr().err
+    logged = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    search_rows = [r for r in logged if r["event"] == "search"]
+    assert search_rows and {"attention", "value_relation", "hidden", "pred"} <= set(search_rows[0])
+    assert json.loads((out / "report.json").read_text())["params"]["ratio"] <= 0.6 + 1e-9
+
+
+def test_malformed_kd_is_refused_before_any_work(teacher, glue_dir, tmp_path):
+    out = tmp_path / "o"
+    with pytest.raises(UserError, match="unknown option"):
+        compress(**dict(FAST, teacher=teacher, task="mrpc", data_dir=glue_dir, output=str(out), kd="atention_weight=1"))
+    assert not os.path.exists(str(out) + ".inprogress")

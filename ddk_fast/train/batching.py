@@ -20,10 +20,13 @@ class ResumableBatchSampler(Sampler[list]):
     skipped."""
 
     def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1,
-                 drop_last: bool = False):
+                 drop_last: bool = False, lengths=None, group_size: int = 50):
         if n <= 0:
             raise ValueError(f"n={n}: need at least one example")
+        if lengths is not None and len(lengths) != n:
+            raise ValueError(f"lengths has {len(lengths)} entries: expected {n}")
         self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
+        self.lengths, self.group_size = (list(lengths) if lengths is not None else None), group_size
         self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
         self.epoch = 0
         self.start_batch = 0
@@ -45,31 +48,60 @@ class ResumableBatchSampler(Sampler[list]):
 
     def batches_per_epoch(self) -> int:
         per_rank = math.ceil(self.n / self.world_size)
-        return per_rank // self.batch_size if self.drop_last else math.ceil(per_rank / self.batch_size)
+        if self.drop_last:
+            return per_rank // self.batch_size
+        if self.lengths is not None and self.shuffle:  # each mega-batch may end with a short batch
+            mega = self.batch_size * self.group_size
+            full, rest = divmod(per_rank, mega)
+            return full * self.group_size + math.ceil(rest / self.batch_size)
+        return math.ceil(per_rank / self.batch_size)
+
+    def _batches(self) -> list[list[int]]:
+        idx = self._rank_indices()
+        count = self.batches_per_epoch()
+        if self.lengths is None:
+            return [idx[b * self.batch_size:(b + 1) * self.batch_size] for b in range(count)]
+        if not self.shuffle:  # evaluation: sort everything by length (least padding), order is irrelevant
+            idx = sorted(idx, key=lambda i: -self.lengths[i])
+            return [idx[b * self.batch_size:(b + 1) * self.batch_size] for b in range(count)]
+        # training: sort within mega-batches of group_size batches, then shuffle the batch order, so
+        # batches hold similar lengths (less padding) while the data order stays random
+        mega = self.batch_size * self.group_size
+        batches = []
+        for start in range(0, len(idx), mega):
+            chunk = sorted(idx[start:start + mega], key=lambda i: -self.lengths[i])
+            batches += [chunk[b:b + self.batch_size] for b in range(0, len(chunk), self.batch_size)]
+        batches = batches[:count] if self.drop_last else batches
+        g = torch.Generator()
+        g.manual_seed(self.seed * 1_000_003 + self.epoch + 7919)
+        return [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
 
     def __iter__(self) -> Iterator[list]:
-        idx = self._rank_indices()
-        for b in range(self.start_batch, self.batches_per_epoch()):
-            yield idx[b * self.batch_size:(b + 1) * self.batch_size]
+        batches = self._batches()
+        for b in range(self.start_batch, len(batches)):
+            yield batches[b]
 
     def __len__(self) -> int:
         return max(0, self.batches_per_epoch() - self.start_batch)
 
 
-def train_loader(encoded, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> DataLoader:
+def train_loader(encoded, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
+                 group_by_length: bool = True) -> DataLoader:
+    """Shuffled batches of similar lengths (dynamic padding pads each batch to its own longest row)."""
     from ddk_fast.data import collate
 
     sampler = ResumableBatchSampler(len(encoded), batch_size, shuffle=True, seed=seed, rank=rank,
-                                    world_size=world_size)
+                                    world_size=world_size, lengths=encoded.lengths if group_by_length else None)
     pad = encoded.pad_token_id
     return DataLoader(encoded, batch_sampler=sampler, collate_fn=lambda feats: collate(feats, pad_token_id=pad),
                       generator=torch.Generator().manual_seed(seed), num_workers=0)
 
 
 def eval_loader(encoded, batch_size: int) -> DataLoader:
+    """All examples once, longest first (metrics do not depend on the order; padding is minimal)."""
     from ddk_fast.data import collate
 
-    sampler = ResumableBatchSampler(len(encoded), batch_size, shuffle=False, seed=0)
+    sampler = ResumableBatchSampler(len(encoded), batch_size, shuffle=False, seed=0, lengths=encoded.lengths)
     pad = encoded.pad_token_id
     return DataLoader(encoded, batch_sampler=sampler, collate_fn=lambda feats: collate(feats, pad_token_id=pad),
                       generator=torch.Generator().manual_seed(0), num_workers=0)

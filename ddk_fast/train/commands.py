@@ -59,9 +59,28 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     from ddk_fast.train.compress import run_compress
     from ddk_fast.train.config import CompressConfig, build_config
 
+    if (args.task or "").lower() == "lm":  # GPT-2 on plain text: its own pipeline (ddk_fast.train.lm)
+        from ddk_fast.train.lm import compress_lm_from_args
+
+        print(json.dumps(_compress_summary(compress_lm_from_args(args)), indent=2))
+        return 0
+    args = _drop_lm_only_flags(args)
+
     report = run_compress(build_config(CompressConfig, "compress", _flags(args), args.config))
     print(json.dumps(_compress_summary(report), indent=2))
     return 0
+
+
+_LM_ONLY = ("train_file", "eval_file", "block_size", "search_steps", "distill_steps")
+
+
+def _drop_lm_only_flags(args: argparse.Namespace) -> argparse.Namespace:
+    from ddk_fast.cli import UserError
+
+    for name in _LM_ONLY:
+        if getattr(args, name, None) is not None:
+            raise UserError(f"--{name.replace('_', '-')} is an option of --task lm only")
+    return argparse.Namespace(**{k: v for k, v in vars(args).items() if k not in _LM_ONLY})
 
 
 def _compress_summary(report: dict) -> dict:
@@ -81,6 +100,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                            path=args.path or "auto")
     print(json.dumps(metrics, indent=2))
     return 0
+
+
+def _register_companions(sub, compress_parser) -> None:
+    """Commands that live beside these in ddk_fast.train: fixed-student KD, KD sweeps, GPT-2 (--task lm)."""
+    from ddk_fast.train import lm, lm_teacher, student_kd, sweep
+
+    lm.add_lm_flags(compress_parser)  # --train-file/--eval-file/--block-size/... and --kd
+    student_kd.register(sub)
+    sweep.register(sub)
+    lm_teacher.register(sub)
 
 
 def register(sub) -> None:
@@ -115,6 +144,7 @@ def register(sub) -> None:
     _flag(cp, "--latency-batch-size", type=int, help="batch size of the CPU latency measurement (default 32)")
     _flag(cp, "--latency-seq-len", type=int, help="sequence length of the CPU latency measurement (default 128)")
     cp.set_defaults(func=_cmd_compress)
+    _register_companions(sub, cp)
 
     ev = sub.add_parser("evaluate", help="dev-set metrics of a teacher folder or a compressed export")
     _flag(ev, "--model", required=True, help="teacher folder or `ddk-fast compress` output")

@@ -75,7 +75,33 @@ def validate(cfg: CompressConfig) -> tuple[str, float]:
         raise UserError(f"--hidden-loss {cfg.hidden_loss!r}: expected mse or cosine")
     if cfg.budget_kind not in ("lagrangian", "one_sided"):
         raise UserError(f"budget_kind {cfg.budget_kind!r}: expected lagrangian or one_sided")
+    catalog_options(cfg)  # a malformed --kd is refused here, before any work
     return metric, ratio
+
+
+def catalog_options(cfg: CompressConfig):
+    """Options for ``KDObjective.from_config`` when the run asks for terms beyond the DDK objective
+    (``--kd`` or an attention weight), else None. DDK's settings map onto the catalog's names: the
+    hidden term uses the recursive-fusion mapping unless ``--fusion none``."""
+    from ddk_fast.train.student_kd import parse_kd
+
+    extra = parse_kd(cfg.kd)
+    if not extra and not cfg.attention_weight:
+        return None
+    from ddk_fast.distill.objectives import DEFAULTS
+
+    unknown = sorted(set(extra) - set(DEFAULTS))
+    if unknown:
+        raise UserError(f"--kd {cfg.kd!r}: unknown option(s) {', '.join(unknown)}; expected some of "
+                        f"{', '.join(sorted(DEFAULTS))}")
+    opts = {"temperature": cfg.temperature, "pred_weight": cfg.pred_weight, "task_weight": cfg.task_weight,
+            "hidden_weight": cfg.hidden_weight, "hidden_loss": cfg.hidden_loss,
+            "mapping": "uniform" if cfg.fusion == "none" else "fusion",
+            "fusion": "param_free" if cfg.fusion == "none" else cfg.fusion,
+            "layer_weighting": cfg.layer_weighting, "attention_weight": cfg.attention_weight,
+            "path": "reference" if cfg.path == "reference" else "auto"}
+    opts.update(extra)
+    return opts
 
 
 def load_teacher(path: str, spec):
@@ -194,8 +220,18 @@ class _Compression:
 
         return evaluate(model, logits, self.dev_loader, self.device, self.spec.name)
 
-    def _objective(self):
+    def _objective(self, student):
+        """The DDK objective (recursive adaptive hidden KD + prediction KD + task loss), or, with
+        ``--kd`` / an attention weight, the KD catalog's objective with the same settings plus those terms."""
         cfg = self.cfg
+        if catalog_options(cfg) is not None:
+            from ddk_fast.distill.objectives import KDObjective
+
+            task_type = "regression" if self.spec.is_regression else "classification"
+            try:
+                return KDObjective.from_config(catalog_options(cfg), student, self.teacher, task_type).to(self.device)
+            except ValueError as exc:
+                raise UserError(f"--kd {cfg.kd!r}: {exc}") from None
         return DistillObjective(self.teacher.num_layers + 1, self.teacher.hidden_size, self.spec.is_regression,
                                 KDWeights(cfg.hidden_weight, cfg.pred_weight, cfg.task_weight, cfg.temperature),
                                 fusion=cfg.fusion, layer_weighting=cfg.layer_weighting, hidden_loss=cfg.hidden_loss,
@@ -297,7 +333,7 @@ class _Compression:
             budget = build_budget(cfg.budget_kind, self.ratio, self.cost_model, metric=self.metric, **budget_kw)
         except ValueError as exc:
             raise UserError(f"--target {cfg.target}: {exc}") from None
-        module = SearchModule(student, search, budget, self._objective(), self.cost_model, self.metric,
+        module = SearchModule(student, search, budget, self._objective(student), self.cost_model, self.metric,
                               cfg.path).to(self.device)
         arch = list(search.arch_parameters())
         lam = list(budget.parameters())
@@ -331,7 +367,7 @@ class _Compression:
             tau = tau_schedule(stage_step)
             if hasattr(search, "set_temperature"):
                 search.set_temperature(tau)
-            t_out = teacher_outputs(self.teacher, batch, cfg.path)
+            t_out = teacher_outputs(self.teacher, batch, cfg.path, module.objective.forward_kwargs())
             loss, parts, ratio, hg, fg = train_module(batch, t_out, stage_step)
             if cfg.fault_nan_at_step is not None and gstep == cfg.fault_nan_at_step:
                 loss = loss * float("nan")
@@ -434,7 +470,7 @@ class _Compression:
 
     def _build_distill(self, pruned):
         cfg = self.cfg
-        module = DistillModule(pruned, self._objective(), cfg.path).to(self.device)
+        module = DistillModule(pruned, self._objective(pruned), cfg.path).to(self.device)
         named = weight_parameters(module, [])
         opt = adamw(named, cfg.lr, cfg.weight_decay)
         sched = linear_schedule(opt, self.steps_per_epoch * max(1, self._distill_epochs()), cfg.warmup_ratio)
@@ -469,7 +505,7 @@ class _Compression:
 
         def step(batch, gstep, epoch):
             batch = to_device(batch, self.device)
-            t_out = teacher_outputs(self.teacher, batch, cfg.path)
+            t_out = teacher_outputs(self.teacher, batch, cfg.path, module.objective.forward_kwargs())
             loss, parts = train_module(batch, t_out)
             if cfg.fault_nan_at_step is not None and gstep == cfg.fault_nan_at_step:
                 loss = loss * float("nan")

@@ -104,6 +104,9 @@ class CompressConfig:
     hidden_loss: str = "mse"
     fusion: str = "param_free"
     layer_weighting: str = "adaptive"
+    # extra terms of the KD catalog (ddk_fast.distill.objectives), "KEY=VALUE,..." e.g.
+    # "attention_weight=1,query_relation_weight=1"; empty: the DDK objective alone
+    kd: Optional[str] = None
     # reporting
     save_steps: int = 500
     log_steps: int = 10
@@ -175,6 +178,9 @@ def build_config(cfg_cls, command: str, flags: dict, config_file: Optional[str] 
     if bad_flags:
         raise TypeError(f"unknown option(s) for {command}: {', '.join(bad_flags)}")
     given = {k: v for k, v in flags.items() if v is not None}
+    for source in (file_values, given):  # a YAML mapping and a KEY=VALUE string mean the same thing
+        if isinstance(source.get("kd"), dict):
+            source["kd"] = ",".join(f"{k}={v}" for k, v in source["kd"].items())
     preset = given.get("preset") or file_values.get("preset") or "full"
     merged: dict[str, Any] = {}
     for source, values in (("preset " + str(preset), preset_values(command, str(preset))),

@@ -57,6 +57,10 @@ class DistillObjective(nn.Module):
 
             self.layer_weights = LossShareWeights(num_states, momentum=0.9)
 
+    def forward_kwargs(self) -> dict:
+        """The ``output_*`` flags both forward passes need (same contract as the KD catalog's objective)."""
+        return {"output_hidden_states": True}
+
     # --- targets ------------------------------------------------------------------------------------
     def targets(self, teacher_states, token_mask):
         states = list(teacher_states)

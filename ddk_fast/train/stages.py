@@ -10,11 +10,12 @@ import torch
 from torch import nn
 
 
-def teacher_outputs(teacher, batch: dict, path: str = "auto", want_scores: bool = False):
+def teacher_outputs(teacher, batch: dict, path: str = "auto", outputs: dict | None = None):
+    """Teacher forward without gradients; ``outputs``: the objective's ``forward_kwargs()``."""
     with torch.no_grad():
         return teacher(batch["input_ids"], attention_mask=batch["attention_mask"],
-                       token_type_ids=batch.get("token_type_ids"), path=path, output_hidden_states=True,
-                       output_attention_scores=want_scores)
+                       token_type_ids=batch.get("token_type_ids"), path=path,
+                       **(outputs or {"output_hidden_states": True}))
 
 
 class SearchModule(nn.Module):
@@ -30,7 +31,7 @@ class SearchModule(nn.Module):
             ffn_gates.retain_grad()
         out = self.student(batch["input_ids"], attention_mask=batch["attention_mask"],
                            token_type_ids=batch.get("token_type_ids"), head_gates=head_gates, ffn_gates=ffn_gates,
-                           path=self.path, output_hidden_states=True)
+                           path=self.path, **self.objective.forward_kwargs())
         kd, parts = self.objective(out, teacher_out, batch["labels"], batch["attention_mask"])
         ratio = self.search.expected_ratio(self.cost_model, self.metric)
         budget = self.budget(ratio, step)
@@ -45,7 +46,8 @@ class DistillModule(nn.Module):
 
     def forward(self, batch: dict, teacher_out):
         out = self.student(batch["input_ids"], attention_mask=batch["attention_mask"],
-                           token_type_ids=batch.get("token_type_ids"), path=self.path, output_hidden_states=True)
+                           token_type_ids=batch.get("token_type_ids"), path=self.path,
+                           **self.objective.forward_kwargs())
         return self.objective(out, teacher_out, batch["labels"], batch["attention_mask"])
 
 
