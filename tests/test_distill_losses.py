@@ -83,9 +83,19 @@ def compare_paths(family, kind, student, teacher, weights, mask, scale_loss=1.0)
 
 # ---- float64 gradcheck ----------------------------------------------------------------------------
 
+@pytest.fixture
+def one_thread():
+    """gradcheck runs hundreds of tiny forwards; on a busy machine waking a second OpenMP thread for
+    each tiny ATen op (log_softmax always opens a parallel region) costs ~15 ms, so use one."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("path", ["fused", "reference"])
 @pytest.mark.parametrize("family,kind", CASES)
-def test_gradcheck_float64(family, kind, path):
+def test_gradcheck_float64(family, kind, path, one_thread):
     student, teacher = make_layers(family, layers=2, batch=3, seq=4, width=5, heads=2, dtype=torch.float64)
     weights = torch.tensor([0.7, -1.3], dtype=torch.float64, requires_grad=True)
     mask = padding_mask(3, 4)
@@ -97,7 +107,7 @@ def test_gradcheck_float64(family, kind, path):
 
 
 @pytest.mark.parametrize("path", ["fused", "reference"])
-def test_gradcheck_soft_cross_entropy_float64(path):
+def test_gradcheck_soft_cross_entropy_float64(path, one_thread):
     g = torch.Generator().manual_seed(1)
     student = torch.randn(4, 7, generator=g, dtype=torch.float64, requires_grad=True)
     teacher = torch.randn(4, 7, generator=g, dtype=torch.float64)
