@@ -31,6 +31,9 @@ def _cli(argv):
         sub = parser.add_subparsers(dest="command")
         lm.register(sub)
         lm_teacher.register(sub)
+        from ddk_fast.train import sweep
+
+        sweep.register(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 
@@ -83,3 +86,24 @@ def test_compress_gpt2_end_to_end(text_files, tmp_path, capsys):
         torch.testing.assert_close(model(ids).logits, ours(ids).logits, atol=1e-5, rtol=1e-5)
         generated = model.generate(ids, max_new_tokens=5, do_sample=False)
     assert generated.shape == (1, 11) and torch.equal(generated[:, :6], ids)
+
+
+def test_sweep_of_lm_compressions(text_files, tmp_path):
+    """--mode ddk --task lm: each point a GPT-2 compression, ranked by perplexity (lower first)."""
+    import csv
+
+    from ddk_fast.train.lm_teacher import pretrain_gpt2
+
+    train, dev = text_files
+    teacher = pretrain_gpt2(train, str(tmp_path / "t"), vocab_size=300, n_layer=2, n_embd=32, n_head=2,
+                            block_size=16, steps=10, batch_size=8, log=None)["output"]
+    out = str(tmp_path / "sweep")
+    assert _cli(["sweep", "--mode", "ddk", "--task", "lm", "--teacher", teacher, "--train-file", train,
+                 "--eval-file", dev, "--grid", "temperature=1,4", "--output", out, "--target", "params=0.6",
+                 "--search-steps", "3", "--distill-steps", "3", "--block-size", "16", "--max-train-examples", "64",
+                 "--max-eval-examples", "8", "--batch-size", "8"]) == 0
+    with open(os.path.join(out, "results.csv")) as fh:
+        rows = list(csv.DictReader(fh))
+    ppl = [float(r["perplexity"]) for r in rows]
+    assert len(rows) == 2 and ppl == sorted(ppl)
+    assert "perplexity (lower is better)" in open(os.path.join(out, "results.md")).read()

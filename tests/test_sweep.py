@@ -156,6 +156,6 @@ def test_sweep_ddk_mode_runs_the_compression_per_point(tiny_teacher, tmp_path):
         header = next(csv.reader(fh))
     assert "hidden_weight" in header and "epoch" not in header
     from ddk_fast.cli import UserError
-    with pytest.raises(UserError, match="--steps is an option of --mode student"):
+    with pytest.raises(UserError, match="--steps is not an option of --mode ddk"):
         _cli(["sweep", "--mode", "ddk", "--teacher", tiny_teacher, "--task", "mrpc", "--grid", "hidden_weight=1",
               "--output", str(tmp_path / "x"), "--steps", "3"])

@@ -85,22 +85,27 @@ def grid_points(grid: dict[str, list]) -> list[dict[str, Any]]:
     return [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))]
 
 
-def check_grid_keys(grid: dict[str, list], mode: str) -> None:
-    from ddk_fast.distill.objectives import DEFAULTS
+def _run_keys(mode: str, task: str) -> set:
+    import dataclasses
+
+    from ddk_fast.train.student_kd import is_lm_task
 
     if mode == "student":
-        import dataclasses
-
-        from ddk_fast.train.student_kd import DistillConfig
-
-        run_keys = {f.name for f in dataclasses.fields(DistillConfig)} - {"kd", "output", "teacher", "task"}
+        from ddk_fast.train.student_kd import DistillConfig as cls
+    elif is_lm_task(task):
+        from ddk_fast.train.lm import LMCompressConfig as cls
     else:
-        import dataclasses
+        from ddk_fast.train.config import CompressConfig as cls
+    return {f.name for f in dataclasses.fields(cls)} - {"kd", "output", "teacher", "task"}
 
-        from ddk_fast.train.config import CompressConfig
 
-        run_keys = {f.name for f in dataclasses.fields(CompressConfig)} - {"output", "teacher", "task"}
-    valid = run_keys | (set(DEFAULTS) if mode == "student" else set())
+def check_grid_keys(grid: dict[str, list], mode: str, task: str = "") -> None:
+    """Grid keys must be objective options (student runs, LM compression) or run options of the mode."""
+    from ddk_fast.distill.objectives import DEFAULTS
+    from ddk_fast.train.student_kd import is_lm_task
+
+    objective_keys = set(DEFAULTS) if (mode == "student" or is_lm_task(task)) else set()
+    valid = _run_keys(mode, task) | objective_keys
     bad = sorted(k for k in grid if k not in valid)
     if bad:
         raise UserError(f"grid key(s) {bad} are not options of a {mode} run; expected objective options "
@@ -138,6 +143,20 @@ def run_point(mode: str, base: dict, point: dict, folder: str) -> dict:
         return {"dev": report["student_dev"], "teacher_dev": report["teacher_dev"],
                 "main_metric": report["main_metric"], "higher_is_better": report["higher_is_better"],
                 "student": report["student"], "steps": cfg.steps, "history": report["history"][-3:]}
+    from ddk_fast.train.student_kd import is_lm_task
+
+    if is_lm_task(base["task"]):
+        from ddk_fast.distill.objectives import DEFAULTS
+        from ddk_fast.train.lm import build_lm_config, run_compress_lm
+
+        flags = dict(base)
+        kd = dict(flags.pop("kd", None) or {})
+        kd.update({k: v for k, v in point.items() if k in DEFAULTS})
+        flags.update({k: v for k, v in point.items() if k not in DEFAULTS})
+        flags.update(kd=kd, output=os.path.join(folder, "model"), overwrite=True, progress=False)
+        report = run_compress_lm(build_lm_config(flags))
+        return {"dev": report["student_dev"], "teacher_dev": report["teacher_dev"], "main_metric": "perplexity",
+                "higher_is_better": False, "structure": report["structure"]["heads"], "params": report["params"]}
     from ddk_fast.train.compress import run_compress
     from ddk_fast.train.config import CompressConfig, build_config
     from ddk_fast.train.evaluation import task_spec
@@ -167,7 +186,7 @@ def run_sweep(teacher: str, task: str, output: str, grid: dict[str, list], mode:
     for flag, value in (("--teacher", teacher), ("--task", task), ("--output", output)):
         if not value:
             raise UserError(f"{flag} is required")
-    check_grid_keys(grid, mode)
+    check_grid_keys(grid, mode, task)
     out = os.path.abspath(output)
     points_dir = os.path.join(out, "points")
     grid_file = os.path.join(out, "grid.json")
@@ -326,11 +345,18 @@ def _cmd_sweep(args) -> int:
             raise UserError(f"--heatmap {args.heatmap!r}: expected two grid keys X,Y")
         heatmap = tuple(parts)
     if args.mode == "ddk":
-        base.pop("kd", None)
+        from ddk_fast.train.student_kd import is_lm_task
+
+        lm_only = ("train_file", "eval_file", "block_size", "kd", "search_steps", "distill_steps")
         for key in [k for k in base if k in ("recipe", "student_layers", "layer_init", "student_heads",
-                                             "student_intermediate", "student_hidden", "steps", "train_file",
-                                             "eval_file", "block_size")]:
-            raise UserError(f"--{key.replace('_', '-')} is an option of --mode student, not of --mode ddk")
+                                             "student_intermediate", "student_hidden", "steps")
+                    or (k in lm_only and not is_lm_task(args.task or ""))]:
+            raise UserError(f"--{key.replace('_', '-')} is not an option of --mode ddk"
+                            + ("" if key in lm_only else " (it belongs to --mode student)"))
+    else:
+        for key in ("target", "search_steps", "distill_steps"):
+            if key in base:
+                raise UserError(f"--{key.replace('_', '-')} is an option of --mode ddk")
     summary = run_sweep(args.teacher, args.task, args.output, grid, mode=args.mode or "student", base=base,
                         resume=bool(args.resume), overwrite=bool(args.overwrite), heatmap=heatmap)
     best = summary["best"]
@@ -361,6 +387,8 @@ def register(sub) -> None:
                       ("--max-train-examples", int), ("--max-eval-examples", int), ("--seed", int)):
         p.add_argument(flag, type=typ, default=None)
     p.add_argument("--target", default=None, help="--mode ddk: budget, e.g. params=0.5")
+    p.add_argument("--search-steps", type=int, default=None, help="--mode ddk --task lm: search steps")
+    p.add_argument("--distill-steps", type=int, default=None, help="--mode ddk --task lm: distillation steps")
     p.add_argument("--device", default=None)
     p.add_argument("--path", default=None, choices=("auto", "compact", "reference", "triton"))
     p.add_argument("--resume", action="store_const", const=True, default=None, help="skip finished points")
