@@ -115,6 +115,9 @@ def save_pruned(model: MaskedTransformer, out_dir: str | os.PathLike, tokenizer=
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the export is an ordinary folder
     try:
         with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
             json.dump(_config_json(model), f, indent=2)
