@@ -198,3 +198,12 @@ def test_malformed_kd_is_refused_before_any_work(teacher, glue_dir, tmp_path):
     with pytest.raises(UserError, match="unknown option"):
         compress(**dict(FAST, teacher=teacher, task="mrpc", data_dir=glue_dir, output=str(out), kd="atention_weight=1"))
     assert not os.path.exists(str(out) + ".inprogress")
+
+
+def test_progressive_search_reaches_budget(teacher, glue_dir, tmp_path):
+    report = compress(**dict(FAST, teacher=teacher, task="mrpc", data_dir=glue_dir, target="flops=0.5",
+                             output=str(tmp_path / "p"), search="progressive", log_steps=1))
+    assert report["flops"]["ratio"] <= 0.5 + 1e-9 and report["method"] == "ddk-progressive"
+    ratios = [json.loads(line).get("ratio") for line in open(os.path.join(str(tmp_path / "p"), "log.jsonl"))
+              if '"event": "search"' in line]
+    assert ratios[0] > ratios[-1]  # the indicators fade over the search

@@ -131,7 +131,9 @@ def register(sub) -> None:
     _common(cp, "compressed student, report.json and plots")
     _flag(cp, "--target", help="budget: params=RATIO or flops=RATIO, RATIO in (0, 1] (default params=0.5)")
     _flag(cp, "--seq-len", type=int, help="sequence length for FLOPs and the budget (default 128)")
-    _flag(cp, "--search", choices=("gumbel", "hard_concrete"), help="width search (default gumbel)")
+    _flag(cp, "--search", choices=("gumbel", "hard_concrete", "progressive"),
+          help="structure search: gumbel (DDK width search, default), hard_concrete (CoFi-style L0 gates) or "
+               "progressive (GPP-style fading indicators)")
     _flag(cp, "--fixed-structure", choices=("uniform",),
           help="baseline: no search, the same budget met with uniform widths, the same KD")
     _flag(cp, "--path", choices=("auto", "compact", "reference", "triton"), help="kernel path of the masked model")

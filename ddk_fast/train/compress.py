@@ -63,8 +63,8 @@ def validate(cfg: CompressConfig) -> tuple[str, float]:
         value = getattr(cfg, name)
         if not (value > 0 and math.isfinite(value)):
             raise UserError(f"--{name.replace('_', '-')} {value!r}: expected a positive finite number")
-    if cfg.search not in ("gumbel", "hard_concrete"):
-        raise UserError(f"--search {cfg.search!r}: expected gumbel or hard_concrete")
+    if cfg.search not in ("gumbel", "hard_concrete", "progressive"):
+        raise UserError(f"--search {cfg.search!r}: expected gumbel, hard_concrete or progressive")
     if cfg.fixed_structure not in (None, "uniform"):
         raise UserError(f"--fixed-structure {cfg.fixed_structure!r}: expected uniform")
     if cfg.path not in ("auto", "compact", "reference", "triton"):
@@ -319,31 +319,38 @@ class _Compression:
         cfg = self.cfg
         student = copy.deepcopy(self.teacher).requires_grad_(True).train()
         heads_imp, ffn_imp = initial_importance(student)
+        total = self.steps_per_epoch * cfg.search_epochs
         if cfg.search == "gumbel":
             search = build_search("gumbel", student.num_heads, student.intermediate_sizes,
                                   granularity=cfg.channel_granularity, importance_momentum=cfg.importance_momentum,
                                   tau=cfg.tau_start, init="full", head_importance=heads_imp, ffn_importance=ffn_imp)
+        elif cfg.search == "progressive":
+            # units fade out over the first 3/4 of the search; the last quarter trains the final structure
+            search = build_search("progressive", student.num_heads, student.intermediate_sizes,
+                                  cost_model=self.cost_model, target=self.ratio,
+                                  total_steps=max(1, (3 * total) // 4), granularity=cfg.channel_granularity,
+                                  importance_momentum=cfg.importance_momentum, head_importance=heads_imp,
+                                  ffn_importance=ffn_imp)
         else:
             search = build_search("hard_concrete", student.num_heads, student.intermediate_sizes,
                                   granularity=cfg.channel_granularity)
-        budget_kw = {}
-        if cfg.budget_kind == "one_sided":
-            budget_kw["weight"] = cfg.budget_weight
-        try:
-            budget = build_budget(cfg.budget_kind, self.ratio, self.cost_model, metric=self.metric, **budget_kw)
-        except ValueError as exc:
-            raise UserError(f"--target {cfg.target}: {exc}") from None
+        budget = None
+        if list(search.arch_parameters()):  # a schedule-driven search (progressive) needs no budget loss
+            budget_kw = {"weight": cfg.budget_weight} if cfg.budget_kind == "one_sided" else {}
+            try:
+                budget = build_budget(cfg.budget_kind, self.ratio, self.cost_model, metric=self.metric, **budget_kw)
+            except ValueError as exc:
+                raise UserError(f"--target {cfg.target}: {exc}") from None
         module = SearchModule(student, search, budget, self._objective(student), self.cost_model, self.metric,
                               cfg.path).to(self.device)
         arch = list(search.arch_parameters())
-        lam = list(budget.parameters())
+        lam = list(budget.parameters()) if budget is not None else []
         named_weights = weight_parameters(module, arch + lam)
         w_opt = adamw(named_weights, cfg.lr, cfg.weight_decay)
-        groups = [{"params": arch, "lr": cfg.arch_lr, "weight_decay": 0.0}]
+        groups = [{"params": arch, "lr": cfg.arch_lr, "weight_decay": 0.0}] if arch else []
         if lam:
             groups.append({"params": lam, "lr": cfg.lambda_lr, "weight_decay": 0.0})
-        a_opt = torch.optim.Adam(groups, betas=(0.9, 0.999))
-        total = self.steps_per_epoch * cfg.search_epochs
+        a_opt = torch.optim.Adam(groups, betas=(0.9, 0.999)) if groups else None
         w_sched = linear_schedule(w_opt, total, cfg.warmup_ratio)
         tau = TemperatureSchedule(cfg.tau_start, min(cfg.tau_end, cfg.tau_start), max(1, total))
         return module, search, budget, [p for _, p in named_weights], w_opt, a_opt, w_sched, tau
@@ -353,7 +360,8 @@ class _Compression:
 
         cfg, ctx = self.cfg, self.ctx
         module, search, budget, weights, w_opt, a_opt, w_sched, tau_schedule = self._build_search()
-        optimizers, schedulers = {"weights": w_opt, "arch": a_opt}, {"weights": w_sched}
+        optimizers = {"weights": w_opt, **({"arch": a_opt} if a_opt is not None else {})}
+        schedulers = {"weights": w_sched}
         if resumed is not None:
             self._restore(resumed, module, optimizers, schedulers)
         train_module = ddp.wrap(module, ctx, find_unused_parameters=True)
@@ -367,26 +375,28 @@ class _Compression:
             tau = tau_schedule(stage_step)
             if hasattr(search, "set_temperature"):
                 search.set_temperature(tau)
+            if hasattr(search, "set_step"):
+                search.set_step(stage_step)
             t_out = teacher_outputs(self.teacher, batch, cfg.path, module.objective.forward_kwargs())
             loss, parts, ratio, hg, fg = train_module(batch, t_out, stage_step)
             if cfg.fault_nan_at_step is not None and gstep == cfg.fault_nan_at_step:
                 loss = loss * float("nan")
             check_finite(ctx, loss, "loss", gstep, epoch, self.dirs.checkpoints, self.log)
-            w_opt.zero_grad(set_to_none=True)
-            a_opt.zero_grad(set_to_none=True)
+            for o in optimizers.values():
+                o.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(weights, cfg.max_grad_norm)
             check_finite(ctx, grad_norm, "gradient norm", gstep, epoch, self.dirs.checkpoints, self.log)
-            if search.needs_importance and hg.grad is not None and fg.grad is not None:
+            if getattr(search, "needs_importance", False) and hg.grad is not None and fg.grad is not None:
                 hs, fs = taylor_importance(hg), taylor_importance(fg)
                 if ctx.distributed:
                     torch.distributed.all_reduce(hs)
                     torch.distributed.all_reduce(fs)
                     hs, fs = hs / ctx.world_size, fs / ctx.world_size
                 search.update_importance(hs, fs, head_active=hg.detach() > 0, ffn_active=fg.detach() > 0)
-            w_opt.step()
+            for o in optimizers.values():
+                o.step()
             w_sched.step()
-            a_opt.step()
             out = {"loss": float(loss.detach()), **parts, "ratio": float(ratio.detach()), "tau": float(tau),
                    "lr": w_sched.get_last_lr()[0], "grad_norm": float(grad_norm)}
             for name in ("lambda_1", "lambda_2"):

@@ -26,14 +26,21 @@ class SearchModule(nn.Module):
 
     def forward(self, batch: dict, teacher_out, step: int):
         head_gates, ffn_gates = self.search.sample()
-        if self.training and self.search.needs_importance and head_gates.requires_grad:
-            head_gates.retain_grad()
-            ffn_gates.retain_grad()
+        if self.training and getattr(self.search, "needs_importance", False):
+            # Taylor scores need dL/dgate: keep it on the gates (leaf copies when nothing else needs them)
+            if head_gates.requires_grad:
+                head_gates.retain_grad()
+                ffn_gates.retain_grad()
+            else:
+                head_gates = head_gates.detach().requires_grad_(True)
+                ffn_gates = ffn_gates.detach().requires_grad_(True)
         out = self.student(batch["input_ids"], attention_mask=batch["attention_mask"],
                            token_type_ids=batch.get("token_type_ids"), head_gates=head_gates, ffn_gates=ffn_gates,
                            path=self.path, **self.objective.forward_kwargs())
         kd, parts = self.objective(out, teacher_out, batch["labels"], batch["attention_mask"])
         ratio = self.search.expected_ratio(self.cost_model, self.metric)
+        if self.budget is None:  # the search follows its own schedule
+            return kd, parts, ratio, head_gates, ffn_gates
         budget = self.budget(ratio, step)
         parts["budget"] = float(budget.detach())
         return kd + budget, parts, ratio, head_gates, ffn_gates
