@@ -18,14 +18,17 @@ def rows_from_pytest_benchmark(data: dict) -> list[dict]:
     for bench in data.get("benchmarks", []):
         info = dict(bench.get("extra_info") or {})
         stats = bench["stats"]
+        name = bench.get("fullname", bench.get("name"))
         rows.append({
-            "name": bench.get("fullname", bench.get("name")),
+            "name": name,
+            "suite": os.path.splitext(os.path.basename(name.split("::")[0]))[0] if "::" in name else "",
             "subject": info.get("subject", bench.get("group") or bench.get("name")),
             "provider": info.get("provider", info.get("path", bench.get("name"))),
             "mode": info.get("mode", ""),
             "keep": info.get("keep"),
             "shape": info.get("shape", ""),
             "median_s": stats["median"],
+            "min_s": stats["min"],
             "mean_s": stats["mean"],
             "stddev_s": stats["stddev"],
             "rounds": stats["rounds"],
@@ -47,6 +50,7 @@ def comparison_table(rows: list[dict]) -> list[dict]:
         base = providers.get(baseline_name) if baseline_name else None
         for name, row in sorted(providers.items()):
             table.append({
+                "suite": row.get("suite", ""),
                 "subject": subject, "mode": mode, "keep": None if keep == -1 else keep, "shape": shape,
                 "provider": name, "baseline": baseline_name, "median_ms": row["median_s"] * 1e3,
                 "ratio_to_baseline": (row["median_s"] / base["median_s"]) if base else None,

@@ -91,10 +91,12 @@ def run_suite(device: str = "cpu", quick: bool = False, output: str | None = Non
         started, load_before = time.time(), machine_load()
         proc = subprocess.run(cmd, env=env, cwd=os.path.dirname(bench_dir))
         load_after = machine_load()
-        if not os.path.exists(raw_path):
+        raw = {}
+        if os.path.exists(raw_path):
+            with open(raw_path) as fh:
+                raw = json.load(fh)
+        elif proc.returncode != 5:  # 5: pytest collected nothing (no JSON then); reported below
             raise RuntimeError(f"benchmark run failed (pytest exit {proc.returncode}): {' '.join(cmd)}")
-        with open(raw_path) as fh:
-            raw = json.load(fh)
     if not raw.get("benchmarks"):
         raise RuntimeError(f"no benchmark case ran (pytest exit {proc.returncode}"
                            + (f", -k {select!r} selected nothing" if select else "") + f"): {' '.join(cmd)}")
