@@ -10,9 +10,10 @@ path="reference"), ``compile`` (torch.compile of the reference functions, warmed
 timed region).
 
 Memory: torch has no allocator statistics for CPU tensors and tracemalloc does not see them, so a
-background thread samples the process RSS (/proc/self/statm) every 0.5 ms during one extra step
-(after the timed ones); ``peak_rss_delta_mb`` is the peak minus the RSS before that step, with no
-gradients alive and the fused path's buffer pool emptied, so every provider's gradients count.
+background thread samples the process RSS (/proc/self/statm) every 0.5 ms during one step run in a
+fresh process (see measure_peak_mb); ``peak_rss_delta_mb`` is the peak minus the RSS before that
+step, with no gradients alive and the fused path's buffer pool emptied, so every provider's
+gradients count.
 Also reported: ``saved_mb``, the bytes the fused path keeps between forward and backward (its
 gradients, float32). The fused path reuses its gradient buffers between steps (a pool of up to
 DDK_FAST_CPU_POOL_MB, see csrc/cpu_buffer_pool.h); set DDK_FAST_CPU_POOL_MB=0 to time it without.
@@ -24,9 +25,13 @@ Run:
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
 import json
 import os
 import statistics
+import subprocess
+import sys
 import threading
 import time
 
@@ -149,20 +154,42 @@ def run_provider(provider: str, x: dict, rounds: int, warmup: int = 2) -> dict:
         step()
         times.append(time.perf_counter() - t0)
     return {"provider": provider, "median_ms": 1e3 * statistics.median(times), "min_ms": 1e3 * min(times),
-            "peak_rss_delta_mb": measure_peak_mb(step, x), "threads": torch.get_num_threads()}
+            "peak_rss_delta_mb": measure_peak_mb(provider), "threads": torch.get_num_threads()}
 
 
-def measure_peak_mb(step, x: dict) -> float:
-    """RSS added by one step, gradients included: the fused path's buffer pool is emptied first so
-    its gradients count as fresh memory like everybody else's."""
+def measure_peak_mb(provider: str) -> float:
+    """RSS one step of ``provider`` adds, gradients included, measured in a fresh process.
+
+    Why a fresh process: glibc keeps freed memory of earlier steps (and of other providers) in its
+    heap, which hides new allocations from the RSS; the child lowers the mmap threshold so every
+    large tensor is mapped and unmapped on its own, and empties the fused path's buffer pool so its
+    gradients count as fresh memory like everybody else's.
+    """
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--memory-of", provider],
+                         capture_output=True, text=True, timeout=1800)
+    if out.returncode != 0:
+        raise RuntimeError(f"memory measurement of {provider} failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])["peak_rss_delta_mb"]
+
+
+def _memory_child(provider: str) -> None:
+    try:  # glibc: allocations >= 1 MiB are mmap'ed, so freeing them lowers the RSS at once
+        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+    except OSError:
+        pass
+    x = make_inputs()
+    step = make_step(provider, x)
+    for _ in range(2):
+        reset_grads(x)
+        step()
     reset_grads(x)
     ext = _ext.extension()
     if ext is not None:
         ext.cpu_pool_empty()
+    gc.collect()
     with PeakRss() as rss:
         step()
-    reset_grads(x)
-    return rss.delta_mb
+    print(json.dumps({"provider": provider, "peak_rss_delta_mb": rss.delta_mb}))
 
 
 # ---- pytest-benchmark ----------------------------------------------------------------------------
@@ -185,7 +212,7 @@ if pytest is not None:
             step()
         benchmark.pedantic(step, setup=lambda: reset_grads(workload), rounds=5, iterations=1,
                            warmup_rounds=0)
-        benchmark.extra_info["peak_rss_delta_mb"] = round(measure_peak_mb(step, workload), 1)
+        benchmark.extra_info["peak_rss_delta_mb"] = round(measure_peak_mb(provider), 1)
         if provider == "fused":
             benchmark.extra_info["saved_mb"] = round(fused_saved_mb(workload), 1)
 
@@ -195,7 +222,14 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--providers", default=",".join(PROVIDERS))
     parser.add_argument("--json", default=None, help="append results to this JSON file")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--memory-of", default=None, help=argparse.SUPPRESS)  # child of measure_peak_mb
     opts = parser.parse_args(argv)
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    if opts.memory_of:
+        _memory_child(opts.memory_of)
+        return
     x = make_inputs()
     results = [run_provider(p, x, opts.rounds) for p in opts.providers.split(",")]
     by = {r["provider"]: r for r in results}
