@@ -32,6 +32,14 @@ Projection (``projection.py``)
     ``HiddenProjection(student_dim, teacher_dim, num_states=1, shared=True)``: learned linear map
         student width -> teacher width (TinyBERT W_h); identity when the widths are equal.
         ``proj(states_list)`` or ``proj(tensor, index)``.
+
+The KD catalog (``objectives.py``, ``makd.py``, ``tinybert.py``; see docs/distillation.md)
+    ``KDObjective.from_config(options, student, teacher, task_type)`` -> weighted sum of terms (embedding,
+        hidden, attention, prediction, task, MaKD Q/K/V relations and FFN aspects) over model outputs;
+        ``objective.forward_kwargs()`` (output_* flags), ``loss, parts = objective(s_out, t_out, batch)``.
+    ``relation_scores(x, num_relation_heads)``, ``LowRankProjection`` (MaKD pieces).
+    ``make_student(teacher, num_layers, layer_init="uniform"|"first"|"last"|"scratch", ...)`` (TinyBERT-style
+        fixed student), ``recipe_stages(name, overrides, total_steps)`` (tinybert / joint / makd / ddk).
 """
 import importlib
 
@@ -54,6 +62,12 @@ _WHERE = {
     "build_mapping": "ddk_fast.distill.mappings",
     "MAPPINGS": "ddk_fast.distill.mappings",
     "HiddenProjection": "ddk_fast.distill.projection",
+    "KDObjective": "ddk_fast.distill.objectives",
+    "relation_scores": "ddk_fast.distill.makd",
+    "LowRankProjection": "ddk_fast.distill.makd",
+    "make_student": "ddk_fast.distill.tinybert",
+    "recipe_stages": "ddk_fast.distill.tinybert",
+    "RECIPES": "ddk_fast.distill.tinybert",
 }
 
 __all__ = sorted(_WHERE)
