@@ -81,6 +81,7 @@ def test_export_evaluates_to_the_reported_score(cli_run, glue_dir, capsys):
     assert model.intermediate_sizes == report["structure"]["ffn"]
 
 
+@pytest.mark.slow
 def test_resume_across_both_stages_reaches_the_same_student(cli_run, teacher, glue_dir, tmp_path):
     _, reference = cli_run
     out = tmp_path / "student"

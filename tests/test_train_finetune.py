@@ -38,6 +38,7 @@ def test_finetune_writes_standard_folder(tiny_base, glue_dir, tmp_path):
     assert events[0] == "start" and "eval" in events and events[-1] in ("done", "info")
 
 
+@pytest.mark.slow
 def test_resume_reaches_the_same_weights(tiny_base, glue_dir, tmp_path):
     full = tmp_path / "full"
     finetune(task="mrpc", output=str(full), model=tiny_base, data_dir=glue_dir, **FAST)
