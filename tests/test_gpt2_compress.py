@@ -65,13 +65,15 @@ def test_compress_gpt2_end_to_end(text_files, tmp_path, capsys):
 
     out = str(tmp_path / "small")
     capsys.readouterr()
-    argv = ["compress-lm", "--teacher", teacher, "--train-file", train, "--eval-file", dev, "--target", "params=0.5",
-            "--output", out, "--preset", "quick", "--search-steps", "20", "--distill-steps", "40", "--block-size",
-            "32", "--max-eval-examples", "40", "--channel-granularity", "16", "--no-progress"]
+    argv = ["compress", "--task", "lm", "--teacher", teacher, "--train-file", train, "--eval-file", dev,
+            "--target", "params=0.5", "--output", out, "--preset", "quick", "--search-steps", "20",
+            "--distill-steps", "40", "--block-size", "32", "--max-eval-examples", "40", "--channel-granularity", "16",
+            "--temperature", "2", "--kd", "query_relation_weight=0.5,relation_heads=4", "--no-progress"]
     assert _cli(argv) == 0
     printed = capsys.readouterr().out
     assert '"student_dev"' in printed
     report = json.load(open(os.path.join(out, "report.json")))
+    assert report["kd"]["query_relation_weight"] == 0.5 and report["kd"]["temperature"] == 2.0
     assert report["params"]["ratio"] <= 0.5 + 1e-9
     student_ppl = report["student_dev"]["perplexity"]
     assert student_ppl < report["untrained_same_shape_dev"]["perplexity"]

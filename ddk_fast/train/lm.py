@@ -267,7 +267,8 @@ LM_FLAGS = (("--train-file", str, "--task lm: plain-text training file (one docu
             ("--block-size", int, "--task lm: tokens per training block (default 128, quick 64)"),
             ("--search-steps", int, "--task lm: optimizer steps of the structure search"),
             ("--distill-steps", int, "--task lm: optimizer steps of distillation after pruning"),
-            ("--kd", str, "KD objective options KEY=VALUE[,...], e.g. attention_weight=1,query_relation_weight=1"))
+            ("--kd", str, "KD objective options KEY=VALUE[,...], e.g. attention_weight=1,query_relation_weight=1"),
+            ("--channel-granularity", int, "FFN width step of the search (default 64; the quick LM preset 16)"))
 
 
 def add_lm_flags(parser) -> None:
