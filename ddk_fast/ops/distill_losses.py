@@ -10,9 +10,17 @@ Three public ops, each choosing a path through :func:`ddk_fast.ops._dispatch.res
 
 Why fused: one call handles every layer, reads each input once and writes the student gradient in
 the same pass (the loss is the last node of the graph, so d loss / d student is known in forward).
-The backward pass then only hands that buffer out -- or scales it when the loss was multiplied
-before ``backward()`` (``loss * 2``). Saved gradients stay float32 (float64 for float64 inputs);
-they are cast to the input dtype in backward.
+The kernels write each layer's gradient already times ``layer_weights[l]`` (known in forward), so
+backward hands the saved buffer out untouched when grad_output == 1 (the usual ``loss.backward()``),
+and makes one scaling pass otherwise (``(loss * 2).backward()``, a loss inside a larger sum with a
+factor, bfloat16 inputs). Saved gradients stay float32 (float64 for float64 inputs); they are cast
+to the input dtype in backward. That folding is also why ``per_layer`` is returned detached: a
+gradient through it would need the unweighted gradient, which is gone for a layer of weight 0.
+
+CPU specifics (csrc/): rows are spread over at::parallel_for threads; the inner loops are compiled
+for AVX-512, AVX2 and the baseline ISA and picked at run time (``DDK_FAST_CPU_ISA=avx2|base`` lowers
+it); saved gradients come from a buffer pool (``DDK_FAST_CPU_POOL_MB``, default 1024, 0 = no
+caching) because fresh multi-MB buffers page-fault on every step.
 
 Conventions shared by the ops:
 
