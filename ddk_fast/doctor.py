@@ -51,6 +51,7 @@ def collect() -> dict:
         "extension_cuda": has_cuda_kernels(),
         "extension_error": extension_error(),
         "extension_openmp": bool(ext is not None and getattr(ext, "WITH_OPENMP", False)),
+        "extension_cpu_isa": ext.cpu_isa() if ext is not None and hasattr(ext, "cpu_isa") else None,
         "triton_mode": triton_mode,
         "gpus": gpus,
         "auto_paths_cpu": describe_auto(torch.device("cpu")),
