@@ -38,6 +38,7 @@ import time
 import torch
 
 from ddk_fast import _ext
+from ddk_fast.bench.conventions import tag
 from ddk_fast.ops import distill_losses as D
 
 LAYERS, BATCH, SEQ, HIDDEN, HEADS, CLASSES = 6, 32, 128, 384, 12, 2
@@ -210,9 +211,14 @@ if pytest is not None:
         for _ in range(2):
             reset_grads(workload)
             step()
+        peak_mb = measure_peak_mb(provider)
+        # goal: fused >= 3x eager (and not slower than compile: compare the two rows' ratios)
+        goal = {"target_ratio": 1 / 3} if provider == "fused" else {}
+        tag(benchmark, "distill_losses", provider, "fwd+bwd", None,
+            f"L{LAYERS} B{BATCH} S{SEQ} d{HIDDEN} A{HEADS}", peak_mem_bytes=int(peak_mb * 2**20),
+            peak_rss_delta_mb=round(peak_mb, 1), **goal)
         benchmark.pedantic(step, setup=lambda: reset_grads(workload), rounds=5, iterations=1,
                            warmup_rounds=0)
-        benchmark.extra_info["peak_rss_delta_mb"] = round(measure_peak_mb(provider), 1)
         if provider == "fused":
             benchmark.extra_info["saved_mb"] = round(fused_saved_mb(workload), 1)
 

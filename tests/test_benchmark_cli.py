@@ -74,7 +74,10 @@ def test_find_benchmarks_dir_is_the_source_tree_and_names_a_missing_folder(tmp_p
 
 def _default_results_state():
     """Files (and their modification times) under benchmarks/results/, which tests must not touch."""
-    return {p: os.stat(p).st_mtime_ns for p in glob.glob(os.path.join(BENCH_DIR, "results", "**"), recursive=True)}
+    root = os.path.join(BENCH_DIR, "results")
+    if not os.path.isdir(root):  # glob("missing/**") still yields "missing/"
+        return {}
+    return {p: os.stat(p).st_mtime_ns for p in glob.glob(os.path.join(root, "**"), recursive=True)}
 
 
 def _cli(*args, timeout):
@@ -113,3 +116,14 @@ def test_cli_quick_run_covers_every_suite_with_baseline_ratios(tmp_path):
     for subject in {r["subject"] for r in payload["table"]}:
         assert f"## {subject}" in md
     assert _default_results_state() == before, "a test run wrote into benchmarks/results/"
+
+
+def test_targets_section_says_met_or_missed():
+    cases = [_case("bench_a", "t", "reference", 2.0), _case("bench_a", "t", "compact", 1.0),
+             _case("bench_a", "t", "reference", 2.0, keep=0.25), _case("bench_a", "t", "compact", 1.5, keep=0.25)]
+    cases[1]["extra_info"]["target_ratio"] = 0.6   # 0.5 <= 0.6: met
+    cases[3]["extra_info"]["target_ratio"] = 0.6   # 0.75 > 0.6: missed
+    md = markdown(comparison_table(rows_from_pytest_benchmark({"benchmarks": cases})), {})
+    assert "| op | fwd | 0.5 | compact | reference | 0.500 | <= 0.600 | 2.00x | yes |" in md
+    assert "| op | fwd | 0.25 | compact | reference | 0.750 | <= 0.600 | 1.33x | NO |" in md
+    assert md.index("## Targets") < md.index("## op")

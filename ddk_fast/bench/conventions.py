@@ -4,6 +4,8 @@ Each timed case calls :func:`tag` with the subject (op or workload), the provide
 timed), the mode (fwd, fwd+bwd, step, infer), the keep ratio and a shape string. Cases that share
 everything but the provider form one comparison row; the baseline provider of the row is the
 pure-PyTorch path ("reference", or stock "transformers" for inference).
+A case that has a performance goal passes ``target_ratio=`` (its time / the baseline's time must not
+exceed it, e.g. 0.625 for "1.6x faster"); the report lists those rows under "Targets".
 """
 from __future__ import annotations
 

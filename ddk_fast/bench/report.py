@@ -28,7 +28,7 @@ def rows_from_pytest_benchmark(data: dict) -> list[dict]:
             "keep": info.get("keep"),
             "shape": info.get("shape", ""),
             "median_s": stats["median"],
-            "min_s": stats["min"],
+            "min_s": stats.get("min"),
             "mean_s": stats["mean"],
             "stddev_s": stats["stddev"],
             "rounds": stats["rounds"],
@@ -55,6 +55,7 @@ def comparison_table(rows: list[dict]) -> list[dict]:
                 "provider": name, "baseline": baseline_name, "median_ms": row["median_s"] * 1e3,
                 "ratio_to_baseline": (row["median_s"] / base["median_s"]) if base else None,
                 "peak_mem_mb": None if row["peak_mem_bytes"] is None else row["peak_mem_bytes"] / 2**20,
+                "target_ratio": row["extra"].get("target_ratio"),
             })
     return table
 
@@ -64,6 +65,7 @@ def markdown(table: list[dict], header: dict) -> str:
     lines += [f"- {k}: {v}" for k, v in header.items()]
     lines += ["", "Ratio = median time of the provider / median time of the baseline (pure-PyTorch path) "
               "in the same run; < 1 means faster.", ""]
+    lines += target_lines(table)
     subjects = []
     for row in table:
         if row["subject"] not in subjects:
@@ -79,6 +81,24 @@ def markdown(table: list[dict], header: dict) -> str:
                          f"{row['median_ms']:.2f} | {ratio} | {mem} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def target_lines(table: list[dict]) -> list[str]:
+    """A "Targets" section: every row whose case declared ``target_ratio`` (met when ratio <= target)."""
+    rows = [r for r in table if r.get("target_ratio") is not None]
+    if not rows:
+        return []
+    lines = ["## Targets", "", "| subject | mode | keep | provider | vs | ratio | target | speed-up | met |",
+             "|---|---|---|---|---|---:|---:|---:|---|"]
+    for r in rows:
+        ratio, keep = r["ratio_to_baseline"], "" if r["keep"] is None else f"{r['keep']:g}"
+        if ratio is None:
+            got, speedup, met = "no baseline", "", "unknown"
+        else:
+            got, speedup, met = f"{ratio:.3f}", f"{1 / ratio:.2f}x", "yes" if ratio <= r["target_ratio"] else "NO"
+        lines.append(f"| {r['subject']} | {r['mode']} | {keep} | {r['provider']} | {r['baseline'] or ''} | {got} | "
+                     f"<= {r['target_ratio']:.3f} | {speedup} | {met} |")
+    return lines + [""]
 
 
 def plot(table: list[dict], path: str) -> None:
