@@ -26,8 +26,12 @@ def bench_device() -> str:
 
 
 def tag(benchmark, subject: str, provider: str, mode: str, keep: float | None = None, shape: str = "",
-        peak_mem_bytes: int | None = None, **extra) -> None:
-    """Attach the comparison keys to a pytest-benchmark case and group it with its siblings."""
+        peak_mem_bytes: int | None = None, target_ratio: float | None = None, **extra) -> None:
+    """Attach the comparison keys to a pytest-benchmark case and group it with its siblings.
+
+    ``target_ratio=None`` (cases without a goal) records nothing, so call sites pass a conditional."""
+    if target_ratio is not None:
+        extra["target_ratio"] = target_ratio
     keep_txt = "" if keep is None else f" keep={keep:g}"
     benchmark.group = f"{subject} {mode}{keep_txt} {shape}".strip()
     benchmark.extra_info.update(subject=subject, provider=provider, mode=mode, keep=keep, shape=shape,
