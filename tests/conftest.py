@@ -13,12 +13,14 @@ if not torch.cuda.is_available():
 torch.manual_seed(0)
 
 GLUE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data", "glue")
+# the folder every test reads GLUE from (also imported by modules that skip themselves without it)
+GLUE_PATH = os.environ.get("DDK_FAST_GLUE_DIR", os.path.normpath(GLUE_DIR))
 
 
 @pytest.fixture(scope="session")
 def glue_dir():
     """The real GLUE files shipped beside the repository (skips only if the folder is absent)."""
-    path = os.environ.get("DDK_FAST_GLUE_DIR", os.path.normpath(GLUE_DIR))
+    path = GLUE_PATH
     if not os.path.isdir(path):
         pytest.skip(f"GLUE data folder not found at {path}")
     return path
@@ -28,3 +30,12 @@ def glue_dir():
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models: one intra-op thread is much faster than two on a loaded 2-core machine."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

@@ -8,7 +8,10 @@ import os
 import pytest
 import torch
 
-SST2 = "/work/shared/data/glue/SST-2/train.tsv"
+from conftest import GLUE_PATH
+from train_support import write_sst2_text
+
+SST2 = os.path.join(GLUE_PATH, "SST-2", "train.tsv")
 pytestmark = pytest.mark.skipif(not os.path.isfile(SST2), reason="SST-2 train.tsv not present")
 
 
@@ -40,13 +43,7 @@ def _cli(argv):
 
 @pytest.fixture(scope="module")
 def text_files(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("text")
-    with open(SST2, encoding="utf-8") as fh:
-        lines = [line.split("\t")[0].strip() for line in fh.read().splitlines()[1:]]
-    train, dev = folder / "train.txt", folder / "dev.txt"
-    train.write_text("\n".join(lines[:3000]) + "\n")
-    dev.write_text("\n".join(lines[-400:]) + "\n")
-    return str(train), str(dev)
+    return write_sst2_text(SST2, tmp_path_factory.mktemp("text"), 3000, 400)
 
 
 def test_compress_gpt2_end_to_end(text_files, tmp_path, capsys):

@@ -8,7 +8,8 @@ import os
 import pytest
 import torch
 
-GLUE = "/work/shared/data/glue"
+from conftest import GLUE_PATH as GLUE
+
 pytestmark = pytest.mark.skipif(not os.path.isdir(os.path.join(GLUE, "MRPC")), reason="GLUE MRPC files not present")
 
 
@@ -159,3 +160,38 @@ def test_sweep_ddk_mode_runs_the_compression_per_point(tiny_teacher, tmp_path):
     with pytest.raises(UserError, match="--steps is not an option of --mode ddk"):
         _cli(["sweep", "--mode", "ddk", "--teacher", tiny_teacher, "--task", "mrpc", "--grid", "hidden_weight=1",
               "--output", str(tmp_path / "x"), "--steps", "3"])
+
+
+def test_distill_stopped_in_each_stage_resumes_to_the_uninterrupted_student(tiny_teacher, tmp_path):
+    """tinybert = two stages (intermediate, then prediction) of 4 steps; checkpoints every 2 steps. A run
+    stopped in stage 1 and again in stage 2, then resumed, ends with the same weights and history."""
+    from train_support import safetensors_equal
+
+    from ddk_fast.cli import UserError
+    from ddk_fast.train.errors import RunInterrupted
+    from ddk_fast.train.student_kd import build_distill_config, run_distill
+
+    def distill(out, **extra):
+        flags = dict(teacher=tiny_teacher, task="mrpc", data_dir=GLUE, output=str(out), recipe="tinybert",
+                     steps=8, max_train_examples=32, max_eval_examples=24, max_seq_len=24, batch_size=8, lr=1e-3,
+                     save_steps=2, log_steps=1, progress=False, device="cpu")
+        flags.update(extra)
+        return run_distill(build_distill_config(flags))
+
+    reference = distill(tmp_path / "ref")
+    out = tmp_path / "student"
+    with pytest.raises(RunInterrupted):
+        distill(out, stop_after_steps=3)
+    with pytest.raises(UserError, match="unfinished run"):
+        distill(out)
+    with pytest.raises(RunInterrupted):
+        distill(out, resume=True, stop_after_steps=7)
+    with pytest.raises(UserError, match="different settings"):
+        distill(out, resume=True, recipe="joint")
+    report = distill(out, resume=True)
+    same, why = safetensors_equal(str(tmp_path / "ref" / "model.safetensors"), str(out / "model.safetensors"))
+    assert same, why
+    assert report["resumed"] and report["history"] == reference["history"] and len(report["history"]) == 8
+    assert [h["stage"] for h in report["history"]] == ["intermediate"] * 4 + ["prediction"] * 4
+    assert report["student_dev"] == reference["student_dev"]
+    assert (out / "log.jsonl").read_text().count('"event": "resume"') == 2

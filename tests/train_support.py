@@ -40,3 +40,16 @@ def safetensors_equal(a: str, b: str) -> tuple[bool, str]:
         if not torch.equal(ta[k], tb[k]):
             return False, f"{k} differs by {(ta[k].float() - tb[k].float()).abs().max().item()}"
     return True, ""
+
+
+def write_sst2_text(sst2_train_tsv: str, folder, train_lines: int, dev_lines: int) -> tuple[str, str]:
+    """Plain-text LM files (one sentence a line) from the real SST-2 sentences: the first ``train_lines``
+    for training, the last ``dev_lines`` for evaluation."""
+    with open(sst2_train_tsv, encoding="utf-8") as fh:
+        lines = [line.split("\t")[0].strip() for line in fh.read().splitlines()[1:]]
+    train, dev = os.path.join(str(folder), "train.txt"), os.path.join(str(folder), "dev.txt")
+    with open(train, "w", encoding="utf-8") as fh:
+        fh.write("\n".join(lines[:train_lines]) + "\n")
+    with open(dev, "w", encoding="utf-8") as fh:
+        fh.write("\n".join(lines[-dev_lines:]) + "\n")
+    return train, dev

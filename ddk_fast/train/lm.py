@@ -11,7 +11,8 @@ The same engine as the GLUE pipeline, with the causal pieces swapped in:
 (5) evaluate perplexity (teacher, pruned before distillation, student, and an untrained model of the
     student's shape), export with ``save_causal_lm`` (loads with AutoModelForCausalLM +
     trust_remote_code) and report.json.
-Runs are step-based (``--search-steps``, ``--distill-steps``); no mid-run resume (runs are short).
+Runs are step-based (``--search-steps``, ``--distill-steps``), checkpointed every ``--save-steps`` and at the
+search/distill boundary, and continue with ``--resume`` exactly where they stopped.
 """
 from __future__ import annotations
 
@@ -19,13 +20,13 @@ import copy
 import dataclasses
 import math
 import os
-import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
 
 from ddk_fast.cli import UserError
+from ddk_fast.train.resumable import StepCheckpoints, publish, skip_batches, stop_if_asked
 
 DEFAULT_KD = {"pred_weight": 1.0, "temperature": 2.0, "hidden_weight": 1.0, "mapping": "fusion",
               "layer_weighting": "adaptive", "task_weight": 0.5}
@@ -62,8 +63,12 @@ class LMCompressConfig:
     device: str = "auto"
     path: str = "auto"
     log_steps: int = 50
+    save_steps: int = 200
     overwrite: bool = False
+    resume: bool = False
+    keep_checkpoints: bool = False
     progress: bool = True
+    stop_after_steps: Optional[int] = None  # testing hook: stop as if killed after this global step
     kd: dict = field(default_factory=lambda: dict(DEFAULT_KD))
 
 
@@ -105,7 +110,8 @@ def validate(cfg: LMCompressConfig) -> tuple[str, float]:
         if not value:
             raise UserError(f"{flag} is required with --task lm")
     metric, ratio = parse_target(cfg.target)
-    for name in ("block_size", "batch_size", "eval_batch_size", "channel_granularity", "log_steps", "search_steps"):
+    for name in ("block_size", "batch_size", "eval_batch_size", "channel_granularity", "log_steps", "save_steps",
+                 "search_steps"):
         check_positive(name, getattr(cfg, name))
     if not isinstance(cfg.distill_steps, int) or cfg.distill_steps < 0:
         raise UserError(f"--distill-steps {cfg.distill_steps!r}: expected an integer >= 0")
@@ -117,149 +123,269 @@ def validate(cfg: LMCompressConfig) -> tuple[str, float]:
 
 
 # ------------------------------------------------------------------------------------------ stages
-def _search(cfg, teacher, objective_opts, batches, cost_model, metric, ratio, device, log):
-    """Gumbel width search with KD + budget; returns (student, Structure, summary)."""
-    from ddk_fast.distill.objectives import KDObjective
-    from ddk_fast.model import Structure
-    from ddk_fast.search import TemperatureSchedule, build_budget, build_search
-    from ddk_fast.search.importance import taylor_importance
-    from ddk_fast.train.errors import TrainingDiverged
-    from ddk_fast.train.evaluation import to_device
-    from ddk_fast.train.logging import progress
-    from ddk_fast.train.optim import adamw, linear_schedule
-    from ddk_fast.train.stages import initial_importance
+SEARCH, DISTILL = "search", "distill"
 
-    student = copy.deepcopy(teacher).requires_grad_(True).train()
-    heads_imp, ffn_imp = initial_importance(student)
-    search = build_search("gumbel", student.num_heads, student.intermediate_sizes,
-                          granularity=cfg.channel_granularity, importance_momentum=cfg.importance_momentum,
-                          tau=cfg.tau_start, init="full", head_importance=heads_imp, ffn_importance=ffn_imp).to(device)
-    try:
-        budget = build_budget(cfg.budget_kind, ratio, cost_model, metric=metric).to(device)
-        objective = KDObjective.from_config(dict(objective_opts, path=cfg.path), student, teacher, "lm").to(device)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
-    named = [(f"student.{n}", p) for n, p in student.named_parameters()]
-    named += [(f"objective.{n}", p) for n, p in objective.named_parameters()]
-    weights = [p for _, p in named]
-    w_opt = adamw(named, cfg.lr, cfg.weight_decay)
-    groups = [{"params": list(search.arch_parameters()), "lr": cfg.arch_lr, "weight_decay": 0.0}]
-    lam = list(budget.parameters())
-    if lam:
-        groups.append({"params": lam, "lr": cfg.lambda_lr, "weight_decay": 0.0})
-    a_opt = torch.optim.Adam(groups)
-    w_sched = linear_schedule(w_opt, cfg.search_steps, cfg.warmup_ratio)
-    tau_of = TemperatureSchedule(cfg.tau_start, min(cfg.tau_end, cfg.tau_start), max(1, cfg.search_steps))
-    kw = objective.forward_kwargs()
-    search.train()
-    for step in progress(range(cfg.search_steps), total=cfg.search_steps, desc="search", enabled=cfg.progress):
-        batch = to_device(next(batches), device)
-        search.set_temperature(tau_of(step))
-        hg, fg = search.sample()
-        if hg.requires_grad:
-            hg.retain_grad()
-            fg.retain_grad()
-        with torch.no_grad():
-            t_out = teacher(batch["input_ids"], attention_mask=batch["attention_mask"], path=cfg.path, **kw)
-        s_out = student(batch["input_ids"], attention_mask=batch["attention_mask"], head_gates=hg, ffn_gates=fg,
-                        path=cfg.path, **kw)
-        kd, parts = objective(s_out, t_out, batch)
-        exp_ratio = search.expected_ratio(cost_model, metric)
-        loss = kd + budget(exp_ratio, step)
-        w_opt.zero_grad(set_to_none=True)
-        a_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(weights, cfg.max_grad_norm)
-        if not (torch.isfinite(loss.detach()) and torch.isfinite(grad_norm)):
-            raise TrainingDiverged(f"search: loss is {float(loss.detach())} (not finite) at step {step + 1}; "
-                                   f"lower --lr")
-        if hg.grad is not None and fg.grad is not None:
-            search.update_importance(taylor_importance(hg), taylor_importance(fg), head_active=hg.detach() > 0,
-                                     ffn_active=fg.detach() > 0)
-        w_opt.step()
-        w_sched.step()
-        a_opt.step()
-        if (step + 1) % cfg.log_steps == 0 or step + 1 == cfg.search_steps:
-            log.log("search", step=step + 1, loss=float(loss.detach()), ratio=float(exp_ratio.detach()),
-                    tau=tau_of(step), **parts)
-    search.eval()
-    derived = search.derive(cost_model, ratio, metric)
-    structure = Structure.from_indices(derived.heads, derived.ffn, student)
-    summary = {"expected_ratio": float(search.expected_ratio(cost_model, metric).detach()),
-               "derived_ratio": derived.ratio(cost_model, metric), "heads": derived.head_counts,
-               "ffn": derived.ffn_counts}
-    return student, structure, summary
+
+class _LMCompression:
+    """One LM compression run. ``self.state`` is what a checkpoint restores besides tensors, optimizers
+    and RNG: the stage, steps done in it, the teacher's and the pruned student's perplexity, the structure.
+
+    Checkpoints go to ``OUT.inprogress/checkpoints`` every ``save_steps`` and at the search/distill
+    boundary; the training blocks come from a seeded endless iterator, so a resumed run skips the
+    batches already consumed and continues bit for bit (the same thread count assumed)."""
+
+    def __init__(self, cfg: LMCompressConfig, metric: str, ratio: float, teacher, tokenizer, data, cost_model, dirs,
+                 device, mode: str):
+        from ddk_fast.train.logging import RunLogger
+
+        self.cfg, self.metric, self.ratio = cfg, metric, ratio
+        self.teacher, self.tokenizer, self.data, self.cost_model = teacher, tokenizer, data, cost_model
+        self.dirs, self.device, self.mode = dirs, device, mode
+        self.log = RunLogger(dirs.logs, enabled=True, console=cfg.progress)
+        self.checkpoints = StepCheckpoints(dirs, "compress-lm", cfg, self.log)
+        self.state: dict[str, Any] = {"stage": SEARCH, "step": 0, "teacher_dev": None, "pruned_dev": None,
+                                      "structure": None, "search_summary": None, "history": [], "wall_before_s": 0.0}
+
+    # --- top level ------------------------------------------------------------------------------------
+    def run(self) -> dict:
+        try:
+            loaded = self.checkpoints.load() if self.mode == "resume" else None
+            resumed = None
+            if loaded is not None:
+                state, resumed = loaded
+                self.state.update(state)
+            self.log.log("start", step=self._global_step(), mode=self.mode, task="lm", teacher=self.cfg.teacher,
+                         target=self.cfg.target, train_blocks=self.data.num_train, eval_blocks=self.data.num_dev,
+                         config=dataclasses.asdict(self.cfg))
+            if self.state["teacher_dev"] is None:
+                self.state["teacher_dev"] = self.data.evaluate(self.teacher)
+            skip_batches(self.data.batches, self._global_step())
+            if self.state["stage"] == SEARCH:
+                self._search_stage(resumed)
+                resumed = None
+            return self._distill_and_finish(resumed)
+        finally:
+            self.log.close()
+
+    def _global_step(self) -> int:
+        return self.state["step"] + (self.cfg.search_steps if self.state["stage"] == DISTILL else 0)
+
+    def _save(self, module, optimizers: dict, schedulers: dict) -> None:
+        self.checkpoints.save(self._global_step(), self.state, module, optimizers, schedulers)
+
+    def _objective(self, student):
+        from ddk_fast.distill.objectives import KDObjective
+
+        try:
+            return KDObjective.from_config(dict(self.cfg.kd, path=self.cfg.path), student, self.teacher,
+                                           "lm").to(self.device)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+
+    # --- search ---------------------------------------------------------------------------------------
+    def _search_stage(self, resumed) -> None:
+        """Gumbel width search with KD + budget, then derive, prune and checkpoint the boundary."""
+        from ddk_fast.model import Structure
+        from ddk_fast.search import TemperatureSchedule, build_budget, build_search
+        from ddk_fast.search.importance import taylor_importance
+        from ddk_fast.train.errors import TrainingDiverged
+        from ddk_fast.train.evaluation import to_device
+        from ddk_fast.train.logging import progress
+        from ddk_fast.train.optim import adamw, linear_schedule
+        from ddk_fast.train.stages import initial_importance
+
+        cfg, device, teacher = self.cfg, self.device, self.teacher
+        student = copy.deepcopy(teacher).requires_grad_(True).train()
+        heads_imp, ffn_imp = initial_importance(student)
+        search = build_search("gumbel", student.num_heads, student.intermediate_sizes,
+                              granularity=cfg.channel_granularity, importance_momentum=cfg.importance_momentum,
+                              tau=cfg.tau_start, init="full", head_importance=heads_imp,
+                              ffn_importance=ffn_imp).to(device)
+        try:
+            budget = build_budget(cfg.budget_kind, self.ratio, self.cost_model, metric=self.metric).to(device)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        objective = self._objective(student)
+        module = torch.nn.ModuleDict({"student": student, "search": search, "budget": budget,
+                                      "objective": objective})
+        named = [(f"student.{n}", p) for n, p in student.named_parameters()]
+        named += [(f"objective.{n}", p) for n, p in objective.named_parameters()]
+        weights = [p for _, p in named]
+        w_opt = adamw(named, cfg.lr, cfg.weight_decay)
+        groups = [{"params": list(search.arch_parameters()), "lr": cfg.arch_lr, "weight_decay": 0.0}]
+        lam = list(budget.parameters())
+        if lam:
+            groups.append({"params": lam, "lr": cfg.lambda_lr, "weight_decay": 0.0})
+        a_opt = torch.optim.Adam(groups)
+        w_sched = linear_schedule(w_opt, cfg.search_steps, cfg.warmup_ratio)
+        optimizers, schedulers = {"weights": w_opt, "arch": a_opt}, {"weights": w_sched}
+        if resumed is not None:
+            StepCheckpoints.restore(resumed, module, optimizers, schedulers)
+        tau_of = TemperatureSchedule(cfg.tau_start, min(cfg.tau_end, cfg.tau_start), max(1, cfg.search_steps))
+        kw = objective.forward_kwargs()
+        search.train()
+        start = self.state["step"]
+        for step in progress(range(start, cfg.search_steps), total=cfg.search_steps, desc="search",
+                             enabled=cfg.progress, initial=start):
+            batch = to_device(next(self.data.batches), device)
+            search.set_temperature(tau_of(step))
+            hg, fg = search.sample()
+            if hg.requires_grad:
+                hg.retain_grad()
+                fg.retain_grad()
+            with torch.no_grad():
+                t_out = teacher(batch["input_ids"], attention_mask=batch["attention_mask"], path=cfg.path, **kw)
+            s_out = student(batch["input_ids"], attention_mask=batch["attention_mask"], head_gates=hg,
+                            ffn_gates=fg, path=cfg.path, **kw)
+            kd, parts = objective(s_out, t_out, batch)
+            exp_ratio = search.expected_ratio(self.cost_model, self.metric)
+            loss = kd + budget(exp_ratio, step)
+            w_opt.zero_grad(set_to_none=True)
+            a_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(weights, cfg.max_grad_norm)
+            if not (torch.isfinite(loss.detach()) and torch.isfinite(grad_norm)):
+                raise TrainingDiverged(f"search: loss is {float(loss.detach())} (not finite) at step {step + 1}; "
+                                       f"lower --lr")
+            if hg.grad is not None and fg.grad is not None:
+                search.update_importance(taylor_importance(hg), taylor_importance(fg), head_active=hg.detach() > 0,
+                                         ffn_active=fg.detach() > 0)
+            w_opt.step()
+            w_sched.step()
+            a_opt.step()
+            self.state["step"] = step + 1
+            if (step + 1) % cfg.log_steps == 0 or step + 1 == cfg.search_steps:
+                self.log.log("search", step=step + 1, loss=float(loss.detach()), ratio=float(exp_ratio.detach()),
+                             tau=tau_of(step), **parts)
+            if (step + 1) % cfg.save_steps == 0 and step + 1 < cfg.search_steps:
+                self._save(module, optimizers, schedulers)
+            stop_if_asked(self.cfg.stop_after_steps, self._global_step())
+        search.eval()
+        derived = search.derive(self.cost_model, self.ratio, self.metric)
+        structure = Structure.from_indices(derived.heads, derived.ffn, student)
+        self.state["search_summary"] = {
+            "expected_ratio": float(search.expected_ratio(self.cost_model, self.metric).detach()),
+            "derived_ratio": derived.ratio(self.cost_model, self.metric), "heads": derived.head_counts,
+            "ffn": derived.ffn_counts}
+        self._enter_distill(structure, student)
+
+    def _enter_distill(self, structure, student) -> None:
+        """Prune physically, measure, and checkpoint the boundary (a resumed run never redoes the search)."""
+        from ddk_fast.model.gpt2 import prune_gpt2
+
+        pruned = prune_gpt2(student, structure).to(self.device)
+        self.state.update(stage=DISTILL, step=0, structure=structure.to_dict(),
+                          pruned_dev=self.data.evaluate(pruned))
+        self.log.log("pruned", step=self._global_step(), heads=pruned.num_heads, ffn=pruned.intermediate_sizes,
+                     dev=self.state["pruned_dev"])
+        self._pruned = pruned
+        self._save(torch.nn.ModuleDict({"student": pruned}), {}, {})
+
+    # --- distill, evaluate, export --------------------------------------------------------------------
+    def _pruned_from_state(self):
+        from ddk_fast.model import Structure
+        from ddk_fast.model.gpt2 import prune_gpt2
+
+        pruned = getattr(self, "_pruned", None)
+        if pruned is None:
+            pruned = prune_gpt2(copy.deepcopy(self.teacher), Structure.from_dict(self.state["structure"]))
+            pruned = pruned.to(self.device)
+        return pruned.requires_grad_(True).train()
+
+    def _distill_and_finish(self, resumed) -> dict:
+        from ddk_fast.model.gpt2 import MaskedGPT2
+        from ddk_fast.train.student_kd import kd_train
+
+        cfg = self.cfg
+        pruned = self._pruned_from_state()
+        if resumed is not None and not resumed["payload"]["optimizers"]:
+            # checkpointed at the boundary, before the objective existed: restore before building it
+            from ddk_fast.train.checkpoint import set_rng_state
+
+            pruned.load_state_dict({k[len("student."):]: v for k, v in resumed["tensors"].items()})
+            set_rng_state(resumed["payload"]["rng"][0])
+            resumed = None
+        if self.state["step"] < cfg.distill_steps:
+            objective = self._objective(pruned)
+            module = torch.nn.ModuleDict({"student": pruned, "objective": objective})
+            held: dict = {}
+
+            def on_setup(opt, sched):
+                held.update(optimizers={"weights": opt}, schedulers={"weights": sched})
+                if resumed is not None:
+                    StepCheckpoints.restore(resumed, module, held["optimizers"], held["schedulers"])
+
+            def after_step(step, history):
+                self.state["step"] = step
+                if history and history[-1]["step"] == step:
+                    self.state["history"].append(history[-1])
+                if step % cfg.save_steps == 0 and step < cfg.distill_steps:
+                    self._save(module, held["optimizers"], held["schedulers"])
+                stop_if_asked(self.cfg.stop_after_steps, self._global_step())
+
+            kd_train(pruned, self.teacher, objective, self.data.batches, cfg.distill_steps, lr=cfg.lr,
+                     weight_decay=cfg.weight_decay, warmup_ratio=cfg.warmup_ratio, max_grad_norm=cfg.max_grad_norm,
+                     device=self.device, path=cfg.path, log=self.log, stage="distill", log_steps=cfg.log_steps,
+                     progress=cfg.progress, start_step=self.state["step"], on_setup=on_setup,
+                     after_step=after_step)
+        student_dev = self.data.evaluate(pruned)
+        torch.manual_seed(cfg.seed)
+        untrained_dev = self.data.evaluate(MaskedGPT2(pruned.config).to(self.device))
+        return self._finish(pruned, student_dev, untrained_dev)
+
+    def _finish(self, pruned, student_dev, untrained_dev) -> dict:
+        cfg, metric, cost_model = self.cfg, self.metric, self.cost_model
+        full_cost = cost_model.full_cost(metric)
+        kept_cost = cost_model.structure_cost(pruned.num_heads, pruned.intermediate_sizes, metric)
+        report = {
+            "task": "lm", "target": cfg.target, "metric": metric,
+            "teacher_dev": self.state["teacher_dev"], "pruned_dev": self.state["pruned_dev"],
+            "student_dev": student_dev, "untrained_same_shape_dev": untrained_dev,
+            metric: {"full": full_cost, "kept": kept_cost, "ratio": kept_cost / full_cost},
+            "num_parameters": {"teacher": sum(p.numel() for p in self.teacher.parameters()),
+                               "student": sum(p.numel() for p in pruned.parameters())},
+            "structure": {"heads": pruned.num_heads, "ffn": pruned.intermediate_sizes,
+                          "kept": self.state["structure"]},
+            "search": self.state["search_summary"], "history": self.state["history"], "kd": cfg.kd,
+            "train_blocks": self.data.num_train, "eval_blocks": self.data.num_dev,
+            "resumed": self.mode == "resume",
+            "wall_time_s": self.checkpoints.wall_time(self.state),
+            "config": dataclasses.asdict(cfg),
+        }
+        self.log.log("done", step=self._global_step(), student_dev=student_dev)
+        self.log.close()
+        publish(self.dirs, pruned, self.tokenizer, {"report.json": report}, cfg.keep_checkpoints)
+        return dict(report, output=self.dirs.output)
 
 
 def run_compress_lm(cfg: LMCompressConfig) -> dict:
     """The whole LM pipeline (see the module docstring); returns the report (also written as report.json)."""
-    from ddk_fast.distill.objectives import KDObjective
-    from ddk_fast.model.gpt2 import MaskedGPT2, prune_gpt2
     from ddk_fast.search import CostModel
-    from ddk_fast.train.io import output_dir_state, to_jsonable
-    from ddk_fast.train.logging import RunLogger
-    from ddk_fast.train.student_kd import export_model, kd_train, load_teacher_for, task_data
+    from ddk_fast.train.ddp import resolve_device
+    from ddk_fast.train.io import read_json
+    from ddk_fast.train.rundir import prepare, run_dirs
+    from ddk_fast.train.student_kd import load_teacher_for, task_data
 
     metric, ratio = validate(cfg)
-    out = os.path.abspath(cfg.output)
-    if output_dir_state(out) == "nonempty" and not cfg.overwrite:
-        raise UserError(f"--output {out!r} exists and is not empty; pass --overwrite to replace it")
-    if os.path.abspath(cfg.teacher) == out:
+    dirs = run_dirs(cfg.output)
+    if os.path.abspath(cfg.teacher) == dirs.output:
         raise UserError("--output must differ from --teacher")
-    t0 = time.time()
-    from ddk_fast.train.ddp import resolve_device
-
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     teacher, tokenizer, _ = load_teacher_for(cfg.teacher, "lm")
     teacher = teacher.to(device).eval().requires_grad_(False)
-    data = task_data(cfg, tokenizer, "lm", device)
+    data = task_data(cfg, tokenizer, "lm", device)  # bad data is refused before the output folders are touched
     cost_model = CostModel(teacher.hidden_size, teacher.head_dim, teacher.num_heads, teacher.intermediate_sizes,
                            seq_len=cfg.block_size, metric=metric)
     if ratio < cost_model.min_ratio(metric):
         raise UserError(f"--target {cfg.target}: below the minimum achievable {metric} ratio "
                         f"{cost_model.min_ratio(metric):.4f}")
-    log = RunLogger(None, enabled=True, console=cfg.progress)
-    try:
-        teacher_dev = data.evaluate(teacher)
-        student, structure, search_summary = _search(cfg, teacher, cfg.kd, data.batches, cost_model, metric, ratio,
-                                                     device, log)
-        pruned = prune_gpt2(student, structure).to(device)
-        pruned_dev = data.evaluate(pruned)
-        history = []
-        if cfg.distill_steps > 0:
-            try:
-                objective = KDObjective.from_config(dict(cfg.kd, path=cfg.path), pruned, teacher, "lm").to(device)
-            except ValueError as exc:
-                raise UserError(str(exc)) from None
-            history = kd_train(pruned, teacher, objective, data.batches, cfg.distill_steps, lr=cfg.lr,
-                               weight_decay=cfg.weight_decay, warmup_ratio=cfg.warmup_ratio,
-                               max_grad_norm=cfg.max_grad_norm, device=device, path=cfg.path, log=log,
-                               stage="distill", log_steps=cfg.log_steps, progress=cfg.progress)
-        student_dev = data.evaluate(pruned)
-        torch.manual_seed(cfg.seed)
-        untrained = MaskedGPT2(pruned.config).to(device)
-        untrained_dev = data.evaluate(untrained)
-    finally:
-        log.close()
-    full_cost = cost_model.full_cost(metric)
-    kept_cost = cost_model.structure_cost(pruned.num_heads, pruned.intermediate_sizes, metric)
-    report = {
-        "task": "lm", "target": cfg.target, "metric": metric,
-        "teacher_dev": teacher_dev, "pruned_dev": pruned_dev, "student_dev": student_dev,
-        "untrained_same_shape_dev": untrained_dev,
-        metric: {"full": full_cost, "kept": kept_cost, "ratio": kept_cost / full_cost},
-        "num_parameters": {"teacher": sum(p.numel() for p in teacher.parameters()),
-                   "student": sum(p.numel() for p in pruned.parameters())},
-        "structure": {"heads": pruned.num_heads, "ffn": pruned.intermediate_sizes,
-                      "kept": structure.to_dict() if hasattr(structure, "to_dict") else None},
-        "search": search_summary, "history": history, "kd": cfg.kd,
-        "train_blocks": data.num_train, "eval_blocks": data.num_dev,
-        "wall_time_s": round(time.time() - t0, 1), "config": dataclasses.asdict(cfg),
-    }
-    export_model(pruned, tokenizer, out, {"report.json": to_jsonable(report)})
-    return dict(report, output=out)
-
+    mode = prepare(dirs, cfg.overwrite, cfg.resume)
+    if mode == "done":
+        if cfg.progress:
+            print(f"nothing to resume: {dirs.output} is already complete", flush=True)
+        return dict(read_json(os.path.join(dirs.output, "report.json")), output=dirs.output)
+    return _LMCompression(cfg, metric, ratio, teacher, tokenizer, data, cost_model, dirs, device, mode).run()
 
 # -------------------------------------------------------------------------------------------- CLI
 LM_FLAGS = (("--train-file", str, "--task lm: plain-text training file (one document or sentence a line)"),
@@ -282,7 +408,6 @@ def add_lm_flags(parser) -> None:
 # compress flags that mean nothing for --task lm (epochs are GLUE-sized; LM runs count steps)
 _NOT_FOR_LM = {"data_dir": "--data-dir", "search_epochs": "--search-epochs", "distill_epochs": "--distill-epochs",
                "fixed_structure": "--fixed-structure", "max_seq_len": "--max-seq-len (use --block-size)",
-               "save_steps": "--save-steps", "resume": "--resume", "keep_checkpoints": "--keep-checkpoints",
                "latency_batch_size": "--latency-batch-size", "latency_seq_len": "--latency-seq-len",
                "seq_len": "--seq-len (the cost length of --task lm is --block-size)"}
 
@@ -336,6 +461,11 @@ def register(sub) -> None:
     p.add_argument("--device", default=None)
     p.add_argument("--path", default=None, choices=("auto", "compact", "reference", "triton"))
     p.add_argument("--overwrite", action="store_const", const=True, default=None)
+    p.add_argument("--save-steps", type=int, default=None, help="write a resumable checkpoint every N steps")
+    p.add_argument("--resume", action="store_const", const=True, default=None,
+                   help="continue the unfinished run of --output from its last checkpoint")
+    p.add_argument("--keep-checkpoints", action="store_const", const=True, default=None,
+                   help="keep OUTPUT.inprogress/ (checkpoints) after the run finishes")
     p.add_argument("--no-progress", dest="progress", action="store_const", const=False, default=None)
     p.set_defaults(func=_cmd_compress_lm, task="lm")
 

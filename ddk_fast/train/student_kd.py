@@ -59,8 +59,12 @@ class DistillConfig:
     path: str = "auto"
     log_steps: int = 50
     save_model: bool = True
+    save_steps: int = 200
     overwrite: bool = False
+    resume: bool = False
+    keep_checkpoints: bool = False
     progress: bool = True
+    stop_after_steps: Optional[int] = None  # testing hook: stop as if killed after this global step
     kd: dict = field(default_factory=dict)
 
 
@@ -249,10 +253,15 @@ def task_data(cfg, tokenizer, task_type: str, device) -> TaskData:
 # ------------------------------------------------------------------------------------------- loop
 def kd_train(student, teacher, objective, batches: Iterator[dict], steps: int, *, lr: float, weight_decay: float,
              warmup_ratio: float, max_grad_norm: float, device, path: str = "auto", log=None, stage: str = "distill",
-             log_steps: int = 50, progress: bool = False) -> list[dict]:
+             log_steps: int = 50, progress: bool = False, start_step: int = 0,
+             on_setup: Optional[Callable] = None, after_step: Optional[Callable[[int, list], None]] = None
+             ) -> list[dict]:
     """``steps`` optimizer steps of ``objective`` (student + objective parameters); returns logged parts.
 
-    Raises ``TrainingDiverged`` on a non-finite loss or gradient norm (before the optimizer step).
+    Resumable runs pass ``on_setup(optimizer, scheduler)`` (restore their states, keep them for
+    checkpoints), ``start_step`` (steps already done; ``batches`` must already be past them) and
+    ``after_step(step, history)`` (checkpoint). Raises ``TrainingDiverged`` on a non-finite loss or
+    gradient norm (before the optimizer step).
     """
     from ddk_fast.train.errors import TrainingDiverged
     from ddk_fast.train.evaluation import to_device
@@ -264,11 +273,13 @@ def kd_train(student, teacher, objective, batches: Iterator[dict], steps: int, *
     params = [p for _, p in named]
     opt = adamw(named, lr, weight_decay)
     sched = linear_schedule(opt, steps, warmup_ratio)
+    if on_setup is not None:
+        on_setup(opt, sched)
     kw = objective.forward_kwargs()
     student.train()
     objective.train()
     history = []
-    bar = bar_of(range(steps), total=steps, desc=stage, enabled=progress)
+    bar = bar_of(range(start_step, steps), total=steps, desc=stage, enabled=progress, initial=start_step)
     for step in bar:
         batch = to_device(next(batches), device)
         args = (batch["input_ids"],)
@@ -291,6 +302,8 @@ def kd_train(student, teacher, objective, batches: Iterator[dict], steps: int, *
             history.append(entry)
             if log is not None:
                 log.log(stage, **{k: v for k, v in entry.items() if k != "stage"})
+        if after_step is not None:
+            after_step(step + 1, history)
     return history
 
 
@@ -313,7 +326,8 @@ def validate(cfg: DistillConfig) -> None:
         raise UserError(f"--recipe {cfg.recipe!r}: expected one of {', '.join(sorted(RECIPES))}")
     if cfg.layer_init not in LAYER_INITS:
         raise UserError(f"--layer-init {cfg.layer_init!r}: expected one of {', '.join(LAYER_INITS)}")
-    for name in ("steps", "batch_size", "eval_batch_size", "max_seq_len", "block_size", "student_layers", "log_steps"):
+    for name in ("steps", "batch_size", "eval_batch_size", "max_seq_len", "block_size", "student_layers", "log_steps",
+                 "save_steps"):
         check_positive(name, getattr(cfg, name))
     if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
         raise UserError(f"--lr {cfg.lr!r}: expected a positive finite number")
@@ -321,53 +335,138 @@ def validate(cfg: DistillConfig) -> None:
 
 def run_distill(cfg: DistillConfig) -> dict:
     """Build the student, run the recipe's stages, evaluate; export to ``cfg.output`` with metrics.json
-    (``save_model=False``: nothing written, the report is returned)."""
+    (``save_model=False``: nothing written, the report is returned).
+
+    With an output the run works in ``OUTPUT.inprogress/`` (log, checkpoints every ``save_steps``) and
+    ``--resume`` continues an interrupted run exactly where it stopped."""
     from ddk_fast.distill.objectives import KDObjective
     from ddk_fast.distill.tinybert import make_student, recipe_stages
-    from ddk_fast.train.io import output_dir_state, to_jsonable
+    from ddk_fast.train.io import read_json
+    from ddk_fast.train.logging import RunLogger
+    from ddk_fast.train.rundir import prepare, run_dirs
 
     validate(cfg)
-    out = os.path.abspath(cfg.output) if cfg.output else ""
-    if cfg.save_model and output_dir_state(out) == "nonempty" and not cfg.overwrite:
-        raise UserError(f"--output {out!r} exists and is not empty; pass --overwrite to replace it")
-    t0 = time.time()
+    dirs = run_dirs(cfg.output) if cfg.save_model else None
+    if dirs is not None and os.path.abspath(cfg.teacher) == dirs.output:
+        raise UserError("--output must differ from --teacher")
     device = _resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     teacher, tokenizer, task_type = load_teacher_for(cfg.teacher, cfg.task)
     teacher = teacher.to(device).eval().requires_grad_(False)
-    data = task_data(cfg, tokenizer, task_type, device)
+    data = task_data(cfg, tokenizer, task_type, device)  # bad data is refused before the output is touched
     try:
         student = make_student(teacher, cfg.student_layers, cfg.layer_init, num_heads=cfg.student_heads,
                                intermediate_size=cfg.student_intermediate, hidden_size=cfg.student_hidden,
                                seed=cfg.seed).to(device)
         stages = recipe_stages(cfg.recipe, cfg.kd, cfg.steps)
-        objectives = [KDObjective.from_config(dict(opts, path=cfg.path), student, teacher, task_type)
+        objectives = [KDObjective.from_config(dict(opts, path=cfg.path), student, teacher, task_type).to(device)
                       for _, opts, _ in stages]
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    teacher_dev = data.evaluate(teacher)
-    history = []
-    for (name, _, steps), objective in zip(stages, objectives):
-        history += kd_train(student, teacher, objective.to(device), data.batches, steps, lr=cfg.lr,
-                            weight_decay=cfg.weight_decay, warmup_ratio=cfg.warmup_ratio,
-                            max_grad_norm=cfg.max_grad_norm, device=device, path=cfg.path, stage=name,
-                            log_steps=cfg.log_steps, progress=cfg.progress)
-    student_dev = data.evaluate(student)
-    report = {
-        "task": data.task, "recipe": cfg.recipe, "kd": cfg.kd, "main_metric": data.main_metric,
-        "higher_is_better": data.higher_is_better, "teacher_dev": teacher_dev, "student_dev": student_dev,
-        "stages": [{"name": n, "steps": s, "options": o} for n, o, s in stages],
-        "student": {"layers": student.num_layers, "hidden": student.hidden_size, "heads": student.num_heads,
-                    "intermediate": student.intermediate_sizes,
-                    "teacher_layers": student.config.extra.get("teacher_layers"),
-                    "params": sum(p.numel() for p in student.parameters())},
-        "teacher_params": sum(p.numel() for p in teacher.parameters()),
-        "train_examples": data.num_train, "dev_examples": data.num_dev, "history": history,
-        "wall_time_s": round(time.time() - t0, 1), "config": dataclasses.asdict(cfg),
-    }
-    if cfg.save_model:
-        export_model(student, tokenizer, out, {"metrics.json": to_jsonable(report)})
-    return dict(report, output=out or None)
+    mode = prepare(dirs, cfg.overwrite, cfg.resume) if dirs is not None else "fresh"
+    if mode == "done":
+        if cfg.progress:
+            print(f"nothing to resume: {dirs.output} is already complete", flush=True)
+        return dict(read_json(os.path.join(dirs.output, "metrics.json")), output=dirs.output)
+    log = RunLogger(dirs.logs if dirs is not None else None, enabled=dirs is not None, console=cfg.progress)
+    try:
+        return _DistillRun(cfg, dirs, mode, log, teacher, tokenizer, student, stages, objectives, data,
+                           device).run()
+    finally:
+        log.close()
+
+
+class _DistillRun:
+    """The stages of one recipe over a fixed student; ``state`` is what a checkpoint restores besides
+    the tensors (student and every stage's objective), the optimizer, the scheduler and the RNG."""
+
+    def __init__(self, cfg, dirs, mode, log, teacher, tokenizer, student, stages, objectives, data, device):
+        from ddk_fast.train.resumable import StepCheckpoints
+
+        self.cfg, self.dirs, self.mode, self.log = cfg, dirs, mode, log
+        self.teacher, self.tokenizer, self.student, self.data, self.device = teacher, tokenizer, student, data, device
+        self.stages, self.objectives = stages, objectives
+        self.module = torch.nn.ModuleDict({"student": student, "objectives": torch.nn.ModuleList(objectives)})
+        self.checkpoints = StepCheckpoints(dirs, "distill", cfg, log) if dirs is not None else None
+        self.state: dict[str, Any] = {"stage_index": 0, "step": 0, "teacher_dev": None, "history": [],
+                                      "wall_before_s": 0.0}
+        self.t_start = time.time()
+
+    def _consumed(self) -> int:
+        """Batches drawn so far = optimizer steps over all stages."""
+        return sum(steps for _, _, steps in self.stages[:self.state["stage_index"]]) + self.state["step"]
+
+    def run(self) -> dict:
+        from ddk_fast.train.resumable import skip_batches
+
+        resumed = None
+        if self.mode == "resume":
+            loaded = self.checkpoints.load()
+            if loaded is not None:
+                state, resumed = loaded
+                self.state.update(state)
+        if self.state["teacher_dev"] is None:
+            self.state["teacher_dev"] = self.data.evaluate(self.teacher)
+        skip_batches(self.data.batches, self._consumed())
+        for index, ((name, _, steps), objective) in enumerate(zip(self.stages, self.objectives)):
+            if index < self.state["stage_index"]:
+                continue
+            self._run_stage(index, name, steps, objective, resumed)
+            resumed = None
+            self.state.update(stage_index=index + 1, step=0)
+        return self._finish()
+
+    def _run_stage(self, index: int, name: str, steps: int, objective, resumed) -> None:
+        from ddk_fast.train.resumable import StepCheckpoints, stop_if_asked
+
+        cfg, held = self.cfg, {}
+
+        def on_setup(opt, sched):
+            held.update(optimizers={"weights": opt}, schedulers={"weights": sched})
+            if resumed is not None:
+                StepCheckpoints.restore(resumed, self.module, held["optimizers"], held["schedulers"])
+
+        def after_step(step, history):
+            self.state.update(stage_index=index, step=step)
+            if history and history[-1]["step"] == step:
+                self.state["history"].append(history[-1])
+            if self.checkpoints is not None and step % cfg.save_steps == 0 and step < steps:
+                self.checkpoints.save(self._consumed(), self.state, self.module, held["optimizers"],
+                                      held["schedulers"])
+            stop_if_asked(cfg.stop_after_steps, self._consumed())
+
+        kd_train(self.student, self.teacher, objective, self.data.batches, steps, lr=cfg.lr,
+                 weight_decay=cfg.weight_decay, warmup_ratio=cfg.warmup_ratio, max_grad_norm=cfg.max_grad_norm,
+                 device=self.device, path=cfg.path, log=self.log if self.dirs is not None else None, stage=name,
+                 log_steps=cfg.log_steps, progress=cfg.progress, start_step=self.state["step"], on_setup=on_setup,
+                 after_step=after_step)
+
+    def _finish(self) -> dict:
+        from ddk_fast.train.resumable import publish
+
+        cfg, student, data = self.cfg, self.student, self.data
+        student_dev = data.evaluate(student)
+        wall = (self.checkpoints.wall_time(self.state) if self.checkpoints is not None
+                else round(time.time() - self.t_start, 1))
+        report = {
+            "task": data.task, "recipe": cfg.recipe, "kd": cfg.kd, "main_metric": data.main_metric,
+            "higher_is_better": data.higher_is_better, "teacher_dev": self.state["teacher_dev"],
+            "student_dev": student_dev,
+            "stages": [{"name": n, "steps": s, "options": o} for n, o, s in self.stages],
+            "student": {"layers": student.num_layers, "hidden": student.hidden_size, "heads": student.num_heads,
+                        "intermediate": student.intermediate_sizes,
+                        "teacher_layers": student.config.extra.get("teacher_layers"),
+                        "params": sum(p.numel() for p in student.parameters())},
+            "teacher_params": sum(p.numel() for p in self.teacher.parameters()),
+            "train_examples": data.num_train, "dev_examples": data.num_dev, "history": self.state["history"],
+            "resumed": self.mode == "resume", "wall_time_s": wall, "config": dataclasses.asdict(cfg),
+        }
+        if self.dirs is None:
+            return dict(report, output=None)
+        self.log.log("done", step=self._consumed(), student_dev=student_dev)
+        self.log.close()
+        publish(self.dirs, student, self.tokenizer, {"metrics.json": report}, cfg.keep_checkpoints)
+        return dict(report, output=self.dirs.output)
 
 
 def export_model(model, tokenizer, out: str, extra_files: dict) -> str:
@@ -426,6 +525,11 @@ def register(sub) -> None:
     p.add_argument("--device", default=None)
     p.add_argument("--path", default=None, choices=("auto", "compact", "reference", "triton"))
     p.add_argument("--overwrite", action="store_const", const=True, default=None)
+    p.add_argument("--save-steps", type=int, default=None, help="write a resumable checkpoint every N steps")
+    p.add_argument("--resume", action="store_const", const=True, default=None,
+                   help="continue the unfinished run of --output from its last checkpoint")
+    p.add_argument("--keep-checkpoints", action="store_const", const=True, default=None,
+                   help="keep OUTPUT.inprogress/ (checkpoints) after the run finishes")
     p.add_argument("--no-progress", dest="progress", action="store_const", const=False, default=None)
     p.set_defaults(func=_cmd_distill)
 
