@@ -66,10 +66,13 @@ def test_stop_at_the_stage_boundary_then_resume(setup, tmp_path):
     out = tmp_path / "b"
     with pytest.raises(RunInterrupted):
         _compress(setup, out, stop_after_steps=6)
+    latest = tmp_path / "b.inprogress" / "checkpoints" / "LATEST"
+    assert latest.read_text().strip() == "step-00000006"  # the boundary checkpoint, not the last periodic one
     report = _compress(setup, out, resume=True)
     same, why = safetensors_equal(str(tmp_path / "ref" / "model.safetensors"), str(out / "model.safetensors"))
     assert same, why
     assert report["pruned_dev"] == reference["pruned_dev"]
+    assert "step-00000006" in (out / "log.jsonl").read_text()  # resumed from the boundary
 
 
 def test_unfinished_run_is_kept_and_settings_must_match(setup, tmp_path):

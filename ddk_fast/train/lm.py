@@ -257,9 +257,10 @@ class _LMCompression:
             if (step + 1) % cfg.log_steps == 0 or step + 1 == cfg.search_steps:
                 self.log.log("search", step=step + 1, loss=float(loss.detach()), ratio=float(exp_ratio.detach()),
                              tau=tau_of(step), **parts)
-            if (step + 1) % cfg.save_steps == 0 and step + 1 < cfg.search_steps:
-                self._save(module, optimizers, schedulers)
-            stop_if_asked(self.cfg.stop_after_steps, self._global_step())
+            if step + 1 < cfg.search_steps:  # the last step is checkpointed at the boundary
+                if (step + 1) % cfg.save_steps == 0:
+                    self._save(module, optimizers, schedulers)
+                stop_if_asked(self.cfg.stop_after_steps, self._global_step())
         search.eval()
         derived = search.derive(self.cost_model, self.ratio, self.metric)
         structure = Structure.from_indices(derived.heads, derived.ffn, student)
@@ -280,6 +281,7 @@ class _LMCompression:
                      dev=self.state["pruned_dev"])
         self._pruned = pruned
         self._save(torch.nn.ModuleDict({"student": pruned}), {}, {})
+        stop_if_asked(self.cfg.stop_after_steps, self._global_step())
 
     # --- distill, evaluate, export --------------------------------------------------------------------
     def _pruned_from_state(self):
