@@ -302,10 +302,7 @@ class _LMCompression:
         pruned = self._pruned_from_state()
         if resumed is not None and not resumed["payload"]["optimizers"]:
             # checkpointed at the boundary, before the objective existed: restore before building it
-            from ddk_fast.train.checkpoint import set_rng_state
-
-            pruned.load_state_dict({k[len("student."):]: v for k, v in resumed["tensors"].items()})
-            set_rng_state(resumed["payload"]["rng"][0])
+            StepCheckpoints.restore(resumed, torch.nn.ModuleDict({"student": pruned}), {}, {})
             resumed = None
         if self.state["step"] < cfg.distill_steps:
             objective = self._objective(pruned)
@@ -317,10 +314,10 @@ class _LMCompression:
                 if resumed is not None:
                     StepCheckpoints.restore(resumed, module, held["optimizers"], held["schedulers"])
 
-            def after_step(step, history):
+            def after_step(step, entry):
                 self.state["step"] = step
-                if history and history[-1]["step"] == step:
-                    self.state["history"].append(history[-1])
+                if entry is not None:
+                    self.state["history"].append(entry)
                 if step % cfg.save_steps == 0 and step < cfg.distill_steps:
                     self._save(module, held["optimizers"], held["schedulers"])
                 stop_if_asked(self.cfg.stop_after_steps, self._global_step())

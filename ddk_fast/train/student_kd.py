@@ -254,13 +254,13 @@ def task_data(cfg, tokenizer, task_type: str, device) -> TaskData:
 def kd_train(student, teacher, objective, batches: Iterator[dict], steps: int, *, lr: float, weight_decay: float,
              warmup_ratio: float, max_grad_norm: float, device, path: str = "auto", log=None, stage: str = "distill",
              log_steps: int = 50, progress: bool = False, start_step: int = 0,
-             on_setup: Optional[Callable] = None, after_step: Optional[Callable[[int, list], None]] = None
+             on_setup: Optional[Callable] = None, after_step: Optional[Callable[[int, Optional[dict]], None]] = None
              ) -> list[dict]:
     """``steps`` optimizer steps of ``objective`` (student + objective parameters); returns logged parts.
 
     Resumable runs pass ``on_setup(optimizer, scheduler)`` (restore their states, keep them for
     checkpoints), ``start_step`` (steps already done; ``batches`` must already be past them) and
-    ``after_step(step, history)`` (checkpoint). Raises ``TrainingDiverged`` on a non-finite loss or
+    ``after_step(step, entry)`` (``entry``: the history entry logged at this step, or None; checkpoint). Raises ``TrainingDiverged`` on a non-finite loss or
     gradient norm (before the optimizer step).
     """
     from ddk_fast.train.errors import TrainingDiverged
@@ -281,6 +281,7 @@ def kd_train(student, teacher, objective, batches: Iterator[dict], steps: int, *
     history = []
     bar = bar_of(range(start_step, steps), total=steps, desc=stage, enabled=progress, initial=start_step)
     for step in bar:
+        entry = None
         batch = to_device(next(batches), device)
         args = (batch["input_ids"],)
         fwd = dict(attention_mask=batch["attention_mask"], token_type_ids=batch.get("token_type_ids"), path=path, **kw)
@@ -303,7 +304,7 @@ def kd_train(student, teacher, objective, batches: Iterator[dict], steps: int, *
             if log is not None:
                 log.log(stage, **{k: v for k, v in entry.items() if k != "stage"})
         if after_step is not None:
-            after_step(step + 1, history)
+            after_step(step + 1, entry)
     return history
 
 
@@ -426,10 +427,10 @@ class _DistillRun:
             if resumed is not None:
                 StepCheckpoints.restore(resumed, self.module, held["optimizers"], held["schedulers"])
 
-        def after_step(step, history):
+        def after_step(step, entry):
             self.state.update(stage_index=index, step=step)
-            if history and history[-1]["step"] == step:
-                self.state["history"].append(history[-1])
+            if entry is not None:
+                self.state["history"].append(entry)
             if self.checkpoints is not None and step % cfg.save_steps == 0 and step < steps:
                 self.checkpoints.save(self._consumed(), self.state, self.module, held["optimizers"],
                                       held["schedulers"])
