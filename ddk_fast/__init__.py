@@ -12,6 +12,7 @@ _LAZY = {
     "compress": "ddk_fast.train.api",
     "finetune": "ddk_fast.train.api",
     "evaluate": "ddk_fast.train.api",
+    "prune": "ddk_fast.train.api",
     "load_pruned": "ddk_fast.export",
     "MaskedTransformer": "ddk_fast.model",
 }

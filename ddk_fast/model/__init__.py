@@ -54,6 +54,11 @@ Pruning (``pruning.py``)
         heads (channels) keeps only that block's output bias + LayerNorm. ``pruned.pruned_from`` is the
         structure relative to the original (composed when pruning twice).
 
+Least-squares unit scales (``reconstruct.py``)
+    ``tune_unit_scales(pruned, teacher, batches)`` -> TuningReport: one scale per kept head / channel so
+        that each sublayer reproduces the teacher's pre-LayerNorm output on calibration tokens, folded
+        into the output / down projections (in place).
+
 Parameter counts (``params.py``), "encoder" = transformer layers only (no embeddings, pooler, classifier)
     ``attention_params(hidden, heads, head_dim)``, ``ffn_params(hidden, width)``,
     ``layer_param_counts(model_or_config)`` -> [{"attention", "ffn", "total"}] per layer,
@@ -73,6 +78,7 @@ _WHERE = {
     "TransformerConfig": "ddk_fast.model.config",
     "Structure": "ddk_fast.model.structure",
     "prune": "ddk_fast.model.pruning",
+    "tune_unit_scales": "ddk_fast.model.reconstruct",
     "attention_params": "ddk_fast.model.params",
     "ffn_params": "ddk_fast.model.params",
     "layer_param_counts": "ddk_fast.model.params",

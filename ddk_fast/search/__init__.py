@@ -32,6 +32,15 @@ Searches (``width.py``, ``hard_concrete.py``) share one interface (``base.Struct
         important units fade on a cubic schedule to reach ``target`` at ``total_steps``
         (``search.set_step(step)``); needs ``cost_model=``, ``target=``, ``total_steps=``.
 
+Data-driven importance (``calibration.py``) and one-shot choice (``oneshot.py``, after Kwon et al. 2022):
+    ``grads = gate_gradients(model, batches)`` -> ``GateGradients`` (per-batch dL/dgate at all-ones gates,
+        ``[N, L, H]`` / ``[N, L, I]``); ``grads.fisher()`` -> diagonal empirical Fisher per unit.
+    ``activation_importance(model, batches)`` -> label-free mean contribution norms (Minitron-style).
+    ``fisher_mask_search(cost_model, head_scores, ffn_scores, target, metric, granularity)`` -> the
+        DerivedStructure of largest total score within the budget (exact over the number of heads).
+    ``rearrange(structure, head_grads, ffn_grads, num_heads, intermediate)`` -> per-layer greedy swaps
+        with the block-diagonal Fisher (counts, hence cost, unchanged) and the objective before/after.
+
 Budget (``budget.py``)
     ``LagrangianBudget(target, min_ratio=0.0)``: ``loss = budget(ratio)`` with
         lambda1*(s-t) + lambda2*(s-t)^2; the lambdas are maximised by a gradient-reversal trick, so a
@@ -59,6 +68,12 @@ _WHERE = {
     "head_importance_from_weights": "ddk_fast.search.importance",
     "taylor_importance": "ddk_fast.search.importance",
     "ffn_importance_from_weights": "ddk_fast.search.importance",
+    "GateGradients": "ddk_fast.search.calibration",
+    "gate_gradients": "ddk_fast.search.calibration",
+    "activation_importance": "ddk_fast.search.calibration",
+    "fisher_mask_search": "ddk_fast.search.oneshot",
+    "rearrange": "ddk_fast.search.oneshot",
+    "rearrange_layer": "ddk_fast.search.oneshot",
 }
 
 __all__ = sorted(_WHERE)

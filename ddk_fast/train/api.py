@@ -1,4 +1,4 @@
-"""Public Python API: ``ddk_fast.finetune``, ``ddk_fast.compress``, ``ddk_fast.evaluate``.
+"""Public Python API: ``ddk_fast.finetune``, ``ddk_fast.compress``, ``ddk_fast.prune``, ``ddk_fast.evaluate``.
 
 Each takes the same options as the matching ``ddk-fast`` command (flag names with underscores), plus
 ``config="file.yaml"``; precedence is defaults < preset < config file < keyword arguments.
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from ddk_fast.train.config import CompressConfig, FinetuneConfig, build_config
+from ddk_fast.train.config import CompressConfig, FinetuneConfig, PruneConfig, build_config
 
 
 def finetune(task: str, output: str, model: Optional[str] = None, data_dir: Optional[str] = None, *,
@@ -41,6 +41,19 @@ def compress(teacher: str, task: str, output: str, target: Optional[str] = None,
 
     flags = dict(options, teacher=teacher, task=task, output=output, target=target, data_dir=data_dir)
     return run_compress(build_config(CompressConfig, "compress", flags, config))
+
+
+def prune(teacher: str, task: str, output: str, target: Optional[str] = None, data_dir: Optional[str] = None, *,
+          config: Optional[str] = None, **options) -> dict:
+    """One-shot, retraining-free pruning of a fine-tuned teacher to ``target`` (minutes on a CPU).
+
+    Fisher importance from ``calibration_examples`` train examples, global mask search, rearrangement,
+    least-squares unit scales, physical pruning; exports like ``compress``. Returns the report.
+    """
+    from ddk_fast.train.prune import run_prune
+
+    flags = dict(options, teacher=teacher, task=task, output=output, target=target, data_dir=data_dir)
+    return run_prune(build_config(PruneConfig, "prune", flags, config))
 
 
 def evaluate(model: str, task: str, data_dir: Optional[str] = None, *, output: Optional[str] = None,

@@ -91,6 +91,54 @@ def _compress_summary(report: dict) -> dict:
     return out
 
 
+def _cmd_prune(args: argparse.Namespace) -> int:
+    from ddk_fast.train.config import PruneConfig, build_config
+    from ddk_fast.train.prune import run_prune
+
+    report = run_prune(build_config(PruneConfig, "prune", _flags(args), args.config))
+    print(json.dumps(_compress_summary(report), indent=2))
+    return 0
+
+
+def _register_prune(sub) -> None:
+    pr = sub.add_parser("prune", help="one-shot, retraining-free pruning (Fisher mask search + least squares), minutes",
+                        description="Prune a fine-tuned teacher to a parameter or FLOPs budget without training: "
+                                    "Fisher importance of every head and FFN channel from calibration examples, a "
+                                    "global mask search, rearrangement inside each layer, least-squares unit "
+                                    "scales, physical pruning, export + report.json.")
+    _flag(pr, "--teacher", help="fine-tuned teacher folder (from `ddk-fast finetune` or any BERT classifier)")
+    _flag(pr, "--task", help="GLUE task: cola sst2 mrpc stsb qqp mnli qnli rte wnli")
+    _flag(pr, "--data-dir", help="folder of GLUE TSVs (DIR/MRPC/train.tsv); default: the Hugging Face hub")
+    _flag(pr, "--output", help="folder for the pruned model, report.json and plots (written atomically)")
+    _flag(pr, "--target", help="budget: params=RATIO or flops=RATIO, RATIO in (0, 1] (default params=0.5)")
+    _flag(pr, "--seq-len", type=int, help="sequence length for FLOPs and the budget (default 128)")
+    _flag(pr, "--preset", choices=("quick", "full"), help="quick: 512 calibration examples; full (default): 2048")
+    _flag(pr, "--config", help="YAML file of options (keys = flag names); flags given here override it")
+    _flag(pr, "--seed", type=int, help="seed of the calibration subset (default 42)")
+    _flag(pr, "--calibration-examples", type=int,
+          help="labelled train examples for the importance scores and the least-squares tuning (default 2048)")
+    _flag(pr, "--importance", choices=("fisher", "activation"),
+          help="fisher (squared gate gradients of the task loss, default) or activation (label-free)")
+    pr.add_argument("--no-rearrange", dest="rearrange", action="store_const", const=False, default=None,
+                    help="skip the per-layer rearrangement with the block-diagonal Fisher")
+    pr.add_argument("--no-tune", dest="tune", action="store_const", const=False, default=None,
+                    help="skip the least-squares tuning of the kept units' scales")
+    _flag(pr, "--ridge", type=float, help="ridge weight pulling the tuned scales towards 1 (default 1e-3)")
+    _flag(pr, "--channel-granularity", type=int, help="FFN widths are multiples of this (default 8)")
+    _flag(pr, "--batch-size", type=int, help="calibration batch size (default 32)")
+    _flag(pr, "--eval-batch-size", type=int, help="evaluation batch size")
+    _flag(pr, "--max-seq-len", type=int, help="truncate inputs to this many tokens")
+    _flag(pr, "--max-eval-examples", type=int, help="use a seeded random subset of the dev split")
+    _flag(pr, "--path", choices=("auto", "compact", "reference", "triton"), help="kernel path of the masked model")
+    _flag(pr, "--latency-batch-size", type=int, help="batch size of the CPU latency measurement (default 32)")
+    _flag(pr, "--latency-seq-len", type=int, help="sequence length of the CPU latency measurement (default 128)")
+    _flag(pr, "--device", help="auto (default), cpu, cuda or cuda:N")
+    _switch(pr, "--overwrite", "replace an existing --output")
+    pr.add_argument("--no-progress", dest="progress", action="store_const", const=False, default=None,
+                    help="no console messages")
+    pr.set_defaults(func=_cmd_prune)
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from ddk_fast.train.evaluate import run_evaluate
 
@@ -147,6 +195,7 @@ def register(sub) -> None:
     _flag(cp, "--latency-seq-len", type=int, help="sequence length of the CPU latency measurement (default 128)")
     cp.set_defaults(func=_cmd_compress)
     _register_companions(sub, cp)
+    _register_prune(sub)
 
     ev = sub.add_parser("evaluate", help="dev-set metrics of a teacher folder or a compressed export")
     _flag(ev, "--model", required=True, help="teacher folder or `ddk-fast compress` output")

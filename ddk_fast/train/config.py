@@ -118,6 +118,41 @@ class CompressConfig:
     fault_nan_at_step: Optional[int] = None
 
 
+@dataclass
+class PruneConfig:
+    """One-shot, retraining-free pruning: Fisher importance on calibration data, global mask search,
+    rearrangement, least-squares unit scales, physical pruning, export."""
+
+    teacher: str = ""
+    task: str = ""
+    output: str = ""
+    target: str = "params=0.5"
+    seq_len: int = 128
+    data_dir: Optional[str] = None
+    preset: str = "full"
+    seed: int = 42
+    overwrite: bool = False
+    progress: bool = True
+    device: str = "auto"
+    path: str = "auto"
+    # data
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    max_seq_len: int = 128
+    max_eval_examples: Optional[int] = None
+    calibration_examples: int = 2048
+    # method
+    importance: str = "fisher"
+    rearrange: bool = True
+    tune: bool = True
+    ridge: float = 1e-3
+    channel_granularity: int = 8
+    # reporting
+    latency_batch_size: int = 32
+    latency_seq_len: int = 128
+    latency_repeats: int = 10
+
+
 def _coerce(cfg_cls, key: str, value: Any, source: str) -> Any:
     fld = {f.name: f for f in dataclasses.fields(cfg_cls)}[key]
     if value is None:
@@ -211,5 +246,5 @@ def resume_mismatches(saved: dict, current: dict) -> list[str]:
     return out
 
 
-__all__ = ["FinetuneConfig", "CompressConfig", "build_config", "config_dict", "load_yaml", "packaged_model_dir",
+__all__ = ["FinetuneConfig", "CompressConfig", "PruneConfig", "build_config", "config_dict", "load_yaml", "packaged_model_dir",
            "resume_mismatches"]

@@ -28,6 +28,11 @@ PRESETS: dict[str, dict[str, dict]] = {
             "save_steps": 50,
         },
     },
+    "prune": {
+        "full": {"calibration_examples": 2048},
+        "quick": {"calibration_examples": 512, "latency_batch_size": 8, "latency_seq_len": 64,
+                  "latency_repeats": 5},
+    },
     "compress": {
         "full": {
             "search_epochs": 3,

@@ -60,7 +60,7 @@ def build_report(run, student) -> dict:
         "task": spec.name,
         "main_metric": spec.main_metric,
         "metric_names": list(spec.metric_names),
-        "method": "uniform" if cfg.fixed_structure else f"ddk-{cfg.search}",
+        "method": getattr(run, "method", None) or ("uniform" if cfg.fixed_structure else f"ddk-{cfg.search}"),
         "target": cfg.target,
         "target_metric": run.metric,
         "target_ratio": run.ratio,

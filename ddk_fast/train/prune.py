@@ -1,0 +1,217 @@
+"""`ddk-fast prune`: one-shot, retraining-free compression of a fine-tuned teacher (minutes on a CPU).
+
+Fisher importance of every head and FFN channel from ``--calibration-examples`` train examples, the
+global mask search under the budget, rearrangement inside each layer, physical pruning and
+least-squares unit scales (``ddk_fast.train.oneshot``); then the same export, report.json and plots as
+``compress``. The dev score is measured after each stage so the report says what each one bought.
+No checkpoints: the whole run takes minutes; an interrupted run leaves the previous output untouched
+and is simply started again.
+"""
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import time
+
+import torch
+
+from ddk_fast.cli import UserError
+from ddk_fast.data import encode
+from ddk_fast.export import load_pruned, save_pruned
+from ddk_fast.search.budget import check_target
+from ddk_fast.train.batching import eval_loader
+from ddk_fast.train.compress import check_budget, cost_model_for, load_teacher
+from ddk_fast.train.config import PruneConfig, config_dict
+from ddk_fast.train.evaluation import evaluate, load_split, task_spec, to_device
+from ddk_fast.train.io import atomic_write_json
+from ddk_fast.train.logging import RunLogger
+from ddk_fast.train.oneshot import IMPORTANCE_KINDS, one_shot
+from ddk_fast.train.report import build_report, write_plots
+from ddk_fast.train.rundir import copy_logs, finalize, prepare, run_dirs, stage_dir
+from ddk_fast.train.validate import check_positive, check_seq_len, parse_target
+
+
+def validate(cfg: PruneConfig) -> tuple[str, float]:
+    for flag, value in (("--teacher", cfg.teacher), ("--task", cfg.task), ("--output", cfg.output)):
+        if not value:
+            raise UserError(f"{flag} is required")
+    metric, ratio = parse_target(cfg.target)
+    for name in ("batch_size", "eval_batch_size", "max_seq_len", "seq_len", "channel_granularity",
+                 "latency_batch_size", "latency_seq_len", "latency_repeats"):
+        check_positive(name, getattr(cfg, name))
+    if not isinstance(cfg.calibration_examples, int) or cfg.calibration_examples < 1:
+        raise UserError(f"--calibration-examples {cfg.calibration_examples!r}: expected a positive integer "
+                        "(the importance scores need labelled train examples; 2048 is the default)")
+    if cfg.importance not in IMPORTANCE_KINDS:
+        raise UserError(f"--importance {cfg.importance!r}: expected one of {', '.join(IMPORTANCE_KINDS)}")
+    if cfg.path not in ("auto", "compact", "reference", "triton"):
+        raise UserError(f"--path {cfg.path!r}: expected auto, compact, reference or triton")
+    if not (cfg.ridge >= 0 and math.isfinite(cfg.ridge)):
+        raise UserError(f"--ridge {cfg.ridge!r}: expected a finite number >= 0")
+    return metric, ratio
+
+
+def calibration_batches(examples, tokenizer, cfg, device) -> list[dict]:
+    """Calibration examples as batches on ``device`` (longest first, dynamic padding)."""
+    encoded = encode(examples, tokenizer, max_length=cfg.max_seq_len)
+    return [to_device(b, device) for b in eval_loader(encoded, cfg.batch_size)]
+
+
+def load_calibration(cfg, spec, log) -> list:
+    """``--calibration-examples`` seeded train examples; all of them (said on the console) when the
+    train split is smaller."""
+    examples = load_split(spec.name, "train", cfg.data_dir, None, cfg.seed)
+    if cfg.calibration_examples >= len(examples):
+        if cfg.calibration_examples > len(examples):
+            log(f"--calibration-examples {cfg.calibration_examples} is more than the {len(examples)} train "
+                f"examples: using all {len(examples)}")
+        return examples
+    return load_split(spec.name, "train", cfg.data_dir, cfg.calibration_examples, cfg.seed)
+
+
+def gated_logits(model, gates, path):
+    head_gates, ffn_gates = gates
+
+    def logits(b):
+        return model(b["input_ids"], attention_mask=b["attention_mask"], token_type_ids=b.get("token_type_ids"),
+                     head_gates=head_gates, ffn_gates=ffn_gates, path=path).logits
+
+    return logits
+
+
+class _PruneRun:
+    """What ``build_report`` reads (the same fields a compression run offers)."""
+
+    def __init__(self, cfg, spec, metric, ratio, teacher, teacher_path, cost_model, train_ds, dev_ds):
+        self.cfg, self.spec, self.metric, self.ratio = cfg, spec, metric, ratio
+        self.teacher, self.teacher_path, self.cost_model = teacher, teacher_path, cost_model
+        self.train_ds, self.dev_ds = train_ds, dev_ds
+        self.ctx = _SingleProcess()
+        self.method = f"oneshot-{cfg.importance}"
+        self.t_start = time.time()
+        self.state = {"teacher_dev": None, "best_metrics": None, "pruned_dev": None, "history": [],
+                      "search_summary": None, "wall_before_s": 0.0}
+
+
+class _SingleProcess:
+    world_size = 1
+
+
+def run_prune(cfg: PruneConfig) -> dict:
+    metric, ratio = validate(cfg)
+    spec = task_spec(cfg.task)
+    teacher_path = os.path.abspath(cfg.teacher)
+    teacher, tokenizer = load_teacher(teacher_path, spec)
+    for value, flag in ((cfg.seq_len, "--seq-len"), (cfg.max_seq_len, "--max-seq-len"),
+                        (cfg.latency_seq_len, "--latency-seq-len")):
+        check_seq_len(value, teacher.config, flag)
+    cost_model = cost_model_for(teacher, cfg.seq_len, metric)
+    check_budget(cost_model, ratio, metric, cfg.target)
+    try:
+        check_target(ratio, cost_model.min_ratio(metric))
+    except ValueError as exc:
+        raise UserError(f"--target {cfg.target}: {exc}") from None
+    dirs = run_dirs(cfg.output)
+    if os.path.abspath(dirs.output) == teacher_path:
+        raise UserError("--output must differ from --teacher")
+    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if cfg.device == "auto" else cfg.device))
+    messages = []
+    calib_ex = load_calibration(cfg, spec, messages.append)
+    dev_ex = load_split(spec.name, "validation", cfg.data_dir, cfg.max_eval_examples, 0)
+    teacher = teacher.to(device).eval().requires_grad_(False)
+    calib = calibration_batches(calib_ex, tokenizer, cfg, device)
+    dev_ds = encode(dev_ex, tokenizer, max_length=cfg.max_seq_len)
+    if os.path.isdir(dirs.work):  # an interrupted prune has nothing worth resuming
+        shutil.rmtree(dirs.work)
+    prepare(dirs, cfg.overwrite, False)
+    log = RunLogger(dirs.logs, enabled=True, console=cfg.progress)
+    try:
+        for m in messages:
+            log.info(m)
+        run = _PruneRun(cfg, spec, metric, ratio, teacher, teacher_path, cost_model, calib_ex, dev_ds)
+        return _run(run, calib, tokenizer, dirs, log, device)
+    finally:
+        log.close()
+
+
+def _run(run, calib, tokenizer, dirs, log, device) -> dict:
+    cfg, spec, teacher, state = run.cfg, run.spec, run.teacher, run.state
+    dev_loader = eval_loader(run.dev_ds, cfg.eval_batch_size)
+    log.log("start", step=0, task=spec.name, teacher=run.teacher_path, target=cfg.target,
+            calibration_examples=len(run.train_ds), dev_examples=len(run.dev_ds), config=config_dict(cfg))
+    log.info(f"prune {spec.name} to {cfg.target}: {cfg.importance} importance from {len(run.train_ds)} "
+             f"calibration examples ({len(calib)} batches), {len(run.dev_ds)} dev examples")
+
+    def dev_score(model, gates=None):
+        fn = gated_logits(model, gates or (None, None), cfg.path)
+        return evaluate(model, fn, dev_loader, device, spec.name)
+
+    t0 = time.perf_counter()
+    state["teacher_dev"] = dev_score(teacher)
+    eval_s = time.perf_counter() - t0
+    log.info("teacher dev: " + _fmt(state["teacher_dev"]))
+    result = one_shot(teacher, calib, run.cost_model, run.metric, run.ratio, granularity=cfg.channel_granularity,
+                      importance=cfg.importance, rearrange_units=cfg.rearrange, tune=cfg.tune, path=cfg.path,
+                      ridge=cfg.ridge)
+    stages = [("mask_search", result.searched)]
+    if result.rearrangement is not None:
+        stages.append(("rearranged", result.structure))
+    t0 = time.perf_counter()
+    for name, structure in stages:
+        gates = structure.gates(teacher.num_heads, teacher.intermediate_sizes, device=device)
+        metrics = dev_score(teacher, gates)
+        entry = {"stage": name, "epoch": 0, "step": 0, **metrics, "derived_ratio": structure.ratio(run.cost_model,
+                 run.metric), "heads": structure.head_counts, "ffn": structure.ffn_counts}
+        state["history"].append(entry)
+        log.log("eval", **entry)
+        log.info(f"after {name.replace('_', ' ')}: dev " + _fmt(metrics))
+    student = result.student
+    final = dev_score(student)
+    eval_s += time.perf_counter() - t0
+    state["history"].append({"stage": "tuned" if cfg.tune else "pruned", "epoch": 0, "step": 0, **final})
+    log.info(f"after {'least-squares tuning' if cfg.tune else 'pruning'}: dev " + _fmt(final))
+    state["best_metrics"] = dict(final, epoch=0)
+    state["pruned_dev"] = final
+    timings = {k: round(v, 2) for k, v in result.timings.items()}
+    timings["evaluation_s"] = round(eval_s, 2)
+    state["search_summary"] = {
+        "kind": f"oneshot-{cfg.importance}", "derived_ratio": result.structure.ratio(run.cost_model, run.metric),
+        "rearrangement": result.rearrangement, "timings_s": timings,
+        "tuning": None if result.tuning is None else {
+            "error_before": result.tuning.error_before, "error_after": result.tuning.error_after,
+            "sublayers_tuned": sum(r["tuned"] for r in result.tuning.rows), "rows": result.tuning.rows}}
+    log.info("time: " + ", ".join(f"{k[:-2]} {v:.1f} s" for k, v in timings.items()))
+    return _export(run, student.cpu() if device.type != "cpu" else student, tokenizer, dirs, log)
+
+
+def _export(run, student, tokenizer, dirs, log) -> dict:
+    student.eval()
+    save_pruned(student, dirs.best, overwrite=True)
+    exported = load_pruned(dirs.best)
+    report = build_report(run, exported)
+    staged = stage_dir(dirs)
+    try:
+        save_pruned(exported, staged, tokenizer=tokenizer, overwrite=True)
+        atomic_write_json(os.path.join(staged, "report.json"), report)
+        write_plots(report, staged, log_path=os.path.join(dirs.logs, "log.jsonl"))
+        log.log("done", step=0, student_dev=report["student_dev"])
+        log.close()
+        copy_logs(dirs, staged)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    finalize(dirs, staged)
+    main = run.spec.main_metric
+    log.info(f"pruned model saved to {dirs.output}: dev {main}={report['student_dev'][main]:.4f} (teacher "
+             f"{report['teacher_dev'][main]:.4f}), {run.metric} ratio {report[run.metric]['ratio']:.3f}, "
+             f"CPU latency x{report['latency']['speedup']}")
+    return dict(report, output=dirs.output)
+
+
+def _fmt(metrics: dict) -> str:
+    return ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+
+
+__all__ = ["run_prune", "load_calibration", "calibration_batches"]
