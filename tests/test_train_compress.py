@@ -61,7 +61,7 @@ def test_cli_compress_writes_export_and_report(cli_run, capsys):
     st = report["structure"]
     assert len(st["heads"]) == 2 and all(0 <= h <= 4 for h in st["heads"]) and all(f % 8 == 0 for f in st["ffn"])
     stages = [h["stage"] for h in report["history"]]
-    assert stages == ["search", "distill"]
+    assert stages == ["oneshot", "search", "distill"]  # the default start is the one-shot structure
     events = {json.loads(line)["event"] for line in (out / "log.jsonl").read_text().splitlines()}
     assert {"start", "search", "pruned", "distill", "eval", "done"} <= events
 

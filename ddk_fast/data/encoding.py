@@ -35,6 +35,12 @@ class EncodedDataset(Dataset):
     def __len__(self):
         return len(self.input_ids)
 
+    def subset(self, indices: Sequence[int]) -> "EncodedDataset":
+        """The examples at ``indices`` (in that order) as a dataset of their own."""
+        idx = list(indices)
+        return EncodedDataset([self.input_ids[i] for i in idx], [self.token_type_ids[i] for i in idx],
+                              [self.labels[i] for i in idx], self.pad_token_id, self.is_regression)
+
     def __getitem__(self, index):
         return {"input_ids": self.input_ids[index], "token_type_ids": self.token_type_ids[index],
                 "labels": self.labels[index]}

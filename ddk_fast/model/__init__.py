@@ -54,6 +54,9 @@ Pruning (``pruning.py``)
         heads (channels) keeps only that block's output bias + LayerNorm. ``pruned.pruned_from`` is the
         structure relative to the original (composed when pruning twice).
 
+    ``write_back(full, pruned)``: the inverse on the kept units (copies a pruned model's weights into the
+        model it was cut from, in place).
+
 Least-squares unit scales (``reconstruct.py``)
     ``tune_unit_scales(pruned, teacher, batches)`` -> TuningReport: one scale per kept head / channel so
         that each sublayer reproduces the teacher's pre-LayerNorm output on calibration tokens, folded
@@ -78,6 +81,7 @@ _WHERE = {
     "TransformerConfig": "ddk_fast.model.config",
     "Structure": "ddk_fast.model.structure",
     "prune": "ddk_fast.model.pruning",
+    "write_back": "ddk_fast.model.pruning",
     "tune_unit_scales": "ddk_fast.model.reconstruct",
     "attention_params": "ddk_fast.model.params",
     "ffn_params": "ddk_fast.model.params",

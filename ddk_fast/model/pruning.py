@@ -57,3 +57,40 @@ def prune(model: MaskedTransformer, structure: Structure) -> MaskedTransformer:
     new.pruned_from = structure if model.pruned_from is None else model.pruned_from.compose(structure)
     new.train(model.training)
     return new
+
+
+@torch.no_grad()
+def write_back(full: MaskedTransformer, pruned: MaskedTransformer) -> MaskedTransformer:
+    """Copy ``pruned``'s weights into the units of ``full`` it was cut from (in place; returns ``full``).
+
+    The inverse of ``prune`` on the kept units: removed units of ``full`` are left as they are, every
+    shared tensor (embeddings, biases of the blocks' outputs, LayerNorms, classifier) is copied. So
+    ``prune(write_back(full, p), p.pruned_from)`` equals ``p``. Used to start a search over the full
+    model from a pruned and re-weighted one (``compress --init oneshot``)."""
+    structure = pruned.pruned_from
+    if structure is None or full.pruned_from is not None:
+        raise ValueError("write_back: expected a pruned model and the unpruned model it was cut from")
+    if list(structure.total_heads) != full.num_heads or list(structure.total_channels) != full.intermediate_sizes:
+        raise ValueError(f"write_back: the pruned model was cut from heads {list(structure.total_heads)}, "
+                         f"channels {list(structure.total_channels)}; this model has {full.num_heads}, "
+                         f"{full.intermediate_sizes}")
+    ref = full.classifier.weight
+    small, big = pruned.state_dict(), full.state_dict()
+    for key, value in small.items():
+        if not key.startswith("layers."):
+            big[key].copy_(value)
+    for i, (heads, channels) in enumerate(zip(structure.heads, structure.channels)):
+        rows = _head_rows(heads, full.head_dim, ref.device)
+        chans = torch.tensor(channels, dtype=torch.long, device=ref.device)
+        p = f"layers.{i}."
+        for name in ("query", "key", "value"):
+            for part in ("weight", "bias"):
+                big[p + f"attention.{name}.{part}"].index_copy_(0, rows, small[p + f"attention.{name}.{part}"])
+        big[p + "attention.output.weight"].index_copy_(1, rows, small[p + "attention.output.weight"])
+        big[p + "ffn.up.weight"].index_copy_(0, chans, small[p + "ffn.up.weight"])
+        big[p + "ffn.up.bias"].index_copy_(0, chans, small[p + "ffn.up.bias"])
+        big[p + "ffn.down.weight"].index_copy_(1, chans, small[p + "ffn.down.weight"])
+        for name in ("attention.output.bias", "attention.norm.weight", "attention.norm.bias",
+                     "ffn.down.bias", "ffn.norm.weight", "ffn.norm.bias"):
+            big[p + name].copy_(small[p + name])
+    return full

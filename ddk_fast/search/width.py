@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ddk_fast.search.base import DerivedStructure, RankedUnitsMixin, StructureSearch, rank_units
-from ddk_fast.search.cost import CostModel
+from ddk_fast.search.cost import CostModel, _as_int_list
 
 
 def width_candidates(size: int, granularity: int) -> list:
@@ -121,6 +121,23 @@ class GumbelWidthSearch(RankedUnitsMixin, StructureSearch):
             setattr(self, f"{kind}_logits", nn.Parameter(logits))
         self._init_importance(importance_momentum, head_importance, ffn_importance)
         self.last_counts = None
+
+    @torch.no_grad()
+    def centre_on(self, head_counts: Sequence[int], ffn_counts: Sequence[int], sharpness: float = 2.0):
+        """Make the given per-layer counts the most likely candidates: ``logit = -sharpness * |j - j*|``
+        in candidate-index space (``j*``: the candidate nearest the count). A search started from a
+        known good structure then samples it and its neighbours instead of arbitrary widths."""
+        if not sharpness > 0:
+            raise ValueError(f"sharpness={sharpness}: expected a positive number")
+        for kind, counts in (("head", head_counts), ("ffn", ffn_counts)):
+            cands, valid = getattr(self, f"{kind}_candidates"), getattr(self, f"{kind}_candidate_valid")
+            counts = _as_int_list(f"{kind}_counts", counts, self.num_layers)
+            index = torch.arange(cands.shape[1], dtype=torch.float)
+            logits = torch.zeros(cands.shape, dtype=torch.float)
+            for l, k in enumerate(counts):
+                distance = (cands[l].float() - k).abs().masked_fill(~valid[l], math.inf)
+                logits[l] = -sharpness * (index - float(torch.argmin(distance))).abs()
+            getattr(self, f"{kind}_logits").copy_(logits.masked_fill(~valid, 0.0))
 
     # --- sampling -----------------------------------------------------------------------------------
     def set_temperature(self, tau: float):

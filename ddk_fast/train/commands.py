@@ -182,8 +182,17 @@ def register(sub) -> None:
     _flag(cp, "--search", choices=("gumbel", "hard_concrete", "progressive"),
           help="structure search: gumbel (DDK width search, default), hard_concrete (CoFi-style L0 gates) or "
                "progressive (GPP-style fading indicators)")
-    _flag(cp, "--fixed-structure", choices=("uniform",),
-          help="baseline: no search, the same budget met with uniform widths, the same KD")
+    _flag(cp, "--init", choices=("oneshot", "weights"),
+          help="where the search starts: oneshot (default: the `prune` structure and tuned weights, logits centred "
+               "on it, Fisher ranking) or weights (the teacher's weights, weight-norm ranking, near-uniform logits)")
+    _flag(cp, "--calibration-examples", type=int,
+          help="train examples for the one-shot start's Fisher importance and least squares (default 2048)")
+    _flag(cp, "--budget-warmup", type=float,
+          help="fraction of the search over which the budget target ramps from 1 to --target (default 0)")
+    _flag(cp, "--fixed-structure", metavar="uniform|oneshot|FILE.json",
+          help="no search; distil a fixed structure: uniform widths, the one-shot (`prune`) structure and weights, "
+               "or a JSON file (an export's structure.json, or {\"heads\": [...], \"ffn\": [...]} per layer "
+               "with kept indices or counts)")
     _flag(cp, "--path", choices=("auto", "compact", "reference", "triton"), help="kernel path of the masked model")
     _flag(cp, "--search-epochs", type=int, help="epochs of the structure search")
     _flag(cp, "--distill-epochs", type=int, help="epochs of distillation after pruning")

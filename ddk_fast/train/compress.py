@@ -42,6 +42,8 @@ from ddk_fast.train.stages import DistillModule, SearchModule, initial_importanc
 from ddk_fast.train.validate import check_positive, check_seq_len, parse_target
 
 SEARCH, DISTILL = "search", "distill"
+INITS = ("oneshot", "weights")
+FIXED_KINDS = ("uniform", "oneshot")
 
 
 # ----------------------------------------------------------------------------------------- validation
@@ -59,14 +61,21 @@ def validate(cfg: CompressConfig) -> tuple[str, float]:
             raise UserError(f"--{name.replace('_', '-')} {value!r}: expected an integer >= 0")
     if cfg.fixed_structure is None and cfg.search_epochs < 1:
         raise UserError("--search-epochs 0: the search needs at least one epoch (or use --fixed-structure uniform)")
+    if cfg.init not in INITS:
+        raise UserError(f"--init {cfg.init!r}: expected one of {', '.join(INITS)}")
+    if not isinstance(cfg.calibration_examples, int) or cfg.calibration_examples < 1:
+        raise UserError(f"--calibration-examples {cfg.calibration_examples!r}: expected a positive integer")
+    if not (0.0 <= cfg.budget_warmup < 1.0):
+        raise UserError(f"--budget-warmup {cfg.budget_warmup!r}: expected a fraction of the search in [0, 1)")
     for name in ("lr", "arch_lr", "temperature", "tau_start", "tau_end"):
         value = getattr(cfg, name)
         if not (value > 0 and math.isfinite(value)):
             raise UserError(f"--{name.replace('_', '-')} {value!r}: expected a positive finite number")
     if cfg.search not in ("gumbel", "hard_concrete", "progressive"):
         raise UserError(f"--search {cfg.search!r}: expected gumbel, hard_concrete or progressive")
-    if cfg.fixed_structure not in (None, "uniform"):
-        raise UserError(f"--fixed-structure {cfg.fixed_structure!r}: expected uniform")
+    if cfg.fixed_structure not in (None, *FIXED_KINDS) and not os.path.isfile(cfg.fixed_structure):
+        raise UserError(f"--fixed-structure {cfg.fixed_structure!r}: expected uniform, oneshot or a structure "
+                        "JSON file (no such file)")
     if cfg.path not in ("auto", "compact", "reference", "triton"):
         raise UserError(f"--path {cfg.path!r}: expected auto, compact, reference or triton")
     if cfg.fusion not in FUSIONS:
@@ -164,16 +173,44 @@ def run_compress(cfg: CompressConfig) -> dict:
     ctx = ddp.setup(cfg.device)
     try:
         data = _load_data(cfg, spec, tokenizer)  # bad data is refused before the output folders are touched
+        file_structure = None
+        if cfg.fixed_structure not in (None, *FIXED_KINDS):  # so is a bad structure file
+            file_structure = structure_from_file(cfg, teacher, data[0], cost_model, metric, ratio)
         mode = prepare(dirs, cfg.overwrite, cfg.resume) if ctx.is_main else None
         mode = ddp.broadcast_object(ctx, mode)
         if mode == "done":
             if ctx.is_main:
                 print(f"nothing to resume: {dirs.output} is already complete", flush=True)
             return dict(read_json(os.path.join(dirs.output, "report.json")), output=dirs.output)
-        return _Compression(cfg, spec, metric, ratio, teacher, tokenizer, teacher_path, cost_model, dirs, ctx,
-                            mode, data).run()
+        run = _Compression(cfg, spec, metric, ratio, teacher, tokenizer, teacher_path, cost_model, dirs, ctx,
+                           mode, data)
+        run.file_structure = file_structure
+        return run.run()
     finally:
         ddp.teardown(ctx)
+
+
+def calibration_batches(train_ds, cfg, device) -> list[dict]:
+    """``cfg.calibration_examples`` seeded train examples (all when fewer) as batches on ``device``."""
+    from ddk_fast.data.glue import subsample_indices
+
+    n = len(train_ds)
+    keep = subsample_indices(n, min(cfg.calibration_examples, n), cfg.seed) or range(n)
+    return [to_device(b, device) for b in eval_loader(train_ds.subset(keep), cfg.batch_size)]
+
+
+def structure_from_file(cfg, teacher, train_ds, cost_model, metric: str, ratio: float):
+    """The ``--fixed-structure FILE.json`` structure, refused when it does not fit ``--target``."""
+    from ddk_fast.train.structure_file import read_structure_file
+
+    structure = read_structure_file(cfg.fixed_structure, teacher, lambda: calibration_batches(train_ds, cfg, "cpu"),
+                                    cfg.path)
+    kept = cost_model.structure_cost(structure.num_heads, structure.intermediate_sizes, metric)
+    kept_ratio = kept / cost_model.full_cost(metric)
+    if kept_ratio > ratio * (1 + 1e-9):
+        raise UserError(f"--fixed-structure {cfg.fixed_structure!r} keeps {metric} ratio {kept_ratio:.4f}, above "
+                        f"--target {cfg.target}; raise --target to at least {kept_ratio:.4f}")
+    return structure
 
 
 def _load_data(cfg, spec, tokenizer):
@@ -202,7 +239,9 @@ class _Compression:
         self.state = {"stage": SEARCH if cfg.fixed_structure is None else DISTILL, "epoch": 0, "batch": 0,
                       "global_step": 0, "stage_start_step": 0, "best_score": -math.inf, "best_metrics": None,
                       "teacher_dev": None, "pruned_dev": None, "history": [], "structure": None,
-                      "search_summary": None, "wall_before_s": 0.0}
+                      "search_summary": None, "oneshot": None, "wall_before_s": 0.0}
+        self._oneshot = None  # (OneShotResult, full-size student holding the tuned weights), fresh runs only
+        self.file_structure = None  # the --fixed-structure FILE.json structure, read before any output
 
     # --- data -----------------------------------------------------------------------------------------
     def _data(self):
@@ -259,6 +298,8 @@ class _Compression:
             if self.state["teacher_dev"] is None:
                 self.state["teacher_dev"] = self._evaluate(self.teacher)
                 self.info("teacher dev: " + _fmt(self.state["teacher_dev"]))
+            if resumed is None and self._wants_one_shot():
+                self._run_one_shot()
             if self.state["stage"] == SEARCH:
                 self._search_stage(resumed)
                 resumed = None
@@ -267,6 +308,54 @@ class _Compression:
             return self._finish()
         finally:
             self.log.close()
+
+    # --- one-shot start ---------------------------------------------------------------------------------
+    def _wants_one_shot(self) -> bool:
+        cfg = self.cfg
+        if cfg.fixed_structure is None:
+            return cfg.init == "oneshot" and self.state["stage"] == SEARCH
+        return cfg.fixed_structure == "oneshot" and self.state["structure"] is None
+
+    def _calibration_batches(self) -> list[dict]:
+        return calibration_batches(self.train_ds, self.cfg, self.device)
+
+    def _run_one_shot(self):
+        """Fisher importance, mask search, rearrangement and least-squares scales on the teacher; the
+        tuned weights are written back into a full-size student so the search can still grow units."""
+        import copy
+
+        from ddk_fast.model import write_back
+        from ddk_fast.train.oneshot import one_shot
+
+        cfg = self.cfg
+        calib = self._calibration_batches()
+        result = one_shot(self.teacher, calib, self.cost_model, self.metric, self.ratio,
+                          granularity=cfg.channel_granularity, path=cfg.path)
+        dev = self._evaluate(result.student.to(self.device))
+        student = write_back(copy.deepcopy(self.teacher), result.student).requires_grad_(True).train()
+        self._oneshot = (result, student)
+        timings = {k: round(v, 2) for k, v in result.timings.items()}
+        self.state["oneshot"] = {"dev": dev, "calibration_examples": sum(len(b["labels"]) for b in calib),
+                                 "heads": result.structure.head_counts, "ffn": result.structure.ffn_counts,
+                                 "ratio": result.structure.ratio(self.cost_model, self.metric), "timings_s": timings}
+        self.state["history"].append({"stage": "oneshot", "epoch": 0, "step": self.state["global_step"], **dev})
+        self.log.log("oneshot", step=self.state["global_step"], **self.state["oneshot"])
+        self.info(f"one-shot structure heads {result.structure.head_counts}, FFN {result.structure.ffn_counts} "
+                  f"({', '.join(f'{k[:-2]} {v:.1f} s' for k, v in timings.items())}); dev " + _fmt(dev))
+
+    def _oneshot_ranking(self):
+        """Fisher scores with the one-shot kept units lifted above every other unit: the search's
+        top-k then always contains the one-shot units first (rearrangement may keep a unit whose own
+        score is not among the layer's top)."""
+        result = self._oneshot[0]
+        ranking = []
+        for scores, kept in ((result.head_scores, result.structure.heads), (result.ffn_scores, result.structure.ffn)):
+            scores = scores.float().clone()
+            lift = float(scores.max()) + 1.0
+            for l, units in enumerate(kept):
+                scores[l, units] += lift
+            ranking.append(scores)
+        return ranking
 
     # --- checkpoints ----------------------------------------------------------------------------------
     def _save(self, module, optimizers: dict, schedulers: dict):
@@ -317,13 +406,20 @@ class _Compression:
         from ddk_fast.search import TemperatureSchedule, build_budget, build_search
 
         cfg = self.cfg
-        student = copy.deepcopy(self.teacher).requires_grad_(True).train()
-        heads_imp, ffn_imp = initial_importance(student)
+        if self._oneshot is not None:
+            student = self._oneshot[1]
+            heads_imp, ffn_imp = self._oneshot_ranking()
+        else:
+            student = copy.deepcopy(self.teacher).requires_grad_(True).train()
+            heads_imp, ffn_imp = initial_importance(student)
         total = self.steps_per_epoch * cfg.search_epochs
         if cfg.search == "gumbel":
             search = build_search("gumbel", student.num_heads, student.intermediate_sizes,
                                   granularity=cfg.channel_granularity, importance_momentum=cfg.importance_momentum,
                                   tau=cfg.tau_start, init="full", head_importance=heads_imp, ffn_importance=ffn_imp)
+            if self._oneshot is not None:
+                found = self._oneshot[0].structure
+                search.centre_on(found.head_counts, found.ffn_counts)
         elif cfg.search == "progressive":
             # units fade out over the first 3/4 of the search; the last quarter trains the final structure
             search = build_search("progressive", student.num_heads, student.intermediate_sizes,
@@ -337,6 +433,7 @@ class _Compression:
         budget = None
         if list(search.arch_parameters()):  # a schedule-driven search (progressive) needs no budget loss
             budget_kw = {"weight": cfg.budget_weight} if cfg.budget_kind == "one_sided" else {}
+            budget_kw["warmup_steps"] = int(cfg.budget_warmup * total)
             try:
                 budget = build_budget(cfg.budget_kind, self.ratio, self.cost_model, metric=self.metric, **budget_kw)
             except ValueError as exc:
@@ -366,6 +463,9 @@ class _Compression:
             self._restore(resumed, module, optimizers, schedulers)
         train_module = ddp.wrap(module, ctx, find_unused_parameters=True)
         student = module.student
+        # a data-driven ranking (one-shot start) is kept: one batch's Taylor scores are noisier than the
+        # Fisher of thousands of calibration examples
+        update_ranking = getattr(search, "needs_importance", False) and cfg.init != "oneshot"
         self.info(f"search: {cfg.search} over heads {student.num_heads} and FFN widths {student.intermediate_sizes}, "
                   f"{cfg.search_epochs} epoch(s), target {self.metric} ratio {self.ratio}")
 
@@ -387,7 +487,7 @@ class _Compression:
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(weights, cfg.max_grad_norm)
             check_finite(ctx, grad_norm, "gradient norm", gstep, epoch, self.dirs.checkpoints, self.log)
-            if getattr(search, "needs_importance", False) and hg.grad is not None and fg.grad is not None:
+            if update_ranking and hg.grad is not None and fg.grad is not None:
                 hs, fs = taylor_importance(hg), taylor_importance(fg)
                 if ctx.distributed:
                     torch.distributed.all_reduce(hs)
@@ -450,6 +550,16 @@ class _Compression:
         return Structure.from_indices(keep_top(heads_imp, heads_n, self.teacher.num_heads),
                                       keep_top(ffn_imp, ffn_n, self.teacher.intermediate_sizes), self.teacher)
 
+    def _fixed_structure(self):
+        """(structure, full-size source of the weights or None for the teacher's) of --fixed-structure."""
+        kind = self.cfg.fixed_structure
+        if kind == "uniform":
+            return self._uniform_structure(), None
+        if kind == "oneshot":
+            result, student = self._oneshot
+            return result.to_structure(self.teacher), student
+        return self.file_structure, None
+
     def _enter_distill(self, structure, student):
         """Prune, record the structure, checkpoint at the stage boundary (resume never redoes the search)."""
         self.state.update(stage=DISTILL, epoch=0, batch=0, stage_start_step=self.state["global_step"],
@@ -490,8 +600,8 @@ class _Compression:
         from ddk_fast.model import Structure
 
         cache = getattr(self, "_pruned_cache", None)
-        if cache is None and self.state["structure"] is None:  # fixed-structure baseline, fresh start
-            self._enter_distill(self._uniform_structure(), None)
+        if cache is None and self.state["structure"] is None:  # fixed-structure run, fresh start
+            self._enter_distill(*self._fixed_structure())
             cache = self._pruned_cache
         if cache is not None:
             pruned, module, optimizers, schedulers = cache

@@ -66,6 +66,11 @@ class CompressConfig:
     data_dir: Optional[str] = None
     preset: str = "full"
     search: str = "gumbel"
+    # where the search starts: "oneshot" (the one-shot structure and least-squares-tuned weights, logits
+    # centred on it, data-driven ranking) or "weights" (the teacher's weights, weight-norm ranking)
+    init: str = "oneshot"
+    calibration_examples: int = 2048
+    # None: search; "uniform" | "oneshot" | FILE.json: distil that fixed structure instead
     fixed_structure: Optional[str] = None
     path: str = "auto"
     seed: int = 42
@@ -95,6 +100,8 @@ class CompressConfig:
     budget_weight: float = 5.0
     budget_kind: str = "lagrangian"
     lambda_lr: float = 0.05
+    # fraction of the search over which the budget target ramps from the full model to --target
+    budget_warmup: float = 0.0
     # distillation
     temperature: float = 2.0
     pred_weight: float = 1.0

@@ -60,7 +60,8 @@ def build_report(run, student) -> dict:
         "task": spec.name,
         "main_metric": spec.main_metric,
         "metric_names": list(spec.metric_names),
-        "method": getattr(run, "method", None) or ("uniform" if cfg.fixed_structure else f"ddk-{cfg.search}"),
+        "method": getattr(run, "method", None) or _method(cfg),
+        "init": getattr(cfg, "init", None) if not getattr(cfg, "fixed_structure", None) else None,
         "target": cfg.target,
         "target_metric": run.metric,
         "target_ratio": run.ratio,
@@ -68,6 +69,7 @@ def build_report(run, student) -> dict:
         "teacher_dev": state["teacher_dev"],
         "student_dev": state["best_metrics"],
         "pruned_before_distillation_dev": state["pruned_dev"],
+        "oneshot": state.get("oneshot"),
         "params": {"what": "encoder (transformer layers; no embeddings, pooler, classifier)", "teacher": t_params,
                    "student": s_params, "ratio": s_params / t_params},
         "flops": {"what": "encoder forward FLOPs per sequence", "seq_len": cfg.seq_len, "teacher": t_flops,
@@ -86,6 +88,13 @@ def build_report(run, student) -> dict:
         "wall_time_s": round(wall, 1),
         "config": config_dict(cfg),
     }
+
+
+def _method(cfg) -> str:
+    fixed = cfg.fixed_structure
+    if fixed is None:
+        return f"ddk-{cfg.search}"
+    return fixed if fixed == "uniform" else ("fixed-oneshot" if fixed == "oneshot" else "fixed-file")
 
 
 def write_plots(report: dict, folder: str, log_path: str | None = None) -> None:
