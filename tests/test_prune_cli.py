@@ -36,6 +36,7 @@ def test_prune_exports_a_model_within_the_budget_with_a_staged_report(pruned):
     assert not os.path.exists(str(out) + ".inprogress")
     report = json.loads((out / "report.json").read_text())
     assert report["method"] == "oneshot-fisher"
+    assert set(report["majority_dev"]) == {"f1", "accuracy", "score"}
     assert report["params"]["ratio"] <= 0.4 + 1e-9
     assert report["train_examples"] == 48
     stages = [h["stage"] for h in report["history"]]
@@ -106,3 +107,13 @@ def test_python_api_matches_the_cli(teacher, glue_dir, tmp_path):
                             max_seq_len=32, seq_len=32, latency_batch_size=2, latency_seq_len=16, latency_repeats=1,
                             progress=False)
     assert report["target_metric"] == "flops" and report["flops"]["ratio"] <= 0.5 + 1e-9
+
+
+def test_majority_baseline_is_the_constant_predictor():
+    from ddk_fast.train.evaluation import majority_baseline
+
+    got = majority_baseline("mrpc", [1, 1, 0], [1, 0, 1, 1])
+    assert got["accuracy"] == pytest.approx(0.75) and got["f1"] == pytest.approx(6 / 7)
+    assert majority_baseline("cola", [0, 0, 1], [1, 0])["mcc"] == 0.0
+    stsb = majority_baseline("stsb", [1.0, 2.0, 3.0], [1.0, 4.0, 2.0])
+    assert stsb["pearson"] == 0.0 and stsb["spearman"] == 0.0  # a constant has no correlation

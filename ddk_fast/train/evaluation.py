@@ -41,6 +41,33 @@ def evaluate(model, logits_fn, loader, device, task: str) -> dict:
     return evaluate_logits(task, logits, labels)
 
 
+def majority_baseline(task: str, train_labels, dev_labels) -> dict:
+    """Dev metrics of a constant predictor: the most frequent train label (classification) or the
+    mean train score (regression, whose correlations are then 0). What a model must clearly beat."""
+    import numpy as np
+
+    from ddk_fast.data import get_task
+
+    train, dev = np.asarray(list(train_labels)), np.asarray(list(dev_labels))
+    if get_task(task).is_regression:
+        return _constant_metrics(task, np.full(len(dev), float(train.mean())), dev)
+    values, counts = np.unique(train.astype(np.int64), return_counts=True)
+    return _constant_metrics(task, np.full(len(dev), values[counts.argmax()]), dev)
+
+
+def _constant_metrics(task, predictions, labels) -> dict:
+    """Metrics of a constant prediction; correlations of a constant are undefined (NaN), reported as 0."""
+    import math
+    import warnings
+
+    from ddk_fast.data import compute_metrics
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = compute_metrics(task, predictions, labels)
+    return {k: (0.0 if isinstance(v, float) and math.isnan(v) else float(v)) for k, v in out.items()}
+
+
 def load_split(task: str, split: str, data_dir, max_examples=None, seed: int = 0):
     """``ddk_fast.data.load_task`` with data errors turned into one-line user errors."""
     from ddk_fast.data import DataError, load_task

@@ -52,9 +52,8 @@ def validate(cfg: PruneConfig) -> tuple[str, float]:
     return metric, ratio
 
 
-def calibration_batches(examples, tokenizer, cfg, device) -> list[dict]:
-    """Calibration examples as batches on ``device`` (longest first, dynamic padding)."""
-    encoded = encode(examples, tokenizer, max_length=cfg.max_seq_len)
+def calibration_batches(encoded, cfg, device) -> list[dict]:
+    """Encoded calibration examples as batches on ``device`` (longest first, dynamic padding)."""
     return [to_device(b, device) for b in eval_loader(encoded, cfg.batch_size)]
 
 
@@ -121,7 +120,8 @@ def run_prune(cfg: PruneConfig) -> dict:
     calib_ex = load_calibration(cfg, spec, messages.append)
     dev_ex = load_split(spec.name, "validation", cfg.data_dir, cfg.max_eval_examples, 0)
     teacher = teacher.to(device).eval().requires_grad_(False)
-    calib = calibration_batches(calib_ex, tokenizer, cfg, device)
+    calib_ds = encode(calib_ex, tokenizer, max_length=cfg.max_seq_len)
+    calib = calibration_batches(calib_ds, cfg, device)
     dev_ds = encode(dev_ex, tokenizer, max_length=cfg.max_seq_len)
     if os.path.isdir(dirs.work):  # an interrupted prune has nothing worth resuming
         shutil.rmtree(dirs.work)
@@ -130,7 +130,7 @@ def run_prune(cfg: PruneConfig) -> dict:
     try:
         for m in messages:
             log.info(m)
-        run = _PruneRun(cfg, spec, metric, ratio, teacher, teacher_path, cost_model, calib_ex, dev_ds)
+        run = _PruneRun(cfg, spec, metric, ratio, teacher, teacher_path, cost_model, calib_ds, dev_ds)
         return _run(run, calib, tokenizer, dirs, log, device)
     finally:
         log.close()
