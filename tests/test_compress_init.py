@@ -58,6 +58,8 @@ def test_default_start_is_the_one_shot_structure_and_reports_three_scores(teache
                                                                                "tuning_s"}
     assert [h["stage"] for h in report["history"]] == ["oneshot", "search", "distill"]
     assert report["pruned_before_distillation_dev"] is not None and report["student_dev"] is not None
+    times = report["times_s"]
+    assert set(times) == {"oneshot", "search", "distill", "evaluation"} and all(v > 0 for v in times.values())
 
 
 def test_init_weights_keeps_the_previous_behaviour(teacher, glue_dir, tmp_path):

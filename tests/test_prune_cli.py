@@ -43,6 +43,7 @@ def test_prune_exports_a_model_within_the_budget_with_a_staged_report(pruned):
     assert stages == ["mask_search", "rearranged", "tuned"]
     summary = report["search"]
     assert set(summary["timings_s"]) == {"importance_s", "mask_search_s", "tuning_s", "evaluation_s"}
+    assert set(report["times_s"]) == {"importance", "mask_search", "tuning", "evaluation"}
     assert summary["tuning"]["error_after"] <= summary["tuning"]["error_before"]
     assert summary["rearrangement"]["heads_after"] <= summary["rearrangement"]["heads_before"] + 1e-12
     model = load_pruned(str(out))

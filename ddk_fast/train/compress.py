@@ -239,7 +239,8 @@ class _Compression:
         self.state = {"stage": SEARCH if cfg.fixed_structure is None else DISTILL, "epoch": 0, "batch": 0,
                       "global_step": 0, "stage_start_step": 0, "best_score": -math.inf, "best_metrics": None,
                       "teacher_dev": None, "pruned_dev": None, "history": [], "structure": None,
-                      "search_summary": None, "oneshot": None, "wall_before_s": 0.0}
+                      "search_summary": None, "oneshot": None, "wall_before_s": 0.0,
+                      "times_s": {"oneshot": 0.0, "search": 0.0, "distill": 0.0, "evaluation": 0.0}}
         self._oneshot = None  # (OneShotResult, full-size student holding the tuned weights), fresh runs only
         self.file_structure = None  # the --fixed-structure FILE.json structure, read before any output
 
@@ -257,7 +258,20 @@ class _Compression:
             return model(b["input_ids"], attention_mask=b["attention_mask"], token_type_ids=b.get("token_type_ids"),
                          path=path, **gates).logits
 
-        return evaluate(model, logits, self.dev_loader, self.device, self.spec.name)
+        t0 = time.perf_counter()
+        try:
+            return evaluate(model, logits, self.dev_loader, self.device, self.spec.name)
+        finally:
+            self.state["times_s"]["evaluation"] += time.perf_counter() - t0
+
+    def _timed(self, stage: str, fn):
+        """Run ``fn()`` and add its wall time, less the dev evaluations inside it, to ``times_s[stage]``."""
+        t0, eval0 = time.perf_counter(), self.state["times_s"]["evaluation"]
+        try:
+            return fn()
+        finally:
+            spent = time.perf_counter() - t0 - (self.state["times_s"]["evaluation"] - eval0)
+            self.state["times_s"][stage] += spent
 
     def _objective(self, student):
         """The DDK objective (recursive adaptive hidden KD + prediction KD + task loss), or, with
@@ -299,12 +313,14 @@ class _Compression:
                 self.state["teacher_dev"] = self._evaluate(self.teacher)
                 self.info("teacher dev: " + _fmt(self.state["teacher_dev"]))
             if resumed is None and self._wants_one_shot():
-                self._run_one_shot()
+                self._timed("oneshot", self._run_one_shot)
             if self.state["stage"] == SEARCH:
-                self._search_stage(resumed)
+                self._timed("search", lambda: self._search_stage(resumed))
                 resumed = None
             if self.state["stage"] == DISTILL:
-                self._distill_stage(resumed)
+                self._timed("distill", lambda: self._distill_stage(resumed))
+            times = self.state["times_s"]
+            self.info("time: " + ", ".join(f"{k} {v:.1f} s" for k, v in times.items()))
             return self._finish()
         finally:
             self.log.close()

@@ -182,7 +182,8 @@ def _run(run, calib, tokenizer, dirs, log, device) -> dict:
         "tuning": None if result.tuning is None else {
             "error_before": result.tuning.error_before, "error_after": result.tuning.error_after,
             "sublayers_tuned": sum(r["tuned"] for r in result.tuning.rows), "rows": result.tuning.rows}}
-    log.info("time: " + ", ".join(f"{k[:-2]} {v:.1f} s" for k, v in timings.items()))
+    state["times_s"] = {k[:-2]: v for k, v in timings.items()}
+    log.info("time: " + ", ".join(f"{k} {v:.1f} s" for k, v in state["times_s"].items()))
     return _export(run, student.cpu() if device.type != "cpu" else student, tokenizer, dirs, log)
 
 
