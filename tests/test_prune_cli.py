@@ -87,6 +87,7 @@ def test_more_calibration_examples_than_the_train_split_uses_all(teacher, tmp_pa
     (["--target", "params=2"], "--target"),
     (["--importance", "magic"], "invalid choice"),
     (["--ridge", "-1"], "--ridge"),
+    (["--max-seq-len", "1"], "--max-seq-len 1"),
 ])
 def test_bad_options_exit_2_with_one_line(teacher, glue_dir, tmp_path, capsys, flags, message):
     out = tmp_path / "student"

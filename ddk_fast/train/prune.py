@@ -17,9 +17,8 @@ import time
 import torch
 
 from ddk_fast.cli import UserError
-from ddk_fast.data import encode
+from ddk_fast.data import DataError, encode
 from ddk_fast.export import load_pruned, save_pruned
-from ddk_fast.search.budget import check_target
 from ddk_fast.train.batching import eval_loader
 from ddk_fast.train.compress import check_budget, cost_model_for, load_teacher
 from ddk_fast.train.config import PruneConfig, config_dict
@@ -107,10 +106,6 @@ def run_prune(cfg: PruneConfig) -> dict:
         check_seq_len(value, teacher.config, flag)
     cost_model = cost_model_for(teacher, cfg.seq_len, metric)
     check_budget(cost_model, ratio, metric, cfg.target)
-    try:
-        check_target(ratio, cost_model.min_ratio(metric))
-    except ValueError as exc:
-        raise UserError(f"--target {cfg.target}: {exc}") from None
     dirs = run_dirs(cfg.output)
     if os.path.abspath(dirs.output) == teacher_path:
         raise UserError("--output must differ from --teacher")
@@ -120,9 +115,12 @@ def run_prune(cfg: PruneConfig) -> dict:
     calib_ex = load_calibration(cfg, spec, messages.append)
     dev_ex = load_split(spec.name, "validation", cfg.data_dir, cfg.max_eval_examples, 0)
     teacher = teacher.to(device).eval().requires_grad_(False)
-    calib_ds = encode(calib_ex, tokenizer, max_length=cfg.max_seq_len)
+    try:
+        calib_ds = encode(calib_ex, tokenizer, max_length=cfg.max_seq_len)
+        dev_ds = encode(dev_ex, tokenizer, max_length=cfg.max_seq_len)
+    except DataError as exc:
+        raise UserError(f"--max-seq-len {cfg.max_seq_len}: {exc}") from None
     calib = calibration_batches(calib_ds, cfg, device)
-    dev_ds = encode(dev_ex, tokenizer, max_length=cfg.max_seq_len)
     if os.path.isdir(dirs.work):  # an interrupted prune has nothing worth resuming
         shutil.rmtree(dirs.work)
     prepare(dirs, cfg.overwrite, False)
