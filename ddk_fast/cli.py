@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import traceback
 
 from ddk_fast._version import __version__
 
@@ -59,6 +60,27 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"ddk-fast {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        step, log = _run_position()
+        where = f" at step {step}" if step is not None else ""
+        print(f"ddk-fast {args.command}: interrupted{where}; rerun the same command with --resume to continue "
+              "from the last checkpoint", file=sys.stderr)
+        return 130
+    except Exception:  # noqa: BLE001 - a bug: the traceback is for the report, the log for the context
+        traceback.print_exc()
+        _, log = _run_position()
+        print(f"ddk-fast {args.command}: internal error (please report it with the traceback above"
+              + (f" and the run log {log}" if log else "") + ")", file=sys.stderr)
+        return 1
+
+
+def _run_position() -> tuple:
+    """(last logged step, log path) of the run this process was in, if any run logged anything."""
+    logging_module = sys.modules.get("ddk_fast.train.logging")
+    logger = getattr(getattr(logging_module, "RunLogger", None), "last", None)
+    if logger is None:
+        return None, None
+    return logger.last_step, logger.jsonl_path
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -58,10 +58,10 @@ def prune(teacher: str, task: str, output: str, target: Optional[str] = None, da
 
 def evaluate(model: str, task: str, data_dir: Optional[str] = None, *, output: Optional[str] = None,
              batch_size: int = 64, max_seq_len: Optional[int] = None, max_eval_examples: Optional[int] = None,
-             split: str = "validation", device: str = "auto", path: str = "auto") -> dict:
+             split: str = "validation", device: str = "auto", path: str = "auto", force: bool = False) -> dict:
     """Dev-set metrics of a teacher folder or a pruned export; written as JSON to ``output`` if given."""
     from ddk_fast.train.evaluate import run_evaluate
 
     return run_evaluate(model=model, task=task, data_dir=data_dir, output=output, batch_size=batch_size,
                         max_seq_len=max_seq_len, max_eval_examples=max_eval_examples, split=split, device=device,
-                        path=path)
+                        path=path, force=force)

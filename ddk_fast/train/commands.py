@@ -145,7 +145,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     metrics = run_evaluate(model=args.model, task=args.task, data_dir=args.data_dir, output=args.output,
                            batch_size=args.batch_size or 64, max_seq_len=args.max_seq_len,
                            max_eval_examples=args.max_eval_examples, split=args.split, device=args.device or "auto",
-                           path=args.path or "auto")
+                           path=args.path or "auto", force=bool(args.force))
     print(json.dumps(metrics, indent=2))
     return 0
 
@@ -217,4 +217,5 @@ def register(sub) -> None:
     _flag(ev, "--max-eval-examples", type=int, help="evaluate a seeded subset")
     _flag(ev, "--device", help="auto (default), cpu, cuda")
     _flag(ev, "--path", choices=("auto", "compact", "reference", "triton"), help="kernel path for a pruned export")
+    _switch(ev, "--force", "evaluate on --task even if the model was trained for another task")
     ev.set_defaults(func=_cmd_evaluate)

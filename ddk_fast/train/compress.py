@@ -24,6 +24,7 @@ import shutil
 import time
 
 import torch
+from safetensors import SafetensorError
 
 from ddk_fast.cli import UserError
 from ddk_fast.train import ddp
@@ -31,13 +32,13 @@ from ddk_fast.train.batching import eval_loader, train_loader
 from ddk_fast.train.checkpoint import (latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state,
                                       weights_digest)
 from ddk_fast.train.config import CompressConfig, config_dict, resume_mismatches
-from ddk_fast.train.evaluation import evaluate, load_split, task_spec, to_device
-from ddk_fast.train.io import atomic_write_json, read_json
+from ddk_fast.train.evaluation import encode_split, evaluate, load_split, task_spec, to_device
+from ddk_fast.train.io import atomic_write_json
 from ddk_fast.train.kd import FUSIONS, DistillObjective, KDWeights
 from ddk_fast.train.logging import RunLogger
 from ddk_fast.train.loop import check_finite, run_epochs
 from ddk_fast.train.optim import adamw, linear_schedule
-from ddk_fast.train.rundir import copy_logs, finalize, prepare, run_dirs, stage_dir
+from ddk_fast.train.rundir import copy_logs, finalize, finished_result, prepare, run_dirs, stage_dir
 from ddk_fast.train.stages import DistillModule, SearchModule, initial_importance, teacher_outputs, weight_parameters
 from ddk_fast.train.validate import check_positive, check_seq_len, parse_target
 
@@ -135,8 +136,9 @@ def load_teacher(path: str, spec):
     task_type = "regression" if spec.is_regression else "classification"
     try:
         teacher = MaskedTransformer.from_pretrained(path, num_labels=spec.num_labels, task_type=task_type)
-    except (ValueError, KeyError, FileNotFoundError, TypeError) as exc:
-        raise UserError(f"--teacher {path!r}: cannot build the masked model: {exc}") from None
+    except (ValueError, KeyError, OSError, TypeError, SafetensorError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"--teacher {path!r}: cannot read the model ({first})") from None
     if teacher.pruned_from is not None:
         raise UserError(f"--teacher {path!r} is already a pruned export; give the fine-tuned teacher")
     return teacher, load_tokenizer(path)
@@ -179,9 +181,7 @@ def run_compress(cfg: CompressConfig) -> dict:
         mode = prepare(dirs, cfg.overwrite, cfg.resume) if ctx.is_main else None
         mode = ddp.broadcast_object(ctx, mode)
         if mode == "done":
-            if ctx.is_main:
-                print(f"nothing to resume: {dirs.output} is already complete", flush=True)
-            return dict(read_json(os.path.join(dirs.output, "report.json")), output=dirs.output)
+            return finished_result(dirs, "report.json", config_dict(cfg), announce=ctx.is_main)
         run = _Compression(cfg, spec, metric, ratio, teacher, tokenizer, teacher_path, cost_model, dirs, ctx,
                            mode, data)
         run.file_structure = file_structure
@@ -214,12 +214,9 @@ def structure_from_file(cfg, teacher, train_ds, cost_model, metric: str, ratio: 
 
 
 def _load_data(cfg, spec, tokenizer):
-    from ddk_fast.data import encode
-
     train_ex = load_split(spec.name, "train", cfg.data_dir, cfg.max_train_examples, cfg.seed)
     dev_ex = load_split(spec.name, "validation", cfg.data_dir, cfg.max_eval_examples, 0)
-    return (encode(train_ex, tokenizer, max_length=cfg.max_seq_len),
-            encode(dev_ex, tokenizer, max_length=cfg.max_seq_len))
+    return encode_split(train_ex, tokenizer, cfg.max_seq_len), encode_split(dev_ex, tokenizer, cfg.max_seq_len)
 
 
 class _Compression:

@@ -10,7 +10,7 @@ import torch
 from ddk_fast.cli import UserError
 from ddk_fast.train import ddp
 from ddk_fast.train.batching import eval_loader
-from ddk_fast.train.evaluation import evaluate, load_split, task_spec
+from ddk_fast.train.evaluation import encode_split, evaluate, load_split, task_spec
 from ddk_fast.train.io import atomic_write_json, read_json
 
 
@@ -75,13 +75,43 @@ def trained_seq_len(folder: str) -> Optional[int]:
     return None
 
 
-def run_evaluate(model: str, task: str, data_dir=None, output=None, batch_size: int = 64, max_seq_len=None,
-                 max_eval_examples=None, split: str = "validation", device: str = "auto", path: str = "auto") -> dict:
-    from ddk_fast.data import encode
+def recorded_task(folder: str) -> tuple[Optional[str], Optional[str]]:
+    """(task, file that says so) a model folder was trained for: report.json / metrics.json of our runs,
+    else ``finetuning_task`` in config.json; (None, None) when nothing says."""
+    for name, key in (("report.json", "task"), ("metrics.json", "task"), ("config.json", "finetuning_task")):
+        p = os.path.join(folder, name)
+        if os.path.isfile(p):
+            try:
+                task = read_json(p).get(key)
+            except (OSError, ValueError, AttributeError):
+                continue
+            if isinstance(task, str) and task:
+                return task, name
+    return None, None
 
+
+def check_task(folder: str, spec, force: bool) -> None:
+    """Refuse to score a model on a task it was not trained for (a silently wrong number) unless forced."""
+    task, source = recorded_task(folder)
+    if task is None or force:
+        return
+    try:
+        recorded = task_spec(task).name
+    except UserError:
+        recorded = task
+    if recorded != spec.name:
+        raise UserError(f"--task {spec.name}: the model at {folder!r} was trained for {recorded} ({source}); "
+                        f"pass --force to evaluate it on {spec.name} anyway")
+
+
+def run_evaluate(model: str, task: str, data_dir=None, output=None, batch_size: int = 64, max_seq_len=None,
+                 max_eval_examples=None, split: str = "validation", device: str = "auto", path: str = "auto",
+                 force: bool = False) -> dict:
     spec = task_spec(task)
     if not model:
         raise UserError("--model is required")
+    if os.path.isdir(model):
+        check_task(model, spec, force)
     if batch_size < 1:
         raise UserError(f"--batch-size {batch_size}: expected a positive integer")
     dev = ddp.resolve_device(device)
@@ -93,7 +123,7 @@ def run_evaluate(model: str, task: str, data_dir=None, output=None, batch_size: 
     check_seq_len(seq, getattr(net, "config", {}), "--max-seq-len")
     net.to(dev)
     examples = load_split(spec.name, split, data_dir, max_eval_examples, 0)
-    loader = eval_loader(encode(examples, tokenizer, max_length=seq), batch_size)
+    loader = eval_loader(encode_split(examples, tokenizer, seq), batch_size)
     with torch.inference_mode():
         metrics = evaluate(net, logits_fn, loader, dev, spec.name)
     result = {"model": os.path.abspath(model), "kind": kind, "task": spec.name, "split": split,

@@ -85,6 +85,16 @@ def load_split(task: str, split: str, data_dir, max_examples=None, seed: int = 0
     return examples
 
 
+def encode_split(examples, tokenizer, max_seq_len: int):
+    """``ddk_fast.data.encode`` with its errors as one-line user errors naming ``--max-seq-len``."""
+    from ddk_fast.data import DataError, encode
+
+    try:
+        return encode(examples, tokenizer, max_length=max_seq_len)
+    except DataError as exc:
+        raise UserError(f"--max-seq-len {max_seq_len!r}: {exc}") from None
+
+
 def task_spec(task: str):
     from ddk_fast.data import DataError, get_task
 

@@ -20,12 +20,12 @@ from ddk_fast.train.checkpoint import (latest_checkpoint, load_checkpoint, rng_s
 from ddk_fast.train.config import FinetuneConfig, config_dict, packaged_model_dir, resume_mismatches
 from ddk_fast.train.errors import RunInterrupted
 from ddk_fast.train.loop import check_finite
-from ddk_fast.train.evaluation import evaluate, load_split, task_spec, to_device
+from ddk_fast.train.evaluation import encode_split, evaluate, load_split, task_spec, to_device
 from ddk_fast.train.hf import load_classifier, logits_of, save_classifier
-from ddk_fast.train.io import atomic_directory, atomic_write_json, read_json
+from ddk_fast.train.io import atomic_directory, atomic_write_json
 from ddk_fast.train.logging import RunLogger, progress
 from ddk_fast.train.optim import adamw, linear_schedule
-from ddk_fast.train.rundir import copy_logs, finalize, prepare, run_dirs, stage_dir
+from ddk_fast.train.rundir import copy_logs, finalize, finished_result, prepare, run_dirs, stage_dir
 from ddk_fast.train.validate import check_positive, check_seq_len
 
 
@@ -59,19 +59,14 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
         torch.manual_seed(cfg.seed)
         model, tokenizer = load_classifier(model_path, spec)
         check_seq_len(cfg.max_seq_len, model.config, "--max-seq-len")
-        from ddk_fast.data import encode
-
         train_ex = load_split(spec.name, "train", cfg.data_dir, cfg.max_train_examples, cfg.seed)
         dev_ex = load_split(spec.name, "validation", cfg.data_dir, cfg.max_eval_examples, 0)
-        train_ds = encode(train_ex, tokenizer, max_length=cfg.max_seq_len)
-        dev_ds = encode(dev_ex, tokenizer, max_length=cfg.max_seq_len)
+        train_ds = encode_split(train_ex, tokenizer, cfg.max_seq_len)
+        dev_ds = encode_split(dev_ex, tokenizer, cfg.max_seq_len)
         mode = prepare(dirs, cfg.overwrite, cfg.resume) if ctx.is_main else None
         mode = ddp.broadcast_object(ctx, mode)
         if mode == "done":
-            metrics = read_json(os.path.join(dirs.output, "metrics.json"))
-            if ctx.is_main:
-                print(f"nothing to resume: {dirs.output} is already complete", flush=True)
-            return metrics
+            return finished_result(dirs, "metrics.json", config_dict(cfg), announce=ctx.is_main)
         return _train(cfg, spec, model_path, model, tokenizer, train_ds, dev_ds, dirs, ctx, mode, t_start)
     finally:
         ddp.teardown(ctx)

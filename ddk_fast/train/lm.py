@@ -361,8 +361,7 @@ def run_compress_lm(cfg: LMCompressConfig) -> dict:
     """The whole LM pipeline (see the module docstring); returns the report (also written as report.json)."""
     from ddk_fast.search import CostModel
     from ddk_fast.train.ddp import resolve_device
-    from ddk_fast.train.io import read_json
-    from ddk_fast.train.rundir import prepare, run_dirs
+    from ddk_fast.train.rundir import finished_result, prepare, run_dirs
     from ddk_fast.train.student_kd import load_teacher_for, task_data
 
     metric, ratio = validate(cfg)
@@ -381,9 +380,7 @@ def run_compress_lm(cfg: LMCompressConfig) -> dict:
                         f"{cost_model.min_ratio(metric):.4f}")
     mode = prepare(dirs, cfg.overwrite, cfg.resume)
     if mode == "done":
-        if cfg.progress:
-            print(f"nothing to resume: {dirs.output} is already complete", flush=True)
-        return dict(read_json(os.path.join(dirs.output, "report.json")), output=dirs.output)
+        return finished_result(dirs, "report.json", dataclasses.asdict(cfg), announce=cfg.progress)
     return _LMCompression(cfg, metric, ratio, teacher, tokenizer, data, cost_model, dirs, device, mode).run()
 
 # -------------------------------------------------------------------------------------------- CLI

@@ -15,8 +15,18 @@ from ddk_fast.train.io import to_jsonable
 
 
 class RunLogger:
+    """JSONL log (+ TensorBoard scalars, + console lines) of one run.
+
+    ``RunLogger.last`` is the most recently opened enabled logger of the process: the command line reads
+    its ``last_step`` and ``jsonl_path`` to tell a user who pressed Ctrl-C, or hit a bug, where the
+    run stood and where its log is."""
+
+    last: "Optional[RunLogger]" = None
+
     def __init__(self, folder: Optional[str], enabled: bool = True, tensorboard: bool = True,
                  console: bool = True):
+        self.last_step: Optional[int] = None
+        self.jsonl_path: Optional[str] = None
         self.enabled = enabled and folder is not None
         self.console = console and enabled
         self.t0 = time.time()
@@ -27,6 +37,7 @@ class RunLogger:
         os.makedirs(folder, exist_ok=True)
         self.jsonl_path = os.path.join(folder, "log.jsonl")
         self._fh = open(self.jsonl_path, "a", encoding="utf-8")
+        RunLogger.last = self
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -41,6 +52,7 @@ class RunLogger:
         rec = {"event": event, "time": round(time.time() - self.t0, 3)}
         if step is not None:
             rec["step"] = step
+            self.last_step = step
         rec.update(to_jsonable(values))
         self._fh.write(json.dumps(rec, allow_nan=True) + "\n")
         self._fh.flush()

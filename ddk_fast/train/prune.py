@@ -17,12 +17,11 @@ import time
 import torch
 
 from ddk_fast.cli import UserError
-from ddk_fast.data import DataError, encode
 from ddk_fast.export import load_pruned, save_pruned
 from ddk_fast.train.batching import eval_loader
 from ddk_fast.train.compress import check_budget, cost_model_for, load_teacher
 from ddk_fast.train.config import PruneConfig, config_dict
-from ddk_fast.train.evaluation import evaluate, load_split, task_spec, to_device
+from ddk_fast.train.evaluation import encode_split, evaluate, load_split, task_spec, to_device
 from ddk_fast.train.io import atomic_write_json
 from ddk_fast.train.logging import RunLogger
 from ddk_fast.train.oneshot import IMPORTANCE_KINDS, one_shot
@@ -115,11 +114,8 @@ def run_prune(cfg: PruneConfig) -> dict:
     calib_ex = load_calibration(cfg, spec, messages.append)
     dev_ex = load_split(spec.name, "validation", cfg.data_dir, cfg.max_eval_examples, 0)
     teacher = teacher.to(device).eval().requires_grad_(False)
-    try:
-        calib_ds = encode(calib_ex, tokenizer, max_length=cfg.max_seq_len)
-        dev_ds = encode(dev_ex, tokenizer, max_length=cfg.max_seq_len)
-    except DataError as exc:
-        raise UserError(f"--max-seq-len {cfg.max_seq_len}: {exc}") from None
+    calib_ds = encode_split(calib_ex, tokenizer, cfg.max_seq_len)
+    dev_ds = encode_split(dev_ex, tokenizer, cfg.max_seq_len)
     calib = calibration_batches(calib_ds, cfg, device)
     if os.path.isdir(dirs.work):  # an interrupted prune has nothing worth resuming
         shutil.rmtree(dirs.work)

@@ -15,7 +15,8 @@ import shutil
 from dataclasses import dataclass
 
 from ddk_fast.cli import UserError
-from ddk_fast.train.io import make_temp_sibling, output_dir_state, replace_directory
+from ddk_fast.train.config import resume_mismatches
+from ddk_fast.train.io import make_temp_sibling, output_dir_state, read_json, replace_directory
 
 SUFFIX = ".inprogress"
 COMPLETE = "COMPLETE"  # written into a kept work folder (--keep-checkpoints) once the run has finished
@@ -76,8 +77,30 @@ def prepare(dirs: RunDirs, overwrite: bool, resume: bool) -> str:
         raise UserError(f"--output {dirs.output!r} exists and is not empty; pass --overwrite to replace it")
     if has_work:
         shutil.rmtree(dirs.work)
-    os.makedirs(dirs.work, exist_ok=True)
+    try:
+        os.makedirs(dirs.work, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--output {dirs.output!r}: cannot create the run folder {dirs.work!r} "
+                        f"({exc.strerror or exc})") from None
     return "fresh"
+
+
+def finished_result(dirs: RunDirs, record: str, config: dict, announce: bool = True) -> dict:
+    """The recorded result of a finished run (``--resume`` of a complete output), refused when the run
+    was made with other settings: a rerun with an edited flag must not silently return the old result."""
+    path = os.path.join(dirs.output, record)
+    try:
+        saved = read_json(path)
+    except (OSError, ValueError):
+        raise UserError(f"--resume: {dirs.output!r} holds no readable {record}; pass --overwrite to redo the run "
+                        "or choose another --output") from None
+    mism = resume_mismatches(saved.get("config") or {}, config)
+    if mism:
+        raise UserError(f"--resume: {dirs.output!r} already holds a finished run with other settings "
+                        f"({'; '.join(mism)}); pass --overwrite to replace it or choose another --output")
+    if announce:
+        print(f"nothing to resume: {dirs.output} is already complete", flush=True)
+    return dict(saved, output=dirs.output)
 
 
 def finalize(dirs: RunDirs, staged: str, keep_work: bool = False) -> None:

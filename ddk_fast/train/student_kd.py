@@ -228,15 +228,14 @@ def task_data(cfg, tokenizer, task_type: str, device) -> TaskData:
         return TaskData(LM_TASK, "lm", _endless_blocks(train, cfg.batch_size, cfg.seed),
                         lambda m: perplexity(m, dev, cfg.eval_batch_size, device, cfg.path), "perplexity", False,
                         int(train.shape[0]), int(dev.shape[0]))
-    from ddk_fast.data import encode
     from ddk_fast.train.batching import eval_loader, train_loader
-    from ddk_fast.train.evaluation import evaluate, load_split, task_spec
+    from ddk_fast.train.evaluation import encode_split, evaluate, load_split, task_spec
 
     spec = task_spec(cfg.task)
     train_ex = load_split(spec.name, "train", cfg.data_dir, cfg.max_train_examples, cfg.seed)
     dev_ex = load_split(spec.name, "validation", cfg.data_dir, cfg.max_eval_examples, 0)
-    train_ds = encode(train_ex, tokenizer, max_length=cfg.max_seq_len)
-    dev_ds = encode(dev_ex, tokenizer, max_length=cfg.max_seq_len)
+    train_ds = encode_split(train_ex, tokenizer, cfg.max_seq_len)
+    dev_ds = encode_split(dev_ex, tokenizer, cfg.max_seq_len)
     loader = train_loader(train_ds, cfg.batch_size, cfg.seed)
     dev_loader = eval_loader(dev_ds, cfg.eval_batch_size)
 
@@ -342,9 +341,8 @@ def run_distill(cfg: DistillConfig) -> dict:
     ``--resume`` continues an interrupted run exactly where it stopped."""
     from ddk_fast.distill.objectives import KDObjective
     from ddk_fast.distill.tinybert import make_student, recipe_stages
-    from ddk_fast.train.io import read_json
     from ddk_fast.train.logging import RunLogger
-    from ddk_fast.train.rundir import prepare, run_dirs
+    from ddk_fast.train.rundir import finished_result, prepare, run_dirs
 
     validate(cfg)
     dirs = run_dirs(cfg.output) if cfg.save_model else None
@@ -366,9 +364,7 @@ def run_distill(cfg: DistillConfig) -> dict:
         raise UserError(str(exc)) from None
     mode = prepare(dirs, cfg.overwrite, cfg.resume) if dirs is not None else "fresh"
     if mode == "done":
-        if cfg.progress:
-            print(f"nothing to resume: {dirs.output} is already complete", flush=True)
-        return dict(read_json(os.path.join(dirs.output, "metrics.json")), output=dirs.output)
+        return finished_result(dirs, "metrics.json", dataclasses.asdict(cfg), announce=cfg.progress)
     log = RunLogger(dirs.logs if dirs is not None else None, enabled=dirs is not None, console=cfg.progress)
     try:
         return _DistillRun(cfg, dirs, mode, log, teacher, tokenizer, student, stages, objectives, data,
