@@ -5,13 +5,18 @@ trained module, arch parameters included), ``state.pt`` (optimizers, schedulers,
 RNG states of every rank) and ``meta.json`` (human-readable summary). It is built in a temporary
 sibling and renamed into place, then ``LATEST`` is rewritten atomically: a kill at any instant leaves
 the previous checkpoint usable. Only safetensors and ``torch.load(weights_only=True)`` are ever read.
+
+``meta.json`` records the sha256 of both data files. A checkpoint damaged on disk afterwards (a
+truncated copy, a bad sector, a half-synced network filesystem) fails that check, and
+``latest_checkpoint`` falls back to the newest older checkpoint that passes it, saying so.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import shutil
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -87,7 +92,8 @@ def save_checkpoint(ckpt_root: str, step: int, model: torch.nn.Module, state: di
     with atomic_directory(final) as tmp:
         save_tensors(os.path.join(tmp, "model.safetensors"), model_tensors(model))
         torch.save(state, os.path.join(tmp, "state.pt"))
-        atomic_write_json(os.path.join(tmp, "meta.json"), {"step": step, **(meta or {})})
+        files = {name: file_digest(os.path.join(tmp, name)) for name in DATA_FILES}
+        atomic_write_json(os.path.join(tmp, "meta.json"), {"step": step, **(meta or {}), "files": files})
     atomic_write_text(os.path.join(ckpt_root, LATEST), name + "\n")
     existing = sorted(d for d in os.listdir(ckpt_root) if d.startswith("step-") and not d.endswith((".partial", ".old")))
     for old in existing[:-keep] if keep > 0 else []:
@@ -96,17 +102,53 @@ def save_checkpoint(ckpt_root: str, step: int, model: torch.nn.Module, state: di
     return final
 
 
-def latest_checkpoint(ckpt_root: str) -> Optional[str]:
-    """The folder LATEST points to, or None if there is no complete checkpoint."""
+DATA_FILES = ("model.safetensors", "state.pt")
+
+
+def file_digest(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def checkpoint_problem(path: str) -> Optional[str]:
+    """Why the checkpoint folder cannot be trusted, or None when its files match their recorded digests
+    (checkpoints written before digests were recorded are trusted when complete)."""
+    for name in (*DATA_FILES, "meta.json"):
+        if not os.path.isfile(os.path.join(path, name)):
+            return f"{name} is missing"
+    try:
+        recorded = read_json(os.path.join(path, "meta.json")).get("files") or {}
+    except (OSError, ValueError, AttributeError):
+        return "meta.json is unreadable"
+    for name, digest in recorded.items():
+        if file_digest(os.path.join(path, name)) != digest:
+            return f"{name} does not match its recorded sha256"
+    return None
+
+
+def latest_checkpoint(ckpt_root: str, warn: Optional[Callable[[str], None]] = None) -> Optional[str]:
+    """The newest intact checkpoint: the one LATEST points to, else (``warn`` is told why) the newest
+    older one that passes ``checkpoint_problem``; None if there is none."""
     pointer = os.path.join(ckpt_root, LATEST)
     if not os.path.isfile(pointer):
         return None
     with open(pointer, encoding="utf-8") as fh:
         name = fh.read().strip()
-    path = os.path.join(ckpt_root, name)
-    if not os.path.isfile(os.path.join(path, "state.pt")):
-        return None
-    return path
+    older = sorted((d for d in os.listdir(ckpt_root) if d.startswith("step-") and not d.endswith((".partial", ".old"))
+                    and d != name), reverse=True)
+    for candidate in [name, *[d for d in older if d < name]]:
+        path = os.path.join(ckpt_root, candidate)
+        if not os.path.isdir(path):
+            continue
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path
+        if warn is not None:
+            warn(f"checkpoint {path} is damaged ({problem}); trying the previous one")
+    return None
 
 
 def load_checkpoint(path: str, map_location="cpu") -> tuple[dict[str, torch.Tensor], dict, dict]:

@@ -385,7 +385,7 @@ class _Compression:
         ddp.barrier(self.ctx)
 
     def _resume_if_any(self):
-        path = latest_checkpoint(self.dirs.checkpoints)
+        path = latest_checkpoint(self.dirs.checkpoints, warn=self.info)
         if path is None:
             self.info(f"no complete checkpoint in {self.dirs.checkpoints}; starting from the beginning")
             return None

@@ -41,7 +41,7 @@ class StepCheckpoints:
     def load(self) -> Optional[tuple[dict, dict]]:
         """(loop state, checkpoint) of the newest complete checkpoint, or None. Refuses another command's
         run and one started with settings that would change the result."""
-        path = latest_checkpoint(self.dirs.checkpoints)
+        path = latest_checkpoint(self.dirs.checkpoints, warn=self.log.info)
         if path is None:
             self.log.info(f"no complete checkpoint in {self.dirs.checkpoints}; starting from the beginning")
             return None

@@ -6,12 +6,18 @@ sibling and swapped onto ``OUT`` in one rename, then the in-progress folder is r
 - ``OUT`` is never half-written: it is either the previous complete result or the new one;
 - an existing non-empty ``OUT`` is refused unless ``--overwrite``;
 - an unfinished run (``OUT.inprogress`` exists) is refused unless ``--resume`` (continue it) or
-  ``--overwrite`` (start again); a failed run keeps it for inspection and ``--resume``.
+  ``--overwrite`` (start again); a failed run keeps it for inspection and ``--resume``;
+- two processes cannot write the same ``OUT``: ``OUT.lock`` holds the writer's pid and host while it
+  runs; a lock whose process is gone (kill -9, a crash) is stale and taken over, saying so.
 """
 from __future__ import annotations
 
+import atexit
+import json
 import os
 import shutil
+import socket
+import sys
 from dataclasses import dataclass
 
 from ddk_fast.cli import UserError
@@ -47,10 +53,88 @@ def run_dirs(output: str) -> RunDirs:
     return RunDirs(out, out.rstrip(os.sep) + SUFFIX)
 
 
+def lock_path(dirs: RunDirs) -> str:
+    return dirs.output.rstrip(os.sep) + ".lock"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def acquire_lock(dirs: RunDirs) -> None:
+    """Take ``OUT.lock`` for this process (idempotent within it); refuse while another live process
+    holds it; take over a stale lock. Released by ``release_lock`` (also at exit)."""
+    path = lock_path(dirs)
+    me = {"pid": os.getpid(), "host": socket.gethostname()}
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                with open(path, encoding="utf-8") as fh:
+                    holder = json.load(fh)
+            except (OSError, ValueError):
+                holder = {}
+            pid, host = holder.get("pid"), holder.get("host")
+            if pid == me["pid"] and host == me["host"]:
+                return
+            if isinstance(pid, int) and host == me["host"] and _alive(pid):
+                raise UserError(f"--output {dirs.output!r} is being written by process {pid} (lock {path}); wait for "
+                                "it to finish, or choose another --output")
+            if isinstance(pid, int) and host not in (None, me["host"]):
+                raise UserError(f"--output {dirs.output!r} is locked by process {pid} on host {host} ({path}); "
+                                "remove the lock file if that run is gone")
+            print(f"note: removing the stale lock {path} (process {pid} is gone)", file=sys.stderr)
+            try:
+                os.remove(path)
+            except FileNotFoundError:
+                pass
+            continue
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(me, fh)
+        atexit.register(release_lock, dirs)
+        return
+    raise UserError(f"--output {dirs.output!r}: cannot take the lock {path}")
+
+
+def release_lock(dirs: RunDirs) -> None:
+    """Remove ``OUT.lock`` if this process holds it."""
+    path = lock_path(dirs)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            holder = json.load(fh)
+    except (OSError, ValueError):
+        return
+    if holder.get("pid") == os.getpid():
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            pass
+
+
 def prepare(dirs: RunDirs, overwrite: bool, resume: bool) -> str:
     """Decide how the run starts: 'fresh', 'resume' (an unfinished run exists) or 'done'
-    (``--resume`` of a run that already finished). Raises UserError when the output must be kept.
-    Call on the writing rank only."""
+    (``--resume`` of a run that already finished), holding the output's lock. Raises UserError when the
+    output must be kept (the lock is then released). Call on the writing rank only."""
+    try:
+        os.makedirs(os.path.dirname(dirs.output) or ".", exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--output {dirs.output!r}: cannot create its parent folder ({exc.strerror or exc})") from None
+    acquire_lock(dirs)
+    try:
+        return _prepare(dirs, overwrite, resume)
+    except BaseException:
+        release_lock(dirs)
+        raise
+
+
+def _prepare(dirs: RunDirs, overwrite: bool, resume: bool) -> str:
     out_state = output_dir_state(dirs.output)
     if out_state == "nonempty" and not os.path.isdir(dirs.output):
         raise UserError(f"--output {dirs.output!r} exists and is not a folder")
@@ -96,21 +180,24 @@ def finished_result(dirs: RunDirs, record: str, config: dict, announce: bool = T
                         "or choose another --output") from None
     mism = resume_mismatches(saved.get("config") or {}, config)
     if mism:
+        release_lock(dirs)
         raise UserError(f"--resume: {dirs.output!r} already holds a finished run with other settings "
                         f"({'; '.join(mism)}); pass --overwrite to replace it or choose another --output")
     if announce:
         print(f"nothing to resume: {dirs.output} is already complete", flush=True)
+    release_lock(dirs)
     return dict(saved, output=dirs.output)
 
 
 def finalize(dirs: RunDirs, staged: str, keep_work: bool = False) -> None:
-    """Swap the completed folder ``staged`` onto the output and drop the in-progress folder."""
+    """Swap the completed folder ``staged`` onto the output, drop the in-progress folder, release the lock."""
     replace_directory(staged, dirs.output)
     if keep_work:
         with open(os.path.join(dirs.work, COMPLETE), "w", encoding="utf-8") as fh:
             fh.write(dirs.output + "\n")
     else:
         shutil.rmtree(dirs.work, ignore_errors=True)
+    release_lock(dirs)
 
 
 def stage_dir(dirs: RunDirs) -> str:
