@@ -41,8 +41,8 @@ def teacher_layers_for(num_student: int, num_teacher: int, layer_init: str) -> l
     if layer_init not in LAYER_INITS:
         raise ValueError(f"layer_init must be one of {LAYER_INITS}, got {layer_init!r}")
     if not 1 <= num_student <= num_teacher and layer_init != "scratch":
-        raise ValueError(f"num_layers={num_student}: expected 1..{num_teacher} (the teacher's depth) "
-                         f"to initialise from teacher layers; use layer_init='scratch' for a deeper student")
+        raise ValueError(f"--student-layers {num_student}: expected 1..{num_teacher} (the teacher's depth) "
+                         f"to initialise from teacher layers; use --layer-init scratch for a deeper student")
     if layer_init == "scratch":
         return None
     if layer_init == "first":

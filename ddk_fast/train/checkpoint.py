@@ -20,6 +20,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from ddk_fast.train.errors import CheckpointWriteError
 from ddk_fast.train.io import atomic_directory, atomic_write_json, atomic_write_text, read_json
 
 LATEST = "LATEST"
@@ -86,15 +87,22 @@ def load_tensors(path: str) -> dict[str, torch.Tensor]:
 def save_checkpoint(ckpt_root: str, step: int, model: torch.nn.Module, state: dict, meta: Optional[dict] = None,
                     keep: int = 2) -> str:
     """Write ``ckpt_root/step-<step>`` atomically, point LATEST at it, prune all but the newest ``keep``."""
-    os.makedirs(ckpt_root, exist_ok=True)
     name = f"step-{step:08d}"
     final = os.path.join(ckpt_root, name)
-    with atomic_directory(final) as tmp:
-        save_tensors(os.path.join(tmp, "model.safetensors"), model_tensors(model))
-        torch.save(state, os.path.join(tmp, "state.pt"))
-        files = {name: file_digest(os.path.join(tmp, name)) for name in DATA_FILES}
-        atomic_write_json(os.path.join(tmp, "meta.json"), {"step": step, **(meta or {}), "files": files})
-    atomic_write_text(os.path.join(ckpt_root, LATEST), name + "\n")
+    try:
+        os.makedirs(ckpt_root, exist_ok=True)
+        with atomic_directory(final) as tmp:
+            save_tensors(os.path.join(tmp, "model.safetensors"), model_tensors(model))
+            torch.save(state, os.path.join(tmp, "state.pt"))
+            files = {f: file_digest(os.path.join(tmp, f)) for f in DATA_FILES}
+            atomic_write_json(os.path.join(tmp, "meta.json"), {"step": step, **(meta or {}), "files": files})
+        atomic_write_text(os.path.join(ckpt_root, LATEST), name + "\n")
+    except OSError as exc:  # disk full, quota, a vanished mount: the previous checkpoint is untouched
+        previous = latest_checkpoint(ckpt_root) if os.path.isdir(ckpt_root) else None
+        after = (f"the previous one ({os.path.basename(previous)}) is intact; rerun with --resume once there is room"
+                 if previous else "no earlier checkpoint exists")
+        raise CheckpointWriteError(f"cannot write the checkpoint of step {step} in {ckpt_root!r} "
+                                   f"({exc.strerror or exc}); {after}") from None
     existing = sorted(d for d in os.listdir(ckpt_root) if d.startswith("step-") and not d.endswith((".partial", ".old")))
     for old in existing[:-keep] if keep > 0 else []:
         if old != name:

@@ -143,7 +143,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from ddk_fast.train.evaluate import run_evaluate
 
     metrics = run_evaluate(model=args.model, task=args.task, data_dir=args.data_dir, output=args.output,
-                           batch_size=args.batch_size or 64, max_seq_len=args.max_seq_len,
+                           batch_size=64 if args.batch_size is None else args.batch_size, max_seq_len=args.max_seq_len,
                            max_eval_examples=args.max_eval_examples, split=args.split, device=args.device or "auto",
                            path=args.path or "auto", force=bool(args.force))
     print(json.dumps(metrics, indent=2))

@@ -9,6 +9,11 @@ class TrainingDiverged(UserError):
     checkpoint; the in-progress folder is kept so the run can be resumed with other settings."""
 
 
+class CheckpointWriteError(UserError):
+    """A checkpoint could not be written (disk full, quota, ...). The previous checkpoint and the
+    previous output are untouched; the message says which checkpoint a --resume would continue from."""
+
+
 class RunInterrupted(RuntimeError):
     """Raised by the ``stop_after_steps`` testing hook: the run stops as if killed right after a step
     (nothing else is written), so tests can exercise ``--resume`` without signals."""

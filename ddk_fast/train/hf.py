@@ -62,9 +62,26 @@ def check_label_count(path: str, config: dict, spec) -> None:
     n = config.get("num_labels")
     if n is None and config.get("id2label"):
         n = len(config["id2label"])
+    if n is None and os.path.isdir(path):  # transformers 5 writes neither for the default 2 labels
+        n = _classifier_rows(path)
     if n is not None and int(n) != spec.num_labels:
         raise UserError(f"the model at {path!r} has a {n}-label classifier but task {spec.name} needs "
                         f"{spec.num_labels} label(s)")
+
+
+def _classifier_rows(path: str):
+    """Output rows of the classifier in a folder's safetensors weights (header only), or None."""
+    from safetensors import SafetensorError, safe_open
+
+    for name in sorted(f for f in os.listdir(path) if f.endswith(".safetensors")):
+        try:
+            with safe_open(os.path.join(path, name), "pt") as fh:
+                for key in fh.keys():
+                    if key.endswith(("classifier.weight", "classifier.out_proj.weight")):
+                        return int(fh.get_slice(key).get_shape()[0])
+        except (OSError, SafetensorError):
+            return None
+    return None
 
 
 def load_tokenizer(path: str):

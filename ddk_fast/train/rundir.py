@@ -13,6 +13,7 @@ sibling and swapped onto ``OUT`` in one rename, then the in-progress folder is r
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import shutil
@@ -67,6 +68,15 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _lock_holder(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            holder = json.load(fh)
+    except (OSError, ValueError):
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
 def acquire_lock(dirs: RunDirs) -> None:
     """Take ``OUT.lock`` for this process (idempotent within it); refuse while another live process
     holds it; take over a stale lock. Released by ``release_lock`` (also at exit)."""
@@ -76,46 +86,35 @@ def acquire_lock(dirs: RunDirs) -> None:
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
-            try:
-                with open(path, encoding="utf-8") as fh:
-                    holder = json.load(fh)
-            except (OSError, ValueError):
-                holder = {}
-            pid, host = holder.get("pid"), holder.get("host")
-            if pid == me["pid"] and host == me["host"]:
-                return
-            if isinstance(pid, int) and host == me["host"] and _alive(pid):
-                raise UserError(f"--output {dirs.output!r} is being written by process {pid} (lock {path}); wait for "
-                                "it to finish, or choose another --output")
-            if isinstance(pid, int) and host not in (None, me["host"]):
-                raise UserError(f"--output {dirs.output!r} is locked by process {pid} on host {host} ({path}); "
-                                "remove the lock file if that run is gone")
-            print(f"note: removing the stale lock {path} (process {pid} is gone)", file=sys.stderr)
-            try:
-                os.remove(path)
-            except FileNotFoundError:
-                pass
-            continue
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(me, fh)
-        atexit.register(release_lock, dirs)
-        return
+            holder = _lock_holder(path)
+        except OSError as exc:
+            raise UserError(f"--output {dirs.output!r}: cannot write there ({exc.strerror or exc})") from None
+        else:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(me, fh)
+            atexit.register(release_lock, dirs)
+            return
+        pid, host = holder.get("pid"), holder.get("host")
+        if pid == me["pid"] and host == me["host"]:
+            return
+        if isinstance(pid, int) and host == me["host"] and _alive(pid):
+            raise UserError(f"--output {dirs.output!r} is being written by process {pid} (lock {path}); wait for "
+                            "it to finish, or choose another --output")
+        if isinstance(pid, int) and host not in (None, me["host"]):
+            raise UserError(f"--output {dirs.output!r} is locked by process {pid} on host {host} ({path}); "
+                            "remove the lock file if that run is gone")
+        print(f"note: removing the stale lock {path} (process {pid} is gone)", file=sys.stderr)
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
     raise UserError(f"--output {dirs.output!r}: cannot take the lock {path}")
 
 
 def release_lock(dirs: RunDirs) -> None:
     """Remove ``OUT.lock`` if this process holds it."""
     path = lock_path(dirs)
-    try:
-        with open(path, encoding="utf-8") as fh:
-            holder = json.load(fh)
-    except (OSError, ValueError):
-        return
-    if holder.get("pid") == os.getpid():
-        try:
+    if _lock_holder(path).get("pid") == os.getpid():
+        with contextlib.suppress(FileNotFoundError):
             os.remove(path)
-        except FileNotFoundError:
-            pass
 
 
 def prepare(dirs: RunDirs, overwrite: bool, resume: bool) -> str:
