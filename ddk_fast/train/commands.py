@@ -132,6 +132,8 @@ def _register_prune(sub) -> None:
     _flag(pr, "--path", choices=("auto", "compact", "reference", "triton"), help="kernel path of the masked model")
     _flag(pr, "--latency-batch-size", type=int, help="batch size of the CPU latency measurement (default 32)")
     _flag(pr, "--latency-seq-len", type=int, help="sequence length of the CPU latency measurement (default 128)")
+    _flag(pr, "--latency-threads", type=int,
+          help="CPU threads of the latency measurement (default 1: a ratio a busy machine cannot drown)")
     _flag(pr, "--device", help="auto (default), cpu, cuda or cuda:N")
     _switch(pr, "--overwrite", "replace an existing --output")
     pr.add_argument("--no-progress", dest="progress", action="store_const", const=False, default=None,
@@ -202,6 +204,8 @@ def register(sub) -> None:
     _flag(cp, "--hidden-loss", choices=("mse", "cosine"), help="hidden-state distillation loss")
     _flag(cp, "--latency-batch-size", type=int, help="batch size of the CPU latency measurement (default 32)")
     _flag(cp, "--latency-seq-len", type=int, help="sequence length of the CPU latency measurement (default 128)")
+    _flag(cp, "--latency-threads", type=int,
+          help="CPU threads of the latency measurement (default 1: a ratio a busy machine cannot drown)")
     cp.set_defaults(func=_cmd_compress)
     _register_companions(sub, cp)
     _register_prune(sub)

@@ -54,7 +54,7 @@ def validate(cfg: CompressConfig) -> tuple[str, float]:
             raise UserError(f"{flag} is required")
     metric, ratio = parse_target(cfg.target)
     for name in ("batch_size", "eval_batch_size", "max_seq_len", "seq_len", "save_steps", "log_steps",
-                 "channel_granularity", "latency_batch_size", "latency_seq_len", "latency_repeats"):
+                 "channel_granularity", "latency_batch_size", "latency_seq_len", "latency_repeats", "latency_threads"):
         check_positive(name, getattr(cfg, name))
     for name in ("search_epochs", "distill_epochs"):
         value = getattr(cfg, name)
@@ -702,6 +702,8 @@ class _Compression:
                       f"{report['student_dev'][self.spec.main_metric]:.4f} (teacher "
                       f"{report['teacher_dev'][self.spec.main_metric]:.4f}), {self.metric} ratio "
                       f"{report[self.metric]['ratio']:.3f}, CPU latency x{report['latency']['speedup']}")
+            if report["latency"]["warning"]:
+                self.info("warning: " + report["latency"]["warning"])
         report = ddp.broadcast_object(ctx, report)
         # the in-memory student after the last step, on this rank (ranks must agree under DDP)
         return dict(report, output=self.dirs.output, final_weights_sha256=getattr(self, "final_digest", None),

@@ -120,6 +120,7 @@ class CompressConfig:
     latency_batch_size: int = 32
     latency_seq_len: int = 128
     latency_repeats: int = 10
+    latency_threads: int = 1
     # testing hooks (not CLI flags)
     stop_after_steps: Optional[int] = None
     fault_nan_at_step: Optional[int] = None
@@ -158,6 +159,7 @@ class PruneConfig:
     latency_batch_size: int = 32
     latency_seq_len: int = 128
     latency_repeats: int = 10
+    latency_threads: int = 1
 
 
 def _coerce(cfg_cls, key: str, value: Any, source: str) -> Any:

@@ -1,53 +1,139 @@
-"""CPU inference latency of teacher and student on the same engine, same inputs, same threads.
+"""CPU inference latency of teacher and student: one protocol, so the ratio in report.json can be trusted.
 
-Why the same engine: the ratio should measure the structure, not two different implementations.
+Protocol (what ``compare`` does and report.json records):
+1. Same engine, same inputs (a full ``[B, S]`` batch of random token ids), eval mode, inference mode.
+2. Threads pinned for the measurement (default 1, restored afterwards): with more threads than idle
+   cores, a busy machine drowns the difference between two models.
+3. Warm-up: two forward passes of each model.
+4. Pairs: teacher and student are timed back to back, alternating which goes first, so a change of
+   load hits both; the ratio is the median of the per-pair ratios student / teacher, its spread the
+   inter-quartile range of those ratios.
+5. At least ``repeats`` pairs; while the spread (IQR / median) exceeds ``tolerance`` more pairs are
+   timed, up to ``max_pairs``.
+6. The machine's 1-minute load average is recorded before and after. The measurement is marked
+   unreliable, with a warning, when the spread stays above ``tolerance`` or the load left fewer idle
+   cores than the measurement's threads.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import os
 import statistics
 import time
 
 import torch
 
 
-@torch.inference_mode()
-def measure(model: torch.nn.Module, batch_size: int, seq_len: int, vocab_size: int, repeats: int = 10,
-            warmup: int = 2, seed: int = 0, path: str = "auto") -> dict:
-    """Median / min wall time (ms) of one forward pass on CPU with a full [B, S] batch."""
+@contextlib.contextmanager
+def pinned_threads(threads: int):
+    old = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(threads)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _inputs(batch_size: int, seq_len: int, vocab_size: int, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(low=1000 if vocab_size > 2000 else 1, high=vocab_size, size=(batch_size, seq_len), generator=g)
-    mask = torch.ones_like(ids)
-    types = torch.zeros_like(ids)
-    cpu_model = model if next(model.parameters()).device.type == "cpu" else copy.deepcopy(model).cpu()
-    was_training = cpu_model.training
-    cpu_model.eval()
+    return ids, torch.ones_like(ids), torch.zeros_like(ids)
+
+
+def _on_cpu_eval(model):
+    cpu = model if next(model.parameters()).device.type == "cpu" else copy.deepcopy(model).cpu()
+    return cpu, cpu.training
+
+
+def _timer(model, inputs, path):
+    ids, mask, types = inputs
     kwargs = {} if path == "auto" else {"path": path}
+
+    def once() -> float:
+        t0 = time.perf_counter()
+        model(ids, attention_mask=mask, token_type_ids=types, **kwargs)
+        return (time.perf_counter() - t0) * 1000.0
+
+    return once
+
+
+def _quartiles(values):
+    if len(values) < 2:
+        return values[0], values[0]
+    q = statistics.quantiles(values, n=4, method="inclusive")
+    return q[0], q[2]
+
+
+def _load() -> float | None:
     try:
-        for _ in range(max(0, warmup)):
-            cpu_model(ids, attention_mask=mask, token_type_ids=types, **kwargs)
-        times = []
-        for _ in range(max(1, repeats)):
-            t0 = time.perf_counter()
-            cpu_model(ids, attention_mask=mask, token_type_ids=types, **kwargs)
-            times.append((time.perf_counter() - t0) * 1000.0)
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):  # pragma: no cover - not on this platform
+        return None
+
+
+@torch.inference_mode()
+def compare(teacher, student, batch_size: int, seq_len: int, vocab_size: int, repeats: int = 10, path: str = "auto",
+            threads: int = 1, tolerance: float = 0.1, max_pairs: int | None = None) -> dict:
+    """Teacher vs student latency by the module's protocol; returns what report.json records."""
+    max_pairs = max_pairs or max(4 * repeats, 20)
+    inputs = _inputs(batch_size, seq_len, vocab_size)
+    models = [_on_cpu_eval(teacher), _on_cpu_eval(student)]
+    load_before = _load()
+    for m, _ in models:
+        m.eval()
+    pairs: list[tuple[float, float]] = []
+    try:
+        with pinned_threads(threads):
+            run_t, run_s = _timer(models[0][0], inputs, path), _timer(models[1][0], inputs, path)
+            for _ in range(2):
+                run_t(), run_s()
+            while len(pairs) < max_pairs:
+                if len(pairs) % 2 == 0:
+                    t_ms, s_ms = run_t(), run_s()
+                else:
+                    s_ms, t_ms = run_s(), run_t()
+                pairs.append((t_ms, s_ms))
+                if len(pairs) >= max(1, repeats) and _spread(pairs) <= tolerance:
+                    break
     finally:
-        cpu_model.train(was_training)
-    return {"median_ms": statistics.median(times), "min_ms": min(times), "repeats": len(times),
-            "batch_size": batch_size, "seq_len": seq_len, "threads": torch.get_num_threads()}
+        for m, was_training in models:
+            m.train(was_training)
+    load_after = _load()
+    ratios = [s / t for t, s in pairs]
+    ratio = statistics.median(ratios)
+    q1, q3 = _quartiles(ratios)
+    spread = _spread(pairs)
+    t_ms = statistics.median(t for t, _ in pairs)
+    s_ms = statistics.median(s for _, s in pairs)
+    warning = _warning(spread, tolerance, load_before, load_after, threads, len(pairs))
+    return {"device": "cpu", "batch_size": batch_size, "seq_len": seq_len, "threads": int(threads),
+            "repeats": len(pairs), "teacher_ms": round(t_ms, 3), "student_ms": round(s_ms, 3),
+            "teacher_ms_min_max": [round(min(t for t, _ in pairs), 3), round(max(t for t, _ in pairs), 3)],
+            "student_ms_min_max": [round(min(s for _, s in pairs), 3), round(max(s for _, s in pairs), 3)],
+            "ratio_student_over_teacher": round(ratio, 4), "ratio_iqr": [round(q1, 4), round(q3, 4)],
+            "speedup": round(1.0 / ratio, 3) if ratio > 0 else None, "spread": round(spread, 4),
+            "load_avg_1m": [load_before, load_after], "cpu_count": os.cpu_count(),
+            "reliable": warning is None, "warning": warning}
 
 
-def compare(teacher, student, batch_size: int, seq_len: int, vocab_size: int, repeats: int, path: str = "auto") -> dict:
-    """Interleaved teacher/student measurements (so load changes on a shared machine hit both)."""
-    t_runs, s_runs = [], []
-    rounds = max(1, min(3, repeats))
-    per = max(1, repeats // rounds)
-    for r in range(rounds):
-        t_runs.append(measure(teacher, batch_size, seq_len, vocab_size, per, warmup=1 if r else 2, path=path))
-        s_runs.append(measure(student, batch_size, seq_len, vocab_size, per, warmup=1 if r else 2, path=path))
-    t_ms = statistics.median(x["median_ms"] for x in t_runs)
-    s_ms = statistics.median(x["median_ms"] for x in s_runs)
-    return {"device": "cpu", "batch_size": batch_size, "seq_len": seq_len, "threads": torch.get_num_threads(),
-            "repeats": rounds * per, "teacher_ms": round(t_ms, 3), "student_ms": round(s_ms, 3),
-            "ratio_student_over_teacher": round(s_ms / t_ms, 4) if t_ms > 0 else None,
-            "speedup": round(t_ms / s_ms, 3) if s_ms > 0 else None}
+def _spread(pairs) -> float:
+    """IQR / median of the per-pair ratios (0 for a single pair)."""
+    ratios = [s / t for t, s in pairs]
+    if len(ratios) < 4:
+        return 0.0 if len(ratios) == 1 else (max(ratios) - min(ratios)) / statistics.median(ratios)
+    q1, q3 = _quartiles(ratios)
+    return (q3 - q1) / statistics.median(ratios)
+
+
+def _warning(spread, tolerance, load_before, load_after, threads, pairs) -> str | None:
+    reasons = []
+    if spread > tolerance:
+        reasons.append(f"the per-pair ratios still spread by {spread:.0%} (IQR/median) after {pairs} pairs")
+    cpus = os.cpu_count() or 1
+    loads = [x for x in (load_before, load_after) if x is not None]
+    if loads and max(loads) > cpus - threads + 1.0:
+        reasons.append(f"load average {max(loads):.2f} on {cpus} cores left fewer than {threads} idle")
+    if not reasons:
+        return None
+    return "latency ratio may be unreliable: " + "; ".join(reasons) + " (re-measure on an idle machine)"

@@ -36,7 +36,7 @@ def validate(cfg: PruneConfig) -> tuple[str, float]:
             raise UserError(f"{flag} is required")
     metric, ratio = parse_target(cfg.target)
     for name in ("batch_size", "eval_batch_size", "max_seq_len", "seq_len", "channel_granularity",
-                 "latency_batch_size", "latency_seq_len", "latency_repeats"):
+                 "latency_batch_size", "latency_seq_len", "latency_repeats", "latency_threads"):
         check_positive(name, getattr(cfg, name))
     if not isinstance(cfg.calibration_examples, int) or cfg.calibration_examples < 1:
         raise UserError(f"--calibration-examples {cfg.calibration_examples!r}: expected a positive integer "
@@ -203,6 +203,8 @@ def _export(run, student, tokenizer, dirs, log) -> dict:
     log.info(f"pruned model saved to {dirs.output}: dev {main}={report['student_dev'][main]:.4f} (teacher "
              f"{report['teacher_dev'][main]:.4f}), {run.metric} ratio {report[run.metric]['ratio']:.3f}, "
              f"CPU latency x{report['latency']['speedup']}")
+    if report["latency"]["warning"]:
+        log.info("warning: " + report["latency"]["warning"])
     return dict(report, output=dirs.output)
 
 

@@ -50,7 +50,7 @@ def build_report(run, student) -> dict:
     s_flops = run.cost_model.structure_cost(student.num_heads, student.intermediate_sizes, "flops")
     structure = student.pruned_from
     latency = compare(teacher, student.to("cpu"), cfg.latency_batch_size, cfg.latency_seq_len,
-                      teacher.config.vocab_size, cfg.latency_repeats, path="auto")
+                      teacher.config.vocab_size, cfg.latency_repeats, path="auto", threads=cfg.latency_threads)
     per_layer = []
     for l in range(teacher.num_layers):
         per_layer.append({"layer": l, "heads": student.num_heads[l], "heads_total": teacher.num_heads[l],
