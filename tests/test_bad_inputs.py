@@ -159,6 +159,7 @@ CASES = [
                       "--output", O, "--seq-len", "32", *LATENCY], "score"),
     ("cp-output-under-proc", [*CP[:8], "/proc/ddk_fast_out", *CP[9:]], "--output"),
     ("cp-lm-flag-on-glue", [*CP, "--block-size", "8"], "--block-size"),
+    ("cp-max-train-examples-0", [*CP, "--max-train-examples", "0"], "--max-train-examples 0"),
     # --- prune
     ("pr-calibration-0", [*PR, "--calibration-examples", "0"], "--calibration-examples"),
     ("pr-target-impossible", [*PR, "--target", "params=0.0001"], "minimum achievable"),
@@ -184,6 +185,7 @@ CASES = [
     ("ev-model-missing", ["evaluate", "--model", "{root}/none", "--task", "mrpc", "--data-dir", D], "--model"),
     ("ev-task-mismatch", ["evaluate", "--model", "{earlier}", "--task", "sst2", "--data-dir", D], "--force"),
     ("ev-batch-size-0", [*EV, "--batch-size", "0"], "--batch-size"),
+    ("ev-max-eval-examples-0", [*EV, "--max-eval-examples", "0"], "--max-eval-examples 0"),
     ("ev-unknown-split", [*EV, "--split", "nosuch"], "nosuch"),
     ("ev-label-count", ["evaluate", "--model", T, "--task", "stsb", "--data-dir", D, "--force"], "label"),
     # --- reuse of a finished result with other settings

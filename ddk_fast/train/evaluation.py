@@ -72,6 +72,10 @@ def load_split(task: str, split: str, data_dir, max_examples=None, seed: int = 0
     """``ddk_fast.data.load_task`` with data errors turned into one-line user errors."""
     from ddk_fast.data import DataError, load_task
 
+    if max_examples is not None and (not isinstance(max_examples, int) or isinstance(max_examples, bool)
+                                     or max_examples < 1):
+        flag = "--max-train-examples" if split == "train" else "--max-eval-examples"
+        raise UserError(f"{flag} {max_examples!r}: expected a positive integer")
     try:
         examples = load_task(task, split=split, data_dir=data_dir, max_examples=max_examples, seed=seed)
     except DataError as exc:
