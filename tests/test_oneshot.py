@@ -228,3 +228,12 @@ def test_scales_of_one_leave_the_pruned_model_unchanged():
     assert not any(r["tuned"] for r in report.rows)
     assert all(torch.equal(before[k], v) for k, v in student.state_dict().items())
     assert all(r["error_after"] == r["error_before"] for r in report.rows)
+
+
+def test_spread_subset_strides_over_length_sorted_batches():
+    from ddk_fast.train.oneshot import spread_subset
+
+    data = [{"input_ids": torch.zeros(4, 40 - i)} for i in range(10)]  # longest first, 4 examples each
+    picked = spread_subset(data, 12)
+    assert len(picked) == 3 and [b["input_ids"].shape[1] for b in picked] == [40, 37, 34]
+    assert spread_subset(data, 1000) == data

@@ -49,6 +49,14 @@ class _Normal:
         self.atb = torch.zeros(k, dtype=torch.float64)
         self.btb = 0.0
 
+    def add(self, ata: torch.Tensor, atb: torch.Tensor, residual: torch.Tensor) -> None:
+        """Add one batch's sums. They are computed in the models' dtype (fp32: a batch holds a few
+        thousand tokens, far from fp32's precision limit, and fp64 GEMMs are several times slower on a
+        CPU) and accumulated in fp64 across batches."""
+        self.ata += ata.double().cpu()
+        self.atb += atb.double().cpu()
+        self.btb += float(residual.double().pow(2).sum())
+
     def error(self, s: torch.Tensor) -> float:
         return float(s @ self.ata @ s - 2 * s @ self.atb + self.btb)
 
@@ -132,11 +140,9 @@ def tune_unit_scales(student, teacher, batches: Iterable[dict], path: str = "aut
             if att.num_heads:
                 normal = _Normal(att.num_heads)
                 for x, tp, b, m in zip(xs, t_pre, batches, masks):
-                    c = _head_contributions(att, x, b.get("attention_mask"), path)[m].double()  # [T, k, d]
-                    r = (tp - x - att.output.bias)[m].double()  # [T, d]
-                    normal.ata += torch.einsum("tkd,tjd->kj", c, c).cpu()
-                    normal.atb += torch.einsum("tkd,td->k", c, r).cpu()
-                    normal.btb += float(r.pow(2).sum())
+                    c = _head_contributions(att, x, b.get("attention_mask"), path)[m]  # [T, k, d]
+                    r = (tp - x - att.output.bias)[m]  # [T, d]
+                    normal.add(torch.einsum("tkd,tjd->kj", c, c), torch.einsum("tkd,td->k", c, r), r)
                 scales, kept = normal.solve(ridge, bound)
                 report.rows.append(_row(l, "attention", normal, scales, kept))
                 w = att.output.weight
@@ -148,13 +154,13 @@ def tune_unit_scales(student, teacher, batches: Iterable[dict], path: str = "aut
             t_pre = [_ffn_pre_norm(t_ffn, h) for h in ht]
             if ffn.intermediate_size:
                 normal = _Normal(ffn.intermediate_size)
-                w_down = ffn.down.weight.double()  # [d, n]
+                w_down = ffn.down.weight  # [d, n]
                 for h, tp, m in zip(hs, t_pre, masks):
-                    a = _ffn_activations(ffn, h)[m].double()  # [T, n]
-                    r = (tp - h - ffn.down.bias)[m].double()  # [T, d]
-                    normal.ata += ((a.T @ a) * (w_down.T @ w_down)).cpu()
-                    normal.atb += ((r @ w_down) * a).sum(0).cpu()
-                    normal.btb += float(r.pow(2).sum())
+                    a = _ffn_activations(ffn, h)[m]  # [T, n]
+                    r = (tp - h - ffn.down.bias)[m]  # [T, d]
+                    normal.add(a.T @ a, ((r @ w_down) * a).sum(0), r)
+                gram = w_down.double().T @ w_down.double()  # the channels' output directions, once per layer
+                normal.ata *= gram.cpu()
                 scales, kept = normal.solve(ridge, bound)
                 report.rows.append(_row(l, "ffn", normal, scales, kept))
                 ffn.down.weight.mul_(scales.to(ffn.down.weight)[None, :])

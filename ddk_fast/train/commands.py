@@ -115,6 +115,8 @@ def _register_prune(sub) -> None:
     _flag(pr, "--preset", choices=("quick", "full"), help="quick: 512 calibration examples; full (default): 2048")
     _flag(pr, "--config", help="YAML file of options (keys = flag names); flags given here override it")
     _flag(pr, "--seed", type=int, help="seed of the calibration subset (default 42)")
+    _flag(pr, "--tuning-examples", type=int,
+          help="of the calibration examples, how many the least-squares tuning uses (default 512)")
     _flag(pr, "--calibration-examples", type=int,
           help="labelled train examples for the importance scores and the least-squares tuning (default 2048)")
     _flag(pr, "--importance", choices=("fisher", "activation"),
@@ -187,6 +189,8 @@ def register(sub) -> None:
     _flag(cp, "--init", choices=("oneshot", "weights"),
           help="where the search starts: oneshot (default: the `prune` structure and tuned weights, logits centred "
                "on it, Fisher ranking) or weights (the teacher's weights, weight-norm ranking, near-uniform logits)")
+    _flag(cp, "--tuning-examples", type=int,
+          help="of the calibration examples, how many the least-squares tuning uses (default 512)")
     _flag(cp, "--calibration-examples", type=int,
           help="train examples for the one-shot start's Fisher importance and least squares (default 2048)")
     _flag(cp, "--budget-warmup", type=float,

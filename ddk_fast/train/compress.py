@@ -64,6 +64,7 @@ def validate(cfg: CompressConfig) -> tuple[str, float]:
         raise UserError("--search-epochs 0: the search needs at least one epoch (or use --fixed-structure uniform)")
     if cfg.init not in INITS:
         raise UserError(f"--init {cfg.init!r}: expected one of {', '.join(INITS)}")
+    check_positive("tuning_examples", cfg.tuning_examples)
     if not isinstance(cfg.calibration_examples, int) or cfg.calibration_examples < 1:
         raise UserError(f"--calibration-examples {cfg.calibration_examples!r}: expected a positive integer")
     if not (0.0 <= cfg.budget_warmup < 1.0):
@@ -346,7 +347,7 @@ class _Compression:
         cfg = self.cfg
         calib = self._calibration_batches()
         result = one_shot(self.teacher, calib, self.cost_model, self.metric, self.ratio,
-                          granularity=cfg.channel_granularity, path=cfg.path)
+                          granularity=cfg.channel_granularity, path=cfg.path, tuning_examples=cfg.tuning_examples)
         dev = self._evaluate(result.student.to(self.device))
         student = write_back(copy.deepcopy(self.teacher), result.student).requires_grad_(True).train()
         self._oneshot = (result, student)

@@ -70,6 +70,7 @@ class CompressConfig:
     # centred on it, data-driven ranking) or "weights" (the teacher's weights, weight-norm ranking)
     init: str = "oneshot"
     calibration_examples: int = 2048
+    tuning_examples: int = 512
     # None: search; "uniform" | "oneshot" | FILE.json: distil that fixed structure instead
     fixed_structure: Optional[str] = None
     path: str = "auto"
@@ -149,6 +150,7 @@ class PruneConfig:
     max_seq_len: int = 128
     max_eval_examples: Optional[int] = None
     calibration_examples: int = 2048
+    tuning_examples: int = 512
     # method
     importance: str = "fisher"
     rearrange: bool = True

@@ -53,12 +53,27 @@ def unit_scores(teacher, batches: list[dict], importance: str, path: str = "auto
     raise ValueError(f"importance={importance!r}: expected one of {IMPORTANCE_KINDS}")
 
 
+def spread_subset(batches: list, examples: int) -> list:
+    """Every k-th batch, so that about ``examples`` examples remain. Calibration batches are sorted by
+    length; a stride keeps short and long ones alike, where the first few batches would all be long."""
+    per_batch = max(1, len(batches[0]["input_ids"])) if batches else 1
+    wanted = max(1, -(-int(examples) // per_batch))
+    if wanted >= len(batches):
+        return list(batches)
+    stride = len(batches) / wanted
+    return [batches[int(i * stride)] for i in range(wanted)]
+
+
 def one_shot(teacher, batches: list[dict], cost_model, metric: str, ratio: float, granularity: int = 1,
              importance: str = "fisher", rearrange_units: bool = True, tune: bool = True,
-             build_student: bool = True, path: str = "auto", ridge: float = 1e-3) -> OneShotResult:
+             build_student: bool = True, path: str = "auto", ridge: float = 1e-3,
+             tuning_examples: int = 512) -> OneShotResult:
     """Run the stages on ``teacher`` (left unchanged) with calibration ``batches`` (on its device).
 
-    Rearrangement needs the per-batch gradients, so it runs only with Fisher importance."""
+    Rearrangement needs the per-batch gradients, so it runs only with Fisher importance. The least
+    squares use ``tuning_examples`` of the calibration examples (``spread_subset``): with a few hundred
+    unknowns per sublayer, 512 examples (tens of thousands of tokens) already over-determine them, and
+    the tuning costs about three forward passes per example."""
     timings = {}
     t0 = time.perf_counter()
     head_scores, ffn_scores, grads = unit_scores(teacher, batches, importance, path)
@@ -77,7 +92,8 @@ def one_shot(teacher, batches: list[dict], cost_model, metric: str, ratio: float
         base = copy.deepcopy(teacher)
         student = prune(base, Structure.from_indices(structure.heads, structure.ffn, teacher))
         if tune:
-            tuning = tune_unit_scales(student, teacher, batches, path=path, ridge=ridge)
+            tuning = tune_unit_scales(student, teacher, spread_subset(batches, tuning_examples), path=path,
+                                      ridge=ridge)
         timings["tuning_s"] = time.perf_counter() - t0
     return OneShotResult(head_scores, ffn_scores, searched, structure, student, grads, stats, tuning, timings)
 

@@ -30,7 +30,7 @@ PRESETS: dict[str, dict[str, dict]] = {
     },
     "prune": {
         "full": {"calibration_examples": 2048},
-        "quick": {"calibration_examples": 512, "latency_batch_size": 8, "latency_seq_len": 64,
+        "quick": {"calibration_examples": 512, "tuning_examples": 256, "latency_batch_size": 8, "latency_seq_len": 64,
                   "latency_repeats": 5},
     },
     "compress": {

@@ -38,6 +38,7 @@ def validate(cfg: PruneConfig) -> tuple[str, float]:
     for name in ("batch_size", "eval_batch_size", "max_seq_len", "seq_len", "channel_granularity",
                  "latency_batch_size", "latency_seq_len", "latency_repeats", "latency_threads"):
         check_positive(name, getattr(cfg, name))
+    check_positive("tuning_examples", cfg.tuning_examples)
     if not isinstance(cfg.calibration_examples, int) or cfg.calibration_examples < 1:
         raise UserError(f"--calibration-examples {cfg.calibration_examples!r}: expected a positive integer "
                         "(the importance scores need labelled train examples; 2048 is the default)")
@@ -149,7 +150,7 @@ def _run(run, calib, tokenizer, dirs, log, device) -> dict:
     log.info("teacher dev: " + _fmt(state["teacher_dev"]))
     result = one_shot(teacher, calib, run.cost_model, run.metric, run.ratio, granularity=cfg.channel_granularity,
                       importance=cfg.importance, rearrange_units=cfg.rearrange, tune=cfg.tune, path=cfg.path,
-                      ridge=cfg.ridge)
+                      ridge=cfg.ridge, tuning_examples=cfg.tuning_examples)
     stages = [("mask_search", result.searched)]
     if result.rearrangement is not None:
         stages.append(("rearranged", result.structure))
