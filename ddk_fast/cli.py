@@ -7,10 +7,7 @@ import sys
 import traceback
 
 from ddk_fast._version import __version__
-
-
-class UserError(Exception):
-    """Bad input from the user: printed as one line, exit status 2."""
+from ddk_fast.errors import UserError
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:

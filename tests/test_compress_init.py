@@ -6,7 +6,8 @@ import torch
 
 from train_support import make_tiny_bert
 
-from ddk_fast.cli import UserError, main
+from ddk_fast.cli import main
+from ddk_fast.errors import UserError
 from ddk_fast.model import MaskedTransformer, Structure, prune, write_back
 from ddk_fast.search import build_search
 from ddk_fast.train.api import compress
@@ -59,7 +60,8 @@ def test_default_start_is_the_one_shot_structure_and_reports_three_scores(teache
     assert [h["stage"] for h in report["history"]] == ["oneshot", "search", "distill"]
     assert report["pruned_before_distillation_dev"] is not None and report["student_dev"] is not None
     times = report["times_s"]
-    assert set(times) == {"oneshot", "search", "distill", "evaluation"} and all(v > 0 for v in times.values())
+    assert set(times) == {"oneshot", "search", "distill", "evaluation"} and all(v >= 0 for v in times.values())
+    assert times["search"] > 0 and times["distill"] > 0
 
 
 def test_init_weights_keeps_the_previous_behaviour(teacher, glue_dir, tmp_path):

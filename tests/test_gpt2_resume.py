@@ -76,7 +76,7 @@ def test_stop_at_the_stage_boundary_then_resume(setup, tmp_path):
 
 
 def test_unfinished_run_is_kept_and_settings_must_match(setup, tmp_path):
-    from ddk_fast.cli import UserError
+    from ddk_fast.errors import UserError
     from ddk_fast.train.errors import RunInterrupted
 
     out = tmp_path / "u"

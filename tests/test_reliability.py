@@ -12,7 +12,8 @@ import torch
 from train_support import make_tiny_bert
 
 import ddk_fast.train.checkpoint as checkpoint
-from ddk_fast.cli import UserError, main
+from ddk_fast.cli import main
+from ddk_fast.errors import UserError
 from ddk_fast.train.api import finetune, prune
 from ddk_fast.train.errors import CheckpointWriteError, RunInterrupted
 

@@ -58,7 +58,7 @@ SMALL = ["--data-dir", GLUE, "--steps", "4", "--max-train-examples", "32", "--ma
 
 
 def test_parse_grid_and_aliases(tmp_path):
-    from ddk_fast.cli import UserError
+    from ddk_fast.errors import UserError
     from ddk_fast.train.sweep import grid_points, parse_grid
 
     grid = parse_grid("attn_weight=0.5,1;hidden_weight=1,2;temperature=1,4;mapping=uniform,last")
@@ -111,7 +111,7 @@ def test_sweep_cli_runs_resumes_and_summarises(tiny_teacher, tmp_path, capsys):
     assert all(after[p] == before[p] for p in points if p != "001.json") and os.path.isfile(
         os.path.join(out, "points", "001.json"))
 
-    from ddk_fast.cli import UserError
+    from ddk_fast.errors import UserError
     with pytest.raises(UserError, match="grid.json differs"):
         _cli(["sweep", "--teacher", tiny_teacher, "--task", "mrpc", "--grid", "attn_weight=1", "--output", out,
               "--preset", "quick", "--resume", *SMALL])
@@ -156,7 +156,7 @@ def test_sweep_ddk_mode_runs_the_compression_per_point(tiny_teacher, tmp_path):
     with open(os.path.join(out, "results.csv")) as fh:
         header = next(csv.reader(fh))
     assert "hidden_weight" in header and "epoch" not in header
-    from ddk_fast.cli import UserError
+    from ddk_fast.errors import UserError
     with pytest.raises(UserError, match="--steps is not an option of --mode ddk"):
         _cli(["sweep", "--mode", "ddk", "--teacher", tiny_teacher, "--task", "mrpc", "--grid", "hidden_weight=1",
               "--output", str(tmp_path / "x"), "--steps", "3"])
@@ -167,7 +167,7 @@ def test_distill_stopped_in_each_stage_resumes_to_the_uninterrupted_student(tiny
     stopped in stage 1 and again in stage 2, then resumed, ends with the same weights and history."""
     from train_support import safetensors_equal
 
-    from ddk_fast.cli import UserError
+    from ddk_fast.errors import UserError
     from ddk_fast.train.errors import RunInterrupted
     from ddk_fast.train.student_kd import build_distill_config, run_distill
 

@@ -11,7 +11,8 @@ import torch
 
 from train_support import make_tiny_bert, safetensors_equal
 
-from ddk_fast.cli import UserError, main
+from ddk_fast.cli import main
+from ddk_fast.errors import UserError
 from ddk_fast.train.api import compress
 from ddk_fast.train.errors import RunInterrupted, TrainingDiverged
 

@@ -6,7 +6,7 @@ import pytest
 
 from train_support import make_tiny_bert, safetensors_equal
 
-from ddk_fast.cli import UserError
+from ddk_fast.errors import UserError
 from ddk_fast.train.api import finetune
 from ddk_fast.train.errors import RunInterrupted, TrainingDiverged
 

@@ -6,7 +6,7 @@ import argparse
 
 def _cmd_benchmark(args: argparse.Namespace) -> int:
     from ddk_fast.bench.runner import run_suite
-    from ddk_fast.cli import UserError
+    from ddk_fast.errors import UserError
 
     if args.device == "cuda":
         import torch

@@ -2,7 +2,7 @@
 
 Each takes the same options as the matching ``ddk-fast`` command (flag names with underscores), plus
 ``config="file.yaml"``; precedence is defaults < preset < config file < keyword arguments.
-Bad input raises ``ddk_fast.cli.UserError`` with a one-line message.
+Bad input raises ``ddk_fast.errors.UserError`` with a one-line message.
 
     import ddk_fast
     ddk_fast.finetune(task="mrpc", data_dir="glue", output="teacher", preset="quick")

@@ -75,7 +75,7 @@ _LM_ONLY = ("train_file", "eval_file", "block_size", "search_steps", "distill_st
 
 
 def _drop_lm_only_flags(args: argparse.Namespace) -> argparse.Namespace:
-    from ddk_fast.cli import UserError
+    from ddk_fast.errors import UserError
 
     for name in _LM_ONLY:
         if getattr(args, name, None) is not None:

@@ -26,7 +26,7 @@ import time
 import torch
 from safetensors import SafetensorError
 
-from ddk_fast.cli import UserError
+from ddk_fast.errors import UserError
 from ddk_fast.train import ddp
 from ddk_fast.train.batching import eval_loader, train_loader
 from ddk_fast.train.checkpoint import (latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state,

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from ddk_fast.cli import UserError
+from ddk_fast.errors import UserError
 
 
 def packaged_model_dir() -> str:

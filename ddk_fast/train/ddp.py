@@ -32,7 +32,7 @@ class DistContext:
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    from ddk_fast.cli import UserError
+    from ddk_fast.errors import UserError
 
     if name in (None, "", "auto"):
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")

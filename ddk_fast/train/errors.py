@@ -1,7 +1,7 @@
 """Errors the training loops raise on purpose."""
 from __future__ import annotations
 
-from ddk_fast.cli import UserError
+from ddk_fast.errors import UserError
 
 
 class TrainingDiverged(UserError):

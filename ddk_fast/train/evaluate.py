@@ -7,7 +7,7 @@ from typing import Optional
 
 import torch
 
-from ddk_fast.cli import UserError
+from ddk_fast.errors import UserError
 from ddk_fast.train import ddp
 from ddk_fast.train.batching import eval_loader
 from ddk_fast.train.evaluation import encode_split, evaluate, load_split, task_spec

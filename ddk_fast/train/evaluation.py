@@ -5,7 +5,7 @@ from typing import Callable
 
 import torch
 
-from ddk_fast.cli import UserError
+from ddk_fast.errors import UserError
 
 
 def to_device(batch: dict, device) -> dict:

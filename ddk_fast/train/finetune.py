@@ -30,7 +30,7 @@ from ddk_fast.train.validate import check_positive, check_seq_len
 
 
 def validate(cfg: FinetuneConfig) -> None:
-    from ddk_fast.cli import UserError
+    from ddk_fast.errors import UserError
 
     if not cfg.task:
         raise UserError("--task is required")
@@ -185,7 +185,7 @@ def _train(cfg, spec, model_path, model, tokenizer, train_ds, dev_ds, dirs, ctx,
 
 
 def _resume(cfg, dirs, ctx, model, optimizer, scheduler, log):
-    from ddk_fast.cli import UserError
+    from ddk_fast.errors import UserError
 
     path = latest_checkpoint(dirs.checkpoints, warn=log.info if ctx.is_main else None)
     if path is None:

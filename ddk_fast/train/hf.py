@@ -11,7 +11,7 @@ import os
 
 import torch
 
-from ddk_fast.cli import UserError
+from ddk_fast.errors import UserError
 
 
 @contextlib.contextmanager

@@ -25,7 +25,7 @@ from typing import Any, Optional
 
 import torch
 
-from ddk_fast.cli import UserError
+from ddk_fast.errors import UserError
 from ddk_fast.train.resumable import StepCheckpoints, publish, skip_batches, stop_if_asked
 
 DEFAULT_KD = {"pred_weight": 1.0, "temperature": 2.0, "hidden_weight": 1.0, "mapping": "fusion",

@@ -14,7 +14,7 @@ from typing import Optional
 
 import torch
 
-from ddk_fast.cli import UserError
+from ddk_fast.errors import UserError
 
 EOS = "<|endoftext|>"
 

@@ -62,7 +62,7 @@ PRESETS: dict[str, dict[str, dict]] = {
 
 
 def preset_values(command: str, name: str) -> dict:
-    from ddk_fast.cli import UserError
+    from ddk_fast.errors import UserError
 
     table = PRESETS[command]
     if name not in table:

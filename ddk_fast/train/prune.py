@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from ddk_fast.cli import UserError
+from ddk_fast.errors import UserError
 from ddk_fast.export import load_pruned, save_pruned
 from ddk_fast.train.batching import eval_loader
 from ddk_fast.train.compress import check_budget, cost_model_for, load_teacher

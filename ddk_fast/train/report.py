@@ -88,7 +88,7 @@ def build_report(run, student) -> dict:
         "world_size": run.ctx.world_size,
         "versions": versions(),
         "wall_time_s": round(wall, 1),
-        "times_s": {k: round(v, 1) for k, v in state.get("times_s", {}).items()},
+        "times_s": {k: round(v, 3) for k, v in state.get("times_s", {}).items()},
         "config": config_dict(cfg),
     }
 

@@ -21,7 +21,7 @@ import socket
 import sys
 from dataclasses import dataclass
 
-from ddk_fast.cli import UserError
+from ddk_fast.errors import UserError
 from ddk_fast.train.config import resume_mismatches
 from ddk_fast.train.io import make_temp_sibling, output_dir_state, read_json, replace_directory
 

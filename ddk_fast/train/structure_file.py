@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 
-from ddk_fast.cli import UserError
+from ddk_fast.errors import UserError
 from ddk_fast.model import Structure
 from ddk_fast.train.baseline import keep_top
 from ddk_fast.train.oneshot import unit_scores

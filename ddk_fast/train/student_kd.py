@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator, Optional
 
 import torch
 
-from ddk_fast.cli import UserError
+from ddk_fast.errors import UserError
 
 LM_TASK = "lm"
 

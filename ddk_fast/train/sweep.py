@@ -28,7 +28,7 @@ import os
 import time
 from typing import Any, Optional
 
-from ddk_fast.cli import UserError
+from ddk_fast.errors import UserError
 
 ALIASES = {"attn_weight": "attention_weight", "attn_loss": "attention_loss", "embd_weight": "embedding_weight",
            "T": "temperature"}

@@ -1,7 +1,7 @@
 """Checks on user-given values that are shared by several commands; each names the flag and value."""
 from __future__ import annotations
 
-from ddk_fast.cli import UserError
+from ddk_fast.errors import UserError
 
 
 def check_positive(name: str, value) -> None:
