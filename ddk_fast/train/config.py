@@ -32,7 +32,7 @@ class FinetuneConfig:
     data_dir: Optional[str] = None
     preset: str = "full"
     epochs: int = 3
-    lr: float = 5e-5
+    lr: float = 1e-4
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     max_grad_norm: float = 1.0

@@ -13,7 +13,7 @@ PRESETS: dict[str, dict[str, dict]] = {
     "finetune": {
         "full": {
             "epochs": 3,
-            "lr": 5e-5,
+            "lr": 1e-4,  # MiniLM-L6 under-fits at 5e-5 in 3 epochs (docs/results.md, "Teachers")
             "batch_size": 32,
             "max_seq_len": 128,
             "max_train_examples": None,
