@@ -5,7 +5,7 @@ import os
 import pytest
 
 from ddk_fast.errors import UserError
-from ddk_fast.train.io import atomic_directory, atomic_write, atomic_write_json
+from ddk_fast._io import atomic_directory, atomic_write, atomic_write_json
 from ddk_fast.train.rundir import finalize, prepare, run_dirs, stage_dir
 
 

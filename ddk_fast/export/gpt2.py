@@ -9,20 +9,17 @@
 """
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import tempfile
 from typing import Any, Mapping
 
 import torch
 
 from ddk_fast._version import __version__
+from ddk_fast.export.save import STRUCTURE_FILE, write_export, write_model_files
 from ddk_fast.model.gpt2 import EXPORT_MODEL_TYPE, MaskedGPT2
 from ddk_fast.model.structure import Structure
 
 MODELING_FILE = "modeling_ddk_gpt2.py"
-STRUCTURE_FILE = "structure.json"
 AUTO_MAP = {
     "AutoConfig": "modeling_ddk_gpt2.DdkGPT2Config",
     "AutoModel": "modeling_ddk_gpt2.DdkGPT2Model",
@@ -57,42 +54,11 @@ def _config_json(model: MaskedGPT2) -> dict[str, Any]:
 def save_causal_lm(model: MaskedGPT2, out_dir: str | os.PathLike, tokenizer=None,
                    extra_files: Mapping[str, Any] | None = None, overwrite: bool = False) -> str:
     """Write ``model`` to ``out_dir`` atomically (see the module docstring). Returns the folder path."""
-    from safetensors.torch import save_file
-
-    from ddk_fast.export.save import _swap_into_place, _write_extra, _write_tokenizer
-
     if not isinstance(model, MaskedGPT2):
         raise TypeError(f"model: expected a ddk_fast MaskedGPT2, got {type(model).__name__}")
-    out_dir = os.path.abspath(os.fspath(out_dir))
-    if os.path.exists(out_dir):
-        if not os.path.isdir(out_dir):
-            raise FileExistsError(f"out_dir {out_dir!r} exists and is not a folder")
-        if os.listdir(out_dir) and not overwrite:
-            raise FileExistsError(f"out_dir {out_dir!r} exists and is not empty; pass overwrite=True to replace it")
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the export is an ordinary folder
-    try:
-        with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
-            json.dump(_config_json(model), f, indent=2)
-        shutil.copy2(os.path.join(os.path.dirname(os.path.abspath(__file__)), MODELING_FILE),
-                     os.path.join(tmp, MODELING_FILE))
-        weights = {"model." + k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
-        save_file(weights, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
-        if model.pruned_from is not None:
-            model.pruned_from.save(os.path.join(tmp, STRUCTURE_FILE))
-        if tokenizer is not None:
-            _write_tokenizer(tokenizer, tmp)
-        for name, content in (extra_files or {}).items():
-            _write_extra(tmp, name, content)
-        _swap_into_place(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
+    weights = {"model." + k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    return write_export(out_dir, overwrite, lambda tmp: write_model_files(
+        tmp, _config_json(model), MODELING_FILE, weights, model.pruned_from, tokenizer, extra_files))
 
 
 def load_causal_lm(folder: str | os.PathLike, dtype: torch.dtype = torch.float32) -> MaskedGPT2:

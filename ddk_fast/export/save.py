@@ -10,11 +10,11 @@ import json
 import os
 import pathlib
 import shutil
-import tempfile
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 
+from ddk_fast._io import atomic_directory
 from ddk_fast._version import __version__
 from ddk_fast.model.masked_transformer import DDK_MODEL_TYPE, MaskedTransformer
 from ddk_fast.model.structure import Structure
@@ -99,58 +99,46 @@ def _write_extra(folder: str, name: str, content) -> None:
                         f"got {type(content).__name__}")
 
 
-def save_pruned(model: MaskedTransformer, out_dir: str | os.PathLike, tokenizer=None,
-                extra_files: Mapping[str, Any] | None = None, overwrite: bool = False) -> str:
-    """Write ``model`` to ``out_dir`` atomically (see ddk_fast.export). Returns the folder path."""
-    from safetensors.torch import save_file
-
-    if not isinstance(model, MaskedTransformer):
-        raise TypeError(f"model: expected a ddk_fast MaskedTransformer, got {type(model).__name__}")
+def write_export(out_dir: str | os.PathLike, overwrite: bool, fill: Callable[[str], None]) -> str:
+    """Refuse a non-empty ``out_dir`` without ``overwrite``, then let ``fill(tmp)`` write the export into
+    a temporary sibling that replaces ``out_dir`` in one swap (``ddk_fast._io.atomic_directory``)."""
     out_dir = os.path.abspath(os.fspath(out_dir))
     if os.path.exists(out_dir):
         if not os.path.isdir(out_dir):
             raise FileExistsError(f"out_dir {out_dir!r} exists and is not a folder")
         if os.listdir(out_dir) and not overwrite:
             raise FileExistsError(f"out_dir {out_dir!r} exists and is not empty; pass overwrite=True to replace it")
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the export is an ordinary folder
-    try:
-        with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
-            json.dump(_config_json(model), f, indent=2)
-        shutil.copy2(os.path.join(os.path.dirname(os.path.abspath(__file__)), MODELING_FILE),
-                     os.path.join(tmp, MODELING_FILE))
-        save_file(_hf_state_dict(model), os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
-        if model.pruned_from is not None:
-            model.pruned_from.save(os.path.join(tmp, STRUCTURE_FILE))
-        if tokenizer is not None:
-            _write_tokenizer(tokenizer, tmp)
-        for name, content in (extra_files or {}).items():
-            _write_extra(tmp, name, content)
-        _swap_into_place(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with atomic_directory(out_dir) as tmp:
+        fill(tmp)
     return out_dir
 
 
-def _swap_into_place(tmp: str, out_dir: str) -> None:
-    """Rename ``tmp`` to ``out_dir``; an existing folder is moved aside first and removed only after."""
-    if not os.path.exists(out_dir):
-        os.rename(tmp, out_dir)
-        return
-    backup = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.old-", dir=os.path.dirname(out_dir))
-    os.rmdir(backup)
-    os.rename(out_dir, backup)
-    try:
-        os.rename(tmp, out_dir)
-    except BaseException:
-        os.rename(backup, out_dir)
-        raise
-    shutil.rmtree(backup, ignore_errors=True)
+def write_model_files(tmp: str, config: dict, modeling_file: str, weights: dict, structure, tokenizer,
+                      extra_files: Mapping[str, Any] | None) -> None:
+    """What every export folder holds: config.json, the standalone modeling file, model.safetensors,
+    structure.json (pruned models), the tokenizer and any extra files."""
+    from safetensors.torch import save_file
+
+    with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=2)
+    shutil.copy2(os.path.join(os.path.dirname(os.path.abspath(__file__)), modeling_file),
+                 os.path.join(tmp, modeling_file))
+    save_file(weights, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+    if structure is not None:
+        structure.save(os.path.join(tmp, STRUCTURE_FILE))
+    if tokenizer is not None:
+        _write_tokenizer(tokenizer, tmp)
+    for name, content in (extra_files or {}).items():
+        _write_extra(tmp, name, content)
+
+
+def save_pruned(model: MaskedTransformer, out_dir: str | os.PathLike, tokenizer=None,
+                extra_files: Mapping[str, Any] | None = None, overwrite: bool = False) -> str:
+    """Write ``model`` to ``out_dir`` atomically (see ddk_fast.export). Returns the folder path."""
+    if not isinstance(model, MaskedTransformer):
+        raise TypeError(f"model: expected a ddk_fast MaskedTransformer, got {type(model).__name__}")
+    return write_export(out_dir, overwrite, lambda tmp: write_model_files(
+        tmp, _config_json(model), MODELING_FILE, _hf_state_dict(model), model.pruned_from, tokenizer, extra_files))
 
 
 def load_pruned(folder: str | os.PathLike, dtype: torch.dtype = torch.float32) -> MaskedTransformer:

@@ -21,7 +21,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from ddk_fast.train.errors import CheckpointWriteError
-from ddk_fast.train.io import atomic_directory, atomic_write_json, atomic_write_text, read_json
+from ddk_fast._io import atomic_directory, atomic_write_json, atomic_write_text, read_json
 
 LATEST = "LATEST"
 

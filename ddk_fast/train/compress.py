@@ -33,7 +33,7 @@ from ddk_fast.train.checkpoint import (latest_checkpoint, load_checkpoint, rng_s
                                       weights_digest)
 from ddk_fast.train.config import CompressConfig, config_dict, resume_mismatches
 from ddk_fast.train.evaluation import encode_split, evaluate, load_split, task_spec, to_device
-from ddk_fast.train.io import atomic_write_json
+from ddk_fast._io import atomic_write_json
 from ddk_fast.train.kd import FUSIONS, DistillObjective, KDWeights
 from ddk_fast.train.logging import RunLogger
 from ddk_fast.train.loop import check_finite, run_epochs

@@ -11,7 +11,7 @@ from ddk_fast.errors import UserError
 from ddk_fast.train import ddp
 from ddk_fast.train.batching import eval_loader
 from ddk_fast.train.evaluation import encode_split, evaluate, load_split, task_spec
-from ddk_fast.train.io import atomic_write_json, read_json
+from ddk_fast._io import atomic_write_json, read_json
 
 
 def is_pruned_export(folder: str) -> bool:

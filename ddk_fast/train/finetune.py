@@ -22,7 +22,7 @@ from ddk_fast.train.errors import RunInterrupted
 from ddk_fast.train.loop import check_finite
 from ddk_fast.train.evaluation import encode_split, evaluate, load_split, task_spec, to_device
 from ddk_fast.train.hf import load_classifier, logits_of, save_classifier
-from ddk_fast.train.io import atomic_directory, atomic_write_json
+from ddk_fast._io import atomic_directory, atomic_write_json
 from ddk_fast.train.logging import RunLogger, progress
 from ddk_fast.train.optim import adamw, linear_schedule
 from ddk_fast.train.rundir import copy_logs, finalize, finished_result, prepare, run_dirs, stage_dir

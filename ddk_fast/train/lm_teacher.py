@@ -44,7 +44,7 @@ def pretrain_gpt2(train_file: str, output: str, vocab_size: int = 512, n_layer: 
 
     from ddk_fast.data import DataError, load_text_lm
     from ddk_fast.distill.objectives import next_token_loss
-    from ddk_fast.train.io import atomic_directory, atomic_write_json, output_dir_state
+    from ddk_fast._io import atomic_directory, atomic_write_json, output_dir_state
 
     out = os.path.abspath(output)
     if output_dir_state(out) == "nonempty" and not overwrite:

@@ -11,7 +11,7 @@ import sys
 import time
 from typing import Optional
 
-from ddk_fast.train.io import to_jsonable
+from ddk_fast._io import to_jsonable
 
 
 class RunLogger:

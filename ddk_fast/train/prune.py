@@ -22,7 +22,7 @@ from ddk_fast.train.batching import eval_loader
 from ddk_fast.train.compress import check_budget, cost_model_for, load_teacher
 from ddk_fast.train.config import PruneConfig, config_dict
 from ddk_fast.train.evaluation import encode_split, evaluate, load_split, task_spec, to_device
-from ddk_fast.train.io import atomic_write_json
+from ddk_fast._io import atomic_write_json
 from ddk_fast.train.logging import RunLogger
 from ddk_fast.train.oneshot import IMPORTANCE_KINDS, one_shot
 from ddk_fast.train.report import build_report, write_plots

@@ -107,7 +107,7 @@ def write_plots(report: dict, folder: str, log_path: str | None = None) -> None:
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
-    from ddk_fast.train.io import atomic_write
+    from ddk_fast._io import atomic_write
 
     st = report["structure"]
     layers = list(range(len(st["heads"])))

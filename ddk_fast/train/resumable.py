@@ -17,7 +17,7 @@ import torch
 from ddk_fast.errors import UserError
 from ddk_fast.train.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from ddk_fast.train.config import resume_mismatches
-from ddk_fast.train.io import to_jsonable
+from ddk_fast._io import to_jsonable
 
 
 class StepCheckpoints:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from ddk_fast.errors import UserError
 from ddk_fast.train.config import resume_mismatches
-from ddk_fast.train.io import make_temp_sibling, output_dir_state, read_json, replace_directory
+from ddk_fast._io import make_temp_sibling, output_dir_state, read_json, replace_directory
 
 SUFFIX = ".inprogress"
 COMPLETE = "COMPLETE"  # written into a kept work folder (--keep-checkpoints) once the run has finished

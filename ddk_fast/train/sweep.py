@@ -179,7 +179,7 @@ def run_sweep(teacher: str, task: str, output: str, grid: dict[str, list], mode:
               base: Optional[dict] = None, resume: bool = False, overwrite: bool = False,
               heatmap: Optional[tuple[str, str]] = None, log=print) -> dict:
     """Run every grid point not finished yet, then write results.csv/.md and heatmap.png. Returns the summary."""
-    from ddk_fast.train.io import atomic_write_json, output_dir_state, read_json
+    from ddk_fast._io import atomic_write_json, output_dir_state, read_json
 
     if mode not in MODES:
         raise UserError(f"--mode {mode!r}: expected one of {', '.join(MODES)}")
@@ -238,7 +238,7 @@ def _sorted(results: list[dict]) -> list[dict]:
 
 def write_results(out: str, grid: dict[str, list], results: list[dict],
                   heatmap: Optional[tuple[str, str]] = None) -> dict:
-    from ddk_fast.train.io import atomic_write_text
+    from ddk_fast._io import atomic_write_text
 
     ranked = _sorted(results)
     keys = list(grid)
