@@ -369,3 +369,12 @@ def test_hidden_term_can_include_the_embedding_output():
     with torch.no_grad():
         ref = sum(ref_mse(s.hidden_states[m], t.hidden_states[2 * m], mask) for m in (0, 1, 2, 3)) / 4
     _close(parts["hidden"], ref)
+
+
+def test_kd_help_lists_every_option_and_choice():
+    from ddk_fast.distill.mappings import MAPPINGS
+    from ddk_fast.distill.objectives import ATTENTION_LOSSES, DEFAULTS, kd_options_help
+
+    text = kd_options_help()
+    assert all(f"{key}=" in text for key in DEFAULTS if key != "path")
+    assert all(name in text for name in (*MAPPINGS, *ATTENTION_LOSSES, "cosine", "adaptive", "learned"))

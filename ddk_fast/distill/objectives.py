@@ -66,6 +66,29 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+HIDDEN_LOSSES = ("mse", "cosine")
+LAYER_WEIGHTINGS = ("uniform", "adaptive")
+FUSION_KINDS = ("param_free", "learned", "none")
+
+
+def kd_options_help() -> str:
+    """Every ``--kd KEY=VALUE`` option with its default, and the allowed values where there is a fixed
+    set: what ``--help`` shows, so the catalog is discoverable without reading the docs."""
+    from ddk_fast.distill.mappings import MAPPINGS
+
+    choices = {"hidden_loss": HIDDEN_LOSSES, "mapping": tuple(MAPPINGS), "fusion": FUSION_KINDS,
+               "layer_weighting": LAYER_WEIGHTINGS, "attention_loss": ATTENTION_LOSSES}
+    parts = []
+    for key, default in DEFAULTS.items():
+        if key == "path":
+            continue
+        text = f"{key}={default}"
+        if key in choices:
+            text += " {" + "|".join(choices[key]) + "}"
+        parts.append(text)
+    return "KD catalog terms KEY=VALUE[,...]; keys with their catalog defaults {and allowed values}: " + ", ".join(parts)
+
+
 # ----------------------------------------------------------------------------------------------------
 # shapes and masks
 # ----------------------------------------------------------------------------------------------------
@@ -190,7 +213,7 @@ class EmbeddingTerm(KDTerm):
         super().__init__(weight)
         from ddk_fast.distill.projection import HiddenProjection
 
-        self.kind, self.path = _check_choice("hidden_loss", kind, ("mse", "cosine")), path
+        self.kind, self.path = _check_choice("hidden_loss", kind, HIDDEN_LOSSES), path
         self.projection = HiddenProjection(student_dim, teacher_dim)
 
     def forward(self, s, t, batch):
@@ -212,8 +235,8 @@ class HiddenTerm(KDTerm):
         from ddk_fast.distill.projection import HiddenProjection
 
         self.mapping = mapping
-        self.kind = _check_choice("hidden_loss", kind, ("mse", "cosine"))
-        self.layer_weighting = _check_choice("layer_weighting", layer_weighting, ("uniform", "adaptive"))
+        self.kind = _check_choice("hidden_loss", kind, HIDDEN_LOSSES)
+        self.layer_weighting = _check_choice("layer_weighting", layer_weighting, LAYER_WEIGHTINGS)
         self.path = path
         self.projection = HiddenProjection(student_dim, teacher_dim)
         fuser = getattr(mapping, "fuser", None)
@@ -566,7 +589,7 @@ def build_objective_mapping(opts: Mapping[str, Any], student: ModelShape, teache
     if name == "random":
         kw["seed"] = int(opts.get("mapping_seed", 0))
     if name == "fusion":
-        fusion = _check_choice("fusion", opts.get("fusion", "param_free"), ("param_free", "learned", "none"))
+        fusion = _check_choice("fusion", opts.get("fusion", "param_free"), FUSION_KINDS)
         if fusion == "none":
             name = "uniform"
         elif fusion == "learned":
@@ -582,6 +605,6 @@ def _check_choice(name: str, value, choices):
     return value
 
 
-__all__ = ["DEFAULTS", "OUTPUTS", "KDObjective", "KDTerm", "EmbeddingTerm", "HiddenTerm", "AttentionTerm",
+__all__ = ["DEFAULTS", "OUTPUTS", "kd_options_help", "KDObjective", "KDTerm", "EmbeddingTerm", "HiddenTerm", "AttentionTerm",
            "PredictionTerm", "TaskTerm", "RelationTerm", "FFNTerm", "ModelShape", "layer_groups",
            "build_objective_mapping", "next_token_loss", "tinybert_attention_mse"]

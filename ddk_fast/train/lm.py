@@ -25,6 +25,7 @@ from typing import Any, Optional
 
 import torch
 
+from ddk_fast.distill.objectives import kd_options_help
 from ddk_fast.errors import UserError
 from ddk_fast.train.resumable import StepCheckpoints, publish, skip_batches, stop_if_asked
 
@@ -389,7 +390,7 @@ LM_FLAGS = (("--train-file", str, "--task lm: plain-text training file (one docu
             ("--block-size", int, "--task lm: tokens per training block (default 128, quick 64)"),
             ("--search-steps", int, "--task lm: optimizer steps of the structure search"),
             ("--distill-steps", int, "--task lm: optimizer steps of distillation after pruning"),
-            ("--kd", str, "KD objective options KEY=VALUE[,...], e.g. attention_weight=1,query_relation_weight=1"),
+            ("--kd", str, kd_options_help()),
             ("--channel-granularity", int, "FFN width step of the search (default 64; the quick LM preset 16)"))
 
 

@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator, Optional
 
 import torch
 
+from ddk_fast.distill.objectives import kd_options_help
 from ddk_fast.errors import UserError
 
 LM_TASK = "lm"
@@ -499,7 +500,7 @@ def add_student_flags(p) -> None:
     p.add_argument("--student-intermediate", type=int, default=None, help="FFN width per student layer")
     p.add_argument("--student-hidden", type=int, default=None, help="hidden size (needs --layer-init scratch)")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps in all (split across stages)")
-    p.add_argument("--kd", default=None, help="objective options KEY=VALUE[,...] e.g. attention_weight=2,mapping=last")
+    p.add_argument("--kd", default=None, help=kd_options_help())
     p.add_argument("--train-file", default=None, help="--task lm: plain-text training file")
     p.add_argument("--eval-file", default=None, help="--task lm: plain-text evaluation file")
     p.add_argument("--block-size", type=int, default=None, help="--task lm: tokens per block (default 64)")
