@@ -22,6 +22,7 @@ from typing import Iterable
 
 import torch
 
+from ddk_fast.ops._dispatch import dense_path
 from ddk_fast.ops.activations import activation
 
 
@@ -124,6 +125,7 @@ def tune_unit_scales(student, teacher, batches: Iterable[dict], path: str = "aut
     if student.num_layers != teacher.num_layers or student.hidden_size != teacher.hidden_size:
         raise ValueError(f"tune_unit_scales: student ({student.num_layers} layers, hidden {student.hidden_size}) "
                          f"is not a pruned copy of the teacher ({teacher.num_layers}, {teacher.hidden_size})")
+    path = dense_path(path, next(student.parameters()).device)
     modes = (student.training, teacher.training)
     student.eval()
     teacher.eval()

@@ -69,3 +69,10 @@ def describe_auto(device: torch.device) -> dict[str, str]:
             except RuntimeError as exc:
                 out[op] = f"unavailable ({exc})"
     return out
+
+
+def dense_path(path: str, device) -> str:
+    """The path for a model whose every gate is 1 (a teacher being scored, a physically pruned model
+    being tuned): nothing to skip, so on a CPU the compact path's gathers are pure overhead
+    (benchmarks/bench_prune.py: the reference path takes ~0.85x its time) and "auto" means "reference"."""
+    return "reference" if path == "auto" and torch.device(device).type == "cpu" else path

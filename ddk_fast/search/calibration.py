@@ -23,6 +23,8 @@ from typing import Callable, Iterable
 import torch
 import torch.nn.functional as F
 
+from ddk_fast.ops._dispatch import dense_path
+
 
 @dataclass
 class GateGradients:
@@ -78,6 +80,7 @@ def gate_gradients(model, batches: Iterable[dict], loss_fn: Callable = task_loss
     ``model``: a MaskedTransformer; ``batches``: dicts with input_ids, attention_mask, labels
     (token_type_ids optional). Weights get no gradient and are left untouched."""
     device = device or next(model.parameters()).device
+    path = dense_path(path, device)
     heads, sizes = model.num_heads, model.intermediate_sizes
     per_head, per_ffn = [], []
     with _frozen_eval(model):
@@ -100,6 +103,7 @@ def activation_importance(model, batches: Iterable[dict], path: str = "auto",
     """Mean contribution norm per real token of every head ``[L, max H]`` and channel ``[L, max I]``
     (see the module docstring); padding columns 0, float64 on the CPU."""
     device = device or next(model.parameters()).device
+    path = dense_path(path, device)
     heads, sizes, dim = model.num_heads, model.intermediate_sizes, model.head_dim
     head_sum = torch.zeros(len(heads), max(heads), dtype=torch.float64)
     ffn_sum = torch.zeros(len(sizes), max(sizes), dtype=torch.float64)
