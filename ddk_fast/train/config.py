@@ -110,7 +110,9 @@ class CompressConfig:
     task_weight: float = 0.5
     attention_weight: float = 0.0
     hidden_loss: str = "mse"
-    fusion: str = "param_free"
+    # width pruning keeps the depth, so student layer l learns teacher layer l ("none"); "param_free" /
+    # "learned": DDK's recursive fusion of teacher layers (docs/method.md says why it is not the default)
+    fusion: str = "none"
     layer_weighting: str = "adaptive"
     # extra terms of the KD catalog (ddk_fast.distill.objectives), "KEY=VALUE,..." e.g.
     # "attention_weight=1,query_relation_weight=1"; empty: the DDK objective alone
