@@ -60,8 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         step, log = _run_position()
         where = f" at step {step}" if step is not None else ""
-        print(f"ddk-fast {args.command}: interrupted{where}; rerun the same command with --resume to continue "
-              "from the last checkpoint", file=sys.stderr)
+        hint = ("rerun the same command with --resume to continue from the last checkpoint"
+                if hasattr(args, "resume") else "rerun the same command")
+        print(f"ddk-fast {args.command}: interrupted{where}; {hint}", file=sys.stderr)
         return 130
     except Exception:  # noqa: BLE001 - a bug: the traceback is for the report, the log for the context
         traceback.print_exc()

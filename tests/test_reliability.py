@@ -1,7 +1,6 @@
 """Faults survived: damaged checkpoints, writes that fail half-way, two writers of one output, Ctrl-C
 and bugs at the command line."""
 import errno
-import json
 import os
 import subprocess
 import sys
@@ -88,17 +87,24 @@ def test_a_checkpoint_write_that_fails_half_way_keeps_the_previous_one(teacher, 
     assert finetune(output=str(out), model=teacher, data_dir=glue_dir, resume=True, **TINY)["dev"] is not None
 
 
+HOLD = """
+import fcntl, json, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.write(fd, json.dumps({"pid": os.getpid()}).encode())
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
 def test_two_writers_of_one_output_cannot_both_win(teacher, glue_dir, tmp_path, capsys):
     out = tmp_path / "p"
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    lock = str(out) + ".lock"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, lock], stdout=subprocess.PIPE, text=True)
+    options = dict(calibration_examples=8, max_eval_examples=8, batch_size=8, max_seq_len=32, seq_len=32,
+                   latency_batch_size=2, latency_seq_len=16, latency_repeats=1, progress=False)
     try:
-        lock = str(out) + ".lock"
-        import socket
-
-        with open(lock, "w", encoding="utf-8") as fh:
-            json.dump({"pid": holder.pid, "host": socket.gethostname()}, fh)
-        options = dict(calibration_examples=8, max_eval_examples=8, batch_size=8, max_seq_len=32, seq_len=32,
-                       latency_batch_size=2, latency_seq_len=16, latency_repeats=1, progress=False)
+        assert holder.stdout.readline().strip() == "held"
         with pytest.raises(UserError, match=f"being written by process {holder.pid}"):
             prune(teacher=teacher, task="mrpc", data_dir=glue_dir, output=str(out), **options)
         assert not out.exists()
@@ -107,7 +113,21 @@ def test_two_writers_of_one_output_cannot_both_win(teacher, glue_dir, tmp_path, 
         holder.wait()
     report = prune(teacher=teacher, task="mrpc", data_dir=glue_dir, output=str(out), **options)  # stale now
     assert report["output"] == str(out) and not os.path.exists(lock)
-    assert "removing the stale lock" in capsys.readouterr().err
+    assert f"taking over the stale lock {lock} (process {holder.pid} is gone)" in capsys.readouterr().err
+
+
+def test_prune_keeps_another_commands_unfinished_run(teacher, glue_dir, tmp_path):
+    out = tmp_path / "c"
+    ckpt = tmp_path / "c.inprogress" / "checkpoints" / "step-00000001"
+    ckpt.mkdir(parents=True)
+    options = dict(calibration_examples=8, max_eval_examples=8, batch_size=8, max_seq_len=32, seq_len=32,
+                   latency_batch_size=2, latency_seq_len=16, latency_repeats=1, progress=False)
+    with pytest.raises(UserError, match="unfinished run"):
+        prune(teacher=teacher, task="mrpc", data_dir=glue_dir, output=str(out), **options)
+    assert ckpt.is_dir()  # a compress run's checkpoints survive
+    nested = prune(teacher=teacher, task="mrpc", data_dir=glue_dir, output=str(tmp_path / "new" / "deep" / "p"),
+                   **options)  # parent folders that do not exist yet are created
+    assert os.path.isdir(nested["output"])
 
 
 def test_ctrl_c_names_the_step_and_the_resume_flag(teacher, glue_dir, tmp_path, capsys, monkeypatch):

@@ -19,6 +19,7 @@ import shutil
 from typing import Any, Callable, Optional
 
 import torch
+from safetensors import SafetensorError
 
 from ddk_fast.train.errors import CheckpointWriteError
 from ddk_fast._io import atomic_directory, atomic_write_json, atomic_write_text, read_json
@@ -97,7 +98,8 @@ def save_checkpoint(ckpt_root: str, step: int, model: torch.nn.Module, state: di
             files = {f: file_digest(os.path.join(tmp, f)) for f in DATA_FILES}
             atomic_write_json(os.path.join(tmp, "meta.json"), {"step": step, **(meta or {}), "files": files})
         atomic_write_text(os.path.join(ckpt_root, LATEST), name + "\n")
-    except OSError as exc:  # disk full, quota, a vanished mount: the previous checkpoint is untouched
+    except (OSError, RuntimeError, SafetensorError) as exc:  # disk full (torch and safetensors raise their own
+        # error types for it), quota, a vanished mount: the previous checkpoint is untouched
         previous = latest_checkpoint(ckpt_root) if os.path.isdir(ckpt_root) else None
         after = (f"the previous one ({os.path.basename(previous)}) is intact; rerun with --resume once there is room"
                  if previous else "no earlier checkpoint exists")

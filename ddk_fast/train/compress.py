@@ -482,7 +482,7 @@ class _Compression:
         student = module.student
         # a data-driven ranking (one-shot start) is kept: one batch's Taylor scores are noisier than the
         # Fisher of thousands of calibration examples
-        update_ranking = getattr(search, "needs_importance", False) and cfg.init != "oneshot"
+        update_ranking = getattr(search, "needs_importance", False) and self.state["oneshot"] is None
         self.info(f"search: {cfg.search} over heads {student.num_heads} and FFN widths {student.intermediate_sizes}, "
                   f"{cfg.search_epochs} epoch(s), target {self.metric} ratio {self.ratio}")
 

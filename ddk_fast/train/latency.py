@@ -131,9 +131,11 @@ def _warning(spread, tolerance, load_before, load_after, threads, pairs) -> str 
     if spread > tolerance:
         reasons.append(f"the per-pair ratios still spread by {spread:.0%} (IQR/median) after {pairs} pairs")
     cpus = os.cpu_count() or 1
-    loads = [x for x in (load_before, load_after) if x is not None]
-    if loads and max(loads) > cpus - threads + 1.0:
-        reasons.append(f"load average {max(loads):.2f} on {cpus} cores left fewer than {threads} idle")
+    # the 1-minute average after the measurement counts the measurement itself (about ``threads``);
+    # what is left is the other work that competed for the cores
+    if load_after is not None and load_after - threads > cpus - threads + 0.5:
+        reasons.append(f"load average {load_after:.2f} on {cpus} cores: other work left fewer than {threads} "
+                       "core(s) idle")
     if not reasons:
         return None
     return "latency ratio may be unreliable: " + "; ".join(reasons) + " (re-measure on an idle machine)"

@@ -26,7 +26,7 @@ from ddk_fast._io import atomic_write_json
 from ddk_fast.train.logging import RunLogger
 from ddk_fast.train.oneshot import IMPORTANCE_KINDS, one_shot
 from ddk_fast.train.report import build_report, write_plots
-from ddk_fast.train.rundir import acquire_lock, copy_logs, finalize, prepare, run_dirs, stage_dir
+from ddk_fast.train.rundir import copy_logs, finalize, prepare, run_dirs, stage_dir
 from ddk_fast.train.validate import check_positive, check_seq_len, parse_target
 
 
@@ -118,10 +118,7 @@ def run_prune(cfg: PruneConfig) -> dict:
     calib_ds = encode_split(calib_ex, tokenizer, cfg.max_seq_len)
     dev_ds = encode_split(dev_ex, tokenizer, cfg.max_seq_len)
     calib = calibration_batches(calib_ds, cfg, device)
-    acquire_lock(dirs)  # before touching anything another process might be writing
-    if os.path.isdir(dirs.work):  # an interrupted prune has nothing worth resuming
-        shutil.rmtree(dirs.work)
-    prepare(dirs, cfg.overwrite, False)
+    prepare(dirs, cfg.overwrite, False, disposable_work=True)
     log = RunLogger(dirs.logs, enabled=True, console=cfg.progress)
     try:
         for m in messages:

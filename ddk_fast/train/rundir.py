@@ -7,13 +7,15 @@ sibling and swapped onto ``OUT`` in one rename, then the in-progress folder is r
 - an existing non-empty ``OUT`` is refused unless ``--overwrite``;
 - an unfinished run (``OUT.inprogress`` exists) is refused unless ``--resume`` (continue it) or
   ``--overwrite`` (start again); a failed run keeps it for inspection and ``--resume``;
-- two processes cannot write the same ``OUT``: ``OUT.lock`` holds the writer's pid and host while it
-  runs; a lock whose process is gone (kill -9, a crash) is stale and taken over, saying so.
+- two processes cannot write the same ``OUT``: the writer holds an exclusive ``flock`` on ``OUT.lock``
+  (which names its pid); the kernel drops it when the process dies (kill -9, a crash), so a left-over
+  lock file is taken over, saying so.
 """
 from __future__ import annotations
 
 import atexit
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -58,66 +60,66 @@ def lock_path(dirs: RunDirs) -> str:
     return dirs.output.rstrip(os.sep) + ".lock"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
+_HELD: dict[str, int] = {}  # lock path -> open descriptor holding the flock, for this process
 
 
-def _lock_holder(path: str) -> dict:
+def _holder_pid(path: str):
     try:
         with open(path, encoding="utf-8") as fh:
-            holder = json.load(fh)
-    except (OSError, ValueError):
-        return {}
-    return holder if isinstance(holder, dict) else {}
+            return json.load(fh).get("pid")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def acquire_lock(dirs: RunDirs) -> None:
-    """Take ``OUT.lock`` for this process (idempotent within it); refuse while another live process
-    holds it; take over a stale lock. Released by ``release_lock`` (also at exit)."""
+    """Hold ``OUT.lock`` (an exclusive ``flock``) for this process; idempotent within it. Another live
+    process holding it is refused; a lock left by a process that is gone is not held by the kernel any
+    more, so it is simply taken over (with a note). Released by ``release_lock`` or at exit."""
     path = lock_path(dirs)
-    me = {"pid": os.getpid(), "host": socket.gethostname()}
+    if path in _HELD:
+        return
     for _ in range(3):
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            holder = _lock_holder(path)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
             raise UserError(f"--output {dirs.output!r}: cannot write there ({exc.strerror or exc})") from None
-        else:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(me, fh)
-            atexit.register(release_lock, dirs)
-            return
-        pid, host = holder.get("pid"), holder.get("host")
-        if pid == me["pid"] and host == me["host"]:
-            return
-        if isinstance(pid, int) and host == me["host"] and _alive(pid):
-            raise UserError(f"--output {dirs.output!r} is being written by process {pid} (lock {path}); wait for "
-                            "it to finish, or choose another --output")
-        if isinstance(pid, int) and host not in (None, me["host"]):
-            raise UserError(f"--output {dirs.output!r} is locked by process {pid} on host {host} ({path}); "
-                            "remove the lock file if that run is gone")
-        print(f"note: removing the stale lock {path} (process {pid} is gone)", file=sys.stderr)
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(path)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            pid = _holder_pid(path)
+            raise UserError(f"--output {dirs.output!r} is being written by process {pid} (lock {path}); wait for it "
+                            "to finish, or choose another --output") from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino  # not unlinked by a releasing holder meanwhile
+        except FileNotFoundError:
+            same = False
+        if not same:
+            os.close(fd)
+            continue
+        previous = _holder_pid(path)
+        if previous not in (None, os.getpid()):
+            print(f"note: taking over the stale lock {path} (process {previous} is gone)", file=sys.stderr)
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode())
+        _HELD[path] = fd
+        atexit.register(release_lock, dirs)
+        return
     raise UserError(f"--output {dirs.output!r}: cannot take the lock {path}")
 
 
 def release_lock(dirs: RunDirs) -> None:
-    """Remove ``OUT.lock`` if this process holds it."""
+    """Remove and unlock ``OUT.lock`` if this process holds it."""
     path = lock_path(dirs)
-    if _lock_holder(path).get("pid") == os.getpid():
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(path)
+    fd = _HELD.pop(path, None)
+    if fd is None:
+        return
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(path)
+    os.close(fd)
 
 
-def prepare(dirs: RunDirs, overwrite: bool, resume: bool) -> str:
+def prepare(dirs: RunDirs, overwrite: bool, resume: bool, disposable_work: bool = False) -> str:
     """Decide how the run starts: 'fresh', 'resume' (an unfinished run exists) or 'done'
     (``--resume`` of a run that already finished), holding the output's lock. Raises UserError when the
     output must be kept (the lock is then released). Call on the writing rank only."""
@@ -127,6 +129,8 @@ def prepare(dirs: RunDirs, overwrite: bool, resume: bool) -> str:
         raise UserError(f"--output {dirs.output!r}: cannot create its parent folder ({exc.strerror or exc})") from None
     acquire_lock(dirs)
     try:
+        if disposable_work and os.path.isdir(dirs.work) and not os.path.isdir(dirs.checkpoints):
+            shutil.rmtree(dirs.work)  # an interrupted run without checkpoints (prune): nothing to resume
         return _prepare(dirs, overwrite, resume)
     except BaseException:
         release_lock(dirs)
@@ -175,6 +179,7 @@ def finished_result(dirs: RunDirs, record: str, config: dict, announce: bool = T
     try:
         saved = read_json(path)
     except (OSError, ValueError):
+        release_lock(dirs)
         raise UserError(f"--resume: {dirs.output!r} holds no readable {record}; pass --overwrite to redo the run "
                         "or choose another --output") from None
     mism = resume_mismatches(saved.get("config") or {}, config)
