@@ -16,6 +16,7 @@ import time
 
 import torch
 
+from ddk_fast.data.glue import subsample_indices
 from ddk_fast.errors import UserError
 from ddk_fast.export import load_pruned, save_pruned
 from ddk_fast.train.batching import eval_loader
@@ -60,12 +61,11 @@ def load_calibration(cfg, spec, log) -> list:
     """``--calibration-examples`` seeded train examples; all of them (said on the console) when the
     train split is smaller."""
     examples = load_split(spec.name, "train", cfg.data_dir, None, cfg.seed)
-    if cfg.calibration_examples >= len(examples):
-        if cfg.calibration_examples > len(examples):
-            log(f"--calibration-examples {cfg.calibration_examples} is more than the {len(examples)} train "
-                f"examples: using all {len(examples)}")
-        return examples
-    return load_split(spec.name, "train", cfg.data_dir, cfg.calibration_examples, cfg.seed)
+    if cfg.calibration_examples > len(examples):
+        log(f"--calibration-examples {cfg.calibration_examples} is more than the {len(examples)} train "
+            f"examples: using all {len(examples)}")
+    keep = subsample_indices(len(examples), min(cfg.calibration_examples, len(examples)), cfg.seed)
+    return examples if keep is None else [examples[i] for i in keep]
 
 
 def gated_logits(model, gates, path):
