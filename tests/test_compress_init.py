@@ -129,3 +129,12 @@ def test_bad_init_options_are_refused(teacher, glue_dir, tmp_path, options, mess
     with pytest.raises(UserError, match=message):
         compress(teacher=teacher, task="mrpc", data_dir=glue_dir, output=str(tmp_path / "s"),
                  **dict(FAST, **options))
+
+
+def test_distillation_replaces_the_pruned_student_only_when_it_improves(teacher, glue_dir, tmp_path):
+    # lr 1e-12 leaves the weights as they are: no distillation epoch can beat the pruned student (epoch 0)
+    report = compress(teacher=teacher, task="mrpc", data_dir=glue_dir, output=str(tmp_path / "z"),
+                      **dict(FAST, lr=1e-12))
+    pruned = report["pruned_before_distillation_dev"]
+    assert all(h["score"] == pruned["score"] for h in report["history"] if h["stage"] == "distill")
+    assert report["student_dev"]["epoch"] == 0 and report["student_dev"]["score"] == pruned["score"]

@@ -587,6 +587,15 @@ class _Compression:
                   + _fmt(self.state["pruned_dev"]))
         self.log.log("pruned", step=self.state["global_step"], structure=self.state["structure"],
                      dev=self.state["pruned_dev"])
+        # the pruned student itself is the first candidate: distillation must improve on it to replace it
+        score = self.state["pruned_dev"][self.spec.main_metric]
+        self.state["best_score"] = score if math.isfinite(score) else -math.inf
+        self.state["best_metrics"] = dict(self.state["pruned_dev"], epoch=0)
+        if self.ctx.is_main:
+            from ddk_fast.export import save_pruned
+
+            save_pruned(pruned, self.dirs.best, overwrite=True)
+        ddp.barrier(self.ctx)
         module, optimizers, schedulers, _ = self._build_distill(pruned)
         self._save(module, optimizers, schedulers)
         self._pruned_cache = (pruned, module, optimizers, schedulers)
@@ -672,9 +681,6 @@ class _Compression:
         run_epochs(ctx=ctx, cfg=cfg, log=self.log, loader=self.loader, epochs=epochs, state=self.state,
                    stage=DISTILL, epoch_offset=1000, step=step, after_epoch=after_epoch,
                    save_ckpt=lambda: self._save(module, optimizers, schedulers))
-        if epochs == 0 and ctx.is_main:  # nothing to distill: the pruned student is the result
-            self.state["best_metrics"] = dict(self.state["pruned_dev"], epoch=0)
-            save_pruned(pruned, self.dirs.best, overwrite=True)
         ddp.barrier(ctx)
 
     # --- stage 5: export ------------------------------------------------------------------------------
