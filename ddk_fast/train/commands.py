@@ -18,27 +18,49 @@ def _switch(p, name, help):
     p.add_argument(name, action="store_const", const=True, default=None, help=help)
 
 
-def _common(p, what: str):
+def _run_flags(p, what: str, batch_help: str = "training batch size per process"):
+    """What every command that reads a GLUE task and writes an output takes."""
     _flag(p, "--task", required=False, help="GLUE task: cola sst2 mrpc stsb qqp mnli qnli rte wnli (or CoLA, SST-2, ...)")
     _flag(p, "--data-dir", help="folder of GLUE TSVs (DIR/MRPC/train.tsv); default: the Hugging Face hub")
     _flag(p, "--output", help=f"folder for the {what} (written atomically)")
     _flag(p, "--preset", choices=("quick", "full"), help="schedule: quick (minutes on CPU) or full (default)")
     _flag(p, "--config", help="YAML file of options (keys = flag names); flags given here override it")
     _flag(p, "--seed", type=int, help="random seed (default 42)")
-    _flag(p, "--batch-size", type=int, help="training batch size per process")
+    _flag(p, "--batch-size", type=int, help=batch_help)
     _flag(p, "--eval-batch-size", type=int, help="evaluation batch size")
     _flag(p, "--max-seq-len", type=int, help="truncate inputs to this many tokens (batches use dynamic padding)")
-    _flag(p, "--max-train-examples", type=int, help="use a seeded random subset of the train split")
     _flag(p, "--max-eval-examples", type=int, help="use a seeded random subset of the dev split")
+    _flag(p, "--device", help="auto (default), cpu, cuda or cuda:N")
+    _switch(p, "--overwrite", "replace an existing --output (and any unfinished run of it)")
+    p.add_argument("--no-progress", dest="progress", action="store_const", const=False, default=None,
+                   help="no progress bars or console messages")
+
+
+def _common(p, what: str):
+    """``_run_flags`` plus what every training command takes."""
+    _run_flags(p, what)
+    _flag(p, "--max-train-examples", type=int, help="use a seeded random subset of the train split")
     _flag(p, "--lr", type=float, help="learning rate of the model weights")
     _flag(p, "--save-steps", type=int, help="write a resumable checkpoint every N steps")
     _flag(p, "--log-steps", type=int, help="log the training loss every N steps")
-    _flag(p, "--device", help="auto (default), cpu, cuda or cuda:N")
-    _switch(p, "--overwrite", "replace an existing --output (and any unfinished run of it)")
     _switch(p, "--resume", "continue the unfinished run of --output from its last checkpoint")
     _switch(p, "--keep-checkpoints", "keep OUTPUT.inprogress/ (checkpoints) after the run finishes")
-    p.add_argument("--no-progress", dest="progress", action="store_const", const=False, default=None,
-                   help="no progress bars or console messages")
+
+
+def _compression_flags(p):
+    """The teacher, the budget, the one-shot calibration and the latency report (prune and compress)."""
+    _flag(p, "--teacher", help="fine-tuned teacher folder (from `ddk-fast finetune` or any BERT classifier)")
+    _flag(p, "--target", help="budget: params=RATIO or flops=RATIO, RATIO in (0, 1] (default params=0.5)")
+    _flag(p, "--seq-len", type=int, help="sequence length for FLOPs and the budget (default 128)")
+    _flag(p, "--calibration-examples", type=int,
+          help="labelled train examples for the one-shot Fisher importance and least squares (default 2048)")
+    _flag(p, "--tuning-examples", type=int,
+          help="of the calibration examples, how many the least-squares tuning uses (default 512)")
+    _flag(p, "--path", choices=("auto", "compact", "reference", "triton"), help="kernel path of the masked model")
+    _flag(p, "--latency-batch-size", type=int, help="batch size of the CPU latency measurement (default 32)")
+    _flag(p, "--latency-seq-len", type=int, help="sequence length of the CPU latency measurement (default 128)")
+    _flag(p, "--latency-threads", type=int,
+          help="CPU threads of the latency measurement (default 1: a ratio a busy machine cannot drown)")
 
 
 def _flags(args: argparse.Namespace, drop=("command", "func", "config")) -> dict:
@@ -106,19 +128,8 @@ def _register_prune(sub) -> None:
                                     "Fisher importance of every head and FFN channel from calibration examples, a "
                                     "global mask search, rearrangement inside each layer, least-squares unit "
                                     "scales, physical pruning, export + report.json.")
-    _flag(pr, "--teacher", help="fine-tuned teacher folder (from `ddk-fast finetune` or any BERT classifier)")
-    _flag(pr, "--task", help="GLUE task: cola sst2 mrpc stsb qqp mnli qnli rte wnli")
-    _flag(pr, "--data-dir", help="folder of GLUE TSVs (DIR/MRPC/train.tsv); default: the Hugging Face hub")
-    _flag(pr, "--output", help="folder for the pruned model, report.json and plots (written atomically)")
-    _flag(pr, "--target", help="budget: params=RATIO or flops=RATIO, RATIO in (0, 1] (default params=0.5)")
-    _flag(pr, "--seq-len", type=int, help="sequence length for FLOPs and the budget (default 128)")
-    _flag(pr, "--preset", choices=("quick", "full"), help="quick: 512 calibration examples; full (default): 2048")
-    _flag(pr, "--config", help="YAML file of options (keys = flag names); flags given here override it")
-    _flag(pr, "--seed", type=int, help="seed of the calibration subset (default 42)")
-    _flag(pr, "--tuning-examples", type=int,
-          help="of the calibration examples, how many the least-squares tuning uses (default 512)")
-    _flag(pr, "--calibration-examples", type=int,
-          help="labelled train examples for the importance scores and the least-squares tuning (default 2048)")
+    _compression_flags(pr)
+    _run_flags(pr, "pruned model, report.json and plots", batch_help="calibration batch size (default 32)")
     _flag(pr, "--importance", choices=("fisher", "activation"),
           help="fisher (squared gate gradients of the task loss, default) or activation (label-free)")
     pr.add_argument("--no-rearrange", dest="rearrange", action="store_const", const=False, default=None,
@@ -127,19 +138,6 @@ def _register_prune(sub) -> None:
                     help="skip the least-squares tuning of the kept units' scales")
     _flag(pr, "--ridge", type=float, help="ridge weight pulling the tuned scales towards 1 (default 1e-3)")
     _flag(pr, "--channel-granularity", type=int, help="FFN widths are multiples of this (default 8)")
-    _flag(pr, "--batch-size", type=int, help="calibration batch size (default 32)")
-    _flag(pr, "--eval-batch-size", type=int, help="evaluation batch size")
-    _flag(pr, "--max-seq-len", type=int, help="truncate inputs to this many tokens")
-    _flag(pr, "--max-eval-examples", type=int, help="use a seeded random subset of the dev split")
-    _flag(pr, "--path", choices=("auto", "compact", "reference", "triton"), help="kernel path of the masked model")
-    _flag(pr, "--latency-batch-size", type=int, help="batch size of the CPU latency measurement (default 32)")
-    _flag(pr, "--latency-seq-len", type=int, help="sequence length of the CPU latency measurement (default 128)")
-    _flag(pr, "--latency-threads", type=int,
-          help="CPU threads of the latency measurement (default 1: a ratio a busy machine cannot drown)")
-    _flag(pr, "--device", help="auto (default), cpu, cuda or cuda:N")
-    _switch(pr, "--overwrite", "replace an existing --output")
-    pr.add_argument("--no-progress", dest="progress", action="store_const", const=False, default=None,
-                    help="no console messages")
     pr.set_defaults(func=_cmd_prune)
 
 
@@ -179,37 +177,27 @@ def register(sub) -> None:
                         description="Compress a fine-tuned teacher to a parameter or FLOPs budget: differentiable "
                                     "width search with recursive adaptive KD, physical pruning, distillation of the "
                                     "pruned student, export + report.json.")
-    _flag(cp, "--teacher", help="fine-tuned teacher folder (from `ddk-fast finetune` or any BERT classifier)")
+    _compression_flags(cp)
     _common(cp, "compressed student, report.json and plots")
-    _flag(cp, "--target", help="budget: params=RATIO or flops=RATIO, RATIO in (0, 1] (default params=0.5)")
-    _flag(cp, "--seq-len", type=int, help="sequence length for FLOPs and the budget (default 128)")
     _flag(cp, "--search", choices=("gumbel", "hard_concrete", "progressive"),
           help="structure search: gumbel (DDK width search, default), hard_concrete (CoFi-style L0 gates) or "
                "progressive (GPP-style fading indicators)")
     _flag(cp, "--init", choices=("oneshot", "weights"),
           help="where the search starts: oneshot (default: the `prune` structure and tuned weights, logits centred "
                "on it, Fisher ranking) or weights (the teacher's weights, weight-norm ranking, near-uniform logits)")
-    _flag(cp, "--tuning-examples", type=int,
-          help="of the calibration examples, how many the least-squares tuning uses (default 512)")
-    _flag(cp, "--calibration-examples", type=int,
-          help="train examples for the one-shot start's Fisher importance and least squares (default 2048)")
     _flag(cp, "--budget-warmup", type=float,
           help="fraction of the search over which the budget target ramps from 1 to --target (default 0)")
     _flag(cp, "--fixed-structure", metavar="uniform|oneshot|FILE.json",
           help="no search; distil a fixed structure: uniform widths, the one-shot (`prune`) structure and weights, "
                "or a JSON file (an export's structure.json, or {\"heads\": [...], \"ffn\": [...]} per layer "
                "with kept indices or counts)")
-    _flag(cp, "--path", choices=("auto", "compact", "reference", "triton"), help="kernel path of the masked model")
     _flag(cp, "--search-epochs", type=int, help="epochs of the structure search")
     _flag(cp, "--distill-epochs", type=int, help="epochs of distillation after pruning")
     _flag(cp, "--arch-lr", type=float, help="learning rate of the architecture parameters")
     _flag(cp, "--temperature", type=float, help="prediction-KD temperature T")
-    _flag(cp, "--fusion", choices=("param_free", "learned", "none"), help="recursive fusion of teacher layers")
+    _flag(cp, "--fusion", choices=("param_free", "learned", "none"),
+          help="hidden-state target: none (layer to layer, default) or DDK's recursive fusion of teacher layers")
     _flag(cp, "--hidden-loss", choices=("mse", "cosine"), help="hidden-state distillation loss")
-    _flag(cp, "--latency-batch-size", type=int, help="batch size of the CPU latency measurement (default 32)")
-    _flag(cp, "--latency-seq-len", type=int, help="sequence length of the CPU latency measurement (default 128)")
-    _flag(cp, "--latency-threads", type=int,
-          help="CPU threads of the latency measurement (default 1: a ratio a busy machine cannot drown)")
     cp.set_defaults(func=_cmd_compress)
     _register_companions(sub, cp)
     _register_prune(sub)

@@ -55,8 +55,9 @@ class FinetuneConfig:
 
 
 @dataclass
-class CompressConfig:
-    """DDK: width search + recursive adaptive KD, physical pruning, distillation of the pruned model."""
+class CompressionRunConfig:
+    """What every run that cuts a fine-tuned teacher down to a budget takes (``prune`` and ``compress``):
+    the teacher and the task, the budget, the calibration data of the one-shot step, the report."""
 
     teacher: str = ""
     task: str = ""
@@ -65,27 +66,39 @@ class CompressConfig:
     seq_len: int = 128
     data_dir: Optional[str] = None
     preset: str = "full"
-    search: str = "gumbel"
-    # where the search starts: "oneshot" (the one-shot structure and least-squares-tuned weights, logits
-    # centred on it, data-driven ranking) or "weights" (the teacher's weights, weight-norm ranking)
-    init: str = "oneshot"
-    calibration_examples: int = 2048
-    tuning_examples: int = 512
-    # None: search; "uniform" | "oneshot" | FILE.json: distil that fixed structure instead
-    fixed_structure: Optional[str] = None
-    path: str = "auto"
     seed: int = 42
     overwrite: bool = False
-    resume: bool = False
     progress: bool = True
-    keep_checkpoints: bool = False
     device: str = "auto"
+    path: str = "auto"
     # data
     batch_size: int = 32
     eval_batch_size: int = 64
     max_seq_len: int = 128
-    max_train_examples: Optional[int] = None
     max_eval_examples: Optional[int] = None
+    # one-shot step: Fisher importance from these train examples, least squares on a spread subset
+    calibration_examples: int = 2048
+    tuning_examples: int = 512
+    # reporting
+    latency_batch_size: int = 32
+    latency_seq_len: int = 128
+    latency_repeats: int = 10
+    latency_threads: int = 1
+
+
+@dataclass
+class CompressConfig(CompressionRunConfig):
+    """DDK: width search + recursive adaptive KD, physical pruning, distillation of the pruned model."""
+
+    search: str = "gumbel"
+    # where the search starts: "oneshot" (the one-shot structure and least-squares-tuned weights, logits
+    # centred on it, data-driven ranking) or "weights" (the teacher's weights, weight-norm ranking)
+    init: str = "oneshot"
+    # None: search; "uniform" | "oneshot" | FILE.json: distil that fixed structure instead
+    fixed_structure: Optional[str] = None
+    resume: bool = False
+    keep_checkpoints: bool = False
+    max_train_examples: Optional[int] = None
     # schedule
     search_epochs: int = 3
     distill_epochs: int = 6
@@ -117,53 +130,23 @@ class CompressConfig:
     # extra terms of the KD catalog (ddk_fast.distill.objectives), "KEY=VALUE,..." e.g.
     # "attention_weight=1,query_relation_weight=1"; empty: the DDK objective alone
     kd: Optional[str] = None
-    # reporting
     save_steps: int = 500
     log_steps: int = 10
-    latency_batch_size: int = 32
-    latency_seq_len: int = 128
-    latency_repeats: int = 10
-    latency_threads: int = 1
     # testing hooks (not CLI flags)
     stop_after_steps: Optional[int] = None
     fault_nan_at_step: Optional[int] = None
 
 
 @dataclass
-class PruneConfig:
+class PruneConfig(CompressionRunConfig):
     """One-shot, retraining-free pruning: Fisher importance on calibration data, global mask search,
     rearrangement, least-squares unit scales, physical pruning, export."""
 
-    teacher: str = ""
-    task: str = ""
-    output: str = ""
-    target: str = "params=0.5"
-    seq_len: int = 128
-    data_dir: Optional[str] = None
-    preset: str = "full"
-    seed: int = 42
-    overwrite: bool = False
-    progress: bool = True
-    device: str = "auto"
-    path: str = "auto"
-    # data
-    batch_size: int = 32
-    eval_batch_size: int = 64
-    max_seq_len: int = 128
-    max_eval_examples: Optional[int] = None
-    calibration_examples: int = 2048
-    tuning_examples: int = 512
-    # method
     importance: str = "fisher"
     rearrange: bool = True
     tune: bool = True
     ridge: float = 1e-3
     channel_granularity: int = 8
-    # reporting
-    latency_batch_size: int = 32
-    latency_seq_len: int = 128
-    latency_repeats: int = 10
-    latency_threads: int = 1
 
 
 def _coerce(cfg_cls, key: str, value: Any, source: str) -> Any:
