@@ -104,6 +104,18 @@ def read_json(path: str) -> Any:
         return json.load(fh)
 
 
+def json_value(path: str, key: str) -> Any:
+    """``read_json(path)[key]``, or None when the file is missing, unreadable or not an object: for
+    optional facts recorded beside a model (its teacher, task, training length)."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        data = read_json(path)
+    except (OSError, ValueError):
+        return None
+    return data.get(key) if isinstance(data, dict) else None
+
+
 def output_dir_state(path: str) -> str:
     """'absent', 'empty' or 'nonempty'."""
     if not os.path.exists(path):

@@ -153,8 +153,12 @@ class DdkBertPreTrainedModel(PreTrainedModel):
 
 
 def attention_mask_for_sdpa(attention_mask, seq_len, causal):
-    """[B, S] 1/0 padding mask -> bool [B, 1, S|1, S] (True = attend), or None when nothing is masked."""
-    if attention_mask is None or bool(attention_mask.all()):
+    """[B, S] 1/0 padding mask -> bool [B, 1, 1|S, S] (True = attend), or None when no mask is given.
+
+    No Python branch on the mask's values: a tracer (torch.onnx.export, torch.jit.trace) records one
+    graph for every batch, so an all-ones mask takes the same path as a padded one.
+    """
+    if attention_mask is None:
         return None
     mask = attention_mask.bool()[:, None, None, :]
     if causal:

@@ -149,18 +149,19 @@ def attention_mask_for_sdpa(attention_mask, query_len, past_len, device):
 
     Query i (absolute position past_len + i) may see key j when j <= past_len + i and key j is not
     padding. A query row with no visible key (left padding) is opened to all keys: its output is
-    never used, and an all-False row would make SDPA return NaN.
+    never used, and an all-False row would make SDPA return NaN. The branches look only at whether a
+    mask was given and at shapes, never at the mask's values, so a traced graph (ONNX) is right for
+    padded and unpadded batches alike.
     """
     total = past_len + query_len
-    padded = attention_mask is not None and not bool(attention_mask.all())
-    if not padded:
+    if attention_mask is None:
         if past_len == 0:
             return None, query_len > 1
         if query_len == 1:
             return None, False
     rows = torch.arange(past_len, total, device=device)[:, None]
     allowed = (torch.arange(total, device=device)[None, :] <= rows)[None, None]
-    if padded:
+    if attention_mask is not None:
         allowed = allowed & attention_mask[:, None, None, -total:].bool()
         empty = ~allowed.any(-1, keepdim=True)
         allowed = allowed | empty

@@ -4,7 +4,8 @@ Pure PyTorch modules on tensors; no model and no training loop live here.
 
 Cost (``cost.py``)
     ``CostModel(hidden, head_dim, num_heads: list[int], intermediate: list[int], seq_len=128,
-    metric="params"|"flops")`` -- exact encoder cost counted from shapes.
+    metric="params"|"flops"|"latency", latency=LatencyFit)`` -- exact encoder cost counted from shapes,
+    or measured whole-model latency (an affine fit in kept heads and channels, ``LatencyFit``).
     ``.attention_cost(heads)``, ``.ffn_cost(channels)``, ``.layer_cost(kind, heads, channels)``
     (kind = "params" | "flops"), ``.structure_cost(heads: list, channels: list)``, ``.full_cost()``,
     ``.min_cost()`` (every layer at 0 heads / 0 channels), ``.expected_cost(head_probs, head_counts,
@@ -53,6 +54,7 @@ import importlib
 
 _WHERE = {
     "CostModel": "ddk_fast.search.cost",
+    "LatencyFit": "ddk_fast.search.cost",
     "StructureSearch": "ddk_fast.search.base",
     "DerivedStructure": "ddk_fast.search.base",
     "GumbelWidthSearch": "ddk_fast.search.width",

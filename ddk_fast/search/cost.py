@@ -21,20 +21,52 @@ FLOPs ("flops"), per example at sequence length ``S``, counted as 2 * multiply-a
     Not counted (lower order, and not skipped by pruning): bias additions, softmax, GELU,
     LayerNorm, residual additions, attention masking.  A block with 0 units therefore costs 0 FLOPs.
 
-Both costs are affine in ``k`` and in ``n``, so expectations are exact: E[cost(k)] = cost(E[k]).
+Latency ("latency", only with a measured ``LatencyFit``), milliseconds of one forward pass of the
+whole model at the fit's batch size and sequence length on the machine and runtime it was measured on:
+    ``fixed_ms + head_ms * (heads kept, all layers) + channel_ms * (channels kept, all layers)``, a
+    least-squares fit to timed uniform-width models (``ddk_fast.train.latency_table``). The constant
+    (embeddings, classifier, LayerNorms, residuals) is spread evenly over the 2 * L blocks as their
+    fixed cost, so ``structure_cost / full_cost`` is the predicted whole-model latency ratio.
+
+All three costs are affine in ``k`` and in ``n``, so expectations are exact: E[cost(k)] = cost(E[k]),
+and every search method and the one-shot mask search take any of them unchanged.
 """
+from dataclasses import asdict, dataclass, field
 from typing import Optional, Sequence, Union
 
 import torch
 
 Number = Union[int, float, torch.Tensor]
 
-METRICS = ("params", "flops")
+METRICS = ("params", "flops", "latency")
 
 
-def _check_metric(metric):
+@dataclass(frozen=True)
+class LatencyFit:
+    """Measured whole-model latency as an affine function of the kept heads and channels (all layers).
+
+    ``points``: the timed structures, each {"heads": per-layer count, "channels": per-layer count,
+    "ms": median}; ``max_rel_error``: the fit's largest |predicted - measured| / measured over them."""
+
+    fixed_ms: float
+    head_ms: float
+    channel_ms: float
+    batch_size: int
+    seq_len: int
+    threads: int
+    runtime: str = "torch"
+    max_rel_error: float = 0.0
+    points: tuple = field(default_factory=tuple)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _check_metric(metric, latency=None):
     if metric not in METRICS:
         raise ValueError(f"metric={metric!r}: expected one of {METRICS}")
+    if metric == "latency" and latency is None:
+        raise ValueError("metric='latency' needs a measured LatencyFit (CostModel(..., latency=fit))")
     return metric
 
 
@@ -56,7 +88,7 @@ class CostModel:
     """
 
     def __init__(self, hidden: int, head_dim: int, num_heads: Sequence[int], intermediate: Sequence[int],
-                 seq_len: int = 128, metric: str = "params"):
+                 seq_len: int = 128, metric: str = "params", latency: Optional[LatencyFit] = None):
         if int(hidden) <= 0 or int(head_dim) <= 0:
             raise ValueError(f"hidden={hidden}, head_dim={head_dim}: expected positive integers")
         if int(seq_len) <= 0:
@@ -68,7 +100,8 @@ class CostModel:
         if not self.num_heads:
             raise ValueError("num_heads=[]: expected at least one layer")
         self.seq_len = int(seq_len)
-        self.metric = _check_metric(metric)
+        self.latency = latency
+        self.metric = self._metric(metric)
 
     @classmethod
     def from_config(cls, config, seq_len: int = 128, metric: str = "params") -> "CostModel":
@@ -92,24 +125,37 @@ class CostModel:
     def num_layers(self) -> int:
         return len(self.num_heads)
 
+    def _metric(self, metric: Optional[str]) -> str:
+        return _check_metric(metric or getattr(self, "metric", None), self.latency)
+
     # --- per-unit slopes and fixed parts: cost(k) = fixed + k * per_unit -------------------------
     def head_unit_cost(self, metric: Optional[str] = None) -> float:
         """Cost of one more attention head (slope of ``attention_cost``)."""
         d, D, S = self.hidden, self.head_dim, self.seq_len
-        if _check_metric(metric or self.metric) == "params":
+        metric = self._metric(metric)
+        if metric == "latency":
+            return self.latency.head_ms
+        if metric == "params":
             return 4 * d * D + 3 * D
         return 8 * S * d * D + 4 * S * S * D
 
     def channel_unit_cost(self, metric: Optional[str] = None) -> float:
         """Cost of one more FFN channel (slope of ``ffn_cost``)."""
         d, S = self.hidden, self.seq_len
-        if _check_metric(metric or self.metric) == "params":
+        metric = self._metric(metric)
+        if metric == "latency":
+            return self.latency.channel_ms
+        if metric == "params":
             return 2 * d + 1
         return 4 * S * d
 
     def block_fixed_cost(self, metric: Optional[str] = None) -> float:
-        """Cost an attention (or FFN) block keeps at 0 units: output bias + LayerNorm (params), 0 (FLOPs)."""
-        return 3 * self.hidden if _check_metric(metric or self.metric) == "params" else 0
+        """Cost an attention (or FFN) block keeps at 0 units: output bias + LayerNorm (params), 0 (FLOPs),
+        the model's constant latency shared out over its 2 * L blocks (latency)."""
+        metric = self._metric(metric)
+        if metric == "latency":
+            return self.latency.fixed_ms / (2 * self.num_layers)
+        return 3 * self.hidden if metric == "params" else 0
 
     # --- blocks, layers, stacks -------------------------------------------------------------------
     def attention_cost(self, heads: Number, metric: Optional[str] = None) -> Number:
@@ -170,4 +216,5 @@ class CostModel:
 
     def __repr__(self):
         return (f"CostModel(hidden={self.hidden}, head_dim={self.head_dim}, num_heads={self.num_heads}, "
-                f"intermediate={self.intermediate}, seq_len={self.seq_len}, metric={self.metric!r})")
+                f"intermediate={self.intermediate}, seq_len={self.seq_len}, metric={self.metric!r}"
+                + (f", latency={self.latency}" if self.latency is not None else "") + ")")

@@ -50,7 +50,8 @@ def _common(p, what: str):
 def _compression_flags(p):
     """The teacher, the budget, the one-shot calibration and the latency report (prune and compress)."""
     _flag(p, "--teacher", help="fine-tuned teacher folder (from `ddk-fast finetune` or any BERT classifier)")
-    _flag(p, "--target", help="budget: params=RATIO or flops=RATIO, RATIO in (0, 1] (default params=0.5)")
+    _flag(p, "--target", help="budget: params=RATIO, flops=RATIO or latency=RATIO (measured on this machine at "
+                              "--latency-batch-size x --latency-seq-len), RATIO in (0, 1] (default params=0.5)")
     _flag(p, "--seq-len", type=int, help="sequence length for FLOPs and the budget (default 128)")
     _flag(p, "--calibration-examples", type=int,
           help="labelled train examples for the one-shot Fisher importance and least squares (default 2048)")
@@ -61,6 +62,14 @@ def _compression_flags(p):
     _flag(p, "--latency-seq-len", type=int, help="sequence length of the CPU latency measurement (default 128)")
     _flag(p, "--latency-threads", type=int,
           help="CPU threads of the latency measurement (default 1: a ratio a busy machine cannot drown)")
+    _switch(p, "--onnx", "also export the result to ONNX (OUT/onnx: fp32 + int8), score it in ONNX Runtime and "
+                         "time it against the teacher in PyTorch and ONNX Runtime")
+    _flag(p, "--latency-runtime", choices=("torch", "onnx"),
+          help="runtime a --target latency budget is measured and checked in: torch (the engine, default) or onnx "
+               "(ONNX Runtime; implies --onnx)")
+    _flag(p, "--latency-shapes", metavar="BxS[,BxS]",
+          help="shapes of the --onnx latency table (default 1xSEQ; the --latency-batch-size x --latency-seq-len "
+               "shape is always added)")
 
 
 def _flags(args: argparse.Namespace, drop=("command", "func", "config")) -> dict:
@@ -147,7 +156,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     metrics = run_evaluate(model=args.model, task=args.task, data_dir=args.data_dir, output=args.output,
                            batch_size=64 if args.batch_size is None else args.batch_size, max_seq_len=args.max_seq_len,
                            max_eval_examples=args.max_eval_examples, split=args.split, device=args.device or "auto",
-                           path=args.path or "auto", force=bool(args.force))
+                           path=args.path or "auto", force=bool(args.force), int8=bool(args.int8))
     print(json.dumps(metrics, indent=2))
     return 0
 
@@ -160,6 +169,54 @@ def _register_companions(sub, compress_parser) -> None:
     student_kd.register(sub)
     sweep.register(sub)
     lm_teacher.register(sub)
+
+
+def _cmd_export_onnx(args: argparse.Namespace) -> int:
+    from ddk_fast.train.deploy import run_export_onnx
+
+    report = run_export_onnx(args.model, args.output, args.opset, bool(args.int8), bool(args.overwrite))
+    print(json.dumps({k: report[k] for k in ("source", "opset", "inputs", "files", "check", "int8_check")
+                      if k in report}, indent=2))
+    return 0
+
+
+def _cmd_latency(args: argparse.Namespace) -> int:
+    from ddk_fast.train.deploy import format_table, run_latency
+
+    result = run_latency(args.model, teacher=args.teacher, shapes=args.latency_shapes, runtimes=args.runtimes,
+                         threads=args.latency_threads, repeats=args.latency_repeats, output=args.output)
+    print(format_table(result["rows"]))
+    return 0
+
+
+def _register_deploy(sub) -> None:
+    from ddk_fast.export.onnx import DEFAULT_OPSET
+    from ddk_fast.train.deploy import DEFAULT_RUNTIMES, RUNTIMES
+
+    ex = sub.add_parser("export-onnx", help="export a compressed folder or a teacher to ONNX (checked against PyTorch)",
+                        description="Export a model folder to ONNX with dynamic batch and sequence axes; the graph is "
+                                    "run in ONNX Runtime on padded and unpadded batches and must match PyTorch "
+                                    "(fp32, atol 1e-4). The tokenizer and onnx_report.json go beside it.")
+    ex.add_argument("model", help="a `ddk-fast compress`/`prune` output or a `finetune` teacher")
+    ex.add_argument("--output", required=True, help="folder for model.onnx, the tokenizer and onnx_report.json")
+    ex.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
+    ex.add_argument("--int8", action="store_true", help="also write model.int8.onnx (dynamic int8 quantisation)")
+    ex.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    ex.set_defaults(func=_cmd_export_onnx)
+
+    lt = sub.add_parser("latency", help="teacher vs student latency in PyTorch and ONNX Runtime (fp32, int8)",
+                        description="Time a compressed folder against its teacher (alternating pairs, threads "
+                                    "pinned, median of repeats) in each runtime at each shape.")
+    lt.add_argument("model", help="a `ddk-fast compress`/`prune` output")
+    lt.add_argument("--teacher", help="teacher folder (default: the one named in MODEL/report.json)")
+    lt.add_argument("--latency-shapes", default="1x128,32x128", metavar="BxS[,BxS]",
+                    help="batch x sequence length shapes (default 1x128,32x128)")
+    lt.add_argument("--runtimes", default=",".join(DEFAULT_RUNTIMES),
+                    help=f"comma list of {', '.join(RUNTIMES)} (default {','.join(DEFAULT_RUNTIMES)})")
+    lt.add_argument("--latency-threads", type=int, default=1, help="intra-op threads of every runtime (default 1)")
+    lt.add_argument("--latency-repeats", type=int, default=10, help="timed pairs per row, at least (default 10)")
+    lt.add_argument("--output", help="write the table as JSON here (a file path)")
+    lt.set_defaults(func=_cmd_latency)
 
 
 def register(sub) -> None:
@@ -201,9 +258,10 @@ def register(sub) -> None:
     cp.set_defaults(func=_cmd_compress)
     _register_companions(sub, cp)
     _register_prune(sub)
+    _register_deploy(sub)
 
-    ev = sub.add_parser("evaluate", help="dev-set metrics of a teacher folder or a compressed export")
-    _flag(ev, "--model", required=True, help="teacher folder or `ddk-fast compress` output")
+    ev = sub.add_parser("evaluate", help="dev-set metrics of a teacher folder, a compressed export or an ONNX export")
+    _flag(ev, "--model", required=True, help="teacher folder, `ddk-fast compress` output or `export-onnx` output")
     _flag(ev, "--task", required=True, help="GLUE task")
     _flag(ev, "--data-dir", help="folder of GLUE TSVs; default: the Hugging Face hub")
     _flag(ev, "--output", help="write the metrics JSON here (a file path)")
@@ -214,4 +272,6 @@ def register(sub) -> None:
     _flag(ev, "--device", help="auto (default), cpu, cuda")
     _flag(ev, "--path", choices=("auto", "compact", "reference", "triton"), help="kernel path for a pruned export")
     _switch(ev, "--force", "evaluate on --task even if the model was trained for another task")
+    _switch(ev, "--int8", "int8: model.int8.onnx of an ONNX export, or torch.ao dynamic int8 of a model folder's "
+                          "linear layers")
     ev.set_defaults(func=_cmd_evaluate)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import sys
 import time
 
 import torch
@@ -32,8 +33,9 @@ from ddk_fast.train.batching import eval_loader, train_loader
 from ddk_fast.train.checkpoint import (latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state,
                                       weights_digest)
 from ddk_fast.train.config import CompressConfig, config_dict, resume_mismatches
+from ddk_fast.train.deploy import add_deployment, check_deployment_flags
 from ddk_fast.train.evaluation import encode_split, evaluate, load_split, task_spec, to_device
-from ddk_fast._io import atomic_write_json
+from ddk_fast._io import atomic_write_json, read_json
 from ddk_fast.train.kd import FUSIONS, DistillObjective, KDWeights
 from ddk_fast.train.logging import RunLogger
 from ddk_fast.train.loop import check_finite, run_epochs
@@ -56,6 +58,7 @@ def validate(cfg: CompressConfig) -> tuple[str, float]:
     for name in ("batch_size", "eval_batch_size", "max_seq_len", "seq_len", "save_steps", "log_steps",
                  "channel_granularity", "latency_batch_size", "latency_seq_len", "latency_repeats", "latency_threads"):
         check_positive(name, getattr(cfg, name))
+    check_deployment_flags(cfg, metric)
     for name in ("search_epochs", "distill_epochs"):
         value = getattr(cfg, name)
         if not isinstance(value, int) or value < 0:
@@ -148,11 +151,52 @@ def load_teacher(path: str, spec):
     return teacher, load_tokenizer(path)
 
 
-def cost_model_for(model, seq_len: int, metric: str):
+def cost_model_for(model, seq_len: int, metric: str, cfg=None, info=None):
+    """The budget's cost model; for ``latency`` the teacher is timed at uniform widths on this machine
+    (at --latency-batch-size x --latency-seq-len, --latency-threads: the shape the report measures)."""
     from ddk_fast.search import CostModel
+    from ddk_fast.train.latency_table import measure_latency_fit
 
+    latency = None
+    if metric == "latency":
+        if cfg is None:
+            raise ValueError("a latency cost model needs the run config (shape and threads of the measurement)")
+        latency = saved_latency_fit(cfg)
+        if latency is None:
+            latency = measure_latency_fit(model, cfg.latency_batch_size, cfg.latency_seq_len, cfg.latency_threads,
+                                          info=info, runtime=cfg.latency_runtime)
     return CostModel(model.hidden_size, model.head_dim, model.num_heads, model.intermediate_sizes,
-                     seq_len=seq_len, metric=metric)
+                     seq_len=seq_len, metric=metric, latency=latency)
+
+
+LATENCY_FIT_FILE = "latency_fit.json"
+
+
+def saved_latency_fit(cfg):
+    """The latency fit an unfinished run measured (``--resume`` keeps its budget), else None."""
+    from ddk_fast.search import LatencyFit
+
+    if not getattr(cfg, "resume", False):
+        return None
+    path = os.path.join(run_dirs(cfg.output).work, LATENCY_FIT_FILE)
+    try:
+        data = read_json(path)
+        data["points"] = tuple(data.get("points", ()))
+        return LatencyFit(**data)
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def save_latency_fit(cost_model, dirs) -> None:
+    if cost_model.latency is not None and os.path.isdir(dirs.work):
+        atomic_write_json(os.path.join(dirs.work, LATENCY_FIT_FILE), cost_model.latency.to_dict())
+
+
+def _console(cfg):
+    """Messages before the run's logger exists (stderr, like the logger's console), or None when quiet."""
+    if not cfg.progress:
+        return None
+    return lambda message: print(message, file=sys.stderr, flush=True)
 
 
 def check_budget(cost_model, ratio: float, metric: str, target_text: str) -> None:
@@ -171,7 +215,7 @@ def run_compress(cfg: CompressConfig) -> dict:
     check_seq_len(cfg.seq_len, teacher.config, "--seq-len")
     check_seq_len(cfg.max_seq_len, teacher.config, "--max-seq-len")
     check_seq_len(cfg.latency_seq_len, teacher.config, "--latency-seq-len")
-    cost_model = cost_model_for(teacher, cfg.seq_len, metric)
+    cost_model = cost_model_for(teacher, cfg.seq_len, metric, cfg, info=_console(cfg))
     check_budget(cost_model, ratio, metric, cfg.target)
     dirs = run_dirs(cfg.output)
     if os.path.abspath(dirs.output) == teacher_path:
@@ -186,6 +230,10 @@ def run_compress(cfg: CompressConfig) -> dict:
         mode = ddp.broadcast_object(ctx, mode)
         if mode == "done":
             return finished_result(dirs, "report.json", config_dict(cfg), announce=ctx.is_main)
+        if metric == "latency":  # every rank budgets with the main rank's measurement; --resume reuses it
+            cost_model = ddp.broadcast_object(ctx, cost_model)
+            if ctx.is_main:
+                save_latency_fit(cost_model, dirs)
         run = _Compression(cfg, spec, metric, ratio, teacher, tokenizer, teacher_path, cost_model, dirs, ctx,
                            mode, data)
         run.file_structure = file_structure
@@ -696,6 +744,7 @@ class _Compression:
             staged = stage_dir(self.dirs)
             try:
                 save_pruned(student, staged, tokenizer=self.tokenizer, overwrite=True)
+                add_deployment(report, staged, cfg, self.teacher_path, self.spec.name, self.dev_ds, self.info)
                 atomic_write_json(os.path.join(staged, "report.json"), report)
                 write_plots(report, staged, log_path=os.path.join(self.dirs.logs, "log.jsonl"))
                 self.log.log("done", step=self.state["global_step"], student_dev=report["student_dev"])

@@ -84,6 +84,11 @@ class CompressionRunConfig:
     latency_seq_len: int = 128
     latency_repeats: int = 10
     latency_threads: int = 1
+    # deployment: export the result to ONNX (fp32 + int8), score it there, time it against the teacher
+    onnx: bool = False
+    # runtime of the --target latency budget and its check: the engine (torch) or ONNX Runtime (onnx)
+    latency_runtime: str = "torch"
+    latency_shapes: Optional[str] = None  # "1x128,32x128"; default 1 x and latency_batch_size x latency_seq_len
 
 
 @dataclass

@@ -8,10 +8,11 @@ from typing import Optional
 import torch
 
 from ddk_fast.errors import UserError
+from ddk_fast.export.onnx import is_onnx_folder
 from ddk_fast.train import ddp
 from ddk_fast.train.batching import eval_loader
 from ddk_fast.train.evaluation import encode_split, evaluate, load_split, task_spec
-from ddk_fast._io import atomic_write_json, read_json
+from ddk_fast._io import atomic_write_json, json_value, read_json
 
 
 def is_pruned_export(folder: str) -> bool:
@@ -63,6 +64,9 @@ def _pruned_logits(model, batch, path):
 
 
 def trained_seq_len(folder: str) -> Optional[int]:
+    seq = json_value(os.path.join(folder, "onnx_report.json"), "max_seq_len")
+    if seq:
+        return int(seq)
     for name in ("report.json", "metrics.json"):
         p = os.path.join(folder, name)
         if os.path.isfile(p):
@@ -78,7 +82,8 @@ def trained_seq_len(folder: str) -> Optional[int]:
 def recorded_task(folder: str) -> tuple[Optional[str], Optional[str]]:
     """(task, file that says so) a model folder was trained for: report.json / metrics.json of our runs,
     else ``finetuning_task`` in config.json; (None, None) when nothing says."""
-    for name, key in (("report.json", "task"), ("metrics.json", "task"), ("config.json", "finetuning_task")):
+    for name, key in (("report.json", "task"), ("metrics.json", "task"), ("onnx_report.json", "task"),
+                      ("config.json", "finetuning_task")):
         p = os.path.join(folder, name)
         if os.path.isfile(p):
             try:
@@ -106,7 +111,7 @@ def check_task(folder: str, spec, force: bool) -> None:
 
 def run_evaluate(model: str, task: str, data_dir=None, output=None, batch_size: int = 64, max_seq_len=None,
                  max_eval_examples=None, split: str = "validation", device: str = "auto", path: str = "auto",
-                 force: bool = False) -> dict:
+                 force: bool = False, int8: bool = False, threads: Optional[int] = None) -> dict:
     spec = task_spec(task)
     if not model:
         raise UserError("--model is required")
@@ -114,6 +119,11 @@ def run_evaluate(model: str, task: str, data_dir=None, output=None, batch_size: 
         check_task(model, spec, force)
     if batch_size < 1:
         raise UserError(f"--batch-size {batch_size}: expected a positive integer")
+    if os.path.isdir(model) and is_onnx_folder(model):
+        return _evaluate_onnx(model, spec, data_dir, output, batch_size, max_seq_len, max_eval_examples, split,
+                              int8, threads or torch.get_num_threads())
+    if int8:
+        return _evaluate_torch_int8(model, spec, data_dir, output, batch_size, max_seq_len, max_eval_examples, split)
     dev = ddp.resolve_device(device)
     t0 = time.time()
     net, tokenizer, logits_fn, kind = load_any(model, spec, path)
@@ -129,6 +139,66 @@ def run_evaluate(model: str, task: str, data_dir=None, output=None, batch_size: 
     result = {"model": os.path.abspath(model), "kind": kind, "task": spec.name, "split": split,
               "examples": len(examples), "max_seq_len": seq, "main_metric": spec.main_metric, "metrics": metrics,
               "wall_time_s": round(time.time() - t0, 2)}
+    if output:
+        atomic_write_json(output, result)
+    return result
+
+
+def _evaluate_torch_int8(folder, spec, data_dir, output, batch_size, max_seq_len, max_eval_examples, split) -> dict:
+    """Dev metrics of a model folder after torch.ao dynamic int8 of its linear layers (CPU)."""
+    from ddk_fast.export.onnx import OnnxExportError, load_for_export
+    from ddk_fast.train.deploy import torch_int8
+    from ddk_fast.train.hf import load_tokenizer
+
+    t0 = time.time()
+    if not os.path.isdir(folder):
+        raise UserError(f"--model {folder!r} is not a folder")
+    try:
+        module, _ = load_for_export(folder)
+    except OnnxExportError as exc:
+        raise UserError(f"--int8: {exc}") from None
+    _check_pruned_labels(folder, module.model, spec)
+    quantised = torch_int8(module)
+    seq = max_seq_len or trained_seq_len(folder) or 128
+    from ddk_fast.train.validate import check_seq_len
+
+    check_seq_len(seq, module.model.config, "--max-seq-len")
+    examples = load_split(spec.name, split, data_dir, max_eval_examples, 0)
+    loader = eval_loader(encode_split(examples, load_tokenizer(folder), seq), batch_size)
+    with torch.inference_mode():
+        metrics = evaluate(quantised, lambda b: quantised(b["input_ids"], b["attention_mask"],
+                                                          b.get("token_type_ids")), loader, torch.device("cpu"),
+                           spec.name)
+    result = {"model": os.path.abspath(folder), "kind": "torch-int8", "task": spec.name, "split": split,
+              "examples": len(examples), "max_seq_len": seq, "main_metric": spec.main_metric, "metrics": metrics,
+              "wall_time_s": round(time.time() - t0, 2)}
+    if output:
+        atomic_write_json(output, result)
+    return result
+
+
+def _evaluate_onnx(folder, spec, data_dir, output, batch_size, max_seq_len, max_eval_examples, split, int8,
+                   threads) -> dict:
+    """Dev metrics of an ONNX export in ONNX Runtime (fp32, or int8 with ``int8``)."""
+    from ddk_fast.export.onnx import INT8_FILE, ONNX_FILE, OnnxModel, read_onnx_report
+    from ddk_fast.train.deploy import score_onnx
+    from ddk_fast.train.hf import load_tokenizer
+
+    t0 = time.time()
+    path = os.path.join(folder, INT8_FILE if int8 else ONNX_FILE)
+    if not os.path.isfile(path):
+        raise UserError(f"--int8: {folder!r} has no {INT8_FILE} (export with `ddk-fast export-onnx --int8`)")
+    info = read_onnx_report(folder)
+    if info.get("num_labels") is not None and int(info["num_labels"]) != spec.num_labels:
+        raise UserError(f"the model at {folder!r} has {info['num_labels']} output label(s) but task {spec.name} "
+                        f"needs {spec.num_labels}")
+    seq = max_seq_len or trained_seq_len(folder) or 128
+    examples = load_split(spec.name, split, data_dir, max_eval_examples, 0)
+    encoded = encode_split(examples, load_tokenizer(folder), seq)
+    metrics = score_onnx(OnnxModel(path, threads), eval_loader(encoded, batch_size), spec.name)
+    result = {"model": os.path.abspath(folder), "kind": "onnx-int8" if int8 else "onnx", "task": spec.name,
+              "split": split, "examples": len(examples), "max_seq_len": seq, "main_metric": spec.main_metric,
+              "metrics": metrics, "threads": threads, "wall_time_s": round(time.time() - t0, 2)}
     if output:
         atomic_write_json(output, result)
     return result

@@ -21,6 +21,7 @@ import copy
 import os
 import statistics
 import time
+from typing import Callable
 
 import torch
 
@@ -35,7 +36,7 @@ def pinned_threads(threads: int):
         torch.set_num_threads(old)
 
 
-def _inputs(batch_size: int, seq_len: int, vocab_size: int, seed: int = 0):
+def random_inputs(batch_size: int, seq_len: int, vocab_size: int, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(low=1000 if vocab_size > 2000 else 1, high=vocab_size, size=(batch_size, seq_len), generator=g)
     return ids, torch.ones_like(ids), torch.zeros_like(ids)
@@ -49,13 +50,7 @@ def _on_cpu_eval(model):
 def _timer(model, inputs, path):
     ids, mask, types = inputs
     kwargs = {} if path == "auto" else {"path": path}
-
-    def once() -> float:
-        t0 = time.perf_counter()
-        model(ids, attention_mask=mask, token_type_ids=types, **kwargs)
-        return (time.perf_counter() - t0) * 1000.0
-
-    return once
+    return timed(lambda: model(ids, attention_mask=mask, token_type_ids=types, **kwargs))
 
 
 def _quartiles(values):
@@ -75,30 +70,49 @@ def _load() -> float | None:
 @torch.inference_mode()
 def compare(teacher, student, batch_size: int, seq_len: int, vocab_size: int, repeats: int = 10, path: str = "auto",
             threads: int = 1, tolerance: float = 0.1, max_pairs: int | None = None) -> dict:
-    """Teacher vs student latency by the module's protocol; returns what report.json records."""
-    max_pairs = max_pairs or max(4 * repeats, 20)
-    inputs = _inputs(batch_size, seq_len, vocab_size)
+    """Teacher vs student latency (two engine / transformers modules, moved to CPU in eval mode) by the
+    module's protocol; returns what report.json records."""
+    inputs = random_inputs(batch_size, seq_len, vocab_size)
     models = [_on_cpu_eval(teacher), _on_cpu_eval(student)]
-    load_before = _load()
     for m, _ in models:
         m.eval()
-    pairs: list[tuple[float, float]] = []
     try:
         with pinned_threads(threads):
-            run_t, run_s = _timer(models[0][0], inputs, path), _timer(models[1][0], inputs, path)
-            for _ in range(2):
-                run_t(), run_s()
-            while len(pairs) < max_pairs:
-                if len(pairs) % 2 == 0:
-                    t_ms, s_ms = run_t(), run_s()
-                else:
-                    s_ms, t_ms = run_s(), run_t()
-                pairs.append((t_ms, s_ms))
-                if len(pairs) >= max(1, repeats) and _spread(pairs) <= tolerance:
-                    break
+            return compare_runners(_timer(models[0][0], inputs, path), _timer(models[1][0], inputs, path),
+                                   batch_size, seq_len, repeats, threads, tolerance, max_pairs)
     finally:
         for m, was_training in models:
             m.train(was_training)
+
+
+def timed(fn, *args) -> Callable[[], float]:
+    """A runner for ``compare_runners``: calls ``fn(*args)`` and returns its wall time in ms."""
+    def once() -> float:
+        t0 = time.perf_counter()
+        fn(*args)
+        return (time.perf_counter() - t0) * 1000.0
+
+    return once
+
+
+def compare_runners(run_t: Callable[[], float], run_s: Callable[[], float], batch_size: int, seq_len: int,
+                    repeats: int = 10, threads: int = 1, tolerance: float = 0.1, max_pairs: int | None = None,
+                    device: str = "cpu") -> dict:
+    """Steps 3-6 of the protocol for any two runners (each runs one forward pass and returns its ms):
+    PyTorch modules, ONNX Runtime sessions, int8 models. The caller pins the threads (step 2)."""
+    max_pairs = max_pairs or max(4 * repeats, 20)
+    load_before = _load()
+    pairs: list[tuple[float, float]] = []
+    for _ in range(2):
+        run_t(), run_s()
+    while len(pairs) < max_pairs:
+        if len(pairs) % 2 == 0:
+            t_ms, s_ms = run_t(), run_s()
+        else:
+            s_ms, t_ms = run_s(), run_t()
+        pairs.append((t_ms, s_ms))
+        if len(pairs) >= max(1, repeats) and _spread(pairs) <= tolerance:
+            break
     load_after = _load()
     ratios = [s / t for t, s in pairs]
     ratio = statistics.median(ratios)
@@ -107,7 +121,7 @@ def compare(teacher, student, batch_size: int, seq_len: int, vocab_size: int, re
     t_ms = statistics.median(t for t, _ in pairs)
     s_ms = statistics.median(s for _, s in pairs)
     warning = _warning(spread, tolerance, load_before, load_after, threads, len(pairs))
-    return {"device": "cpu", "batch_size": batch_size, "seq_len": seq_len, "threads": int(threads),
+    return {"device": device, "batch_size": batch_size, "seq_len": seq_len, "threads": int(threads),
             "repeats": len(pairs), "teacher_ms": round(t_ms, 3), "student_ms": round(s_ms, 3),
             "teacher_ms_min_max": [round(min(t for t, _ in pairs), 3), round(max(t for t, _ in pairs), 3)],
             "student_ms_min_max": [round(min(s for _, s in pairs), 3), round(max(s for _, s in pairs), 3)],

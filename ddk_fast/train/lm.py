@@ -111,6 +111,11 @@ def validate(cfg: LMCompressConfig) -> tuple[str, float]:
         if not value:
             raise UserError(f"{flag} is required with --task lm")
     metric, ratio = parse_target(cfg.target)
+    if metric == "latency":
+        raise UserError(f"--target {cfg.target}: a latency budget is measured for encoders (GLUE tasks); with --task lm "
+                        "use params=RATIO or flops=RATIO")
+    if getattr(cfg, "onnx", False):
+        raise UserError("--onnx with --task lm: export the result with `ddk-fast export-onnx OUT --output DIR`")
     for name in ("block_size", "batch_size", "eval_batch_size", "channel_granularity", "log_steps", "save_steps",
                  "search_steps"):
         check_positive(name, getattr(cfg, name))

@@ -19,8 +19,9 @@ import torch
 from ddk_fast.data.glue import subsample_indices
 from ddk_fast.errors import UserError
 from ddk_fast.export import load_pruned, save_pruned
+from ddk_fast.train.deploy import add_deployment, check_deployment_flags
 from ddk_fast.train.batching import eval_loader
-from ddk_fast.train.compress import check_budget, cost_model_for, load_teacher
+from ddk_fast.train.compress import _console, check_budget, cost_model_for, load_teacher
 from ddk_fast.train.config import PruneConfig, config_dict
 from ddk_fast.train.evaluation import encode_split, evaluate, load_split, task_spec, to_device
 from ddk_fast._io import atomic_write_json
@@ -40,6 +41,7 @@ def validate(cfg: PruneConfig) -> tuple[str, float]:
                  "latency_batch_size", "latency_seq_len", "latency_repeats", "latency_threads"):
         check_positive(name, getattr(cfg, name))
     check_positive("tuning_examples", cfg.tuning_examples)
+    check_deployment_flags(cfg, metric)
     if not isinstance(cfg.calibration_examples, int) or cfg.calibration_examples < 1:
         raise UserError(f"--calibration-examples {cfg.calibration_examples!r}: expected a positive integer "
                         "(the importance scores need labelled train examples; 2048 is the default)")
@@ -104,7 +106,7 @@ def run_prune(cfg: PruneConfig) -> dict:
     for value, flag in ((cfg.seq_len, "--seq-len"), (cfg.max_seq_len, "--max-seq-len"),
                         (cfg.latency_seq_len, "--latency-seq-len")):
         check_seq_len(value, teacher.config, flag)
-    cost_model = cost_model_for(teacher, cfg.seq_len, metric)
+    cost_model = cost_model_for(teacher, cfg.seq_len, metric, cfg, info=_console(cfg))
     check_budget(cost_model, ratio, metric, cfg.target)
     dirs = run_dirs(cfg.output)
     if os.path.abspath(dirs.output) == teacher_path:
@@ -188,6 +190,7 @@ def _export(run, student, tokenizer, dirs, log) -> dict:
     staged = stage_dir(dirs)
     try:
         save_pruned(exported, staged, tokenizer=tokenizer, overwrite=True)
+        add_deployment(report, staged, run.cfg, run.teacher_path, run.spec.name, run.dev_ds, log.info)
         atomic_write_json(os.path.join(staged, "report.json"), report)
         write_plots(report, staged, log_path=os.path.join(dirs.logs, "log.jsonl"))
         log.log("done", step=0, student_dev=report["student_dev"])

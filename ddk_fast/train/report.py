@@ -51,6 +51,12 @@ def build_report(run, student) -> dict:
     structure = student.pruned_from
     latency = compare(teacher, student.to("cpu"), cfg.latency_batch_size, cfg.latency_seq_len,
                       teacher.config.vocab_size, cfg.latency_repeats, path="auto", threads=cfg.latency_threads)
+    latency["ratio"] = latency["ratio_student_over_teacher"]
+    if run.metric == "latency":  # the budget was measured latency: predicted (the fit) beside measured
+        predicted = (run.cost_model.structure_cost(student.num_heads, student.intermediate_sizes, "latency")
+                     / run.cost_model.full_cost("latency"))
+        latency.update(target_ratio=run.ratio, predicted_ratio=round(predicted, 4),
+                       target_met=latency["ratio"] <= run.ratio + 0.05, fit=run.cost_model.latency.to_dict())
     per_layer = []
     for l in range(teacher.num_layers):
         per_layer.append({"layer": l, "heads": student.num_heads[l], "heads_total": teacher.num_heads[l],

@@ -22,13 +22,13 @@ def check_seq_len(seq_len: int, hf_config, flag: str = "--seq-len") -> None:
 
 
 def parse_target(text: str) -> tuple[str, float]:
-    """``params=0.5`` / ``flops=0.4`` -> (metric, ratio); ratio must be in (0, 1]."""
+    """``params=0.5`` / ``flops=0.4`` / ``latency=0.5`` -> (metric, ratio); ratio must be in (0, 1]."""
     if text is None or "=" not in str(text):
-        raise UserError(f"--target {text!r}: expected params=RATIO or flops=RATIO, e.g. params=0.5")
+        raise UserError(f"--target {text!r}: expected params=RATIO, flops=RATIO or latency=RATIO, e.g. params=0.5")
     metric, _, value = str(text).partition("=")
     metric = metric.strip().lower()
-    if metric not in ("params", "flops"):
-        raise UserError(f"--target {text!r}: the cost must be 'params' or 'flops', got {metric!r}")
+    if metric not in ("params", "flops", "latency"):
+        raise UserError(f"--target {text!r}: the cost must be 'params', 'flops' or 'latency', got {metric!r}")
     try:
         ratio = float(value)
     except ValueError:
