@@ -126,3 +126,20 @@ def test_bad_latency_flags_are_one_line_errors(tmp_path, glue_dir, capsys):
     assert main(base + ["--target", "params=0.5", "--latency-runtime", "onnx"]) == 2
     assert "--target latency" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("search", ["gumbel", "hard_concrete", "progressive"])
+def test_every_search_method_meets_a_latency_budget(tmp_path, glue_dir, search):
+    from ddk_fast.train.api import compress
+
+    teacher = make_tiny_bert(tmp_path / "teacher", layers=2, heads=4, hidden=128, intermediate=512)
+    report = compress(teacher=teacher, task="mrpc", data_dir=glue_dir, target="latency=0.7", search=search,
+                      output=str(tmp_path / "s"), max_train_examples=32, max_eval_examples=16, batch_size=8,
+                      eval_batch_size=16, max_seq_len=32, seq_len=32, search_epochs=1, distill_epochs=1,
+                      channel_granularity=8, latency_batch_size=16, latency_seq_len=64, latency_repeats=2,
+                      progress=False, lr=1e-3)
+    lat = report["latency"]
+    assert report["target_metric"] == "latency" and lat["fit"]["runtime"] == "torch"
+    assert lat["predicted_ratio"] <= 0.7 + 1e-6
+    saved = json.loads((tmp_path / "s" / "report.json").read_text())
+    assert saved["latency"]["predicted_ratio"] == lat["predicted_ratio"]
