@@ -136,7 +136,7 @@ def _save_model(folder, model, tok_from):
     ("params=1.5", "in \\(0, 1\\]"),
     ("params=0", "in \\(0, 1\\]"),
     ("flops=abc", "not a number"),
-    ("size=0.5", "'params' or 'flops'"),
+    ("size=0.5", "'params', 'flops' or 'latency'"),
     ("params=0.0001", "below the minimum achievable params ratio"),
 ])
 def test_bad_target_is_refused_before_any_work(teacher, glue_dir, tmp_path, target, message):
