@@ -90,18 +90,21 @@ def _batch(batch: int, seq: int, vocab: int, device) -> dict:
             "labels": torch.randint(0, 2, (batch,), generator=gen).to(device)}
 
 
-def make_step(provider: str, keep: float, layers: int, batch: int, seq: int, device, vocab: int = VOCAB):
-    """A closure running one whole search step with ``provider``; also its shape string and kept units."""
+def make_step(provider: str, keep: float, layers: int, batch: int, seq: int, device, vocab: int = VOCAB,
+              hidden: int = HIDDEN, heads: int = HEADS, intermediate: int = INTERMEDIATE, sync: bool = True):
+    """A closure running one whole search step with ``provider``; also its shape string and kept units.
+    (Smaller ``hidden`` / ``heads`` / ``intermediate`` serve the GPU suite's dry run; ``sync=False`` leaves
+    out the closing device synchronisation, for the GPU test that counts the step's own syncs.)"""
     engine_path, loss_path = _paths(provider)
     torch.manual_seed(0)
-    config = TransformerConfig(vocab_size=vocab, hidden_size=HIDDEN, head_dim=HIDDEN // HEADS,
-                               num_heads=[HEADS] * layers, intermediate_sizes=[INTERMEDIATE] * layers)
+    config = TransformerConfig(vocab_size=vocab, hidden_size=hidden, head_dim=hidden // heads,
+                               num_heads=[heads] * layers, intermediate_sizes=[intermediate] * layers)
     teacher = MaskedTransformer(config).to(device).eval().requires_grad_(False)
     student = copy.deepcopy(teacher).requires_grad_(True).train()
     search = GumbelWidthSearch(student.num_heads, student.intermediate_sizes, granularity=8, tau=1.0).to(device)
     _pin_logits(search.head_logits, search.head_candidates, search.head_candidate_valid, student.num_heads, keep)
     _pin_logits(search.ffn_logits, search.ffn_candidates, search.ffn_candidate_valid, student.intermediate_sizes, keep)
-    cost_model = CostModel(HIDDEN, HIDDEN // HEADS, student.num_heads, student.intermediate_sizes, seq_len=seq)
+    cost_model = CostModel(hidden, hidden // heads, student.num_heads, student.intermediate_sizes, seq_len=seq)
     budget = build_budget("lagrangian", keep, cost_model)
     objective = KDObjective.from_config(dict(KD_OPTIONS, path=loss_path), student, teacher)
     module = SearchModule(student, search, budget, objective, cost_model, "params", engine_path).to(device)
@@ -116,7 +119,7 @@ def make_step(provider: str, keep: float, layers: int, batch: int, seq: int, dev
                               {"params": lam, "lr": 1e-2, "weight_decay": 0.0}])
     weights = [p for group in w_opt.param_groups for p in group["params"]]
     data = _batch(batch, seq, vocab, device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    finish = torch.cuda.synchronize if device.type == "cuda" and sync else (lambda: None)
     state = {"step": 0}
 
     def step():
@@ -131,11 +134,11 @@ def make_step(provider: str, keep: float, layers: int, batch: int, seq: int, dev
         w_opt.step()
         a_opt.step()
         state["step"] += 1
-        sync()
+        finish()
 
     kept = search.sample()
     kept_heads, kept_channels = int(kept[0].sum()), int(kept[1].sum())
-    shape = f"L{layers} B{batch} S{seq} d{HIDDEN} H{HEADS} I{INTERMEDIATE}"
+    shape = f"L{layers} B{batch} S{seq} d{hidden} H{heads} I{intermediate}"
     return step, shape, (kept_heads, kept_channels)
 
 

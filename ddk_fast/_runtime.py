@@ -41,3 +41,16 @@ def triton_can_run_on(device) -> tuple[bool, str]:
     if triton_interpret():
         return True, ""
     return False, f"Triton kernels need a CUDA tensor (got {dev}) or TRITON_INTERPRET=1"
+
+
+def may_read_on_host(t) -> bool:
+    """True when a shortcut may read the value of tensor ``t`` on the host for free.
+
+    Why: reading a CUDA tensor's value (``.item()``, ``bool(t)``, ``float(t)``) waits for every queued
+    kernel, so a shortcut that saves a little work per call would stall the GPU every call; inside a
+    graph being traced by ``torch.compile`` the read breaks the graph. Such shortcuts run only for
+    host-resident tensors in eager mode; elsewhere the branch-free form runs (same result).
+    """
+    import torch
+
+    return t.device.type == "cpu" and not torch.compiler.is_compiling()

@@ -24,11 +24,12 @@ query block for dQ. The gate enters as dO_ungated = gate * dout, applied to fp32
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import triton
 import triton.language as tl
+
+from ddk_fast.kernels.configs import attention_tile, compiled_launch
 
 LOG2E = 1.4426950408889634
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -268,11 +269,6 @@ def _gated_attn_bwd_dq_kernel(
 # launch helpers
 # ----------------------------------------------------------------------------------------------------
 
-def _interpreting() -> bool:
-    """TRITON_INTERPRET=1: kernels run on CPU tensors in the interpreter."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
 def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
     """Raise if the kernels cannot take these tensors (dtype, rank, head size)."""
     for name, t in (("q", q), ("k", k), ("v", v)):
@@ -284,23 +280,10 @@ def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         raise ValueError(f"gated_attention (triton): head size D={q.shape[-1]} exceeds {MAX_HEAD_DIM}")
 
 
-def _launch_config(head_dim: int, dtype: torch.dtype, backward: bool) -> dict:
-    """Block sizes and warps. Small blocks under the interpreter (each program costs ~1 ms there)."""
-    if _interpreting():
-        return dict(block_m=16, block_n=16, num_warps=1, num_stages=1)
-    if dtype == torch.float64:
-        return dict(block_m=32, block_n=32, num_warps=4, num_stages=1)
-    wide = head_dim > 64 or dtype == torch.float32
-    if backward:
-        return dict(block_m=32 if wide else 64, block_n=64, num_warps=4 if head_dim <= 64 else 8, num_stages=2)
-    return dict(block_m=64 if wide else 128, block_n=64, num_warps=4 if head_dim <= 64 else 8,
-                num_stages=2 if wide else 3)
-
-
 def _common(q: torch.Tensor, head_index: torch.Tensor, key_valid: torch.Tensor | None):
     B, _, S, D = q.shape
     block_d = max(16, triton.next_power_of_2(D))
-    dot_fp32 = q.dtype == torch.bfloat16 and _interpreting()
+    dot_fp32 = q.dtype == torch.bfloat16 and not compiled_launch(q.device)
     fp64 = q.dtype == torch.float64
     precision = "ieee"  # fp32 inputs: exact fp32 products (tf32 would change results vs the reference)
     if key_valid is None:
@@ -323,9 +306,9 @@ def gated_attention_forward(q, k, v, gate, head_index, key_valid, causal, out, b
     """
     A = head_index.numel()
     B, S, D, block_d, dot_fp32, fp64, precision, mask_arg, smb, sms = _common(q, head_index, key_valid)
-    cfg = _launch_config(D, q.dtype, backward=False)
-    block_m = block_m or cfg["block_m"]
-    block_n = block_n or cfg["block_n"]
+    tile = attention_tile(D, q.dtype, backward=False, device=q.device)
+    block_m = block_m or tile.meta()["BLOCK_M"]
+    block_n = block_n or tile.meta()["BLOCK_N"]
     lse = torch.empty((B, A, S), device=q.device, dtype=stats_dtype(q.dtype))
     sm_scale = 1.0 / math.sqrt(D)
     grid = (triton.cdiv(S, block_m), B * A)
@@ -336,7 +319,7 @@ def gated_attention_forward(q, k, v, gate, head_index, key_valid, causal, out, b
         HAS_MASK=key_valid is not None, CAUSAL=bool(causal),
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
         DOT_FP32=dot_fp32, FP64=fp64, PRECISION=precision,
-        num_warps=num_warps or cfg["num_warps"], num_stages=num_stages or cfg["num_stages"],
+        num_warps=num_warps or tile.num_warps, num_stages=num_stages or tile.num_stages,
     )
     return lse
 
@@ -347,11 +330,11 @@ def gated_attention_backward(q, k, v, gate, head_index, key_valid, causal, out, 
     = rowsum(dout * out), from which the caller gets the gate gradient."""
     A = head_index.numel()
     B, S, D, block_d, dot_fp32, fp64, precision, mask_arg, smb, sms = _common(q, head_index, key_valid)
-    cfg = _launch_config(D, q.dtype, backward=True)
-    block_m = block_m or cfg["block_m"]
-    block_n = block_n or cfg["block_n"]
-    warps = num_warps or cfg["num_warps"]
-    stages = num_stages or cfg["num_stages"]
+    tile = attention_tile(D, q.dtype, backward=True, device=q.device)
+    block_m = block_m or tile.meta()["BLOCK_M"]
+    block_n = block_n or tile.meta()["BLOCK_N"]
+    warps = num_warps or tile.num_warps
+    stages = num_stages or tile.num_stages
     sm_scale = 1.0 / math.sqrt(D)
     delta = torch.empty((B, A, S), device=q.device, dtype=stats_dtype(q.dtype))
     _gated_attn_bwd_delta_kernel[(triton.cdiv(S, block_m), B * A)](

@@ -21,6 +21,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ddk_fast.kernels.configs import (FFN_DH_TILES, FFN_UP_TILES, INTERPRETER_GEMM_BLOCKS, autotune_candidates,
+                                      compiled_launch, family_pruner)
 from ddk_fast.kernels.masked_linear import (
     bucket,
     check_dtype,
@@ -30,7 +32,7 @@ from ddk_fast.kernels.masked_linear import (
 )
 
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu")
-DEFAULT_BLOCKS = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_R": 32}
+DEFAULT_BLOCKS = INTERPRETER_GEMM_BLOCKS
 
 
 @triton.jit
@@ -126,21 +128,18 @@ def ffn_dh_kernel(
 # launch helpers
 # ----------------------------------------------------------------------------------------------------
 
-_GPU_CONFIGS = [
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_R": 32}, num_warps=4, num_stages=3),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_R": 32}, num_warps=4, num_stages=3),
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_R": 32}, num_warps=4, num_stages=3),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_R": 32}, num_warps=8, num_stages=3),
-]
-_MIN_GPU_BLOCK_M = min(c.kwargs["BLOCK_M"] for c in _GPU_CONFIGS)
+_MIN_GPU_BLOCK_M = min(tile.meta()["BLOCK_M"] for group in FFN_DH_TILES.values() for tile in group)
 _tuned: dict = {}
 
 
-def _tuned_kernel(kernel, key, reset=None):
-    """Autotuned wrapper, built on first GPU use (never at import: no driver may be queried then)."""
+def _tuned_kernel(kernel, tiles, pointer_arg, key, reset=None):
+    """Autotuned wrapper over the tiles of the launch's family (configs.FFN_*_TILES), built on first
+    GPU use (never at import: no driver may be queried then)."""
     name = kernel.fn.__name__
     if name not in _tuned:
-        _tuned[name] = triton.autotune(configs=_GPU_CONFIGS, key=key, reset_to_zero=reset)(kernel)
+        configs, by_family = autotune_candidates(tiles)
+        prune = {"early_config_prune": family_pruner(by_family, pointer_arg)}
+        _tuned[name] = triton.autotune(configs=configs, key=key, reset_to_zero=reset, prune_configs_by=prune)(kernel)
     return _tuned[name]
 
 
@@ -164,8 +163,9 @@ def ffn_up_forward(x2d, w_in, b_in, gate, active, activation, save_z=True, block
             bucket(M), bucket(K), bucket(D))
     flags = dict(ACTIVATION=activation, HAS_BIAS=b_in is not None, SAVE_Z=save_z,
                  UPCAST=needs_upcast(x2d.dtype, x2d.device), INPUT_PRECISION=input_precision_for(x2d.dtype))
-    if x2d.device.type == "cuda" and blocks is None:
-        kernel = _tuned_kernel(ffn_up_kernel, ["m_bucket", "k_bucket", "d_bucket", "ACTIVATION"])
+    if compiled_launch(x2d.device) and blocks is None:
+        kernel = _tuned_kernel(ffn_up_kernel, FFN_UP_TILES, "x_ptr",
+                               ["m_bucket", "k_bucket", "d_bucket", "ACTIVATION", "INPUT_PRECISION"])
         kernel[lambda m: (triton.cdiv(M, m["BLOCK_M"]), triton.cdiv(K, m["BLOCK_N"]))](*args, **flags)
     else:
         bl = dict(DEFAULT_BLOCKS, **(blocks or {}))
@@ -182,7 +182,7 @@ def ffn_dh_backward(grad_y, w_out, z, gate, active, activation, grad_h=None, wan
     K = active.numel()
     dz = torch.empty_like(z)
     h = torch.empty_like(z)
-    on_gpu = grad_y.device.type == "cuda" and blocks is None
+    on_gpu = compiled_launch(grad_y.device) and blocks is None
     bl = dict(DEFAULT_BLOCKS, **(blocks or {}))
     n_row_blocks = triton.cdiv(M, _MIN_GPU_BLOCK_M if on_gpu else bl["BLOCK_M"])
     part = torch.zeros((max(n_row_blocks, 1), K), device=z.device, dtype=torch.float32)
@@ -199,7 +199,8 @@ def ffn_dh_backward(grad_y, w_out, z, gate, active, activation, grad_h=None, wan
                  INPUT_PRECISION=input_precision_for(grad_y.dtype))
     if on_gpu:
         # rows of `part` past this config's row-block count stay zero: reset between tuning runs
-        kernel = _tuned_kernel(ffn_dh_kernel, ["m_bucket", "k_bucket", "d_bucket", "ACTIVATION", "HAS_EXTRA"],
+        kernel = _tuned_kernel(ffn_dh_kernel, FFN_DH_TILES, "dy_ptr",
+                               ["m_bucket", "k_bucket", "d_bucket", "ACTIVATION", "HAS_EXTRA", "INPUT_PRECISION"],
                                reset=["dgate_part_ptr"])
         kernel[lambda m: (triton.cdiv(M, m["BLOCK_M"]), triton.cdiv(K, m["BLOCK_N"]))](*args, **flags)
     else:

@@ -20,7 +20,10 @@ import torch
 import triton
 import triton.language as tl
 
-DEFAULT_BLOCKS = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_R": 32}
+from ddk_fast.kernels.configs import (INTERPRETER_GEMM_BLOCKS, MATMUL_TILES, autotune_candidates, compiled_launch,
+                                      family_pruner)
+
+DEFAULT_BLOCKS = INTERPRETER_GEMM_BLOCKS
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
@@ -113,27 +116,23 @@ def indexed_matmul_kernel(
 # launch helpers
 # ----------------------------------------------------------------------------------------------------
 
-_GPU_CONFIGS = [
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_R": 32}, num_warps=4, num_stages=3),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_R": 32}, num_warps=4, num_stages=3),
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_R": 32}, num_warps=4, num_stages=3),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_R": 32}, num_warps=8, num_stages=3),
-    triton.Config({"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_R": 64}, num_warps=4, num_stages=4),
-]
 _TUNE_KEY = ["m_bucket", "n_bucket", "r_bucket", "B_GATHER_R", "B_GATHER_N", "C_SCATTER_M",
-             "C_SCATTER_N", "HAS_BIAS", "WITH_ROWSUM"]
+             "C_SCATTER_N", "HAS_BIAS", "WITH_ROWSUM", "INPUT_PRECISION"]
 _tuned_kernels: dict = {}
 
 
-def tuned(kernel, configs=None, key=None):
-    """The kernel to launch for a CUDA tensor: wrapped in ``triton.autotune`` on first use.
+def tuned(kernel, key=None):
+    """The kernel to launch for a CUDA tensor: wrapped in ``triton.autotune`` on first use, over the
+    tiles of configs.MATMUL_TILES of the launch's family (mma / fma).
 
     Why lazily: multi-config autotune fails without a GPU, and no driver may be touched at import time.
     Every kernel here overwrites its outputs (no atomics), so re-running configs while tuning is safe.
     """
     name = kernel.fn.__name__ if hasattr(kernel, "fn") else repr(kernel)
     if name not in _tuned_kernels:
-        _tuned_kernels[name] = triton.autotune(configs=configs or _GPU_CONFIGS, key=key or _TUNE_KEY)(kernel)
+        configs, by_family = autotune_candidates(MATMUL_TILES)
+        prune = {"early_config_prune": family_pruner(by_family, "a_ptr")}
+        _tuned_kernels[name] = triton.autotune(configs=configs, key=key or _TUNE_KEY, prune_configs_by=prune)(kernel)
     return _tuned_kernels[name]
 
 
@@ -151,7 +150,7 @@ def input_precision_for(dtype: torch.dtype) -> str:
 
 def needs_upcast(dtype: torch.dtype, device: torch.device) -> bool:
     """bf16 ``tl.dot`` is wrong in the interpreter: dot in fp32 there (always fp32 accumulation anyway)."""
-    return dtype == torch.bfloat16 and device.type != "cuda"
+    return dtype == torch.bfloat16 and not compiled_launch(device)
 
 
 def check_dtype(name: str, t: torch.Tensor) -> None:
@@ -185,7 +184,7 @@ def _launch(a, b_ptr_tensor, b_strides, c, c_strides, M, N, R, *, b_index, b_gat
     )
     if M == 0 or N == 0:
         return
-    if a.device.type == "cuda" and blocks is None:
+    if compiled_launch(a.device) and blocks is None:
         kernel = tuned(indexed_matmul_kernel)
         grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]), triton.cdiv(N, meta["BLOCK_N"]))  # noqa: E731
         kernel[grid](*args, **flags)

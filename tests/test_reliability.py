@@ -133,14 +133,14 @@ def test_prune_keeps_another_commands_unfinished_run(teacher, glue_dir, tmp_path
 def test_ctrl_c_names_the_step_and_the_resume_flag(teacher, glue_dir, tmp_path, capsys, monkeypatch):
     import ddk_fast.train.finetune as ft
 
-    real = ft.check_finite
+    real = ft.FiniteWatch.observe
 
-    def interrupt_at_step_4(ctx, value, what, step, *args):
+    def interrupt_at_step_4(self, step, *args):
         if step == 4:
             raise KeyboardInterrupt
-        return real(ctx, value, what, step, *args)
+        return real(self, step, *args)
 
-    monkeypatch.setattr(ft, "check_finite", interrupt_at_step_4)
+    monkeypatch.setattr(ft.FiniteWatch, "observe", interrupt_at_step_4)
     rc = main(["finetune", "--model", teacher, "--task", "mrpc", "--data-dir", glue_dir, "--output",
                str(tmp_path / "c"), "--max-train-examples", "48", "--batch-size", "8", "--max-seq-len", "32",
                "--log-steps", "1", "--no-progress"])
@@ -155,7 +155,7 @@ def test_a_bug_shows_its_traceback_and_the_log(teacher, glue_dir, tmp_path, caps
     def broken(*args, **kwargs):
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(ft, "check_finite", broken)
+    monkeypatch.setattr(ft.FiniteWatch, "observe", broken)
     rc = main(["finetune", "--model", teacher, "--task", "mrpc", "--data-dir", glue_dir, "--output",
                str(tmp_path / "b"), "--max-train-examples", "16", "--batch-size", "8", "--max-seq-len", "32",
                "--no-progress"])

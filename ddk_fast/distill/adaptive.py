@@ -43,8 +43,8 @@ def loss_share_weights(layer_losses, power: float = 1.0, normalize: Optional[str
     """Detached weights proportional to ``layer_losses ** power``; uniform when all losses are ~0."""
     losses = _check_losses(layer_losses).detach().float().clamp_min(0)
     shares = losses.pow(power)
-    if shares.sum() <= eps:
-        shares = torch.ones_like(shares)
+    # chosen on the device (no host read: these weights are recomputed every training step)
+    shares = torch.where(shares.sum() <= eps, torch.ones_like(shares), shares)
     return _normalize(shares / shares.sum(), normalize)
 
 
@@ -69,11 +69,10 @@ class LossShareWeights(nn.Module):
         losses = _check_losses(layer_losses).detach().float()
         if losses.numel() != self.num_layers:
             raise ValueError(f"layer_losses has {losses.numel()} entries: expected {self.num_layers}")
-        if self.initialized:
-            self.ema.mul_(self.momentum).add_((1 - self.momentum) * losses.to(self.ema.device))
-        else:
-            self.ema.copy_(losses)
-            self.initialized.fill_(True)
+        losses = losses.to(self.ema.device)
+        # the first call initialises the EMA; chosen on the device, not by reading the flag on the host
+        self.ema.copy_(torch.where(self.initialized, self.ema * self.momentum + (1 - self.momentum) * losses, losses))
+        self.initialized.fill_(True)
         return loss_share_weights(self.ema, self.power, self.normalize)
 
 

@@ -148,12 +148,15 @@ def _mean_over_layers(op, students, teachers, mask, **kw) -> torch.Tensor:
     total = None
     for idx in groups.values():
         part = op([students[i] for i in idx], [teachers[i] for i in idx], _mean_weights(len(idx), students[0]) *
-                  (len(idx) / n), mask, **kw)
+                  (len(idx) / n), mask, check_finite=False, **kw)
         total = part if total is None else total + part
     return total
 
 
 def _ops():
+    """The fused losses. Terms call them with ``check_finite=False``: the training loops watch the total
+    loss on the device (``ddk_fast.train.loop.FiniteWatch``), and each term's own check would read its
+    value back to the host -- a device sync per term per step."""
     from ddk_fast.ops import distill_losses
 
     return distill_losses
@@ -220,7 +223,7 @@ class EmbeddingTerm(KDTerm):
         e_s = self.projection(s.hidden_states[0])
         e_t = t.hidden_states[0].detach()
         return _ops().hidden_distill_loss([e_s], [e_t], _mean_weights(1, e_s), _token_mask(batch, e_s),
-                                          kind=self.kind, path=self.path)
+                                          kind=self.kind, path=self.path, check_finite=False)
 
 
 class HiddenTerm(KDTerm):
@@ -268,7 +271,8 @@ class HiddenTerm(KDTerm):
             from ddk_fast.ops.distill_losses import hidden_distill_loss_reference
 
             return hidden_distill_loss_reference(students, targets, weights, mask, self.kind)[0]
-        return _ops().hidden_distill_loss(students, targets, weights, mask, kind=self.kind, path=self.path)
+        return _ops().hidden_distill_loss(students, targets, weights, mask, kind=self.kind, path=self.path,
+                                          check_finite=False)
 
 
 def _head_selection(student: ModelShape, teacher: ModelShape, groups: list[list[int]]) -> list[list[int] | None]:
@@ -370,7 +374,7 @@ class PredictionTerm(KDTerm):
             mask = _token_mask(batch, s_logits[..., 0]).reshape(-1).bool()
             s_logits = s_logits.reshape(-1, s_logits.shape[-1])[mask]
             t_logits = t_logits.reshape(-1, t_logits.shape[-1])[mask]
-        return _ops().soft_cross_entropy(s_logits, t_logits, self.temperature)
+        return _ops().soft_cross_entropy(s_logits, t_logits, self.temperature, check_finite=False)
 
 
 class TaskTerm(KDTerm):
@@ -488,7 +492,8 @@ class FFNTerm(KDTerm):
 class KDObjective(nn.Module):
     """Weighted sum of terms: ``loss, parts = objective(student_out, teacher_out, batch)``.
 
-    ``parts``: detached floats per term (unweighted) and "kd_total". Terms with weight 0 are not built.
+    ``parts``: detached 0-d tensors per term (unweighted) and "kd_total", left on the device (a float
+    per term would be a device sync per term per step; loops read them at log steps). Terms with weight 0 are not built.
     Also callable as ``objective(student_out, teacher_out, labels, token_mask)``.
     """
 
@@ -521,8 +526,8 @@ class KDObjective(nn.Module):
         for term in self.terms:
             value = term(student_out, teacher_out, batch)
             total = total + term.weight * value.float()
-            parts[term.name] = float(value.detach())
-        parts["kd_total"] = float(total.detach())
+            parts[term.name] = value.detach()
+        parts["kd_total"] = total.detach()
         return total, parts
 
     # ---- construction ---------------------------------------------------------------------------------

@@ -12,7 +12,8 @@ Model (``masked_transformer.py``)
     ``MaskedTransformer(config: TransformerConfig)`` -> randomly initialised model of that shape.
     ``out = model(input_ids, attention_mask=None, token_type_ids=None, head_gates=None, ffn_gates=None,
         path="auto", output_hidden_states=False, output_attention_scores=False,
-        output_attention_probs=False, output_qkv=False, output_ffn=False)`` -> ``MaskedTransformerOutput``:
+        output_attention_probs=False, output_qkv=False, output_ffn=False, active_units=None)``
+        -> ``MaskedTransformerOutput``:
         .logits [B, num_labels]; .pooled [B, d]; .last_hidden_state [B, S, d];
         .hidden_states: tuple of L+1 [B, S, d] (embeddings first);
         .attention_scores: per layer [B, H_l, S, S] raw q.k/sqrt(D), *no* padding mask added;
@@ -25,6 +26,10 @@ Model (``masked_transformer.py``)
         [L, max H] tensor (row l sliced to H_l); ffn_gates likewise with I_l. Gates may be soft
         (gradients flow to them); 0 entries are skipped by the fast paths.
         path: "auto" | "triton" | "compact" | "reference", passed to the fused ops.
+        active_units: ``model.active_units(head_gates, ffn_gates)`` (the indices of the non-zero gates of
+        every layer, found with one host read) for callers that run one structure many times, or a
+        compiled model; None finds them in the forward pass (one read when gates are given, none
+        without gates).
         Dropout: BERT's hidden dropout (embeddings, after each block's output projection, classifier)
         in train mode; *no* attention-probability dropout (the fused ops have none, distillation
         normally runs with it off).

@@ -31,8 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ddk_fast import _runtime
 from ddk_fast.ops.gated_attention import masked_self_attention
 from ddk_fast.ops.masked_ffn import masked_ffn
+from ddk_fast.model.active import ActiveUnits, check_active_units, find_active_units
 from ddk_fast.model.config import TransformerConfig
 from ddk_fast.model.layers import BlockOutput, linear
 from ddk_fast.model.structure import Structure
@@ -180,7 +182,7 @@ class PreLNAttention(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, x, attention_mask=None, gate=None, path="auto", want_qkv=False, want_scores=False,
-                want_probs=False):
+                want_probs=False, active=None):
         h = self.norm(x)
         extras = BlockOutput()
         if self.num_heads == 0:
@@ -197,7 +199,7 @@ class PreLNAttention(nn.Module):
                 h, self.query.weight, self.query.bias, self.key.weight, self.key.bias, self.value.weight,
                 self.value.bias, self.output.weight, self.output.bias, gate, self.num_heads,
                 attention_mask=attention_mask, causal=True, path=path, return_qkv=want_qkv,
-                return_scores=want_scores, return_probs=want_probs)
+                return_scores=want_scores, return_probs=want_probs, active=active)
             out = res.out
             extras = BlockOutput(q=res.q, k=res.k, v=res.v, scores=res.scores, probs=res.probs)
         return x + self.dropout(out), extras
@@ -215,7 +217,7 @@ class PreLNFFN(nn.Module):
         self.down = linear(self.intermediate_size, d)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, x, gate=None, path="auto", want_ffn=False):
+    def forward(self, x, gate=None, path="auto", want_ffn=False, active=None):
         h = self.norm(x)
         extras = BlockOutput()
         if self.intermediate_size == 0:
@@ -227,11 +229,11 @@ class PreLNFFN(nn.Module):
                 gate = torch.ones(self.intermediate_size, dtype=x.dtype, device=x.device)
             if want_ffn:
                 y, inter = masked_ffn(h, self.up.weight, self.up.bias, self.down.weight, self.down.bias, gate,
-                                          activation=self.activation, path=path, return_intermediate=True)
+                                      activation=self.activation, path=path, return_intermediate=True, active=active)
                 extras.intermediate = inter.full()
             else:
                 y = masked_ffn(h, self.up.weight, self.up.bias, self.down.weight, self.down.bias, gate,
-                                   activation=self.activation, path=path)
+                               activation=self.activation, path=path, active=active)
         if want_ffn:
             extras.output = y
         return x + self.dropout(y), extras
@@ -244,9 +246,10 @@ class GPT2Layer(nn.Module):
         self.ffn = PreLNFFN(config, layer)
 
     def forward(self, x, attention_mask=None, head_gate=None, ffn_gate=None, path="auto", want_qkv=False,
-                want_scores=False, want_probs=False, want_ffn=False):
-        h, attn = self.attention(x, attention_mask, head_gate, path, want_qkv, want_scores, want_probs)
-        y, ffn = self.ffn(h, ffn_gate, path, want_ffn)
+                want_scores=False, want_probs=False, want_ffn=False, head_active=None, ffn_active=None):
+        h, attn = self.attention(x, attention_mask, head_gate, path, want_qkv, want_scores, want_probs,
+                                 active=head_active)
+        y, ffn = self.ffn(h, ffn_gate, path, want_ffn, active=ffn_active)
         attn.intermediate, attn.output = ffn.intermediate, ffn.output
         return y, attn
 
@@ -320,6 +323,12 @@ class MaskedGPT2(nn.Module):
               zip(_per_layer(ffn_gates, self.intermediate_sizes, "ffn_gates"), self.intermediate_sizes)]
         return Structure.from_gates(hg, fg)
 
+    def active_units(self, head_gates=None, ffn_gates=None) -> ActiveUnits:
+        """As ``MaskedTransformer.active_units``: the non-zero gates' indices per layer, one host read."""
+        return find_active_units(_per_layer(head_gates, self.num_heads, "head_gates"),
+                                 _per_layer(ffn_gates, self.intermediate_sizes, "ffn_gates"),
+                                 self.num_heads, self.intermediate_sizes, self.final_norm.weight.device)
+
     def full_gates(self, dtype=None, device=None):
         p = self.final_norm.weight
         dtype, device = dtype or p.dtype, device or p.device
@@ -331,22 +340,28 @@ class MaskedGPT2(nn.Module):
                 token_type_ids: torch.Tensor | None = None, head_gates=None, ffn_gates=None, path: str = "auto",
                 output_hidden_states: bool = False, output_attention_scores: bool = False,
                 output_attention_probs: bool = False, output_qkv: bool = False, output_ffn: bool = False,
-                position_ids: torch.Tensor | None = None) -> CausalLMOutput:
+                position_ids: torch.Tensor | None = None, active_units: ActiveUnits | None = None) -> CausalLMOutput:
         """input_ids [B, S]; attention_mask [B, S] (1 = token). ``token_type_ids`` is accepted and ignored
-        (GLUE batches carry zeros; GPT-2 has no segment embeddings)."""
+        (GLUE batches carry zeros; GPT-2 has no segment embeddings). ``active_units``: as in
+        ``MaskedTransformer.forward``."""
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}")
         hgates = _per_layer(head_gates, self.num_heads, "head_gates")
         fgates = _per_layer(ffn_gates, self.intermediate_sizes, "ffn_gates")
-        if attention_mask is not None and bool((attention_mask != 0).all()):
+        if active_units is None:
+            active_units = find_active_units(hgates, fgates, self.num_heads, self.intermediate_sizes, input_ids.device)
+        units = check_active_units(active_units, self.num_layers)
+        if (attention_mask is not None and _runtime.may_read_on_host(attention_mask)
+                and bool((attention_mask != 0).all())):
             attention_mask = None  # no padding: the plain causal path is faster and identical
         x = self.embeddings(input_ids, position_ids)
         hidden = [x] if output_hidden_states else None
         scores, probs, qkv, inter, ffn_out = ([] if flag else None for flag in (
             output_attention_scores, output_attention_probs, output_qkv, output_ffn, output_ffn))
-        for layer, hg, fg in zip(self.layers, hgates, fgates):
+        for layer, hg, fg, h_act, f_act in zip(self.layers, hgates, fgates, units.heads, units.ffn):
             x, extra = layer(x, attention_mask, hg, fg, path, want_qkv=output_qkv, want_scores=output_attention_scores,
-                             want_probs=output_attention_probs, want_ffn=output_ffn)
+                             want_probs=output_attention_probs, want_ffn=output_ffn, head_active=h_act,
+                             ffn_active=f_act)
             if hidden is not None:
                 hidden.append(x)
             if scores is not None:

@@ -86,7 +86,7 @@ class MaskedSelfAttention(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x, attention_mask=None, gate=None, path="auto", want_qkv=False, want_scores=False,
-                want_probs=False) -> tuple[torch.Tensor, BlockOutput]:
+                want_probs=False, active=None) -> tuple[torch.Tensor, BlockOutput]:
         extras = BlockOutput()
         if self.num_heads == 0:
             out = self.output.bias.expand_as(x)
@@ -104,7 +104,7 @@ class MaskedSelfAttention(nn.Module):
                 x, self.query.weight, self.query.bias, self.key.weight, self.key.bias,
                 self.value.weight, self.value.bias, self.output.weight, self.output.bias,
                 gate, self.num_heads, attention_mask=attention_mask, causal=self.causal, path=path,
-                return_qkv=want_qkv, return_scores=want_scores, return_probs=want_probs)
+                return_qkv=want_qkv, return_scores=want_scores, return_probs=want_probs, active=active)
             out = res.out
             extras = BlockOutput(q=res.q, k=res.k, v=res.v, scores=res.scores, probs=res.probs)
         return self.norm(x + self.dropout(out)), extras
@@ -122,7 +122,7 @@ class MaskedFFN(nn.Module):
         self.norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x, gate=None, path="auto", want_intermediate=False, want_output=False
+    def forward(self, x, gate=None, path="auto", want_intermediate=False, want_output=False, active=None
                 ) -> tuple[torch.Tensor, BlockOutput]:
         extras = BlockOutput()
         if self.intermediate_size == 0:
@@ -135,7 +135,8 @@ class MaskedFFN(nn.Module):
             from ddk_fast.ops.masked_ffn import masked_ffn
 
             y = masked_ffn(x, self.up.weight, self.up.bias, self.down.weight, self.down.bias, gate,
-                           activation=self.activation, path=path, return_intermediate=want_intermediate)
+                           activation=self.activation, path=path, return_intermediate=want_intermediate,
+                           active=active)
             if want_intermediate:
                 y, inter = y
                 extras.intermediate = inter.full()
@@ -168,8 +169,10 @@ class MaskedLayer(nn.Module):
                              config.hidden_dropout_prob)
 
     def forward(self, x, attention_mask=None, head_gate=None, ffn_gate=None, path="auto", want_qkv=False,
-                want_scores=False, want_probs=False, want_ffn=False):
-        h, attn = self.attention(x, attention_mask, head_gate, path, want_qkv, want_scores, want_probs)
-        y, ffn = self.ffn(h, ffn_gate, path, want_intermediate=want_ffn, want_output=want_ffn)
+                want_scores=False, want_probs=False, want_ffn=False, head_active=None, ffn_active=None):
+        """``head_active`` / ``ffn_active``: sorted indices of the non-zero gates (found by the ops if None)."""
+        h, attn = self.attention(x, attention_mask, head_gate, path, want_qkv, want_scores, want_probs,
+                                 active=head_active)
+        y, ffn = self.ffn(h, ffn_gate, path, want_intermediate=want_ffn, want_output=want_ffn, active=ffn_active)
         attn.intermediate, attn.output = ffn.intermediate, ffn.output
         return y, attn

@@ -16,6 +16,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from ddk_fast.model.active import ActiveUnits, check_active_units, find_active_units
 from ddk_fast.model.adapters import adapter_for
 from ddk_fast.model.adapters.base import HEAD_KEYS
 from ddk_fast.model.config import TransformerConfig
@@ -106,6 +107,15 @@ class MaskedTransformer(nn.Module):
               zip(_per_layer(ffn_gates, self.intermediate_sizes, "ffn_gates"), self.intermediate_sizes)]
         return Structure.from_gates(hg, fg)
 
+    def active_units(self, head_gates=None, ffn_gates=None) -> ActiveUnits:
+        """Indices of the units whose gate is non-zero, per layer (one host read for all layers).
+
+        Pass the result as ``active_units=`` to forward calls with the same gates: they then read
+        nothing back from the device (and ``torch.compile(fullgraph=True)`` can trace them)."""
+        return find_active_units(_per_layer(head_gates, self.num_heads, "head_gates"),
+                                 _per_layer(ffn_gates, self.intermediate_sizes, "ffn_gates"),
+                                 self.num_heads, self.intermediate_sizes, self.classifier.weight.device)
+
     def full_gates(self, dtype=None, device=None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Per-layer gates of ones (a starting point for soft gates)."""
         p = self.classifier.weight
@@ -134,22 +144,28 @@ class MaskedTransformer(nn.Module):
                 token_type_ids: torch.Tensor | None = None, head_gates=None, ffn_gates=None, path: str = "auto",
                 output_hidden_states: bool = False, output_attention_scores: bool = False,
                 output_attention_probs: bool = False, output_qkv: bool = False,
-                output_ffn: bool = False) -> MaskedTransformerOutput:
+                output_ffn: bool = False, active_units: ActiveUnits | None = None) -> MaskedTransformerOutput:
         """input_ids [B, S] (long); attention_mask [B, S] (1 = real token, 0 = padding) or None.
 
         See the package docstring (ddk_fast.model) for gates, paths and the optional outputs.
+        ``active_units``: :meth:`active_units` of the same gates, when the caller has them; None finds
+        them here (one host read when gates are given, none without gates).
         """
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}")
         hgates = _per_layer(head_gates, self.num_heads, "head_gates")
         fgates = _per_layer(ffn_gates, self.intermediate_sizes, "ffn_gates")
+        if active_units is None:
+            active_units = find_active_units(hgates, fgates, self.num_heads, self.intermediate_sizes, input_ids.device)
+        units = check_active_units(active_units, self.num_layers)
         x = self.embeddings(input_ids, token_type_ids)
         hidden = [x] if output_hidden_states else None
         scores, probs, qkv, inter, ffn_out = ([] if flag else None for flag in (
             output_attention_scores, output_attention_probs, output_qkv, output_ffn, output_ffn))
-        for layer, hg, fg in zip(self.layers, hgates, fgates):
+        for layer, hg, fg, h_act, f_act in zip(self.layers, hgates, fgates, units.heads, units.ffn):
             x, extra = layer(x, attention_mask, hg, fg, path, want_qkv=output_qkv, want_scores=output_attention_scores,
-                             want_probs=output_attention_probs, want_ffn=output_ffn)
+                             want_probs=output_attention_probs, want_ffn=output_ffn, head_active=h_act,
+                             ffn_active=f_act)
             if hidden is not None:
                 hidden.append(x)
             if scores is not None:

@@ -48,8 +48,8 @@ import math
 from typing import Sequence, Union
 
 import torch
-from torch.autograd.function import once_differentiable
 
+from ddk_fast import _runtime
 from ddk_fast._ext import require_extension
 from ddk_fast.ops._dispatch import resolve_path
 
@@ -249,67 +249,115 @@ def _raise_non_finite(op: str, per_layer: torch.Tensor, layer_weights: torch.Ten
 
 
 # ---------------------------------------------------------------------------------------------------
-# Fused path: autograd functions around ddk_fast._C.
+# Fused path: ddk_fast._C behind torch.library custom ops.
 # ---------------------------------------------------------------------------------------------------
 
 def _scaled_grad(grad: torch.Tensor, grad_output: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """grad_output * grad in ``dtype``; the saved buffer itself when that is the identity.
 
-    The identity test needs grad_output on the host: free on CPU, a sync on CUDA, where the
-    multiply (one pass at memory bandwidth) is cheaper than the sync, so it always runs there.
+    The identity test reads grad_output on the host: free for a CPU tensor in eager mode, a sync on
+    CUDA (where the multiply, one pass at memory bandwidth, is cheaper than the sync) and a graph
+    break under torch.compile, so it runs only where ``may_read_on_host`` says so.
     """
-    if grad.device.type == "cpu" and grad.dtype == dtype and float(grad_output) == 1.0:
+    if grad.dtype == dtype and _runtime.may_read_on_host(grad_output) and float(grad_output) == 1.0:
         return grad
-    return require_extension().scale_grad(grad, grad_output.detach(), dtype)
+    return torch.ops.ddk_fast.scale_grad(grad, grad_output.detach(), dtype)
 
 
-class _FusedLayerLoss(torch.autograd.Function):
-    """sum_l w_l * per_layer_l for L layers in one extension call; gradient computed in forward."""
-
-    @staticmethod
-    def forward(ctx, op, teachers, token_mask, need_grad, stacked, layer_weights, *students):
-        ext = require_extension()
-        layers = list(students[0].unbind(0)) if stacked else list(students)
-        per_layer, grad = ext.layer_loss(layers, teachers, layer_weights.detach(), token_mask, op, need_grad)
-        total = (per_layer * layer_weights.detach().to(per_layer.dtype)).sum()
-        ctx.mark_non_differentiable(per_layer)
-        ctx.save_for_backward(grad, per_layer)
-        ctx.stacked = stacked
-        ctx.student_dtypes = [s.dtype for s in students]
-        ctx.weights_dtype = layer_weights.dtype
-        return total, per_layer
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_total, _grad_per_layer):
-        grad, per_layer = ctx.saved_tensors
-        grad_weights = None
-        if ctx.needs_input_grad[5]:
-            grad_weights = (grad_total * per_layer).to(ctx.weights_dtype)
-        student_grads = [None] * len(ctx.student_dtypes)
-        if grad is not None and any(ctx.needs_input_grad[6:]):
-            full = _scaled_grad(grad, grad_total, ctx.student_dtypes[0])
-            student_grads = [full] if ctx.stacked else list(full.unbind(0))
-        return (None, None, None, None, None, grad_weights, *student_grads)
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-class _FusedSoftCrossEntropy(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, student_logits, teacher_logits, temperature, need_grad):
-        ext = require_extension()
-        row_loss, grad = ext.soft_ce(student_logits, teacher_logits, float(temperature), need_grad)
-        loss = (row_loss.sum(dtype=torch.float64) * (temperature**2 / row_loss.numel())).to(row_loss.dtype)
-        ctx.save_for_backward(grad)
-        ctx.student_dtype = student_logits.dtype
-        return loss
+# The fused kernels as torch.library custom ops: opaque to torch.compile (a fake implementation gives
+# the output shapes), so a model or objective that uses them compiles without a graph break.
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_output):
-        (grad,) = ctx.saved_tensors
-        if grad is None or not ctx.needs_input_grad[0]:
-            return None, None, None, None
-        return _scaled_grad(grad, grad_output, ctx.student_dtype), None, None, None
+@torch.library.custom_op("ddk_fast::scale_grad", mutates_args=())
+def _scale_grad_op(grad: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """grad * scale in ``dtype`` (the extension's pooled CPU buffers, or a CUDA kernel)."""
+    return require_extension().scale_grad(grad, scale, dtype)
+
+
+@_scale_grad_op.register_fake
+def _(grad, scale, dtype):
+    return grad.new_empty(grad.shape, dtype=dtype)
+
+
+@torch.library.custom_op("ddk_fast::layer_loss", mutates_args=())
+def _layer_loss_op(students: list[torch.Tensor], teachers: list[torch.Tensor], layer_weights: torch.Tensor,
+                   token_mask: torch.Tensor | None, op: str, need_grad: bool,
+                   stacked: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(total = sum_l w_l * per_layer_l, per_layer [L], grad [L, ...] of total w.r.t. the students, or an
+    empty tensor without ``need_grad``) in one extension call. ``stacked``: ``students`` is one [L, ...]
+    tensor."""
+    layers = list(students[0].unbind(0)) if stacked else list(students)
+    per_layer, grad = require_extension().layer_loss(layers, teachers, layer_weights, token_mask, op, need_grad)
+    total = (per_layer * layer_weights.to(per_layer.dtype)).sum()
+    return total, per_layer, grad if grad is not None else per_layer.new_empty((0,))
+
+
+@_layer_loss_op.register_fake
+def _(students, teachers, layer_weights, token_mask, op, need_grad, stacked):
+    first = students[0]
+    count, shape = (first.shape[0], first.shape[1:]) if stacked else (len(students), first.shape)
+    acc = _acc_dtype(first.dtype)
+    grad = first.new_empty((count, *shape) if need_grad else (0,), dtype=acc)
+    return first.new_empty((), dtype=acc), first.new_empty((count,), dtype=acc), grad
+
+
+def _layer_loss_setup(ctx, inputs, output):
+    students, teachers, layer_weights, _, _, need_grad, stacked = inputs
+    _, per_layer, grad = output
+    ctx.save_for_backward(grad, per_layer)
+    ctx.stacked, ctx.need_grad, ctx.counts = stacked, need_grad, (len(students), len(teachers))
+    ctx.student_dtype, ctx.weights_dtype = students[0].dtype, layer_weights.dtype
+    ctx.set_materialize_grads(False)  # per_layer is for monitoring and grad is internal: no zeros for them
+
+
+def _layer_loss_backward(ctx, grad_total, _grad_per_layer, _grad_grad):
+    grad, per_layer = ctx.saved_tensors
+    n_students, n_teachers = ctx.counts
+    grad_weights, student_grads = None, [None] * n_students
+    if grad_total is not None and ctx.needs_input_grad[2]:
+        grad_weights = (grad_total * per_layer).to(ctx.weights_dtype)
+    if grad_total is not None and ctx.need_grad and ctx.needs_input_grad[0]:
+        full = _scaled_grad(grad, grad_total, ctx.student_dtype)
+        student_grads = [full] if ctx.stacked else list(full.unbind(0))
+    return student_grads, [None] * n_teachers, grad_weights, None, None, None, None
+
+
+_layer_loss_op.register_autograd(_layer_loss_backward, setup_context=_layer_loss_setup)
+
+
+@torch.library.custom_op("ddk_fast::soft_cross_entropy", mutates_args=())
+def _soft_ce_op(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float,
+                need_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, grad of loss w.r.t. student_logits, or an empty tensor without ``need_grad``)."""
+    row_loss, grad = require_extension().soft_ce(student_logits, teacher_logits, temperature, need_grad)
+    loss = (row_loss.sum(dtype=torch.float64) * (temperature**2 / row_loss.numel())).to(row_loss.dtype)
+    return loss, grad if grad is not None else row_loss.new_empty((0,))
+
+
+@_soft_ce_op.register_fake
+def _(student_logits, teacher_logits, temperature, need_grad):
+    acc = _acc_dtype(student_logits.dtype)
+    grad = student_logits.new_empty(student_logits.shape if need_grad else (0,), dtype=acc)
+    return student_logits.new_empty((), dtype=acc), grad
+
+
+def _soft_ce_setup(ctx, inputs, output):
+    ctx.save_for_backward(output[1])
+    ctx.student_dtype, ctx.need_grad = inputs[0].dtype, inputs[3]
+    ctx.set_materialize_grads(False)
+
+
+def _soft_ce_backward(ctx, grad_loss, _grad_grad):
+    (grad,) = ctx.saved_tensors
+    if grad_loss is None or not ctx.need_grad or not ctx.needs_input_grad[0]:
+        return None, None, None, None
+    return _scaled_grad(grad, grad_loss, ctx.student_dtype), None, None, None
+
+
+_soft_ce_op.register_autograd(_soft_ce_backward, setup_context=_soft_ce_setup)
 
 
 def _layer_loss(op_name: str, public: str, student: Layers, teacher: Layers, layer_weights, token_mask,
@@ -329,9 +377,8 @@ def _layer_loss(op_name: str, public: str, student: Layers, teacher: Layers, lay
     chosen = resolve_path(public, "loss", path, device)
     if chosen == "fused":
         need_grad = torch.is_grad_enabled() and any(s.requires_grad for s in students)
-        inputs = (student,) if stacked else tuple(students)
-        total, per_layer = _FusedLayerLoss.apply(f"{op_name}_{kind}", teachers, mask, need_grad, stacked,
-                                                 weights, *inputs)
+        inputs = [student] if stacked else list(students)
+        total, per_layer, _ = _layer_loss_op(inputs, teachers, weights, mask, f"{op_name}_{kind}", need_grad, stacked)
     else:
         reference = attention_distill_loss_reference if attention else hidden_distill_loss_reference
         total, per_layer = reference(students, teachers, weights, mask, kind)
@@ -418,7 +465,7 @@ def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tenso
     chosen = resolve_path(op, "loss", path, student_logits.device)
     if chosen == "fused":
         need_grad = torch.is_grad_enabled() and student_logits.requires_grad
-        loss = _FusedSoftCrossEntropy.apply(student_logits, teacher_logits, float(temperature), need_grad)
+        loss, _ = _soft_ce_op(student_logits, teacher_logits, float(temperature), need_grad)
     else:
         loss = soft_cross_entropy_reference(student_logits, teacher_logits, float(temperature))
     if check_finite and not bool(torch.isfinite(loss)):

@@ -26,6 +26,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from ddk_fast import _runtime
 from ddk_fast.ops._dispatch import resolve_path
 
 __all__ = [
@@ -42,9 +43,10 @@ def _allowed_keys(attention_mask: torch.Tensor | None, causal: bool, seq_len: in
     """(allowed, has_key) for softmax over keys.
 
     allowed: bool, broadcastable to [B, 1, S, S] (True = may attend), or None when all keys are allowed.
-    has_key: bool [B, 1, S, 1], or None when every query row has at least one allowed key. When it is
-    not None, ``allowed`` has been widened to all keys on the rows without one (so softmax stays
-    finite); the caller multiplies those rows by ``has_key`` (zero output, zero gradient).
+    has_key: bool [B, 1, S, 1], or None when every query row is known to have an allowed key (checked
+    only where reading the mask is free: CPU tensors, eager mode). When it is not None, ``allowed`` has
+    been widened to all keys on the rows without one (so softmax stays finite); the caller multiplies
+    those rows by ``has_key`` (zero output, zero gradient).
     """
     allowed = has_key = None
     if causal:
@@ -53,7 +55,8 @@ def _allowed_keys(attention_mask: torch.Tensor | None, causal: bool, seq_len: in
         keys = attention_mask != 0  # [B, S]
         allowed = keys[:, None, None, :] if allowed is None else allowed & keys[:, None, None, :]
         rows = keys.cumsum(-1) > 0 if causal else keys.any(-1, keepdim=True).expand_as(keys)
-        if not bool(rows.all()):
+        # every row has a key in almost every batch: skip the fix-up then, when checking is free
+        if not (_runtime.may_read_on_host(rows) and bool(rows.all())):
             has_key = rows[:, None, :, None]
             allowed = allowed | ~has_key
     return allowed, has_key
@@ -167,39 +170,73 @@ def _grad_buffer(like: torch.Tensor, zero: bool) -> torch.Tensor:
     return torch.zeros_like(like) if zero else torch.empty_like(like)
 
 
-class _TritonGatedAttention(torch.autograd.Function):
-    """Forward/backward Triton kernels over the active heads ``head_index`` only."""
+# The kernels as torch.library custom ops (forward, backward): torch.compile sees one opaque node per
+# launch, with the output shapes from the fake implementations, instead of breaking the graph.
 
-    @staticmethod
-    def forward(ctx, q, k, v, gate, head_index, key_valid, causal):
-        from ddk_fast.kernels import gated_attention as kern
+def _stats_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
-        H = q.shape[1]
-        some_pruned = head_index.numel() < H
-        out = _bshd_buffer(q, zero=some_pruned)
+
+@torch.library.custom_op("ddk_fast::gated_attention_fwd", mutates_args=())
+def _triton_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gate: torch.Tensor,
+                          head_index: torch.Tensor, key_valid: torch.Tensor | None,
+                          causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out [B, H, S, D] stored as [B, S, H, D], zeros at the heads not in ``head_index``; lse [B, A, S])."""
+    from ddk_fast.kernels import gated_attention as kern
+
+    out = _bshd_buffer(q, zero=head_index.numel() < q.shape[1])
+    if head_index.numel() == 0:
+        return out, q.new_empty((q.shape[0], 0, q.shape[2]), dtype=_stats_dtype(q.dtype))
+    lse = kern.gated_attention_forward(q, k, v, gate.contiguous(), head_index, key_valid, causal, out)
+    return out, lse
+
+
+@_triton_attention_fwd.register_fake
+def _(q, k, v, gate, head_index, key_valid, causal):
+    B, _, S, _ = q.shape
+    return _bshd_buffer(q, zero=False), q.new_empty((B, head_index.shape[0], S), dtype=_stats_dtype(q.dtype))
+
+
+@torch.library.custom_op("ddk_fast::gated_attention_bwd", mutates_args=())
+def _triton_attention_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gate: torch.Tensor,
+                          head_index: torch.Tensor, key_valid: torch.Tensor | None, causal: bool, out: torch.Tensor,
+                          lse: torch.Tensor, dout: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                          torch.Tensor]:
+    """(dq, dk, dv, dgate); pruned heads get exact zeros."""
+    from ddk_fast.kernels import gated_attention as kern
+
+    some_pruned = head_index.numel() < q.shape[1]
+    dq, dk, dv = (_grad_buffer(t, some_pruned) for t in (q, k, v))
+    dgate = torch.zeros_like(gate)
+    if head_index.numel() > 0:
         gate_c = gate.contiguous()
-        lse = None
-        if head_index.numel() > 0:
-            lse = kern.gated_attention_forward(q, k, v, gate_c, head_index, key_valid, causal, out)
-        ctx.save_for_backward(q, k, v, gate_c, head_index, key_valid, out, lse)
-        ctx.causal = causal
-        return out
+        delta = kern.gated_attention_backward(q, k, v, gate_c, head_index, key_valid, causal, out, lse, dout,
+                                              dq, dk, dv)
+        # sum(dout * out) = gate * sum(dout * ungated_out); active gates are non-zero by definition
+        per_head = delta.sum(dim=(0, 2)) / gate_c.index_select(0, head_index).to(delta.dtype)
+        dgate.index_copy_(0, head_index, per_head.to(gate.dtype))
+    return dq, dk, dv, dgate
 
-    @staticmethod
-    def backward(ctx, dout):
-        from ddk_fast.kernels import gated_attention as kern
 
-        q, k, v, gate, head_index, key_valid, out, lse = ctx.saved_tensors
-        some_pruned = head_index.numel() < q.shape[1]
-        dq, dk, dv = (_grad_buffer(t, some_pruned) for t in (q, k, v))
-        dgate = torch.zeros_like(gate)
-        if head_index.numel() > 0:
-            delta = kern.gated_attention_backward(q, k, v, gate, head_index, key_valid, ctx.causal, out, lse,
-                                                  dout, dq, dk, dv)
-            # sum(dout * out) = gate * sum(dout * ungated_out); active gates are non-zero by definition
-            per_head = delta.sum(dim=(0, 2)) / gate.index_select(0, head_index).to(delta.dtype)
-            dgate.index_copy_(0, head_index, per_head.to(gate.dtype))
-        return dq, dk, dv, dgate, None, None, None
+@_triton_attention_bwd.register_fake
+def _(q, k, v, gate, head_index, key_valid, causal, out, lse, dout):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(gate)
+
+
+def _triton_attention_setup(ctx, inputs, output):
+    q, k, v, gate, head_index, key_valid, causal = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, gate, head_index, key_valid, out, lse)
+    ctx.causal = causal
+
+
+def _triton_attention_backward(ctx, dout, _dlse):
+    q, k, v, gate, head_index, key_valid, out, lse = ctx.saved_tensors
+    dq, dk, dv, dgate = _triton_attention_bwd(q, k, v, gate, head_index, key_valid, ctx.causal, out, lse, dout)
+    return dq, dk, dv, dgate, None, None, None
+
+
+_triton_attention_fwd.register_autograd(_triton_attention_backward, setup_context=_triton_attention_setup)
 
 
 def _autocast_inputs(q, k, v):
@@ -216,7 +253,8 @@ def _attend_triton(q, k, v, gate, head_index, attention_mask, causal):
 
     q, k, v = _autocast_inputs(q, k, v)
     kern.check_inputs(q, k, v)
-    return _TritonGatedAttention.apply(q, k, v, gate, head_index, _key_valid_int(attention_mask), bool(causal))
+    out, _ = _triton_attention_fwd(q, k, v, gate, head_index, _key_valid_int(attention_mask), bool(causal))
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -244,7 +282,7 @@ def _check_attention_args(q, k, v, head_gate, attention_mask):
 
 def gated_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, head_gate: torch.Tensor,
                     attention_mask: torch.Tensor | None = None, causal: bool = False,
-                    path: str = "auto") -> torch.Tensor:
+                    path: str = "auto", *, active: torch.Tensor | None = None) -> torch.Tensor:
     """``out[:, h] = head_gate[h] * softmax(q_h k_h^T / sqrt(D) + padding/causal bias) v_h``.
 
     q, k, v: [B, H, S, D] (float16/bfloat16/float32/float64; the triton path accumulates in float32,
@@ -252,12 +290,14 @@ def gated_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, head_gate
     Returns [B, H, S, D] in q's dtype (on the triton path stored as [B, S, H, D], so merging heads is
     a free view). Heads with ``head_gate[h] == 0`` are zeros and get zero gradients; a query row with no
     allowed key is zeros. path: "triton" | "compact" | "reference" | "auto" (triton on GPU, compact on CPU).
+    ``active``: the sorted indices of the non-zero gates when the caller has them (one host read per
+    structure with :func:`ddk_fast.ops.active.active_units`); None finds them here, a device sync.
     """
     _check_attention_args(q, k, v, head_gate, attention_mask)
     path = resolve_path("gated_attention", "engine", path, q.device)
     if path == "reference":
         return gated_attention_reference(q, k, v, head_gate, attention_mask, causal)
-    active = _active_heads(head_gate)
+    active = _active_heads(head_gate) if active is None else active
     if path == "triton":
         return _attend_triton(q, k, v, head_gate, active, attention_mask, causal)
     gate_a = head_gate.index_select(0, active)
@@ -341,7 +381,7 @@ def masked_self_attention_reference(x, wq, bq, wk, bk, wv, bv, wo, bo, head_gate
 
 def masked_self_attention(x, wq, bq, wk, bk, wv, bv, wo, bo, head_gate, num_heads,
                           attention_mask=None, causal=False, path="auto", return_qkv=False,
-                          return_scores=False, return_probs=False) -> AttentionOutput:
+                          return_scores=False, return_probs=False, *, active=None) -> AttentionOutput:
     """Multi-head self-attention whose pruned heads cost nothing.
 
     ``out = bo + sum_h head_gate[h] * attention_h(x) @ wo[:, h*D:(h+1)*D].T`` -> [B, S, d].
@@ -352,6 +392,7 @@ def masked_self_attention(x, wq, bq, wk, bk, wv, bv, wo, bo, head_gate, num_head
     output projection reduces only over them (``linear_active_out`` / ``linear_active_in``). The extra
     outputs (see :class:`AttentionOutput`) are differentiable; scores/probs are computed separately
     from the compact q/k when asked for (on "compact", probs are then reused for the output).
+    ``active``: as in :func:`gated_attention` (the sorted indices of the non-zero gates, or None).
     """
     _check_block_args(x, wq, bq, wk, bk, wv, bv, wo, bo, head_gate, num_heads, attention_mask)
     path = resolve_path("masked_self_attention", "engine", path, x.device)
@@ -361,7 +402,7 @@ def masked_self_attention(x, wq, bq, wk, bk, wv, bv, wo, bo, head_gate, num_head
     from ddk_fast.ops.masked_linear import linear_active_in, linear_active_out
 
     head_dim = wq.shape[0] // num_heads
-    active = _active_heads(head_gate)
+    active = _active_heads(head_gate) if active is None else active
     n_active = active.numel()
     rows = (active[:, None] * head_dim + torch.arange(head_dim, device=active.device)).flatten()
     gate_a = head_gate.index_select(0, active)

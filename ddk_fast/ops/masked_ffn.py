@@ -178,54 +178,94 @@ class _MaskedFFNCompact(torch.autograd.Function):
 # triton path
 # ----------------------------------------------------------------------------------------------------
 
-class _MaskedFFNTriton(torch.autograd.Function):
-    """Fused up-proj (+bias, act, gate) and indexed down-proj; the backward's dh kernel applies the gate
-    and act'(z) in its epilogue and recomputes h for dW_out. Saves x and the compact z only."""
+# The kernels as torch.library custom ops: torch.compile sees one opaque node per pass (shapes from the
+# fake implementations) instead of breaking the graph. Forward: fused up-proj (+bias, act, gate) and the
+# indexed down-proj; it returns y, the gated activations h and the pre-activations z (saved for the
+# backward, whose dh kernel applies the gate and act'(z) in its epilogue and recomputes h for dW_out).
 
-    @staticmethod
-    def forward(ctx, x2d, w_in, b_in, w_out, b_out, gate, active, act_name, want_h):
-        from ddk_fast.kernels import masked_ffn as FK
-        from ddk_fast.kernels import masked_linear as LK
+@torch.library.custom_op("ddk_fast::masked_ffn_fwd", mutates_args=())
+def _triton_ffn_fwd(x2d: torch.Tensor, w_in: torch.Tensor, b_in: torch.Tensor | None, w_out: torch.Tensor,
+                    b_out: torch.Tensor | None, gate: torch.Tensor, active: torch.Tensor,
+                    activation: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(y [M, d], h [M, K], z [M, K]) over the K active channels."""
+    from ddk_fast.kernels import masked_ffn as FK
+    from ddk_fast.kernels import masked_linear as LK
 
-        h, z = FK.ffn_up_forward(x2d, w_in, b_in, gate, active, act_name, save_z=True)
-        y = LK.active_in_forward(h, w_out, b_out, active)
-        ctx.save_for_backward(x2d, w_in, w_out, gate, z, active)
-        ctx.meta = (act_name, b_in is not None, b_out is not None)
-        ctx.set_materialize_grads(False)
-        return (y, h) if want_h else y
+    h, z = FK.ffn_up_forward(x2d, w_in, b_in, gate, active, activation, save_z=True)
+    return LK.active_in_forward(h, w_out, b_out, active), h, z
 
-    @staticmethod
-    def backward(ctx, grad_y, *maybe_grad_h):
-        from ddk_fast.kernels import masked_ffn as FK
-        from ddk_fast.kernels import masked_linear as LK
 
-        x2d, w_in, w_out, gate, z, active = ctx.saved_tensors
-        act_name, has_b_in, has_b_out = ctx.meta
-        grad_h = maybe_grad_h[0] if maybe_grad_h else None
-        need_x, need_w_in, need_b_in, need_w_out, need_b_out, need_gate = ctx.needs_input_grad[:6]
-        if grad_y is None and grad_h is None:
-            return None, None, None, None, None, None, None, None, None
-        n_ch = w_in.shape[0]
-        if grad_y is None:
-            grad_y = torch.zeros((x2d.shape[0], w_out.shape[0]), device=x2d.device, dtype=x2d.dtype)
-        grad_y = grad_y.contiguous()
-        dx = dw_in = db_in = dw_out = db_out = dgate = None
-        dz, h, dgate_a = FK.ffn_dh_backward(grad_y, w_out, z, gate, active, act_name, grad_h=grad_h,
-                                            want_gate=need_gate)
-        if need_gate:
-            dgate = torch.zeros_like(gate).index_copy_(0, active, dgate_a.to(gate.dtype))
-        want_b_out = has_b_out and need_b_out
-        if need_w_out:
-            dw_out, db_out = LK.active_in_backward_weight(grad_y, h, active, n_ch, want_b_out)
-        elif want_b_out:
-            db_out = grad_y.sum(0)
-        if need_x:
-            dx = LK.active_out_backward_input(dz, w_in, active)
-        want_b_in = has_b_in and need_b_in
-        if need_w_in or want_b_in:
-            dw_in, db_in = LK.active_out_backward_weight(dz, x2d, active, n_ch, want_b_in)
-            dw_in = dw_in if need_w_in else None
-        return dx, dw_in, db_in, dw_out, db_out, dgate, None, None, None
+@_triton_ffn_fwd.register_fake
+def _(x2d, w_in, b_in, w_out, b_out, gate, active, activation):
+    rows, k = x2d.shape[0], active.shape[0]
+    return x2d.new_empty((rows, w_out.shape[0])), x2d.new_empty((rows, k)), x2d.new_empty((rows, k))
+
+
+@torch.library.custom_op("ddk_fast::masked_ffn_bwd", mutates_args=())
+def _triton_ffn_bwd(grad_y: torch.Tensor, grad_h: torch.Tensor | None, x2d: torch.Tensor, w_in: torch.Tensor,
+                    w_out: torch.Tensor, gate: torch.Tensor, z: torch.Tensor, active: torch.Tensor, activation: str,
+                    has_b_in: bool, has_b_out: bool, needs: list[bool]) -> list[torch.Tensor]:
+    """[dx, dw_in, db_in, dw_out, db_out, dgate]; an empty tensor where ``needs`` (same order) is False."""
+    from ddk_fast.kernels import masked_ffn as FK
+    from ddk_fast.kernels import masked_linear as LK
+
+    need_x, need_w_in, need_b_in, need_w_out, need_b_out, need_gate = needs
+    n_ch = w_in.shape[0]
+    # distinct empty tensors (the outputs of an op may not alias one another)
+    dx, dw_in, db_in, dw_out, db_out = (x2d.new_empty((0,)) for _ in range(5))
+    dgate = gate.new_empty((0,))
+    dz, h, dgate_a = FK.ffn_dh_backward(grad_y, w_out, z, gate, active, activation, grad_h=grad_h,
+                                        want_gate=need_gate)
+    if need_gate:
+        dgate = torch.zeros_like(gate).index_copy_(0, active, dgate_a.to(gate.dtype))
+    want_b_out = has_b_out and need_b_out
+    if need_w_out:
+        dw_out, db = LK.active_in_backward_weight(grad_y, h, active, n_ch, want_b_out)
+        db_out = db if want_b_out else db_out
+    elif want_b_out:
+        db_out = grad_y.sum(0)
+    if need_x:
+        dx = LK.active_out_backward_input(dz, w_in, active)
+    want_b_in = has_b_in and need_b_in
+    if need_w_in or want_b_in:
+        dw, db = LK.active_out_backward_weight(dz, x2d, active, n_ch, want_b_in)
+        dw_in = dw if need_w_in else dw_in
+        db_in = db if want_b_in else db_in
+    return [dx, dw_in, db_in, dw_out, db_out, dgate]
+
+
+@_triton_ffn_bwd.register_fake
+def _(grad_y, grad_h, x2d, w_in, w_out, gate, z, active, activation, has_b_in, has_b_out, needs):
+    need_x, need_w_in, need_b_in, need_w_out, need_b_out, need_gate = needs
+    n_ch, d = w_in.shape
+    shapes = [(x2d.shape if need_x else (0,)), ((n_ch, d) if need_w_in else (0,)),
+              ((n_ch,) if has_b_in and need_b_in else (0,)), ((d, n_ch) if need_w_out else (0,)),
+              ((d,) if has_b_out and need_b_out else (0,)), ((n_ch,) if need_gate else (0,))]
+    dtypes = [x2d.dtype] * 5 + [gate.dtype]
+    return [x2d.new_empty(shape, dtype=dtype) for shape, dtype in zip(shapes, dtypes)]
+
+
+def _triton_ffn_setup(ctx, inputs, output):
+    x2d, w_in, b_in, w_out, b_out, gate, active, activation = inputs
+    ctx.save_for_backward(x2d, w_in, w_out, gate, output[2], active)
+    ctx.meta = (activation, b_in is not None, b_out is not None)
+    ctx.set_materialize_grads(False)
+
+
+def _triton_ffn_backward(ctx, grad_y, grad_h, _grad_z):
+    x2d, w_in, w_out, gate, z, active = ctx.saved_tensors
+    activation, has_b_in, has_b_out = ctx.meta
+    needs = list(ctx.needs_input_grad[:6])
+    if (grad_y is None and grad_h is None) or not any(needs):
+        return None, None, None, None, None, None, None, None
+    if grad_y is None:
+        grad_y = torch.zeros((x2d.shape[0], w_out.shape[0]), device=x2d.device, dtype=x2d.dtype)
+    grads = _triton_ffn_bwd(grad_y.contiguous(), grad_h, x2d, w_in, w_out, gate, z, active, activation, has_b_in,
+                            has_b_out, needs)
+    return (*(g if need else None for g, need in zip(grads, needs)), None, None)
+
+
+_triton_ffn_fwd.register_autograd(_triton_ffn_backward, setup_context=_triton_ffn_setup)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -234,7 +274,7 @@ class _MaskedFFNTriton(torch.autograd.Function):
 
 def masked_ffn(x: torch.Tensor, w_in: torch.Tensor, b_in: torch.Tensor | None, w_out: torch.Tensor,
                b_out: torch.Tensor | None, channel_gate: torch.Tensor, activation: str = "gelu",
-               path: str = "auto", *, return_intermediate: bool = False):
+               path: str = "auto", *, return_intermediate: bool = False, active: torch.Tensor | None = None):
     """``y = (act(x @ w_in.T + b_in) * channel_gate) @ w_out.T + b_out`` skipping zero-gate channels.
 
     x: [..., d]; w_in: [I, d]; b_in: [I] or None; w_out: [d, I]; b_out: [d] or None;
@@ -245,31 +285,34 @@ def masked_ffn(x: torch.Tensor, w_in: torch.Tensor, b_in: torch.Tensor | None, w
     (``.full()`` scatters to [..., I]) -- for distilling FFN activations. Same layout on every path.
     Gradients reach x, all weights and biases, and the gate; zero-gate channels get exactly zero.
     Triton path dtypes: fp32/fp16/bf16 (fp32 accumulation); under autocast inputs are cast to its dtype.
+    ``active``: the sorted indices of the non-zero gates when the caller has them (one host read per
+    structure with :func:`ddk_fast.ops.active.active_units`); None finds them here, a device sync.
     """
     check_activation(activation)
     _check(x, w_in, b_in, w_out, b_out, channel_gate)
     path = resolve_path("masked_ffn", "engine", path, x.device)
     n_ch = w_in.shape[0]
-    active = active_channels(channel_gate)
     if path == "reference":
         y, h_full = masked_ffn_reference(x, w_in, b_in, w_out, b_out, channel_gate, activation)
         if not return_intermediate:
             return y
+        active = active_channels(channel_gate) if active is None else active
         return y, FFNIntermediate(h_full.index_select(-1, active), active, n_ch)
+    active = active_channels(channel_gate) if active is None else active
     lead = x.shape[:-1]
+    x2d = x.reshape(lead.numel(), x.shape[-1])
     if path == "triton":
         dev = x.device.type
         if dev in ("cuda", "cpu") and torch.is_autocast_enabled(dev):
             dt = torch.get_autocast_dtype(dev)
-            x, w_in, w_out = x.to(dt), w_in.to(dt), w_out.to(dt)
+            x2d, w_in, w_out = x2d.to(dt), w_in.to(dt), w_out.to(dt)
             b_in = b_in.to(dt) if b_in is not None else None
             b_out = b_out.to(dt) if b_out is not None else None
-        fn = _MaskedFFNTriton
+        y2d, h, _ = _triton_ffn_fwd(x2d, w_in, b_in, w_out, b_out, channel_gate, active, activation)
+    elif not return_intermediate:
+        y2d = _MaskedFFNCompact.apply(x2d, w_in, b_in, w_out, b_out, channel_gate, active, activation, False)
     else:
-        fn = _MaskedFFNCompact
-    x2d = x.reshape(lead.numel(), x.shape[-1])
+        y2d, h = _MaskedFFNCompact.apply(x2d, w_in, b_in, w_out, b_out, channel_gate, active, activation, True)
     if not return_intermediate:
-        y2d = fn.apply(x2d, w_in, b_in, w_out, b_out, channel_gate, active, activation, False)
         return y2d.reshape(*lead, x.shape[-1])
-    y2d, h = fn.apply(x2d, w_in, b_in, w_out, b_out, channel_gate, active, activation, True)
     return y2d.reshape(*lead, x.shape[-1]), FFNIntermediate(h.reshape(*lead, active.numel()), active, n_ch)

@@ -148,62 +148,112 @@ class _LinearActiveInCompact(torch.autograd.Function):
 # triton path
 # ----------------------------------------------------------------------------------------------------
 
-class _LinearActiveOutTriton(torch.autograd.Function):
-    """Forward/backward GEMMs gather the active weight rows inside the kernel; no weight copy."""
+# The kernels as torch.library custom ops: torch.compile sees one opaque node per pass (shapes from the
+# fake implementations) instead of breaking the graph. The GEMMs gather the active weight rows/columns
+# inside the kernel; no weight copy is made.
 
-    @staticmethod
-    def forward(ctx, x2d, weight, bias, active):
-        from ddk_fast.kernels import masked_linear as K
+@torch.library.custom_op("ddk_fast::linear_active_out_fwd", mutates_args=())
+def _triton_out_fwd(x2d: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                    active: torch.Tensor) -> torch.Tensor:
+    from ddk_fast.kernels import masked_linear as K
 
-        y = K.active_out_forward(x2d, weight, bias, active)
-        ctx.save_for_backward(x2d, weight, active)
-        ctx.has_bias = bias is not None
-        return y
-
-    @staticmethod
-    def backward(ctx, grad_y):
-        from ddk_fast.kernels import masked_linear as K
-
-        x2d, weight, active = ctx.saved_tensors
-        grad_y = grad_y.contiguous()
-        dx = dw = db = None
-        if ctx.needs_input_grad[0]:
-            dx = K.active_out_backward_input(grad_y, weight, active)
-        want_b = ctx.has_bias and ctx.needs_input_grad[2]
-        if ctx.needs_input_grad[1] or want_b:
-            dw, db = K.active_out_backward_weight(grad_y, x2d, active, weight.shape[0], want_b)
-            if not ctx.needs_input_grad[1]:
-                dw = None
-        return dx, dw, db, None
+    return K.active_out_forward(x2d, weight, bias, active)
 
 
-class _LinearActiveInTriton(torch.autograd.Function):
-    """Forward/backward GEMMs gather the active weight columns inside the kernel; no weight copy."""
+@_triton_out_fwd.register_fake
+def _(x2d, weight, bias, active):
+    return x2d.new_empty((x2d.shape[0], active.shape[0]))
 
-    @staticmethod
-    def forward(ctx, h2d, weight, bias, active):
-        from ddk_fast.kernels import masked_linear as K
 
-        y = K.active_in_forward(h2d, weight, bias, active)
-        ctx.save_for_backward(h2d, weight, active)
-        ctx.has_bias = bias is not None
-        return y
+@torch.library.custom_op("ddk_fast::linear_active_out_bwd", mutates_args=())
+def _triton_out_bwd(grad_y: torch.Tensor, x2d: torch.Tensor, weight: torch.Tensor, active: torch.Tensor,
+                    need_x: bool, need_w: bool, need_b: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dx, dw, db); an empty tensor for a gradient not asked for."""
+    from ddk_fast.kernels import masked_linear as K
 
-    @staticmethod
-    def backward(ctx, grad_y):
-        from ddk_fast.kernels import masked_linear as K
+    dx = K.active_out_backward_input(grad_y, weight, active) if need_x else x2d.new_empty((0,))
+    dw, db = x2d.new_empty((0,)), x2d.new_empty((0,))
+    if need_w or need_b:
+        full_w, full_b = K.active_out_backward_weight(grad_y, x2d, active, weight.shape[0], need_b)
+        dw = full_w if need_w else dw
+        db = full_b if need_b else db
+    return dx, dw, db
 
-        h2d, weight, active = ctx.saved_tensors
-        grad_y = grad_y.contiguous()
-        dh = dw = db = None
-        if ctx.needs_input_grad[0]:
-            dh = K.active_in_backward_input(grad_y, weight, active)
-        want_b = ctx.has_bias and ctx.needs_input_grad[2]
-        if ctx.needs_input_grad[1]:
-            dw, db = K.active_in_backward_weight(grad_y, h2d, active, weight.shape[1], want_b)
-        elif want_b:
-            db = grad_y.sum(0)
-        return dh, dw, db, None
+
+@_triton_out_bwd.register_fake
+def _(grad_y, x2d, weight, active, need_x, need_w, need_b):
+    return (x2d.new_empty(x2d.shape if need_x else (0,)), x2d.new_empty(weight.shape if need_w else (0,)),
+            x2d.new_empty((weight.shape[0],) if need_b else (0,)))
+
+
+def _triton_out_setup(ctx, inputs, output):
+    x2d, weight, bias, active = inputs
+    ctx.save_for_backward(x2d, weight, active)
+    ctx.has_bias = bias is not None
+
+
+def _triton_out_backward(ctx, grad_y):
+    x2d, weight, active = ctx.saved_tensors
+    need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    need_b = ctx.has_bias and ctx.needs_input_grad[2]
+    dx, dw, db = _triton_out_bwd(grad_y.contiguous(), x2d, weight, active, need_x, need_w, need_b)
+    return dx if need_x else None, dw if need_w else None, db if need_b else None, None
+
+
+_triton_out_fwd.register_autograd(_triton_out_backward, setup_context=_triton_out_setup)
+
+
+@torch.library.custom_op("ddk_fast::linear_active_in_fwd", mutates_args=())
+def _triton_in_fwd(h2d: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                   active: torch.Tensor) -> torch.Tensor:
+    from ddk_fast.kernels import masked_linear as K
+
+    return K.active_in_forward(h2d, weight, bias, active)
+
+
+@_triton_in_fwd.register_fake
+def _(h2d, weight, bias, active):
+    return h2d.new_empty((h2d.shape[0], weight.shape[0]))
+
+
+@torch.library.custom_op("ddk_fast::linear_active_in_bwd", mutates_args=())
+def _triton_in_bwd(grad_y: torch.Tensor, h2d: torch.Tensor, weight: torch.Tensor, active: torch.Tensor,
+                   need_h: bool, need_w: bool, need_b: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dh, dw, db); an empty tensor for a gradient not asked for."""
+    from ddk_fast.kernels import masked_linear as K
+
+    dh = K.active_in_backward_input(grad_y, weight, active) if need_h else h2d.new_empty((0,))
+    dw, db = h2d.new_empty((0,)), h2d.new_empty((0,))
+    if need_w:
+        full_w, full_b = K.active_in_backward_weight(grad_y, h2d, active, weight.shape[1], need_b)
+        dw = full_w
+        db = full_b if need_b else db
+    elif need_b:
+        db = grad_y.sum(0)
+    return dh, dw, db
+
+
+@_triton_in_bwd.register_fake
+def _(grad_y, h2d, weight, active, need_h, need_w, need_b):
+    return (h2d.new_empty(h2d.shape if need_h else (0,)), h2d.new_empty(weight.shape if need_w else (0,)),
+            h2d.new_empty((weight.shape[0],) if need_b else (0,)))
+
+
+def _triton_in_setup(ctx, inputs, output):
+    h2d, weight, bias, active = inputs
+    ctx.save_for_backward(h2d, weight, active)
+    ctx.has_bias = bias is not None
+
+
+def _triton_in_backward(ctx, grad_y):
+    h2d, weight, active = ctx.saved_tensors
+    need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    need_b = ctx.has_bias and ctx.needs_input_grad[2]
+    dh, dw, db = _triton_in_bwd(grad_y.contiguous(), h2d, weight, active, need_h, need_w, need_b)
+    return dh if need_h else None, dw if need_w else None, db if need_b else None, None
+
+
+_triton_in_fwd.register_autograd(_triton_in_backward, setup_context=_triton_in_setup)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -241,7 +291,7 @@ def linear_active_out(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
         y = _LinearActiveOutCompact.apply(x.reshape(lead.numel(), x.shape[-1]), weight, bias, active)
     else:
         x, weight, bias = _triton_inputs("linear_active_out", x, weight, bias)
-        y = _LinearActiveOutTriton.apply(x.reshape(lead.numel(), x.shape[-1]), weight, bias, active)
+        y = _triton_out_fwd(x.reshape(lead.numel(), x.shape[-1]), weight, bias, active)
     return y.reshape(*lead, active.numel())
 
 
@@ -264,5 +314,5 @@ def linear_active_in(h_compact: torch.Tensor, weight: torch.Tensor, bias: torch.
         y = _LinearActiveInCompact.apply(h2d, weight, bias, active)
     else:
         h2d, weight, bias = _triton_inputs("linear_active_in", h2d, weight, bias)
-        y = _LinearActiveInTriton.apply(h2d, weight, bias, active)
+        y = _triton_in_fwd(h2d, weight, bias, active)
     return y.reshape(*lead, weight.shape[0])

@@ -38,7 +38,7 @@ from ddk_fast.train.evaluation import encode_split, evaluate, load_split, task_s
 from ddk_fast._io import atomic_write_json, read_json
 from ddk_fast.train.kd import FUSIONS, DistillObjective, KDWeights
 from ddk_fast.train.logging import RunLogger
-from ddk_fast.train.loop import check_finite, run_epochs
+from ddk_fast.train.loop import FiniteWatch, run_epochs
 from ddk_fast.train.optim import adamw, linear_schedule
 from ddk_fast.train.rundir import copy_logs, finalize, finished_result, prepare, run_dirs, stage_dir
 from ddk_fast.train.stages import DistillModule, SearchModule, initial_importance, teacher_outputs, weight_parameters
@@ -533,6 +533,7 @@ class _Compression:
         update_ranking = getattr(search, "needs_importance", False) and self.state["oneshot"] is None
         self.info(f"search: {cfg.search} over heads {student.num_heads} and FFN widths {student.intermediate_sizes}, "
                   f"{cfg.search_epochs} epoch(s), target {self.metric} ratio {self.ratio}")
+        watch = FiniteWatch(ctx, self.dirs.checkpoints, self.log)
 
         def step(batch, gstep, epoch):
             batch = to_device(batch, self.device)
@@ -546,12 +547,12 @@ class _Compression:
             loss, parts, ratio, hg, fg = train_module(batch, t_out, stage_step)
             if cfg.fault_nan_at_step is not None and gstep == cfg.fault_nan_at_step:
                 loss = loss * float("nan")
-            check_finite(ctx, loss, "loss", gstep, epoch, self.dirs.checkpoints, self.log)
+            watch.observe(gstep, epoch, "loss", loss)
             for o in optimizers.values():
                 o.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(weights, cfg.max_grad_norm)
-            check_finite(ctx, grad_norm, "gradient norm", gstep, epoch, self.dirs.checkpoints, self.log)
+            watch.observe(gstep, epoch, "gradient norm", grad_norm)
             if update_ranking and hg.grad is not None and fg.grad is not None:
                 hs, fs = taylor_importance(hg), taylor_importance(fg)
                 if ctx.distributed:
@@ -562,13 +563,14 @@ class _Compression:
             for o in optimizers.values():
                 o.step()
             w_sched.step()
-            out = {"loss": float(loss.detach()), **parts, "ratio": float(ratio.detach()), "tau": float(tau),
-                   "lr": w_sched.get_last_lr()[0], "grad_norm": float(grad_norm)}
+            # device tensors: the loop reads them at log steps only
+            out = {"loss": loss.detach(), **parts, "ratio": ratio.detach(), "tau": float(tau),
+                   "lr": w_sched.get_last_lr()[0], "grad_norm": grad_norm.detach()}
             for name in ("lambda_1", "lambda_2"):
                 if hasattr(budget, name):
-                    out[name] = float(getattr(budget, name).detach())
-            out["heads_kept"] = float(hg.detach().sum())
-            out["ffn_kept"] = float(fg.detach().sum())
+                    out[name] = getattr(budget, name).detach().clone()  # a parameter: keep this step's value
+            out["heads_kept"] = hg.detach().sum()
+            out["ffn_kept"] = fg.detach().sum()
             return out
 
         def after_epoch(epoch):
@@ -586,7 +588,7 @@ class _Compression:
 
         run_epochs(ctx=ctx, cfg=cfg, log=self.log, loader=self.loader, epochs=cfg.search_epochs, state=self.state,
                    stage=SEARCH, epoch_offset=0, step=step, after_epoch=after_epoch,
-                   save_ckpt=lambda: self._save(module, optimizers, schedulers))
+                   save_ckpt=lambda: self._save(module, optimizers, schedulers), watch=watch)
 
         derived = self._derive(search)
         from ddk_fast.model import Structure
@@ -696,6 +698,7 @@ class _Compression:
         train_module = ddp.wrap(module, ctx, find_unused_parameters=True)
         epochs = self._distill_epochs()
         self.info(f"distill: {epochs} epoch(s) of the pruned student")
+        watch = FiniteWatch(ctx, self.dirs.checkpoints, self.log)
 
         def step(batch, gstep, epoch):
             batch = to_device(batch, self.device)
@@ -703,14 +706,14 @@ class _Compression:
             loss, parts = train_module(batch, t_out)
             if cfg.fault_nan_at_step is not None and gstep == cfg.fault_nan_at_step:
                 loss = loss * float("nan")
-            check_finite(ctx, loss, "loss", gstep, epoch, self.dirs.checkpoints, self.log)
+            watch.observe(gstep, epoch, "loss", loss)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            check_finite(ctx, grad_norm, "gradient norm", gstep, epoch, self.dirs.checkpoints, self.log)
+            watch.observe(gstep, epoch, "gradient norm", grad_norm)
             opt.step()
             sched.step()
-            return {"loss": float(loss.detach()), **parts, "lr": sched.get_last_lr()[0], "grad_norm": float(grad_norm)}
+            return {"loss": loss.detach(), **parts, "lr": sched.get_last_lr()[0], "grad_norm": grad_norm.detach()}
 
         def after_epoch(epoch):
             metrics = self._evaluate(pruned)
@@ -728,7 +731,7 @@ class _Compression:
 
         run_epochs(ctx=ctx, cfg=cfg, log=self.log, loader=self.loader, epochs=epochs, state=self.state,
                    stage=DISTILL, epoch_offset=1000, step=step, after_epoch=after_epoch,
-                   save_ckpt=lambda: self._save(module, optimizers, schedulers))
+                   save_ckpt=lambda: self._save(module, optimizers, schedulers), watch=watch)
         ddp.barrier(ctx)
 
     # --- stage 5: export ------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from ddk_fast.train.checkpoint import (latest_checkpoint, load_checkpoint, rng_s
                                       weights_digest)
 from ddk_fast.train.config import FinetuneConfig, config_dict, packaged_model_dir, resume_mismatches
 from ddk_fast.train.errors import RunInterrupted
-from ddk_fast.train.loop import check_finite
+from ddk_fast.train.loop import FiniteWatch, host_scalars
 from ddk_fast.train.evaluation import encode_split, evaluate, load_split, task_spec, to_device
 from ddk_fast.train.hf import load_classifier, logits_of, save_classifier
 from ddk_fast._io import atomic_directory, atomic_write_json
@@ -108,6 +108,8 @@ def _train(cfg, spec, model_path, model, tokenizer, train_ds, dev_ds, dirs, ctx,
             ddp.barrier(ctx)
 
         model.train()
+        watch = FiniteWatch(ctx, dirs.checkpoints, log)
+        loss_acc = None
         for epoch in range(state["epoch"], cfg.epochs):
             loader.batch_sampler.set_epoch(epoch, state["batch"])
             bar = progress(loader, total=steps_per_epoch, initial=state["batch"], desc=f"epoch {epoch + 1}/{cfg.epochs}",
@@ -120,23 +122,30 @@ def _train(cfg, spec, model_path, model, tokenizer, train_ds, dev_ds, dirs, ctx,
                 loss = out.loss
                 if cfg.fault_nan_at_step is not None and step == cfg.fault_nan_at_step:
                     loss = loss * float("nan")
-                check_finite(ctx, loss, "loss", step, epoch, dirs.checkpoints, log)
+                watch.observe(step, epoch, "loss", loss)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                check_finite(ctx, grad_norm, "gradient norm", step, epoch, dirs.checkpoints, log)
+                watch.observe(step, epoch, "gradient norm", grad_norm)
                 optimizer.step()
                 scheduler.step()
                 state["global_step"] = step
                 state["batch"] += 1
-                lval = float(loss.detach())
-                state["loss_sum"] += lval
-                if ctx.is_main and cfg.progress:
-                    bar.set_postfix(loss=f"{lval:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-                if step % cfg.log_steps == 0:
-                    log.log("train", step=step, epoch=epoch, loss=lval, lr=scheduler.get_last_lr()[0],
-                            grad_norm=float(grad_norm))
-                if step % cfg.save_steps == 0 and state["batch"] < steps_per_epoch:
+                # the losses are summed on the device and read with the log: no host read per step
+                loss_acc = loss.detach().double() if loss_acc is None else loss_acc + loss.detach()
+                log_now = step % cfg.log_steps == 0
+                save_now = step % cfg.save_steps == 0 and state["batch"] < steps_per_epoch
+                if log_now or save_now or state["batch"] == steps_per_epoch:
+                    watch.check()
+                    read = host_scalars({"loss": loss, "sum": loss_acc, "grad_norm": grad_norm})
+                    state["loss_sum"] += read["sum"]
+                    loss_acc = None
+                    if ctx.is_main and cfg.progress:
+                        bar.set_postfix(loss=f"{read['loss']:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+                    if log_now:
+                        log.log("train", step=step, epoch=epoch, loss=read["loss"], lr=scheduler.get_last_lr()[0],
+                                grad_norm=read["grad_norm"])
+                if save_now:
                     save_ckpt()
                 if cfg.stop_after_steps is not None and step >= cfg.stop_after_steps:
                     raise RunInterrupted(f"stopped after step {step} (stop_after_steps)")

@@ -31,7 +31,8 @@ class DistillObjective(nn.Module):
     """``loss, parts = objective(student_out, teacher_out, labels, token_mask)``.
 
     student_out / teacher_out: ``MaskedTransformerOutput`` with ``hidden_states`` (L+1 states) and
-    ``logits``. ``parts`` holds detached floats for logging (hidden, pred, task, total).
+    ``logits``. ``parts`` holds detached 0-d tensors for logging (hidden, pred, task, total), left on the
+    device: the loops read them at log steps only.
     """
 
     def __init__(self, num_states: int, hidden_size: int, is_regression: bool, weights: KDWeights,
@@ -77,12 +78,15 @@ class DistillObjective(nn.Module):
 
         Using the previous steps' values (the fused op returns them for free) avoids a second pass
         over every hidden state just to weight this step's loss."""
-        if self.layer_weights is None or not bool(self.layer_weights.initialized):
-            return torch.ones(self.num_states, device=like.device, dtype=torch.float32)
+        ones = torch.ones(self.num_states, device=like.device, dtype=torch.float32)
+        if self.layer_weights is None:
+            return ones
         from ddk_fast.distill import loss_share_weights
 
         lw = self.layer_weights
-        return loss_share_weights(lw.ema, lw.power, lw.normalize).to(like.device)
+        # chosen on the device: reading ``initialized`` on the host would be a sync every step
+        shares = loss_share_weights(lw.ema, lw.power, lw.normalize).to(like.device)
+        return torch.where(lw.initialized.to(like.device), shares, ones)
 
     # --- loss ---------------------------------------------------------------------------------------
     def forward(self, student_out, teacher_out, labels, token_mask):
@@ -111,7 +115,7 @@ class DistillObjective(nn.Module):
             if self.layer_weights is not None and self.training:
                 self.layer_weights(per_layer)
             total = total + w.hidden * hidden
-            parts["hidden"] = float(hidden.detach())
+            parts["hidden"] = hidden.detach()
         s_logits, t_logits = student_out.logits, teacher_out.logits.detach()
         if w.pred > 0:
             if self.is_regression:
@@ -120,13 +124,13 @@ class DistillObjective(nn.Module):
                 pred = soft_cross_entropy(s_logits, t_logits, w.temperature, path=self.loss_path,
                                           check_finite=False)
             total = total + w.pred * pred
-            parts["pred"] = float(pred.detach())
+            parts["pred"] = pred.detach()
         if w.task > 0:
             if self.is_regression:
                 task = F.mse_loss(s_logits.squeeze(-1).float(), labels.float())
             else:
                 task = F.cross_entropy(s_logits.float(), labels.long())
             total = total + w.task * task
-            parts["task"] = float(task.detach())
-        parts["kd_total"] = float(total.detach())
+            parts["task"] = task.detach()
+        parts["kd_total"] = total.detach()
         return total, parts

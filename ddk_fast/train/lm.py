@@ -27,6 +27,7 @@ import torch
 
 from ddk_fast.distill.objectives import kd_options_help
 from ddk_fast.errors import UserError
+from ddk_fast.train.loop import FirstNonFinite, host_scalars
 from ddk_fast.train.resumable import StepCheckpoints, publish, skip_batches, stop_if_asked
 
 DEFAULT_KD = {"pred_weight": 1.0, "temperature": 2.0, "hidden_weight": 1.0, "mapping": "fusion",
@@ -231,6 +232,7 @@ class _LMCompression:
         kw = objective.forward_kwargs()
         search.train()
         start = self.state["step"]
+        nonfinite = FirstNonFinite()
         for step in progress(range(start, cfg.search_steps), total=cfg.search_steps, desc="search",
                              enabled=cfg.progress, initial=start):
             batch = to_device(next(self.data.batches), device)
@@ -250,9 +252,8 @@ class _LMCompression:
             a_opt.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(weights, cfg.max_grad_norm)
-            if not (torch.isfinite(loss.detach()) and torch.isfinite(grad_norm)):
-                raise TrainingDiverged(f"search: loss is {float(loss.detach())} (not finite) at step {step + 1}; "
-                                       f"lower --lr")
+            nonfinite.observe(step + 1, 0, "loss", loss)
+            nonfinite.observe(step + 1, 0, "gradient norm", grad_norm)
             if hg.grad is not None and fg.grad is not None:
                 search.update_importance(taylor_importance(hg), taylor_importance(fg), head_active=hg.detach() > 0,
                                          ffn_active=fg.detach() > 0)
@@ -260,9 +261,15 @@ class _LMCompression:
             w_sched.step()
             a_opt.step()
             self.state["step"] = step + 1
-            if (step + 1) % cfg.log_steps == 0 or step + 1 == cfg.search_steps:
-                self.log.log("search", step=step + 1, loss=float(loss.detach()), ratio=float(exp_ratio.detach()),
-                             tau=tau_of(step), **parts)
+            log_now = (step + 1) % cfg.log_steps == 0 or step + 1 == cfg.search_steps
+            if log_now or (step + 1) % cfg.save_steps == 0:  # read back only here: no host read per step
+                found = nonfinite.read()
+                if found is not None:
+                    raise TrainingDiverged(f"search: {found[1]} is {found[2]} (not finite) at step {found[0]}; "
+                                           f"lower --lr")
+            if log_now:
+                self.log.log("search", step=step + 1, tau=tau_of(step),
+                             **host_scalars({"loss": loss.detach(), "ratio": exp_ratio.detach(), **parts}))
             if step + 1 < cfg.search_steps:  # the last step is checkpointed at the boundary
                 if (step + 1) % cfg.save_steps == 0:
                     self._save(module, optimizers, schedulers)
@@ -332,7 +339,7 @@ class _LMCompression:
                      weight_decay=cfg.weight_decay, warmup_ratio=cfg.warmup_ratio, max_grad_norm=cfg.max_grad_norm,
                      device=self.device, path=cfg.path, log=self.log, stage="distill", log_steps=cfg.log_steps,
                      progress=cfg.progress, start_step=self.state["step"], on_setup=on_setup,
-                     after_step=after_step)
+                     after_step=after_step, check_every=cfg.save_steps)
         student_dev = self.data.evaluate(pruned)
         torch.manual_seed(cfg.seed)
         untrained_dev = self.data.evaluate(MaskedGPT2(pruned.config).to(self.device))

@@ -42,7 +42,7 @@ class SearchModule(nn.Module):
         if self.budget is None:  # the search follows its own schedule
             return kd, parts, ratio, head_gates, ffn_gates
         budget = self.budget(ratio, step)
-        parts["budget"] = float(budget.detach())
+        parts["budget"] = budget.detach()
         return kd + budget, parts, ratio, head_gates, ffn_gates
 
 

@@ -22,6 +22,7 @@ import torch
 
 from ddk_fast.distill.objectives import kd_options_help
 from ddk_fast.errors import UserError
+from ddk_fast.train.loop import FirstNonFinite, host_scalars
 
 LM_TASK = "lm"
 
@@ -254,14 +255,17 @@ def task_data(cfg, tokenizer, task_type: str, device) -> TaskData:
 def kd_train(student, teacher, objective, batches: Iterator[dict], steps: int, *, lr: float, weight_decay: float,
              warmup_ratio: float, max_grad_norm: float, device, path: str = "auto", log=None, stage: str = "distill",
              log_steps: int = 50, progress: bool = False, start_step: int = 0,
-             on_setup: Optional[Callable] = None, after_step: Optional[Callable[[int, Optional[dict]], None]] = None
-             ) -> list[dict]:
+             on_setup: Optional[Callable] = None, after_step: Optional[Callable[[int, Optional[dict]], None]] = None,
+             check_every: Optional[int] = None) -> list[dict]:
     """``steps`` optimizer steps of ``objective`` (student + objective parameters); returns logged parts.
 
     Resumable runs pass ``on_setup(optimizer, scheduler)`` (restore their states, keep them for
-    checkpoints), ``start_step`` (steps already done; ``batches`` must already be past them) and
-    ``after_step(step, entry)`` (``entry``: the history entry logged at this step, or None; checkpoint). Raises ``TrainingDiverged`` on a non-finite loss or
-    gradient norm (before the optimizer step).
+    checkpoints), ``start_step`` (steps already done; ``batches`` must already be past them),
+    ``after_step(step, entry)`` (``entry``: the history entry logged at this step, or None; checkpoint)
+    and ``check_every`` (their checkpoint interval). Raises ``TrainingDiverged`` naming the first step
+    whose loss or gradient norm was not finite; the check runs on the device and is read at log steps,
+    every ``check_every`` steps (before ``after_step`` can checkpoint) and at the last step, so no
+    checkpoint is written after that step and there is no host read per step.
     """
     from ddk_fast.train.errors import TrainingDiverged
     from ddk_fast.train.evaluation import to_device
@@ -279,6 +283,7 @@ def kd_train(student, teacher, objective, batches: Iterator[dict], steps: int, *
     student.train()
     objective.train()
     history = []
+    nonfinite = FirstNonFinite()
     bar = bar_of(range(start_step, steps), total=steps, desc=stage, enabled=progress, initial=start_step)
     for step in bar:
         entry = None
@@ -292,13 +297,16 @@ def kd_train(student, teacher, objective, batches: Iterator[dict], steps: int, *
         opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-        if not (torch.isfinite(loss.detach()) and torch.isfinite(grad_norm)):
-            raise TrainingDiverged(f"{stage}: loss is {float(loss.detach())} (not finite) at step {step + 1}; "
-                                   f"lower --lr")
+        nonfinite.observe(step + 1, 0, "loss", loss)
+        nonfinite.observe(step + 1, 0, "gradient norm", grad_norm)
         opt.step()
         sched.step()
+        if (step + 1) % log_steps == 0 or step + 1 == steps or (check_every and (step + 1) % check_every == 0):
+            found = nonfinite.read()
+            if found is not None:
+                raise TrainingDiverged(f"{stage}: {found[1]} is {found[2]} (not finite) at step {found[0]}; lower --lr")
         if (step + 1) % log_steps == 0 or step + 1 == steps:
-            entry = {"stage": stage, "step": step + 1, "loss": float(loss.detach()), **parts,
+            entry = {"stage": stage, "step": step + 1, **host_scalars({"loss": loss.detach(), **parts}),
                      "lr": sched.get_last_lr()[0]}
             history.append(entry)
             if log is not None:
@@ -437,7 +445,7 @@ class _DistillRun:
                  weight_decay=cfg.weight_decay, warmup_ratio=cfg.warmup_ratio, max_grad_norm=cfg.max_grad_norm,
                  device=self.device, path=cfg.path, log=self.log if self.dirs is not None else None, stage=name,
                  log_steps=cfg.log_steps, progress=cfg.progress, start_step=self.state["step"], on_setup=on_setup,
-                 after_step=after_step)
+                 after_step=after_step, check_every=cfg.save_steps)
 
     def _finish(self) -> dict:
         from ddk_fast.train.resumable import publish
