@@ -396,6 +396,10 @@ class _Compression:
         calib = self._calibration_batches()
         result = one_shot(self.teacher, calib, self.cost_model, self.metric, self.ratio,
                           granularity=cfg.channel_granularity, path=cfg.path, tuning_examples=cfg.tuning_examples)
+        if self.ctx.distributed:
+            # Every rank continues from rank 0's result: GPU reductions need not agree bitwise across
+            # ranks, and ranks with different structures would build differently shaped students.
+            result = ddp.broadcast_object(self.ctx, result.to("cpu")).to(self.device)
         dev = self._evaluate(result.student.to(self.device))
         student = write_back(copy.deepcopy(self.teacher), result.student).requires_grad_(True).train()
         self._oneshot = (result, student)
