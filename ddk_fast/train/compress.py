@@ -97,7 +97,7 @@ def catalog_options(cfg: CompressConfig):
     """Options for ``KDObjective.from_config`` when the run asks for terms beyond the DDK objective
     (``--kd`` or an attention weight), else None. DDK's settings map onto the catalog's names: the
     hidden term uses the recursive-fusion mapping unless ``--fusion none``."""
-    from ddk_fast.train.student_kd import parse_kd
+    from ddk_fast.train.config import parse_kd
 
     extra = parse_kd(cfg.kd)
     if not extra and not cfg.attention_weight:
