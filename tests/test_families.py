@@ -4,10 +4,11 @@ like BERT (stock transformers with trust_remote_code, and load_pruned), and othe
 with one line that names the model_type, the reason and the supported types."""
 import json
 import logging
+import os
 
 import pytest
 import torch
-from transformers import (AutoModelForSequenceClassification, DistilBertConfig, DistilBertForMaskedLM,
+from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DistilBertConfig, DistilBertForMaskedLM,
                           DistilBertForSequenceClassification, DistilBertModel, ElectraConfig,
                           ElectraForPreTraining, ElectraForSequenceClassification, ElectraModel, XLMRobertaConfig,
                           XLMRobertaForSequenceClassification, XLMRobertaModel)
@@ -18,6 +19,7 @@ from ddk_fast.export.onnx import export_onnx
 from ddk_fast.model import MaskedTransformer, Structure, prune, supported_model_types
 from ddk_fast.model.adapters import adapter_for
 from ddk_fast.model.adapters.base import REFUSED
+from train_support import packaged_dir
 
 ATOL = 1e-5
 VOCAB = 64
@@ -173,13 +175,24 @@ def test_checkpoints_without_a_classifier_load_the_encoder_and_a_fresh_head(fami
     assert_close(got.last_hidden_state[real], want[real])
 
 
-def test_onnx_export_of_pruned_distilbert_and_electra(tmp_path):
+def test_onnx_export_of_pruned_distilbert_and_electra_and_a_stock_teacher(tmp_path):
+    stock_teacher = tmp_path / "teacher-distilbert"
+    stock_model("distilbert").save_pretrained(str(stock_teacher))
+    folders = [str(stock_teacher)]
     for family in ("distilbert", "electra"):
         model = MaskedTransformer.from_pretrained(stock_model(family)).eval()
-        folder = save_pruned(prune(model, STRUCTURE), tmp_path / f"pruned-{family}")
-        report = export_onnx(folder, tmp_path / f"onnx-{family}")
+        folders.append(save_pruned(prune(model, STRUCTURE), tmp_path / f"pruned-{family}"))
+    for i, folder in enumerate(folders):
+        report = export_onnx(folder, tmp_path / f"onnx-{i}")
         assert any(c["padded"] for c in report["check"])
-        assert all(c["max_abs_diff"] <= 1e-4 for c in report["check"]), report["check"]
+        assert all(c["max_abs_diff"] <= 1e-4 for c in report["check"]), (folder, report["check"])
+
+
+def test_docs_list_every_supported_and_refused_family():
+    with open(os.path.join(os.path.dirname(__file__), "..", "docs", "models.md"), encoding="utf-8") as f:
+        text = f.read()
+    for model_type in list(supported_model_types()) + sorted(REFUSED):
+        assert f"| `{model_type}`" in text or f"`{model_type}` |" in text or f", `{model_type}`" in text, model_type
 
 
 @pytest.mark.parametrize("model_type", sorted(REFUSED))
@@ -203,3 +216,48 @@ def test_cli_refuses_an_albert_teacher_with_one_line_and_exit_2(tmp_path, capsys
     assert rc == 2 and len(err) == 1, err
     assert "'albert'" in err[0] and "shares one set of layer weights" in err[0] and "supported: bert" in err[0]
     assert not (tmp_path / "out").exists()
+
+
+SMALL_RUN = ["--max-eval-examples", "16", "--max-seq-len", "32", "--seq-len", "32", "--latency-batch-size", "2",
+             "--latency-seq-len", "16", "--no-progress"]
+
+
+def _cli_teacher(family, folder):
+    """A random stock classifier with the packaged BERT tokenizer, saved as a transformers folder."""
+    tok = AutoTokenizer.from_pretrained(packaged_dir())
+    config = stock_config(family, num_labels=2)
+    config.vocab_size, config.max_position_embeddings = tok.vocab_size, 64
+    torch.manual_seed(0)
+    CLASSIFIERS[family](config).save_pretrained(str(folder))
+    tok.save_pretrained(str(folder))
+    return str(folder), tok
+
+
+@pytest.mark.parametrize("family, steps", [("distilbert", ("finetune", "compress")), ("electra", ("prune",))])
+def test_cli_finetune_compress_prune_work_as_with_bert(family, steps, tmp_path, glue_dir):
+    teacher, tok = _cli_teacher(family, tmp_path / "teacher")
+    task = ["--task", "mrpc", "--data-dir", glue_dir]
+    if "finetune" in steps:
+        assert main(["finetune", "--model", teacher, *task, "--output", str(tmp_path / "ft"), "--epochs", "1",
+                     "--max-train-examples", "16", "--max-eval-examples", "8", "--batch-size", "8",
+                     "--max-seq-len", "32", "--no-progress"]) == 0
+        teacher = str(tmp_path / "ft")
+    out = tmp_path / "student"
+    if "compress" in steps:
+        rc = main(["compress", "--teacher", teacher, *task, "--target", "params=0.5", "--output", str(out),
+                   "--max-train-examples", "32", "--batch-size", "8", "--search-epochs", "1", "--distill-epochs", "1",
+                   "--lr", "0.001", *SMALL_RUN])
+    else:
+        rc = main(["prune", "--teacher", teacher, *task, "--target", "params=0.5", "--output", str(out),
+                   "--calibration-examples", "32", *SMALL_RUN])
+    assert rc == 0
+    student = load_pruned(out).eval()
+    assert student.config.family == family and student.pruned_from is not None
+    assert sum(student.num_heads) < HEADS * LAYERS or sum(student.intermediate_sizes) < WIDTH * LAYERS
+    hf = AutoModelForSequenceClassification.from_pretrained(out, trust_remote_code=True).eval()
+    enc = tok(["a short one", "a somewhat longer sentence than the other one"], padding=True, return_tensors="pt")
+    assert enc["attention_mask"].min() == 0
+    with torch.no_grad():
+        want = student(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"]).logits
+        got = hf(**enc).logits
+    assert_close(got, want)
