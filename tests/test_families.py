@@ -105,12 +105,43 @@ def test_all_gates_one_reproduce_stock(family, path):
     assert not torch.allclose(other, out.logits, atol=1e-3)  # the padding mask really matters here
 
 
+@pytest.mark.parametrize("family", NEW_FAMILIES)
+def test_train_mode_dropout_sits_where_the_stock_model_puts_it(family, tmp_path):
+    """With attention-probability dropout off, the same seed draws the same dropout masks in the stock
+    model, the masked model and the exported model: embeddings, block outputs, head."""
+    config = stock_config(family)
+    if family == "distilbert":
+        config.dropout, config.attention_dropout = 0.2, 0.0
+    else:
+        config.hidden_dropout_prob, config.attention_probs_dropout_prob = 0.2, 0.0
+    torch.manual_seed(0)
+    stock = noisy(CLASSIFIERS[family](config)).train()
+    model = MaskedTransformer.from_pretrained(stock).train()
+    hf = AutoModelForSequenceClassification.from_pretrained(save_pruned(model, tmp_path / "x"),
+                                                            trust_remote_code=True).train()
+    ids, mask = padded_batch(stock.config.pad_token_id)
+    types = token_types(family, ids)
+    with torch.no_grad():
+        torch.manual_seed(7)
+        ref = stock_logits(family, stock, ids, mask, types).logits
+        torch.manual_seed(7)
+        out = model(ids, mask, types, path="reference").logits
+        torch.manual_seed(7)
+        exported = hf(input_ids=ids, attention_mask=mask, token_type_ids=types).logits
+        torch.manual_seed(8)
+        other = model(ids, mask, types, path="reference").logits
+    assert_close(out, ref)
+    assert_close(exported, ref)
+    assert not torch.allclose(out, other, atol=1e-3)  # dropout really is on
+
+
 def test_configs_translate_each_familys_keys():
     distil = MaskedTransformer.from_pretrained(stock_model("distilbert")).config
     assert (distil.family, distil.head_style, distil.type_vocab_size) == ("distilbert", "distilbert", 0)
     assert distil.num_heads == [HEADS] * LAYERS and distil.intermediate_sizes == [WIDTH] * LAYERS
     assert distil.head_dim == HIDDEN // HEADS and distil.classifier_dropout == 0.2  # seq_classif_dropout
     assert (distil.head_activation, distil.head_dropout_first) == ("relu", False)
+    assert not distil.attention_output_dropout
     electra = MaskedTransformer.from_pretrained(stock_model("electra")).config
     assert (electra.family, electra.head_style, electra.embedding_size) == ("electra", "electra", 16)
     assert (electra.head_activation, electra.head_dropout_first) == ("gelu", True)

@@ -10,7 +10,8 @@ Shipped beside config.json by ``ddk_fast.export.save_pruned`` and loaded by tran
 Each layer is post-LayerNorm BERT: attention (torch scaled_dot_product_attention) then FFN. A layer
 with 0 heads (or 0 FFN channels) keeps only that block's output bias and LayerNorm: the block
 computes LayerNorm(x + bias), which is what the full block computes with every unit removed.
-In train mode the usual BERT dropouts apply, attention-probability dropout included.
+In train mode the usual BERT dropouts apply, attention-probability dropout included (none after the
+attention output when attention_output_dropout is False, as in DistilBERT).
 """
 import warnings
 
@@ -48,7 +49,8 @@ class DdkBertConfig(PretrainedConfig):
     def __init__(self, vocab_size=30522, hidden_size=768, head_dim=64, num_heads=None, intermediate_sizes=None,
                  hidden_act="gelu", layer_norm_eps=1e-12, max_position_embeddings=512, type_vocab_size=2,
                  pad_token_id=0, position_style="absolute", head_style="bert", embedding_size=None, causal=False,
-                 hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1, classifier_dropout=None,
+                 hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1, attention_output_dropout=True,
+                 classifier_dropout=None,
                  initializer_range=0.02, task_type="classification", family="bert", **kwargs):
         num_heads = [12] * 12 if num_heads is None else [int(h) for h in num_heads]
         intermediate_sizes = [3072] * len(num_heads) if intermediate_sizes is None else [int(i) for i in intermediate_sizes]
@@ -66,6 +68,7 @@ class DdkBertConfig(PretrainedConfig):
         self.position_style, self.head_style, self.causal = position_style, head_style, causal
         self.embedding_size = embedding_size  # None = hidden_size; else embeddings are projected up (ELECTRA)
         self.hidden_dropout_prob, self.attention_probs_dropout_prob = hidden_dropout_prob, attention_probs_dropout_prob
+        self.attention_output_dropout = attention_output_dropout  # False: none after attention output (DistilBERT)
         self.classifier_dropout, self.initializer_range = classifier_dropout, initializer_range
         self.task_type, self.family = task_type, family
         self.pad_token_id = pad_token_id
@@ -107,7 +110,8 @@ class DdkBertAttention(nn.Module):
         self.query, self.key, self.value = linear(d, inner), linear(d, inner), linear(d, inner)
         self.output = linear(inner, d)
         self.norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob if getattr(config, "attention_output_dropout", True)
+                                  else 0.0)
 
     def forward(self, x, mask):
         if self.num_heads == 0:

@@ -36,6 +36,8 @@ class TransformerConfig:
     embedding_size: width of the word / position / token-type embeddings and their LayerNorm when it
       differs from hidden_size (ELECTRA-small: 128 -> 256); a linear ``embeddings.project`` then maps
       them to hidden_size. None = hidden_size (no projection).
+    attention_output_dropout: whether hidden dropout follows the attention output projection (BERT
+      does; DistilBERT does not). Train mode only.
     attention_probs_dropout_prob: recorded for export only; the engine applies no dropout to attention
       probabilities (the fused ops have none, and distillation normally runs without it).
     """
@@ -57,6 +59,7 @@ class TransformerConfig:
     causal: bool = False
     hidden_dropout_prob: float = 0.1
     attention_probs_dropout_prob: float = 0.1
+    attention_output_dropout: bool = True
     classifier_dropout: float | None = None
     initializer_range: float = 0.02
     num_labels: int = 2

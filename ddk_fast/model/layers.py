@@ -170,7 +170,9 @@ class MaskedLayer(nn.Module):
         super().__init__()
         d = config.hidden_size
         self.attention = MaskedSelfAttention(d, config.num_heads[layer_idx], config.head_dim,
-                                             config.layer_norm_eps, config.hidden_dropout_prob, config.causal)
+                                             config.layer_norm_eps,
+                                             config.hidden_dropout_prob if config.attention_output_dropout else 0.0,
+                                             config.causal)
         self.ffn = MaskedFFN(d, config.intermediate_sizes[layer_idx], config.hidden_act, config.layer_norm_eps,
                              config.hidden_dropout_prob)
 

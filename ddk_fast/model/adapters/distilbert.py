@@ -6,8 +6,7 @@ n_layers / activation / dropout / attention_dropout / seq_classif_dropout; weigh
 output_layer_norm; no token-type embeddings; LayerNorm eps fixed at 1e-12; and the head
 pre_classifier -> ReLU -> dropout -> classifier on the first token (no tanh pooler). Sinusoidal
 position embeddings (sinusoidal_pos_embds) are stored in the checkpoint like learned ones.
-In train mode DistilBERT has no dropout on the attention output; the masked layers apply
-hidden dropout there as BERT does (eval-mode outputs are identical).
+DistilBERT has no dropout after the attention output (attention_output_dropout=False).
 """
 from __future__ import annotations
 
@@ -55,7 +54,7 @@ class DistilBertAdapter(BertFamilyAdapter):
             type_vocab_size=0, pad_token_id=pad_token_id(hf),
             position_style=self.position_style, head_style=self.head_style,
             hidden_dropout_prob=float(hf.get("dropout", 0.1)),
-            attention_probs_dropout_prob=float(hf.get("attention_dropout", 0.1)),
+            attention_probs_dropout_prob=float(hf.get("attention_dropout", 0.1)), attention_output_dropout=False,
             classifier_dropout=float(hf.get("seq_classif_dropout", 0.2)),
             initializer_range=float(hf.get("initializer_range", 0.02)),
             num_labels=num_labels, task_type=task_type, id2label=matching_labels(hf, num_labels))
