@@ -12,11 +12,11 @@ from typing import Any
 
 TASK_TYPES = ("classification", "regression")
 POSITION_STYLES = ("absolute", "padding_offset")
-HEAD_STYLES = ("bert", "roberta", "distilbert", "electra")
 # head_style -> (dropout before the dense layer too, activation after it). Why a table: the four stock
 # sequence-classification heads differ only in these two choices (see TransformerConfig.head_style).
 _HEADS = {"bert": (False, "tanh"), "roberta": (True, "tanh"), "distilbert": (False, "relu"),
           "electra": (True, "gelu")}
+HEAD_STYLES = tuple(_HEADS)
 
 
 @dataclass
