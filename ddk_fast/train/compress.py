@@ -120,7 +120,7 @@ def catalog_options(cfg: CompressConfig):
 
 def load_teacher(path: str, spec):
     """The fine-tuned teacher as a MaskedTransformer (+ its tokenizer); one-line errors otherwise."""
-    from ddk_fast.model import MaskedTransformer, supported_model_types
+    from ddk_fast.model import MaskedTransformer, refusal
     from ddk_fast.model.masked_transformer import DDK_MODEL_TYPE
     from ddk_fast.train.hf import check_label_count, has_classifier_head, load_tokenizer, read_config
 
@@ -130,10 +130,9 @@ def load_teacher(path: str, spec):
     model_type = config.get("model_type", "")
     if model_type == DDK_MODEL_TYPE:
         raise UserError(f"--teacher {path!r} is already a pruned export; give the fine-tuned teacher")
-    supported = list(supported_model_types())
-    if model_type not in supported:
-        raise UserError(f"--teacher {path!r}: architecture {model_type!r} is not supported; expected one of "
-                        f"{', '.join(supported)}")
+    refused = refusal(model_type)
+    if refused is not None:
+        raise UserError(f"--teacher {path!r}: architecture {model_type!r} is not supported{refused}")
     if not has_classifier_head(config):
         raise UserError(f"--teacher {path!r} has no sequence-classification head (architectures="
                         f"{config.get('architectures')}); fine-tune it first with `ddk-fast finetune`")
