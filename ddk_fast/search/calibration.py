@@ -74,11 +74,14 @@ def _forward(model, batch: dict, path: str, **kwargs):
 
 
 def gate_gradients(model, batches: Iterable[dict], loss_fn: Callable = task_loss, path: str = "auto",
-                   device=None) -> GateGradients:
-    """Gradient of ``loss_fn(logits, labels)`` w.r.t. every gate (all gates 1) for each batch.
+                   device=None, head_mask: torch.Tensor | None = None,
+                   ffn_mask: torch.Tensor | None = None) -> GateGradients:
+    """Gradient of ``loss_fn(logits, labels)`` w.r.t. every gate for each batch, the gates set to
+    ``head_mask [L, max H]`` / ``ffn_mask [L, max I]`` (default: all 1, the whole model).
 
     ``model``: a MaskedTransformer; ``batches``: dicts with input_ids, attention_mask, labels
-    (token_type_ids optional). Weights get no gradient and are left untouched."""
+    (token_type_ids optional). Weights get no gradient and are left untouched. A 0/1 mask gives the
+    importance of every unit in the model pruned so far (iterative pruning)."""
     device = device or next(model.parameters()).device
     path = dense_path(path, device)
     heads, sizes = model.num_heads, model.intermediate_sizes
@@ -86,8 +89,8 @@ def gate_gradients(model, batches: Iterable[dict], loss_fn: Callable = task_loss
     with _frozen_eval(model):
         for batch in batches:
             batch = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
-            hg = torch.ones(len(heads), max(heads), device=device, requires_grad=True)
-            fg = torch.ones(len(sizes), max(sizes), device=device, requires_grad=True)
+            hg = _gate_values(head_mask, (len(heads), max(heads)), device)
+            fg = _gate_values(ffn_mask, (len(sizes), max(sizes)), device)
             out = _forward(model, batch, path, head_gates=hg, ffn_gates=fg)
             gh, gf = torch.autograd.grad(loss_fn(out.logits, batch["labels"]), (hg, fg), allow_unused=True)
             per_head.append(torch.zeros_like(hg) if gh is None else gh.detach())
@@ -95,6 +98,14 @@ def gate_gradients(model, batches: Iterable[dict], loss_fn: Callable = task_loss
     if not per_head:
         raise ValueError("gate_gradients: no calibration batch")
     return GateGradients(torch.stack(per_head).double().cpu(), torch.stack(per_ffn).double().cpu())
+
+
+def _gate_values(mask: torch.Tensor | None, shape: tuple, device) -> torch.Tensor:
+    if mask is None:
+        return torch.ones(shape, device=device, requires_grad=True)
+    if tuple(mask.shape) != tuple(shape):
+        raise ValueError(f"gate mask of shape {tuple(mask.shape)}: expected {tuple(shape)}")
+    return mask.detach().to(device=device, dtype=torch.float32).clone().requires_grad_(True)
 
 
 @torch.no_grad()

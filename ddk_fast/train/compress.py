@@ -394,7 +394,8 @@ class _Compression:
         cfg = self.cfg
         calib = self._calibration_batches()
         result = one_shot(self.teacher, calib, self.cost_model, self.metric, self.ratio,
-                          granularity=cfg.channel_granularity, path=cfg.path, tuning_examples=cfg.tuning_examples)
+                          granularity=cfg.channel_granularity, path=cfg.path, tuning_examples=cfg.tuning_examples,
+                          importance_iterations=cfg.importance_iterations)
         if self.ctx.distributed:
             # Every rank continues from rank 0's result: GPU reductions need not agree bitwise across
             # ranks, and ranks with different structures would build differently shaped students.

@@ -79,6 +79,7 @@ class CompressionRunConfig:
     # one-shot step: Fisher importance from these train examples, least squares on a spread subset
     calibration_examples: int = 2048
     tuning_examples: int = 512
+    importance_iterations: int = 1  # > 1: prune in that many steps of the budget, re-scoring each time
     # reporting
     latency_batch_size: int = 32
     latency_seq_len: int = 128

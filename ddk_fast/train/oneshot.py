@@ -48,16 +48,36 @@ class OneShotResult:
                                    ffn_scores=self.ffn_scores.to(device), student=student)
 
 
-def unit_scores(teacher, batches: list[dict], importance: str, path: str = "auto"):
-    """(head scores [L, H], FFN scores [L, I], per-batch gate gradients or None)."""
+def unit_scores(teacher, batches: list[dict], importance: str, path: str = "auto", structure=None):
+    """(head scores [L, H], FFN scores [L, I], per-batch gate gradients or None).
+
+    With a ``structure`` (Fisher only) the scores are those of the model pruned to it, and units it
+    removed score -1, below every kept unit (Fisher scores are >= 0), so a search never brings them back."""
     if importance == "fisher":
-        grads = gate_gradients(teacher, batches, path=path)
+        head_mask = ffn_mask = None
+        if structure is not None:
+            head_mask, ffn_mask = _masks(structure, teacher)
+        grads = gate_gradients(teacher, batches, path=path, head_mask=head_mask, ffn_mask=ffn_mask)
         head, ffn = grads.fisher()
+        if structure is not None:
+            head = torch.where(head_mask.bool(), head, torch.full_like(head, -1.0))
+            ffn = torch.where(ffn_mask.bool(), ffn, torch.full_like(ffn, -1.0))
         return head, ffn, grads
     if importance == "activation":
         head, ffn = activation_importance(teacher, batches, path=path)
         return head, ffn, None
     raise ValueError(f"importance={importance!r}: expected one of {IMPORTANCE_KINDS}")
+
+
+def _masks(structure: DerivedStructure, teacher) -> tuple[torch.Tensor, torch.Tensor]:
+    """0/1 gate masks [L, max H], [L, max I] keeping ``structure``'s units."""
+    heads, sizes = teacher.num_heads, teacher.intermediate_sizes
+    head_mask = torch.zeros(len(heads), max(heads), dtype=torch.float64)
+    ffn_mask = torch.zeros(len(sizes), max(sizes), dtype=torch.float64)
+    for l, (h, f) in enumerate(zip(structure.heads, structure.ffn)):
+        head_mask[l, list(h)] = 1.0
+        ffn_mask[l, list(f)] = 1.0
+    return head_mask, ffn_mask
 
 
 def spread_subset(batches: list, examples: int) -> list:
@@ -74,23 +94,41 @@ def spread_subset(batches: list, examples: int) -> list:
 def one_shot(teacher, batches: list[dict], cost_model, metric: str, ratio: float, granularity: int = 1,
              importance: str = "fisher", rearrange_units: bool = True, tune: bool = True,
              build_student: bool = True, path: str = "auto", ridge: float = 1e-3,
-             tuning_examples: int = 512) -> OneShotResult:
+             tuning_examples: int = 512, importance_iterations: int = 1) -> OneShotResult:
     """Run the stages on ``teacher`` (left unchanged) with calibration ``batches`` (on its device).
 
     Rearrangement needs the per-batch gradients, so it runs only with Fisher importance. The least
     squares use ``tuning_examples`` of the calibration examples (``spread_subset``): with a few hundred
     unknowns per sublayer, 512 examples (tens of thousands of tokens) already over-determine them, and
-    the tuning costs about three forward passes per example."""
+    the tuning costs about three forward passes per example.
+
+    ``importance_iterations`` k > 1 (Fisher only) prunes in k steps of the budget, 1 -> ``ratio``:
+    each step scores the units of the model pruned so far (a unit's importance depends on which
+    others remain) and removed units stay removed; each step costs one importance pass."""
+    if int(importance_iterations) < 1:
+        raise ValueError(f"importance_iterations={importance_iterations}: expected >= 1")
+    if importance_iterations > 1 and importance != "fisher":
+        raise ValueError("importance_iterations > 1 needs importance='fisher'")
     timings = {}
     t0 = time.perf_counter()
-    head_scores, ffn_scores, grads = unit_scores(teacher, batches, importance, path)
+    current = None
+    for step in range(1, int(importance_iterations)):
+        head_scores, ffn_scores, _ = unit_scores(teacher, batches, importance, path, structure=current)
+        step_ratio = 1.0 - (1.0 - ratio) * step / importance_iterations
+        current = fisher_mask_search(cost_model, head_scores, ffn_scores, step_ratio, metric, granularity)
+    head_scores, ffn_scores, grads = unit_scores(teacher, batches, importance, path, structure=current)
     timings["importance_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     searched = fisher_mask_search(cost_model, head_scores, ffn_scores, ratio, metric, granularity)
     structure, stats = searched, None
     if rearrange_units and grads is not None:
-        structure, stats = rearrange(searched, grads.heads, grads.ffn, teacher.num_heads, teacher.intermediate_sizes)
+        head_grads, ffn_grads = grads.heads, grads.ffn
+        if current is not None:
+            # units removed by earlier steps have gate 0 here: their gradients do not measure removing them
+            head_mask, ffn_mask = _masks(current, teacher)
+            head_grads, ffn_grads = head_grads * head_mask, ffn_grads * ffn_mask
+        structure, stats = rearrange(searched, head_grads, ffn_grads, teacher.num_heads, teacher.intermediate_sizes)
     timings["mask_search_s"] = time.perf_counter() - t0
 
     student, tuning = None, None

@@ -149,7 +149,8 @@ def _run(run, calib, tokenizer, dirs, log, device) -> dict:
     log.info("teacher dev: " + _fmt(state["teacher_dev"]))
     result = one_shot(teacher, calib, run.cost_model, run.metric, run.ratio, granularity=cfg.channel_granularity,
                       importance=cfg.importance, rearrange_units=cfg.rearrange, tune=cfg.tune, path=cfg.path,
-                      ridge=cfg.ridge, tuning_examples=cfg.tuning_examples)
+                      ridge=cfg.ridge, tuning_examples=cfg.tuning_examples,
+                      importance_iterations=cfg.importance_iterations)
     stages = [("mask_search", result.searched)]
     if result.rearrangement is not None:
         stages.append(("rearranged", result.structure))
