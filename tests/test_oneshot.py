@@ -237,3 +237,65 @@ def test_spread_subset_strides_over_length_sorted_batches():
     picked = spread_subset(data, 12)
     assert len(picked) == 3 and [b["input_ids"].shape[1] for b in picked] == [40, 37, 34]
     assert spread_subset(data, 1000) == data
+
+
+# ------------------------------------------------------------------------------------------ iterative
+def test_gate_gradients_at_a_mask_match_finite_differences_there():
+    model = tiny(torch.float64)
+    data = batches(n=2)
+    head_mask = torch.tensor([[1.0, 0.0, 1.0, 1.0], [0.0, 1.0, 1.0, 0.0]], dtype=torch.float64)
+    ffn_mask = torch.ones(2, 12, dtype=torch.float64)
+    ffn_mask[0, :5] = 0
+    grads = gate_gradients(model, data, path="reference", head_mask=head_mask, ffn_mask=ffn_mask)
+    eps = 1e-6
+    for b, batch in enumerate(data):
+        # a gate exactly 0 is a pruned unit: the engine skips it, so it has no gradient
+        assert float(grads.heads[b, 0, 1]) == 0.0 and float(grads.ffn[b, 0, 3]) == 0.0
+        for kind, l, i in (("head", 0, 2), ("head", 1, 1), ("ffn", 0, 6), ("ffn", 1, 7)):
+            losses = []
+            for sign in (1, -1):
+                hg, fg = head_mask.clone(), ffn_mask.clone()
+                (hg if kind == "head" else fg)[l, i] += sign * eps
+                out = model(batch["input_ids"], attention_mask=batch["attention_mask"], head_gates=hg, ffn_gates=fg,
+                            path="reference")
+                losses.append(float(task_loss(out.logits.detach(), batch["labels"])))
+            fd = (losses[0] - losses[1]) / (2 * eps)
+            got = float((grads.heads if kind == "head" else grads.ffn)[b, l, i])
+            assert got == pytest.approx(fd, rel=1e-5, abs=1e-9)
+    with pytest.raises(ValueError, match="gate mask of shape"):
+        gate_gradients(model, data, head_mask=torch.ones(2, 3))
+
+
+def test_iterative_one_shot_shrinks_nested_structures_to_the_budget(monkeypatch):
+    import ddk_fast.train.oneshot as oneshot
+
+    model, data = tiny(layers=3), batches(n=3)
+    cm = CostModel(16, 4, model.num_heads, model.intermediate_sizes)
+    steps = []
+    real = oneshot.fisher_mask_search
+
+    def recording(cost_model, head_scores, ffn_scores, ratio, *args):
+        found = real(cost_model, head_scores, ffn_scores, ratio, *args)
+        steps.append((ratio, found))
+        return found
+
+    monkeypatch.setattr(oneshot, "fisher_mask_search", recording)
+    result = oneshot.one_shot(model, data, cm, "params", 0.4, importance_iterations=3, rearrange_units=False,
+                              tune=False, path="reference")
+    assert [round(r, 6) for r, _ in steps] == [0.8, 0.6, 0.4]
+    for (_, bigger), (_, smaller) in zip(steps, steps[1:]):
+        for layer in range(3):  # a unit removed by an earlier step never comes back
+            assert set(smaller.heads[layer]) <= set(bigger.heads[layer])
+            assert set(smaller.ffn[layer]) <= set(bigger.ffn[layer])
+    assert result.structure.ratio(cm, "params") <= 0.4 + 1e-9
+    # units removed before the last step score below every kept one
+    removed = [h for h in range(4) if h not in steps[1][1].heads[0]]
+    assert all(float(result.head_scores[0, h]) == -1.0 for h in removed)
+    assert float(result.head_scores.max()) >= 0
+
+    single = oneshot.one_shot(model, data, cm, "params", 0.4, rearrange_units=False, tune=False, path="reference")
+    assert float(single.head_scores.min()) >= 0  # one step: plain Fisher of the whole model
+    with pytest.raises(ValueError, match="importance_iterations=0"):
+        oneshot.one_shot(model, data, cm, "params", 0.4, importance_iterations=0)
+    with pytest.raises(ValueError, match="needs importance='fisher'"):
+        oneshot.one_shot(model, data, cm, "params", 0.4, importance="activation", importance_iterations=2)

@@ -125,7 +125,7 @@ def one_shot(teacher, batches: list[dict], cost_model, metric: str, ratio: float
     if rearrange_units and grads is not None:
         head_grads, ffn_grads = grads.heads, grads.ffn
         if current is not None:
-            # units removed by earlier steps have gate 0 here: their gradients do not measure removing them
+            # units removed by earlier steps have gate 0: skipped by the engine, no gradient; keep it so
             head_mask, ffn_mask = _masks(current, teacher)
             head_grads, ffn_grads = head_grads * head_mask, ffn_grads * ffn_mask
         structure, stats = rearrange(searched, head_grads, ffn_grads, teacher.num_heads, teacher.intermediate_sizes)
