@@ -189,3 +189,22 @@ def test_resume_with_the_cache_equals_an_uninterrupted_run(tmp_path, glue_dir, m
     assert cache["cached_examples"] == 32 and cache["bytes"] > 0
     assert report["teacher_cache"]["rebuild_batches"] == 4  # the last resume replayed the filling epoch
     assert not any(name.startswith("teacher_cache") for _, _, files in os.walk(out) for name in files)
+
+
+def test_distill_command_fills_in_the_first_epoch_and_hits_after(tmp_path, glue_dir):
+    from ddk_fast.train.student_kd import build_distill_config, run_distill
+
+    teacher = make_tiny_bert(tmp_path / "teacher", layers=2, heads=4, hidden=32, intermediate=64)
+    flags = dict(teacher=teacher, task="mrpc", data_dir=glue_dir, output=str(tmp_path / "student"), recipe="tinybert",
+                 student_layers=1, steps=8, max_train_examples=32, max_eval_examples=16, max_seq_len=24, batch_size=8, lr=1e-3,
+                 progress=False, device="cpu", teacher_cache="memory", teacher_cache_dtype="fp16")
+    report = run_distill(build_distill_config(flags))
+    cache = report["teacher_cache"]
+    # 4 batches per epoch: the first stage's 4 steps fill, the second stage's 4 steps hit
+    assert cache["mode"] == "memory" and cache["dtype"] == "float16"
+    assert (cache["miss_batches"], cache["hit_batches"], cache["cached_examples"]) == (4, 4, 32)
+    assert "hidden_states" in cache["outputs"] and "logits" in cache["outputs"]
+    off = run_distill(build_distill_config(dict(flags, output=str(tmp_path / "off"), teacher_cache="off")))
+    assert off["teacher_cache"] == {"mode": "off"}
+    # the first stage (all misses) is the uncached run itself
+    assert off["history"][:4] == report["history"][:4]

@@ -171,7 +171,8 @@ class TeacherCache:
             self.stats["hit_batches"] += 1
             self.stats["hit_examples"] += len(ids)
             return self._gather(ids, batch["input_ids"].shape[1], batch["input_ids"].device)
-        out = teacher_outputs(teacher, batch, path, kwargs if kwargs is not None else self.kwargs)
+        # the cache's outputs too (a stage may ask for fewer than a later one needs stored)
+        out = teacher_outputs(teacher, batch, path, {**self.kwargs, **(kwargs or {})})
         self.stats["miss_batches"] += 1
         self._fill(ids, out)
         return out
@@ -179,10 +180,8 @@ class TeacherCache:
     def rebuild(self, teacher, batches, path: str = "auto") -> None:
         """Replay ``batches`` (``(batch on its device, example_ids)`` pairs, in training order) through the
         fill rule: what the cache held at that point of an uninterrupted run, it holds now."""
-        for batch, ids in batches:
+        for batch, ids in batches:  # every batch is taken: the caller's iterator must end up past them
             ids = np.asarray(ids, dtype=np.int64)
-            if self.filled.all():
-                return
             if not self.filled[ids].all():
                 self._fill(ids, teacher_outputs(teacher, batch, path, self.kwargs))
                 self.stats["rebuild_batches"] += 1
