@@ -17,6 +17,10 @@ first epoch is the uncached run); a batch whose rows are all cached gets them ba
 A row is stored from the batch it first appeared in; a later batch pads it differently, which moves the
 teacher's fp32 result only at the last bits (see tests/test_teacher_cache.py for the tolerances).
 
+Device reads: rows are looked up by host-side example ids and token counts (no device read); on a
+GPU the filling epoch copies each stored output to the host once per step, later epochs only copy
+host rows to the device.
+
 Resume: the cache is not persisted; ``rebuild`` replays the batches already trained on (their order is
 a function of seed and epoch) through the same fill rule, so the resumed run sees the same hits, misses
 and stored values as an uninterrupted one.
