@@ -36,7 +36,7 @@ if HERE not in sys.path:  # run as a script: the sibling suites import as top-le
 from bench_search_step import make_step  # noqa: E402
 
 from ddk_fast.bench.targets import Measurement, Target, write_report  # noqa: E402
-from ddk_fast.bench.timing import median_ms  # noqa: E402
+from ddk_fast.bench.timing import spread_ms  # noqa: E402
 from ddk_fast.doctor import collect  # noqa: E402
 from ddk_fast.ops import distill_losses as D  # noqa: E402
 from ddk_fast.ops.gated_attention import gated_attention  # noqa: E402
@@ -101,8 +101,9 @@ class Setting:
         t = (torch.randn(*shape, generator=gen) * scale).to(self.device, self.dtype)
         return t.requires_grad_(grad)
 
-    def time(self, fn, inner: int = 1) -> float:
-        return median_ms(fn, self.device, warmup=self.warmup, reps=self.reps, inner=inner)
+    def time(self, fn, inner: int = 1) -> tuple[float, float, float]:
+        """(median, fastest, slowest) ms: unpack into a Measurement's median_ms, low_ms, high_ms."""
+        return spread_ms(fn, self.device, warmup=self.warmup, reps=self.reps, inner=inner)
 
 
 # ---- cases -------------------------------------------------------------------------------------------
@@ -124,12 +125,12 @@ def attention_case(s: Setting) -> list[Measurement]:
             o = gated_attention(q, k, v, gate, path="triton", active=active)
             torch.autograd.grad(o, (q, k, v), grad)
 
-        out.append(Measurement("gated_attention", "triton", "fwd+bwd", keep, shape, s.time(triton_call)))
+        out.append(Measurement("gated_attention", "triton", "fwd+bwd", keep, shape, *s.time(triton_call)))
 
     def sdpa_call():
         torch.autograd.grad(F.scaled_dot_product_attention(q, k, v), (q, k, v), grad)
 
-    out.append(Measurement("gated_attention", "sdpa", "fwd+bwd", 1.0, shape, s.time(sdpa_call)))
+    out.append(Measurement("gated_attention", "sdpa", "fwd+bwd", 1.0, shape, *s.time(sdpa_call)))
     return out
 
 
@@ -162,8 +163,8 @@ def ffn_case(s: Setting) -> list[Measurement]:
             y = F.linear(F.gelu(F.linear(x, wi, bi)), wo, b_out)
             torch.autograd.grad(y, (x, wi, bi, wo, b_out), grad)
 
-        out.append(Measurement("masked_ffn", "triton", "fwd+bwd", keep, shape, s.time(triton_call)))
-        out.append(Measurement("masked_ffn", "cublas", "fwd+bwd", keep, shape, s.time(cublas_call)))
+        out.append(Measurement("masked_ffn", "triton", "fwd+bwd", keep, shape, *s.time(triton_call)))
+        out.append(Measurement("masked_ffn", "cublas", "fwd+bwd", keep, shape, *s.time(cublas_call)))
     return out
 
 
@@ -203,7 +204,7 @@ def losses_case(s: Setting) -> list[Measurement]:
         torch.autograd.grad(compiled_loss(hs, ht, as_, at, ls, lt, hw, aw, mask), leaves)
 
     shape = f"L{layers} B{b} S{n} d{d} A{a} {str(s.dtype).replace('torch.', '')}"
-    return [Measurement("distill_losses", name, "fwd+bwd", None, shape, s.time(fn))
+    return [Measurement("distill_losses", name, "fwd+bwd", None, shape, *s.time(fn))
             for name, fn in (("fused", fused), ("eager", eager), ("compile", compiled))]
 
 
@@ -220,7 +221,7 @@ def search_case(s: Setting) -> list[Measurement]:
 
         label = shape + ("" if s.dry_run else " bf16 autocast")
         out.append(Measurement("search_step", provider, "step", SEARCH_KEEP, label,
-                               median_ms(call, s.device, warmup=min(s.warmup, 2), reps=min(s.reps, 5))))
+                               *spread_ms(call, s.device, warmup=min(s.warmup, 2), reps=min(s.reps, 5))))
     return out
 
 
@@ -269,7 +270,10 @@ def main(argv=None) -> int:
     results, failed = run(opts.out or GPU_RESULTS, opts.dry_run, tuple(opts.only))
     for r in results:
         ratio = "-" if r["ratio"] is None else f"{r['ratio']:.3f}"
-        print(f"[gpu_suite] target {r['name']}: {ratio} (bound {r['bound']:.3f}) {r['status']}")
+        spread = "" if not r.get("spread") else f" spread {r['spread'][0]:.3f}-{r['spread'][1]:.3f}"
+        status = "not judged (dry run)" if opts.dry_run else r["status"] + (" (spread crosses the bound)"
+                                                                             if r.get("spread_crosses_bound") else "")
+        print(f"[gpu_suite] target {r['name']}: {ratio}{spread} (bound {r['bound']:.3f}) {status}")
     return 1 if failed else 0
 
 

@@ -3,7 +3,8 @@
 Each timed case calls :func:`tag` with the subject (op or workload), the provider (the path being
 timed), the mode (fwd, fwd+bwd, step, infer), the keep ratio and a shape string. Cases that share
 everything but the provider form one comparison row; the baseline provider of the row is the
-pure-PyTorch path ("reference", or stock "transformers" for inference).
+pure-PyTorch path ("reference", or stock "transformers" for inference; "uncached" for whole runs with
+the teacher cache off).
 A case that has a performance goal passes ``target_ratio=`` (its time / the baseline's time must not
 exceed it, e.g. 0.625 for "1.6x faster"); the report lists those rows under "Targets".
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import os
 
-BASELINES = ("reference", "transformers", "eager")
+BASELINES = ("reference", "transformers", "eager", "uncached")
 QUICK_ENV = "DDK_BENCH_QUICK"
 DEVICE_ENV = "DDK_BENCH_DEVICE"
 

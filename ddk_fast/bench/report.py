@@ -29,6 +29,7 @@ def rows_from_pytest_benchmark(data: dict) -> list[dict]:
             "shape": info.get("shape", ""),
             "median_s": stats["median"],
             "min_s": stats.get("min"),
+            "max_s": stats.get("max"),
             "mean_s": stats["mean"],
             "stddev_s": stats["stddev"],
             "rounds": stats["rounds"],
@@ -54,10 +55,40 @@ def comparison_table(rows: list[dict]) -> list[dict]:
                 "subject": subject, "mode": mode, "keep": None if keep == -1 else keep, "shape": shape,
                 "provider": name, "baseline": baseline_name, "median_ms": row["median_s"] * 1e3,
                 "ratio_to_baseline": (row["median_s"] / base["median_s"]) if base else None,
+                "ratio_spread": ratio_spread(row, base) if base else None,
                 "peak_mem_mb": None if row["peak_mem_bytes"] is None else row["peak_mem_bytes"] / 2**20,
                 "target_ratio": row["extra"].get("target_ratio"),
             })
     return table
+
+
+def ratio_spread(row: dict, base: dict) -> list[float] | None:
+    """The range the time ratio can take over the timed rounds: [fastest row / slowest baseline,
+    slowest row / fastest baseline]; None when either side ran a single round (no spread known).
+
+    Why: a verdict on a median ratio means little when the rounds of either path scatter across the
+    target; the range says how far the verdict can be trusted."""
+    if min(row.get("rounds") or 0, base.get("rounds") or 0) < 2:
+        return None
+    lows, highs = (row.get("min_s"), base.get("min_s")), (row.get("max_s"), base.get("max_s"))
+    if None in lows or None in highs or lows[1] <= 0:
+        return None
+    return [lows[0] / highs[1], highs[0] / lows[1]]
+
+
+def verdict(ratio: float | None, bound: float, spread: list[float] | None, quick: bool) -> str:
+    """"yes"/"NO" when the whole spread is on one side of the bound; "unclear" when it straddles it;
+    "not judged" in quick mode, whose small shapes do not show what the target is about."""
+    if quick:
+        return "not judged (quick shapes)"
+    if ratio is None:
+        return "unknown"
+    met = "yes" if ratio <= bound else "NO"
+    if spread is None:
+        return f"{met} (no spread: one round or no min/max)"
+    if spread[0] <= bound < spread[1]:
+        return f"unclear (median {'meets' if met == 'yes' else 'misses'}; spread crosses the target)"
+    return met
 
 
 def markdown(table: list[dict], header: dict) -> str:
@@ -65,7 +96,7 @@ def markdown(table: list[dict], header: dict) -> str:
     lines += [f"- {k}: {v}" for k, v in header.items()]
     lines += ["", "Ratio = median time of the provider / median time of the baseline (pure-PyTorch path) "
               "in the same run; < 1 means faster.", ""]
-    lines += target_lines(table)
+    lines += target_lines(table, quick=bool(header.get("quick")))
     subjects = []
     for row in table:
         if row["subject"] not in subjects:
@@ -83,21 +114,28 @@ def markdown(table: list[dict], header: dict) -> str:
     return "\n".join(lines)
 
 
-def target_lines(table: list[dict]) -> list[str]:
-    """A "Targets" section: every row whose case declared ``target_ratio`` (met when ratio <= target)."""
+def target_lines(table: list[dict], quick: bool = False) -> list[str]:
+    """A "Targets" section: every row whose case declared ``target_ratio`` (met when ratio <= target),
+    with the ratio's spread over the rounds; quick runs list the rows but judge none."""
     rows = [r for r in table if r.get("target_ratio") is not None]
     if not rows:
         return []
-    lines = ["## Targets", "", "| subject | mode | keep | provider | vs | ratio | target | speed-up | met |",
-             "|---|---|---|---|---|---:|---:|---:|---|"]
+    lines = ["## Targets", ""]
+    if quick:
+        lines += ["Quick run: small shapes and one round, where these ratios do not carry over to the sizes the "
+                  "targets are about; no verdict is given (run without --quick to judge them).", ""]
+    lines += ["| subject | mode | keep | provider | vs | ratio | spread | target | speed-up | met |",
+              "|---|---|---|---|---|---:|---:|---:|---:|---|"]
     for r in rows:
-        ratio, keep = r["ratio_to_baseline"], "" if r["keep"] is None else f"{r['keep']:g}"
+        ratio, keep, spread = r["ratio_to_baseline"], "" if r["keep"] is None else f"{r['keep']:g}", r.get("ratio_spread")
+        met = verdict(ratio, r["target_ratio"], spread, quick)
         if ratio is None:
-            got, speedup, met = "no baseline", "", "unknown"
+            got, speedup = "no baseline", ""
         else:
-            got, speedup, met = f"{ratio:.3f}", f"{1 / ratio:.2f}x", "yes" if ratio <= r["target_ratio"] else "NO"
+            got, speedup = f"{ratio:.3f}", f"{1 / ratio:.2f}x"
+        spread_txt = "" if spread is None else f"{spread[0]:.3f}-{spread[1]:.3f}"
         lines.append(f"| {r['subject']} | {r['mode']} | {keep} | {r['provider']} | {r['baseline'] or ''} | {got} | "
-                     f"<= {r['target_ratio']:.3f} | {speedup} | {met} |")
+                     f"{spread_txt} | <= {r['target_ratio']:.3f} | {speedup} | {met} |")
     return lines + [""]
 
 

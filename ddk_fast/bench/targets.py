@@ -22,6 +22,8 @@ class Measurement:
     keep: float | None
     shape: str
     median_ms: float
+    low_ms: float | None = None  # fastest and slowest of the timed reps: the spread behind the median
+    high_ms: float | None = None
 
     @property
     def key(self) -> tuple:
@@ -47,7 +49,12 @@ class Target:
             missing = [str(k) for k, m in ((self.numerator, num), (self.denominator, den)) if m is None]
             return dict(row, ratio=None, status="not measured", missing=missing)
         ratio = num.median_ms / den.median_ms
-        return dict(row, ratio=ratio, status="met" if ratio <= self.bound else "missed")
+        spread = None
+        if None not in (num.low_ms, num.high_ms, den.low_ms, den.high_ms) and den.low_ms > 0:
+            spread = [num.low_ms / den.high_ms, num.high_ms / den.low_ms]
+        crosses = spread is not None and spread[0] <= self.bound < spread[1]
+        return dict(row, ratio=ratio, spread=spread, spread_crosses_bound=crosses,
+                    status="met" if ratio <= self.bound else "missed")
 
 
 def evaluate(measurements: list[Measurement], targets: list[Target]) -> list[dict]:
@@ -61,11 +68,18 @@ def markdown(header: dict, measurements: list[Measurement], results: list[dict])
         lines += ["**DRY RUN** on the CPU with tiny shapes: it checks that every case and target is wired; the "
                   "times and ratios below are not measurements of anything.", ""]
     lines += [f"- {k}: {v}" for k, v in header.items() if k != "dry_run"]
-    lines += ["", "## Targets", "", "| target | goal | ratio | bound | status |", "|---|---|---:|---:|---|"]
+    lines += ["", "## Targets", "", "| target | goal | ratio | spread | bound | status |", "|---|---|---:|---:|---:|---|"]
     for r in results:
         ratio = "" if r["ratio"] is None else f"{r['ratio']:.3f}"
-        status = r["status"] + (" (dry run)" if header.get("dry_run") else "")
-        lines.append(f"| {r['name']} | {r['goal']} | {ratio} | <= {r['bound']:.3f} | {status} |")
+        spread = r.get("spread")
+        spread_txt = "" if spread is None else f"{spread[0]:.3f}-{spread[1]:.3f}"
+        if header.get("dry_run"):
+            status = "not judged (dry run)"
+        elif r.get("spread_crosses_bound"):
+            status = f"unclear (median: {r['status']}; spread crosses the bound)"
+        else:
+            status = r["status"] + ("" if spread is not None or r["ratio"] is None else " (no spread)")
+        lines.append(f"| {r['name']} | {r['goal']} | {ratio} | {spread_txt} | <= {r['bound']:.3f} | {status} |")
     lines += ["", "## Times", "", "| subject | mode | keep | shape | provider | median ms |",
               "|---|---|---|---|---|---:|"]
     for m in measurements:

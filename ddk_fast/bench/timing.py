@@ -19,6 +19,13 @@ def median_ms(fn: Callable[[], object], device: torch.device | str, warmup: int 
 
     ``warmup`` calls run first (compilation, autotuning, allocator growth are not timed).
     """
+    return spread_ms(fn, device, warmup, reps, inner)[0]
+
+
+def spread_ms(fn: Callable[[], object], device: torch.device | str, warmup: int = 3, reps: int = 10,
+              inner: int = 1) -> tuple[float, float, float]:
+    """(median, fastest, slowest) over ``reps`` measurements, ms per call (see :func:`median_ms`):
+    the spread a verdict on the median needs."""
     device = torch.device(device)
     for _ in range(warmup):
         fn()
@@ -39,4 +46,4 @@ def median_ms(fn: Callable[[], object], device: torch.device | str, warmup: int 
             for _ in range(inner):
                 fn()
             times.append((time.perf_counter() - t0) * 1e3 / inner)
-    return statistics.median(times)
+    return statistics.median(times), min(times), max(times)

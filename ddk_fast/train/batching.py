@@ -11,7 +11,7 @@ import math
 from typing import Iterator
 
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 
 class ResumableBatchSampler(Sampler[list]):
@@ -85,15 +85,38 @@ class ResumableBatchSampler(Sampler[list]):
         return max(0, self.batches_per_epoch() - self.start_batch)
 
 
-def train_loader(encoded, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
-                 group_by_length: bool = True) -> DataLoader:
-    """Shuffled batches of similar lengths (dynamic padding pads each batch to its own longest row)."""
+class _WithIds(Dataset):
+    """``encoded`` whose items also carry their index, so that a batch can say which examples it holds."""
+
+    def __init__(self, encoded):
+        self.encoded = encoded
+
+    def __len__(self):
+        return len(self.encoded)
+
+    def __getitem__(self, index):
+        return index, self.encoded[index]
+
+
+def collate_with_ids(items, pad_token_id: int) -> dict:
+    """``collate`` of ``(index, features)`` items plus ``example_ids`` ([B] int64, on the host): the key the
+    teacher cache looks rows up by, whatever the batching and padding."""
     from ddk_fast.data import collate
 
+    batch = collate([f for _, f in items], pad_token_id=pad_token_id)
+    batch["example_ids"] = torch.tensor([i for i, _ in items], dtype=torch.long)
+    return batch
+
+
+def train_loader(encoded, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
+                 group_by_length: bool = True) -> DataLoader:
+    """Shuffled batches of similar lengths (dynamic padding pads each batch to its own longest row);
+    each batch carries the ``example_ids`` of its rows (indices into ``encoded``)."""
     sampler = ResumableBatchSampler(len(encoded), batch_size, shuffle=True, seed=seed, rank=rank,
                                     world_size=world_size, lengths=encoded.lengths if group_by_length else None)
     pad = encoded.pad_token_id
-    return DataLoader(encoded, batch_sampler=sampler, collate_fn=lambda feats: collate(feats, pad_token_id=pad),
+    return DataLoader(_WithIds(encoded), batch_sampler=sampler,
+                      collate_fn=lambda items: collate_with_ids(items, pad),
                       generator=torch.Generator().manual_seed(seed), num_workers=0)
 
 

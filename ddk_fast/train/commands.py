@@ -256,6 +256,12 @@ def register(sub) -> None:
     _flag(cp, "--fusion", choices=("param_free", "learned", "none"),
           help="hidden-state target: none (layer to layer, default) or DDK's recursive fusion of teacher layers")
     _flag(cp, "--hidden-loss", choices=("mse", "cosine"), help="hidden-state distillation loss")
+    _flag(cp, "--teacher-cache", choices=("auto", "memory", "disk", "off"),
+          help="teacher outputs computed once per example (first epoch) and reused by later epochs and the "
+               "distillation stage: in memory, in a memory-mapped file under the run folder, auto (memory if it "
+               "fits in a quarter of the available RAM, else disk, else off; default) or off")
+    _flag(cp, "--teacher-cache-dtype", choices=("bf16", "fp16", "fp32"),
+          help="storage precision of the teacher cache (default bf16; fp32 returns exactly what was stored)")
     cp.set_defaults(func=_cmd_compress)
     _register_companions(sub, cp)
     _register_prune(sub)

@@ -41,6 +41,7 @@ from ddk_fast.train.logging import RunLogger
 from ddk_fast.train.loop import FiniteWatch, run_epochs
 from ddk_fast.train.optim import adamw, linear_schedule
 from ddk_fast.train.rundir import copy_logs, finalize, finished_result, prepare, run_dirs, stage_dir
+from ddk_fast.train import teacher_cache
 from ddk_fast.train.stages import DistillModule, SearchModule, initial_importance, teacher_outputs, weight_parameters
 from ddk_fast.train.validate import check_positive, check_seq_len, parse_target
 
@@ -87,6 +88,11 @@ def validate(cfg: CompressConfig) -> tuple[str, float]:
         raise UserError(f"--fusion {cfg.fusion!r}: expected one of {', '.join(FUSIONS)}")
     if cfg.hidden_loss not in ("mse", "cosine"):
         raise UserError(f"--hidden-loss {cfg.hidden_loss!r}: expected mse or cosine")
+    if cfg.teacher_cache not in teacher_cache.MODES:
+        raise UserError(f"--teacher-cache {cfg.teacher_cache!r}: expected one of {', '.join(teacher_cache.MODES)}")
+    if cfg.teacher_cache_dtype not in teacher_cache.DTYPES:
+        raise UserError(f"--teacher-cache-dtype {cfg.teacher_cache_dtype!r}: expected one of "
+                        f"{', '.join(teacher_cache.DTYPES)}")
     if cfg.budget_kind not in ("lagrangian", "one_sided"):
         raise UserError(f"budget_kind {cfg.budget_kind!r}: expected lagrangian or one_sided")
     catalog_options(cfg)  # a malformed --kd is refused here, before any work
@@ -289,6 +295,9 @@ class _Compression:
                       "teacher_dev": None, "pruned_dev": None, "history": [], "structure": None,
                       "search_summary": None, "oneshot": None, "wall_before_s": 0.0,
                       "times_s": {"oneshot": 0.0, "search": 0.0, "distill": 0.0, "evaluation": 0.0}}
+        self.teacher_cache = None  # ddk_fast.train.teacher_cache.TeacherCache, built at the first stage
+        self._teacher_cache_decided = False  # built (or found off) once: a cache that is off stays off
+        self.teacher_cache_summary = {"mode": "off"}
         self._oneshot = None  # (OneShotResult, full-size student holding the tuned weights), fresh runs only
         self.file_structure = None  # the --fixed-structure FILE.json structure, read before any output
 
@@ -364,13 +373,17 @@ class _Compression:
                 self._timed("oneshot", self._run_one_shot)
             if self.state["stage"] == SEARCH:
                 self._timed("search", lambda: self._search_stage(resumed))
+                self._log_teacher_cache(SEARCH)
                 resumed = None
             if self.state["stage"] == DISTILL:
                 self._timed("distill", lambda: self._distill_stage(resumed))
+                self._log_teacher_cache(DISTILL)
+            self._close_teacher_cache()  # before the export: a disk cache lives in the work folder
             times = self.state["times_s"]
             self.info("time: " + ", ".join(f"{k} {v:.1f} s" for k, v in times.items()))
             return self._finish()
         finally:
+            self._close_teacher_cache()
             self.log.close()
 
     # --- one-shot start ---------------------------------------------------------------------------------
@@ -468,6 +481,64 @@ class _Compression:
             s.load_state_dict(resumed["payload"]["schedulers"][k])
         set_rng_state(resumed["payload"]["rng"][self.ctx.rank])
 
+    # --- teacher cache ---------------------------------------------------------------------------------
+    def _teacher_outputs(self, batch, ids, kwargs):
+        if self.teacher_cache is None:
+            return teacher_outputs(self.teacher, batch, self.cfg.path, kwargs)
+        return self.teacher_cache.outputs(self.teacher, batch, ids, self.cfg.path, kwargs)
+
+    def _ensure_teacher_cache(self, kwargs):
+        """Build the cache at the first stage (the distillation stage reuses it); on --resume, refill it
+        by replaying the batches trained on before the checkpoint (see ``TeacherCache.rebuild``)."""
+        if self.teacher_cache is not None:
+            if self.teacher_cache.covers(kwargs):
+                return
+            self._close_teacher_cache()  # this stage needs outputs the cache does not hold: a new one
+            self._teacher_cache_decided = False
+        if self._teacher_cache_decided and self.teacher_cache is None:
+            return
+        self._teacher_cache_decided = True
+        self.teacher_cache = teacher_cache.build(
+            self.cfg.teacher_cache, self.cfg.teacher_cache_dtype, self.teacher, self.train_ds, self.loader.collate_fn,
+            kwargs, self.dirs.work, self.device, self.cfg.path, info=self.info, rank=self.ctx.rank)
+        if self.teacher_cache is not None and self.mode == "resume":
+            t0 = time.perf_counter()
+            self.teacher_cache.rebuild(self.teacher, self._batches_so_far(), self.cfg.path)
+            summary = self.teacher_cache.summary()
+            self.info(f"teacher cache rebuilt for the resume: {summary['rebuild_batches']} batch(es) replayed, "
+                      f"{summary['cached_examples']} example(s) cached, {time.perf_counter() - t0:.1f} s")
+
+    def _batches_so_far(self):
+        """(batch on the device, example ids) of every step before the resumed position, in order."""
+        sampler, st = self.loader.batch_sampler, self.state
+        plan = []  # (sampler epoch, batches of it)
+        if self.cfg.fixed_structure is None:
+            done = self.cfg.search_epochs if st["stage"] == DISTILL else st["epoch"]
+            plan += [(e, None) for e in range(done)] + ([(st["epoch"], st["batch"])] if st["stage"] == SEARCH else [])
+        if st["stage"] == DISTILL:
+            plan += [(1000 + e, None) for e in range(st["epoch"])] + [(1000 + st["epoch"], st["batch"])]
+        for epoch, count in plan:
+            sampler.set_epoch(epoch, 0)
+            for b, indices in enumerate(list(iter(sampler))):
+                if count is not None and b >= count:
+                    break
+                batch = self.loader.collate_fn([self.loader.dataset[i] for i in indices])
+                yield to_device(batch, self.device), indices
+
+    def _close_teacher_cache(self):
+        if self.teacher_cache is not None:
+            self.teacher_cache_summary = self.teacher_cache.summary()
+            self.teacher_cache.close()
+            self.teacher_cache = None
+
+    def _log_teacher_cache(self, stage: str):
+        if self.teacher_cache is not None:
+            summary = self.teacher_cache_summary = self.teacher_cache.summary()
+            self.log.log("teacher_cache", step=self.state["global_step"], stage=stage, **summary)
+            self.info(f"teacher cache after {stage}: {summary['mib']} MiB {summary['mode']} ({summary['dtype']}), "
+                      f"{summary['cached_examples']}/{summary['examples']} examples, batches hit "
+                      f"{summary['hit_batches']} / missed {summary['miss_batches']} (hit rate {summary['hit_rate']:.1%})")
+
     # --- stage 2: search ------------------------------------------------------------------------------
     def _build_search(self):
         import copy
@@ -539,7 +610,11 @@ class _Compression:
                   f"{cfg.search_epochs} epoch(s), target {self.metric} ratio {self.ratio}")
         watch = FiniteWatch(ctx, self.dirs.checkpoints, self.log)
 
+        kwargs = module.objective.forward_kwargs()
+        self._ensure_teacher_cache(kwargs)
+
         def step(batch, gstep, epoch):
+            ids = batch["example_ids"]  # on the host: the cache looks rows up without a device read
             batch = to_device(batch, self.device)
             stage_step = gstep - 1 - self.state["stage_start_step"]
             tau = tau_schedule(stage_step)
@@ -547,7 +622,7 @@ class _Compression:
                 search.set_temperature(tau)
             if hasattr(search, "set_step"):
                 search.set_step(stage_step)
-            t_out = teacher_outputs(self.teacher, batch, cfg.path, module.objective.forward_kwargs())
+            t_out = self._teacher_outputs(batch, ids, kwargs)
             loss, parts, ratio, hg, fg = train_module(batch, t_out, stage_step)
             if cfg.fault_nan_at_step is not None and gstep == cfg.fault_nan_at_step:
                 loss = loss * float("nan")
@@ -704,9 +779,13 @@ class _Compression:
         self.info(f"distill: {epochs} epoch(s) of the pruned student")
         watch = FiniteWatch(ctx, self.dirs.checkpoints, self.log)
 
+        kwargs = module.objective.forward_kwargs()
+        self._ensure_teacher_cache(kwargs)
+
         def step(batch, gstep, epoch):
+            ids = batch["example_ids"]  # on the host: the cache looks rows up without a device read
             batch = to_device(batch, self.device)
-            t_out = teacher_outputs(self.teacher, batch, cfg.path, module.objective.forward_kwargs())
+            t_out = self._teacher_outputs(batch, ids, kwargs)
             loss, parts = train_module(batch, t_out)
             if cfg.fault_nan_at_step is not None and gstep == cfg.fault_nan_at_step:
                 loss = loss * float("nan")
@@ -748,6 +827,7 @@ class _Compression:
         if ctx.is_main:
             student = load_pruned(self.dirs.best)
             report = build_report(self, student)
+            report["teacher_cache"] = self.teacher_cache_summary
             staged = stage_dir(self.dirs)
             try:
                 save_pruned(student, staged, tokenizer=self.tokenizer, overwrite=True)

@@ -138,6 +138,10 @@ class CompressConfig(CompressionRunConfig):
     kd: Optional[str] = None
     save_steps: int = 500
     log_steps: int = 10
+    # teacher outputs computed once per example and reused (ddk_fast.train.teacher_cache): auto | memory |
+    # disk | off, stored in bf16 | fp16 | fp32
+    teacher_cache: str = "auto"
+    teacher_cache_dtype: str = "bf16"
     # testing hooks (not CLI flags)
     stop_after_steps: Optional[int] = None
     fault_nan_at_step: Optional[int] = None

@@ -14,15 +14,20 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any, Callable, Iterator, Optional
 
 import torch
 
 from ddk_fast.distill.objectives import kd_options_help
 from ddk_fast.errors import UserError
+from ddk_fast.train import teacher_cache
 from ddk_fast.train.config import parse_kd
+from ddk_fast.train.evaluation import to_device
 from ddk_fast.train.loop import FirstNonFinite, host_scalars
 
 LM_TASK = "lm"
@@ -69,6 +74,8 @@ class DistillConfig:
     progress: bool = True
     stop_after_steps: Optional[int] = None  # testing hook: stop as if killed after this global step
     kd: dict = field(default_factory=dict)
+    teacher_cache: str = "auto"  # auto | memory | disk | off (GLUE tasks; ddk_fast.train.teacher_cache)
+    teacher_cache_dtype: str = "bf16"
 
 
 PRESETS = {
@@ -147,6 +154,8 @@ class TaskData:
     higher_is_better: bool
     num_train: int
     num_dev: int
+    train_ds: Any = None  # the EncodedDataset behind ``batches`` (GLUE; None for text blocks): the teacher cache's rows
+    collate_fn: Optional[Callable] = None
 
 
 def _endless_glue(loader) -> Iterator[dict]:
@@ -221,7 +230,7 @@ def task_data(cfg, tokenizer, task_type: str, device) -> TaskData:
         return evaluate(model, logits, dev_loader, device, spec.name)
 
     return TaskData(spec.name, task_type, _endless_glue(loader), run_eval, spec.main_metric, True, len(train_ds),
-                    len(dev_ds))
+                    len(dev_ds), train_ds, loader.collate_fn)
 
 
 # ------------------------------------------------------------------------------------------- loop
@@ -229,7 +238,7 @@ def kd_train(student, teacher, objective, batches: Iterator[dict], steps: int, *
              warmup_ratio: float, max_grad_norm: float, device, path: str = "auto", log=None, stage: str = "distill",
              log_steps: int = 50, progress: bool = False, start_step: int = 0,
              on_setup: Optional[Callable] = None, after_step: Optional[Callable[[int, Optional[dict]], None]] = None,
-             check_every: Optional[int] = None) -> list[dict]:
+             check_every: Optional[int] = None, cache=None) -> list[dict]:
     """``steps`` optimizer steps of ``objective`` (student + objective parameters); returns logged parts.
 
     Resumable runs pass ``on_setup(optimizer, scheduler)`` (restore their states, keep them for
@@ -238,10 +247,10 @@ def kd_train(student, teacher, objective, batches: Iterator[dict], steps: int, *
     and ``check_every`` (their checkpoint interval). Raises ``TrainingDiverged`` naming the first step
     whose loss or gradient norm was not finite; the check runs on the device and is read at log steps,
     every ``check_every`` steps (before ``after_step`` can checkpoint) and at the last step, so no
-    checkpoint is written after that step and there is no host read per step.
+    checkpoint is written after that step and there is no host read per step. ``cache``: a
+    ``TeacherCache`` the teacher outputs are read from (batches must carry ``example_ids``).
     """
     from ddk_fast.train.errors import TrainingDiverged
-    from ddk_fast.train.evaluation import to_device
     from ddk_fast.train.logging import progress as bar_of
     from ddk_fast.train.optim import adamw, linear_schedule
 
@@ -260,11 +269,15 @@ def kd_train(student, teacher, objective, batches: Iterator[dict], steps: int, *
     bar = bar_of(range(start_step, steps), total=steps, desc=stage, enabled=progress, initial=start_step)
     for step in bar:
         entry = None
-        batch = to_device(next(batches), device)
+        raw = next(batches)
+        batch = to_device(raw, device)
         args = (batch["input_ids"],)
         fwd = dict(attention_mask=batch["attention_mask"], token_type_ids=batch.get("token_type_ids"), path=path, **kw)
-        with torch.no_grad():
-            t_out = teacher(*args, **fwd)
+        if cache is not None:  # example ids read from the host batch: no device read
+            t_out = cache.outputs(teacher, batch, raw["example_ids"], path, kw)
+        else:
+            with torch.no_grad():
+                t_out = teacher(*args, **fwd)
         s_out = student(*args, **fwd)
         loss, parts = objective(s_out, t_out, batch)
         opt.zero_grad(set_to_none=True)
@@ -313,6 +326,11 @@ def validate(cfg: DistillConfig) -> None:
         check_positive(name, getattr(cfg, name))
     if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
         raise UserError(f"--lr {cfg.lr!r}: expected a positive finite number")
+    if cfg.teacher_cache not in teacher_cache.MODES:
+        raise UserError(f"--teacher-cache {cfg.teacher_cache!r}: expected one of {', '.join(teacher_cache.MODES)}")
+    if cfg.teacher_cache_dtype not in teacher_cache.DTYPES:
+        raise UserError(f"--teacher-cache-dtype {cfg.teacher_cache_dtype!r}: expected one of "
+                        f"{', '.join(teacher_cache.DTYPES)}")
 
 
 def run_distill(cfg: DistillConfig) -> dict:
@@ -386,14 +404,44 @@ class _DistillRun:
                 self.state.update(state)
         if self.state["teacher_dev"] is None:
             self.state["teacher_dev"] = self.data.evaluate(self.teacher)
-        skip_batches(self.data.batches, self._consumed())
-        for index, ((name, _, steps), objective) in enumerate(zip(self.stages, self.objectives)):
-            if index < self.state["stage_index"]:
-                continue
-            self._run_stage(index, name, steps, objective, resumed)
-            resumed = None
-            self.state.update(stage_index=index + 1, step=0)
+        try:
+            self._build_cache()
+            if self.cache is None:
+                skip_batches(self.data.batches, self._consumed())
+            else:  # the batches a resumed run already used refill the cache as they did the first time
+                self.cache.rebuild(self.teacher, ((to_device(b, self.device), b["example_ids"])
+                                                  for b in islice(self.data.batches, self._consumed())), self.cfg.path)
+            for index, ((name, _, steps), objective) in enumerate(zip(self.stages, self.objectives)):
+                if index < self.state["stage_index"]:
+                    continue
+                self._run_stage(index, name, steps, objective, resumed)
+                resumed = None
+                self.state.update(stage_index=index + 1, step=0)
+            if self.cache is not None:
+                self.cache_summary = self.cache.summary()
+                if self.dirs is not None:
+                    self.log.log("teacher_cache", step=self._consumed(), **self.cache_summary)
+        finally:
+            if self.cache is not None:
+                self.cache.close()
+            if self.dirs is None and self.cache_folder is not None:
+                shutil.rmtree(self.cache_folder, ignore_errors=True)
         return self._finish()
+
+    def _build_cache(self):
+        """One cache for every stage: it holds what any stage's objective asks of the teacher."""
+        self.cache, self.cache_summary, self.cache_folder = None, {"mode": "off"}, None
+        if self.data.train_ds is None:  # text blocks carry no example ids
+            return
+        kwargs = {}
+        for objective in self.objectives:
+            kwargs.update(objective.forward_kwargs())
+        folder = self.cache_folder = (self.dirs.work if self.dirs is not None
+                                      else tempfile.mkdtemp(prefix="ddk_teacher_cache_"))
+        info = self.log.info if self.dirs is not None else (lambda msg: None)
+        self.cache = teacher_cache.build(self.cfg.teacher_cache, self.cfg.teacher_cache_dtype, self.teacher,
+                                         self.data.train_ds, self.data.collate_fn, kwargs, folder, self.device,
+                                         self.cfg.path, info=info)
 
     def _run_stage(self, index: int, name: str, steps: int, objective, resumed) -> None:
         from ddk_fast.train.resumable import StepCheckpoints, stop_if_asked
@@ -418,7 +466,7 @@ class _DistillRun:
                  weight_decay=cfg.weight_decay, warmup_ratio=cfg.warmup_ratio, max_grad_norm=cfg.max_grad_norm,
                  device=self.device, path=cfg.path, log=self.log if self.dirs is not None else None, stage=name,
                  log_steps=cfg.log_steps, progress=cfg.progress, start_step=self.state["step"], on_setup=on_setup,
-                 after_step=after_step, check_every=cfg.save_steps)
+                 after_step=after_step, check_every=cfg.save_steps, cache=self.cache)
 
     def _finish(self) -> dict:
         from ddk_fast.train.resumable import publish
@@ -439,6 +487,7 @@ class _DistillRun:
             "teacher_params": sum(p.numel() for p in self.teacher.parameters()),
             "train_examples": data.num_train, "dev_examples": data.num_dev, "history": self.state["history"],
             "resumed": self.mode == "resume", "wall_time_s": wall, "config": dataclasses.asdict(cfg),
+            "teacher_cache": self.cache_summary,
         }
         if self.dirs is None:
             return dict(report, output=None)
@@ -490,6 +539,10 @@ def register(sub) -> None:
         p.add_argument(flag, type=typ, default=None)
     p.add_argument("--device", default=None)
     p.add_argument("--path", default=None, choices=("auto", "compact", "reference", "triton"))
+    p.add_argument("--teacher-cache", default=None, choices=teacher_cache.MODES,
+                   help="teacher outputs computed once per example and reused: auto (default), memory, disk, off")
+    p.add_argument("--teacher-cache-dtype", default=None, choices=tuple(teacher_cache.DTYPES),
+                   help="storage precision of the teacher cache (default bf16)")
     p.add_argument("--overwrite", action="store_const", const=True, default=None)
     p.add_argument("--save-steps", type=int, default=None, help="write a resumable checkpoint every N steps")
     p.add_argument("--resume", action="store_const", const=True, default=None,
