@@ -149,7 +149,7 @@ def load_teacher(path: str, spec):
         raise UserError(f"--teacher {path!r}: cannot read the model ({first})") from None
     if teacher.pruned_from is not None:
         raise UserError(f"--teacher {path!r} is already a pruned export; give the fine-tuned teacher")
-    if getattr(spec, "is_custom", False) and not spec.is_regression:  # the export's config names the labels
+    if getattr(spec, "is_custom", False):  # the export's config names the labels (regression: the column)
         teacher.config.id2label = dict(enumerate(spec.label_names))
     return teacher, load_tokenizer(path)
 

@@ -185,6 +185,12 @@ def run_sweep(teacher: str, task: str, output: str, grid: dict[str, list], mode:
         if not value:
             raise UserError(f"{flag} is required")
     check_grid_keys(grid, mode, task)
+    from ddk_fast.train.student_kd import is_lm_task
+
+    if not is_lm_task(task or ""):  # a bad task or dataset is refused before the sweep folder exists
+        from ddk_fast.train.evaluation import resolve_task
+
+        resolve_task(task, base, teacher)
     out = os.path.abspath(output)
     points_dir = os.path.join(out, "points")
     grid_file = os.path.join(out, "grid.json")
