@@ -227,6 +227,9 @@ def test_a_csv_of_labelled_texts_goes_through_finetune_compress_and_evaluate(tmp
     assert main(["evaluate", "--model", str(student)]) == 0
     evaluated = json.loads(capsys.readouterr().out)
     assert evaluated["examples"] == 15
+    import ddk_fast
+
+    assert ddk_fast.evaluate(str(student))["metrics"] == evaluated["metrics"]  # the Python API: the same
     assert evaluated["metrics"]["accuracy"] == pytest.approx(report["student_dev"]["accuracy"], abs=1e-6)
     examples = load_task(read_task_file(str(student)), "validation")
     model, logits = stock_predictions(str(student), examples)

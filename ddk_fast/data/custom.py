@@ -426,6 +426,8 @@ def _label_parser(task: CustomTask, where: str, class_names):
     column = task.label_column
     if task.is_regression:
         def parse_score(value, row):
+            if _key(value) is None:  # None, NaN (pandas' empty cell) or blank text
+                raise DataError(f"{where}, row {row}, column {column!r}: empty label")
             try:
                 score = float(value)
             except (TypeError, ValueError):
