@@ -88,7 +88,9 @@ def env(tmp_path_factory, glue_dir):
     files = {"good.csv": good, "dev_bad_label.csv": "text,label\nfine,pos\nwhat,maybe\n",
              "empty_text.csv": "text,label\nfine,pos\n  ,neg\nok,neg\n", "data.txt": good,
              "multi.jsonl": "".join(json.dumps({"text": f"t{i}", "label": ["a", "b"][: 1 + i % 2]}) + "\n"
-                                    for i in range(12))}
+                                    for i in range(12)),
+             "multi_dev.jsonl": json.dumps({"text": "x", "label": ["a"]}) + "\n" + json.dumps({"text": "y", "label": "b"})
+             + "\n"}
     for name, text in files.items():
         (own / name).write_text(text, encoding="utf-8")
     (own / "latin1.csv").write_bytes("text,label\ncaf\u00e9,pos\nthe,neg\n".encode("latin-1"))
@@ -210,8 +212,9 @@ CASES = [
      "latin1.csv, line 2: not valid UTF-8"),
     ("cp-own-unknown-extension", ["compress", "--teacher", T, "--train-file", "{own:data.txt}", "--output", O],
      "unknown extension '.txt'"),
-    ("cp-own-multilabel", ["compress", "--teacher", T, "--train-file", "{own:multi.jsonl}", "--output", O],
-     "multilabel"),
+    ("cp-own-multilabel-not-a-list", ["compress", "--teacher", T, "--train-file", "{own:multi.jsonl}",
+                                      "--validation-file", "{own:multi_dev.jsonl}", "--output", O],
+     "multi_dev.jsonl, row 2, column 'label': expected a list of labels"),
     ("pr-own-missing-label-column", ["prune", "--teacher", T, "--train-file", "{own:good.csv}", "--label-column",
                                      "nosuch", "--output", O], "no column 'nosuch' (--label-column)"),
     ("pr-own-not-a-number", ["prune", "--teacher", "{stsb_teacher}", "--train-file", "{own:good.csv}",

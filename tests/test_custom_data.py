@@ -268,8 +268,20 @@ def test_a_jsonl_of_scored_pairs_goes_through_compress_prune_and_evaluate(tmp_pa
     assert evaluated["metrics"]["pearson"] == pytest.approx(expected, abs=1e-5)
 
 
+def test_sigmoid_prediction_kd_is_stationary_at_the_teacher_and_scaled_by_t_squared():
+    from ddk_fast.distill.objectives import sigmoid_kd_loss
+
+    t_logits = torch.randn(6, 4)
+    s_logits = t_logits.clone().requires_grad_(True)
+    sigmoid_kd_loss(s_logits, t_logits, 2.0).backward()
+    assert s_logits.grad.abs().max() < 1e-6
+    other = torch.randn(6, 4)
+    expected = torch.nn.functional.binary_cross_entropy(torch.sigmoid(other / 3.0), torch.sigmoid(t_logits / 3.0)) * 9
+    assert sigmoid_kd_loss(other, t_logits, 3.0).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
 @pytest.mark.slow
-def test_finetune_trains_a_multilabel_classifier_with_bce(tmp_path):
+def test_a_multilabel_jsonl_goes_through_finetune_and_compress_with_bce(tmp_path, capsys):
     rows = "".join(json.dumps({"text": f"{' '.join(TOPICS[t][:2])} {i}", "tags": [t, "any"][: 1 + i % 2]}) + "\n"
                    for i, t in enumerate(list(TOPICS) * 6))
     train = write(tmp_path / "tags.jsonl", rows)
@@ -282,3 +294,15 @@ def test_finetune_trains_a_multilabel_classifier_with_bce(tmp_path):
     assert sorted(config["id2label"].values()) == ["any", "billing", "bug", "login"]
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0.0 <= metrics["dev"]["f1_micro"] <= 1.0 and metrics["main_metric"] == "f1_micro"
+    student = tmp_path / "student"
+    assert main(["compress", "--teacher", str(out), "--output", str(student), *FAST, *BUDGET]) == 0
+    capsys.readouterr()
+    report = json.loads((student / "report.json").read_text())
+    assert set(report["student_dev"]) >= {"f1_micro", "score"} and set(report["majority_dev"]) == {"f1_micro", "score"}
+    assert json.loads((student / "config.json").read_text())["problem_type"] == "multi_label_classification"
+    assert main(["evaluate", "--model", str(student)]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    examples = load_task(read_task_file(str(student)), "validation")
+    _, logits = stock_predictions(str(student), examples)
+    gold = np.array([e.label for e in examples])
+    assert skm.f1_score(gold, logits > 0, average="micro") == pytest.approx(evaluated["metrics"]["f1_micro"], abs=1e-6)

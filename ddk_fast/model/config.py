@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-TASK_TYPES = ("classification", "regression")
+TASK_TYPES = ("classification", "regression", "multilabel")
 POSITION_STYLES = ("absolute", "padding_offset")
 HEAD_STYLES = ("bert", "roberta")
 

@@ -35,7 +35,7 @@ from ddk_fast.train.checkpoint import (latest_checkpoint, load_checkpoint, rng_s
 from ddk_fast.train.config import CompressConfig, config_dict, resume_mismatches
 from ddk_fast.train.deploy import add_deployment, check_deployment_flags
 from ddk_fast.data.custom import TASK_FILE
-from ddk_fast.train.evaluation import encode_split, evaluate, load_split, resolve_task, to_device
+from ddk_fast.train.evaluation import encode_split, evaluate, load_split, resolve_task, task_type_of, to_device
 from ddk_fast._io import atomic_write_json, read_json
 from ddk_fast.train.kd import FUSIONS, DistillObjective, KDWeights
 from ddk_fast.train.logging import RunLogger
@@ -141,9 +141,8 @@ def load_teacher(path: str, spec):
     check_label_count(path, config, spec)
     if not any(f.endswith(".safetensors") for f in os.listdir(path)):
         raise UserError(f"--teacher {path!r} has no .safetensors weights; only safetensors checkpoints are read")
-    task_type = "regression" if spec.is_regression else "classification"
     try:
-        teacher = MaskedTransformer.from_pretrained(path, num_labels=spec.num_labels, task_type=task_type)
+        teacher = MaskedTransformer.from_pretrained(path, num_labels=spec.num_labels, task_type=task_type_of(spec))
     except (ValueError, KeyError, OSError, TypeError, SafetensorError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise UserError(f"--teacher {path!r}: cannot read the model ({first})") from None
@@ -338,7 +337,7 @@ class _Compression:
         if catalog_options(cfg) is not None:
             from ddk_fast.distill.objectives import KDObjective
 
-            task_type = "regression" if self.spec.is_regression else "classification"
+            task_type = task_type_of(self.spec)
             try:
                 return KDObjective.from_config(catalog_options(cfg), student, self.teacher, task_type).to(self.device)
             except ValueError as exc:
@@ -346,7 +345,7 @@ class _Compression:
         return DistillObjective(self.teacher.num_layers + 1, self.teacher.hidden_size, self.spec.is_regression,
                                 KDWeights(cfg.hidden_weight, cfg.pred_weight, cfg.task_weight, cfg.temperature),
                                 fusion=cfg.fusion, layer_weighting=cfg.layer_weighting, hidden_loss=cfg.hidden_loss,
-                                path=cfg.path).to(self.device)
+                                path=cfg.path, multilabel=task_type_of(self.spec) == "multilabel").to(self.device)
 
     def info(self, msg):
         if self.ctx.is_main:

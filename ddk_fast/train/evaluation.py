@@ -51,6 +51,9 @@ def majority_baseline(task: str, train_labels, dev_labels) -> dict:
     import numpy as np
 
     train, dev = np.asarray(list(train_labels)), np.asarray(list(dev_labels))
+    if getattr(get_task(task), "is_multilabel", False):  # each label on or off as in most train rows
+        constant = np.where(train.mean(axis=0) > 0.5, 1.0, -1.0)
+        return _constant_metrics(task, np.tile(constant, (len(dev), 1)), dev)
     if get_task(task).is_regression:
         return _constant_metrics(task, np.full(len(dev), float(train.mean())), dev)
     values, counts = np.unique(train.astype(np.int64), return_counts=True)
@@ -109,8 +112,15 @@ def task_spec(task):
 
 DATA_FLAGS = {"train_file": "--train-file", "validation_file": "--validation-file", "dataset": "--dataset"}
 COLUMN_FLAGS = {"text_columns": "--text-columns", "label_column": "--label-column", "task_kind": "--task-kind"}
-# kinds every command trains and scores; multi-label is read, checked and scored, trained by finetune only
-TRAINED_KINDS = ("classification", "regression")
+# kinds every command trains and scores (token classification or QA would be further kinds)
+TRAINED_KINDS = ("classification", "regression", "multilabel")
+
+
+def task_type_of(spec) -> str:
+    """The engine's task_type (which losses and which head semantics) for a task object."""
+    if spec.is_regression:
+        return "regression"
+    return "multilabel" if getattr(spec, "is_multilabel", False) else "classification"
 
 
 def has_own_data(options) -> bool:

@@ -159,9 +159,11 @@ def load_teacher_for(path: str, task: str, options=None):
     from ddk_fast.train.compress import load_teacher
     from ddk_fast.train.evaluation import resolve_task
 
+    from ddk_fast.train.evaluation import task_type_of
+
     spec = resolve_task(task, options, path)
     teacher, tokenizer = load_teacher(path, spec)
-    return teacher, tokenizer, "regression" if spec.is_regression else "classification"
+    return teacher, tokenizer, task_type_of(spec)
 
 
 # ------------------------------------------------------------------------------------------- data
