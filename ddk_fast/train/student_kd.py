@@ -23,6 +23,7 @@ import torch
 from ddk_fast.distill.objectives import kd_options_help
 from ddk_fast.errors import UserError
 from ddk_fast.train.config import DataOptions
+from ddk_fast.train.data_flags import add_data_flags, add_task_flags
 from ddk_fast.train.loop import FirstNonFinite, host_scalars
 
 LM_TASK = "lm"
@@ -157,9 +158,7 @@ def load_teacher_for(path: str, task: str, options=None):
             raise UserError(f"--teacher {path!r}: cannot build the masked GPT-2: {exc}") from None
         return teacher, load_tokenizer(path), "lm"
     from ddk_fast.train.compress import load_teacher
-    from ddk_fast.train.evaluation import resolve_task
-
-    from ddk_fast.train.evaluation import task_type_of
+    from ddk_fast.train.evaluation import resolve_task, task_type_of
 
     spec = resolve_task(task, options, path)
     teacher, tokenizer = load_teacher(path, spec)
@@ -520,8 +519,6 @@ def add_student_flags(p) -> None:
     p.add_argument("--kd", default=None, help=kd_options_help())
     p.add_argument("--eval-file", default=None, help="--task lm: plain-text evaluation file")
     p.add_argument("--block-size", type=int, default=None, help="--task lm: tokens per block (default 64)")
-    from ddk_fast.train.data_flags import add_data_flags
-
     add_data_flags(p)  # --train-file (a table, or plain text for --task lm), --validation-file, --dataset, ...
 
 
@@ -530,8 +527,6 @@ def register(sub) -> None:
                        description="Distil a TinyBERT-style student (fewer layers, optionally narrower) from a "
                                    "teacher with a recipe of the KD catalog; GLUE task or --task lm.")
     p.add_argument("--teacher", default=None, help="teacher folder (fine-tuned classifier, or GPT-2 for --task lm)")
-    from ddk_fast.train.data_flags import add_task_flags
-
     add_task_flags(p, "GLUE task, or lm (or a name for your --train-file/--dataset task)")
     p.add_argument("--output", default=None, help="folder for the student + metrics.json")
     p.add_argument("--preset", default=None, choices=tuple(PRESETS), help="quick | full")

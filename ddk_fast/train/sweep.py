@@ -29,6 +29,9 @@ import time
 from typing import Any, Optional
 
 from ddk_fast.errors import UserError
+from ddk_fast.train.data_flags import add_task_flags
+from ddk_fast.train.evaluation import resolve_task
+from ddk_fast.train.student_kd import is_lm_task
 
 ALIASES = {"attn_weight": "attention_weight", "attn_loss": "attention_loss", "embd_weight": "embedding_weight",
            "T": "temperature"}
@@ -185,11 +188,7 @@ def run_sweep(teacher: str, task: str, output: str, grid: dict[str, list], mode:
         if not value:
             raise UserError(f"{flag} is required")
     check_grid_keys(grid, mode, task)
-    from ddk_fast.train.student_kd import is_lm_task
-
     if not is_lm_task(task or ""):  # a bad task or dataset is refused before the sweep folder exists
-        from ddk_fast.train.evaluation import resolve_task
-
         resolve_task(task, base, teacher)
     out = os.path.abspath(output)
     points_dir = os.path.join(out, "points")
@@ -370,7 +369,6 @@ def _cmd_sweep(args) -> int:
 
 
 def register(sub) -> None:
-    from ddk_fast.train.data_flags import add_task_flags
     from ddk_fast.train.student_kd import PRESETS, add_student_flags
 
     p = sub.add_parser("sweep", help="grid of KD settings (loss weights, temperature, mapping...), resumable",
