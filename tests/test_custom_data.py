@@ -306,3 +306,27 @@ def test_a_multilabel_jsonl_goes_through_finetune_and_compress_with_bce(tmp_path
     _, logits = stock_predictions(str(student), examples)
     gold = np.array([e.label for e in examples])
     assert skm.f1_score(gold, logits > 0, average="micro") == pytest.approx(evaluated["metrics"]["f1_micro"], abs=1e-6)
+
+
+def test_a_folder_of_data_files_is_a_dataset_with_its_splits(tmp_path):
+    folder = tmp_path / "files"
+    folder.mkdir()
+    write(folder / "train.csv", "text,label\na,x\nb,y\nc,x\n")
+    write(folder / "validation.csv", "text,label\nd,y\n")
+    task = build_task(DataSource(dataset=str(folder)))
+    assert task.label_names == ("x", "y") and [(e.text_a, e.label) for e in load_task(task, "validation")] == [("d", 1)]
+
+
+def test_a_hub_name_with_a_config_goes_to_load_dataset(monkeypatch):
+    """Offline here: ``datasets.load_dataset`` is replaced by a stand-in that records its arguments."""
+    calls = []
+
+    def fake_load_dataset(name, config=None, **kwargs):
+        calls.append((name, config))
+        rows = datasets.Dataset.from_dict({"sentence1": ["a", "b"], "sentence2": ["c", "d"], "label": [0, 1]})
+        return datasets.DatasetDict({"train": rows, "validation": rows.select([1])})
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    task = build_task(DataSource(dataset="some-org/pairs:v2"))
+    assert calls[0] == ("some-org/pairs", "v2") and task.text_columns == ("sentence1", "sentence2")
+    assert [(e.text_a, e.text_b, e.label) for e in load_task(task, "validation")] == [("b", "d", 1)]
