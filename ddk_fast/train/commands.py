@@ -273,7 +273,7 @@ def register(sub) -> None:
                                     "on your own data knows its task (task.json): `evaluate --model DIR` rescores "
                                     "it, `--validation-file F` scores it on new rows with the same labels.")
     _flag(ev, "--model", required=True, help="teacher folder, `ddk-fast compress` output or `export-onnx` output")
-    _flag(ev, "--task", help="GLUE task (default: the task saved with a model trained on your own data)")
+    _flag(ev, "--task", help="GLUE task (default: the task the model's run recorded, GLUE or your own data)")
     _flag(ev, "--data-dir", help="folder of GLUE TSVs; default: the Hugging Face hub")
     add_data_flags(ev)
     _flag(ev, "--output", help="write the metrics JSON here (a file path)")

@@ -11,9 +11,10 @@ from ddk_fast.errors import UserError
 from ddk_fast.export.onnx import is_onnx_folder
 from ddk_fast.train import ddp
 from ddk_fast.train.batching import eval_loader
-from ddk_fast.data.custom import KINDS
+from ddk_fast.data import GLUE_TASKS
+from ddk_fast.data.custom import KINDS, read_task_file
 from ddk_fast.train.config import DataOptions
-from ddk_fast.train.evaluation import encode_split, evaluate, load_split, resolve_task, task_spec
+from ddk_fast.train.evaluation import encode_split, evaluate, has_own_data, load_split, resolve_task, task_spec
 from ddk_fast._io import atomic_write_json, json_value, read_json
 
 
@@ -97,6 +98,11 @@ def recorded_task(folder: str) -> tuple[Optional[str], Optional[str]]:
     return None, None
 
 
+def _recorded_glue_task(folder: str) -> Optional[str]:
+    task, _ = recorded_task(folder)
+    return task if task and task.lower() in GLUE_TASKS else None
+
+
 def check_task(folder: str, spec, force: bool) -> None:
     """Refuse to score a model on a task it was not trained for (a silently wrong number) unless forced."""
     task, source = recorded_task(folder)
@@ -119,6 +125,8 @@ def run_evaluate(model: str, task: str, data_dir=None, output=None, batch_size: 
     a model trained on the user's data needs none of it: its task.json names the files and labels)."""
     if not model:
         raise UserError("--model is required")
+    if not task and not has_own_data(data) and os.path.isdir(model) and read_task_file(model) is None:
+        task = _recorded_glue_task(model)  # `evaluate --model OUT` of a GLUE run needs no --task either
     spec = resolve_task(task, data, model, kinds=KINDS)
     if os.path.isdir(model):
         check_task(model, spec, force)
