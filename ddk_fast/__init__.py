@@ -14,6 +14,7 @@ _LAZY = {
     "evaluate": "ddk_fast.train.api",
     "prune": "ddk_fast.train.api",
     "load_pruned": "ddk_fast.export",
+    "register_auto_classes": "ddk_fast.export",
     "MaskedTransformer": "ddk_fast.model",
 }
 

@@ -147,16 +147,18 @@ def test_bad_target_is_refused_before_any_work(teacher, glue_dir, tmp_path, targ
 
 
 def test_bad_teachers_are_refused(tmp_path, glue_dir, teacher):
-    from transformers import BertConfig, BertModel, DistilBertConfig, DistilBertForSequenceClassification
+    from transformers import AlbertConfig, AlbertForSequenceClassification, BertConfig, BertModel
 
     tiny = dict(vocab_size=30522)
     no_head = _save_model(tmp_path / "nohead", BertModel(BertConfig(hidden_size=32, num_hidden_layers=1,
                                                                      num_attention_heads=2, intermediate_size=32,
                                                                      **tiny)), teacher)
-    distil = _save_model(tmp_path / "distil", DistilBertForSequenceClassification(
-        DistilBertConfig(dim=32, n_layers=1, n_heads=2, hidden_dim=32, **tiny)), teacher)
+    albert = _save_model(tmp_path / "albert", AlbertForSequenceClassification(
+        AlbertConfig(embedding_size=16, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=32, **tiny)), teacher)
     three = make_tiny_bert(tmp_path / "three", num_labels=3)
-    cases = [(no_head, "no sequence-classification head"), (distil, "architecture 'distilbert' is not supported"),
+    cases = [(no_head, "no sequence-classification head"),
+             (albert, r"architecture 'albert' is not supported \(ALBERT shares one set of layer weights"),
              (three, "3-label classifier but task mrpc needs 2"), (str(tmp_path / "missing"), "is not a folder")]
     for path, message in cases:
         with pytest.raises(UserError, match=message):

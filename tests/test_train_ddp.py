@@ -14,6 +14,15 @@ WORKER = r'''
 import json, os, sys
 from ddk_fast.train.api import finetune, compress
 kind, model, glue, out, result_dir = sys.argv[1:6]
+extra = {}
+if kind == "compress-uneven":
+    # rank 1 finds another one-shot structure (a smaller budget): both must continue from rank 0's
+    import ddk_fast.train.oneshot as oneshot
+    real = oneshot.one_shot
+    def uneven(teacher, batches, cost_model, metric, ratio, **kw):
+        return real(teacher, batches, cost_model, metric, ratio * (0.7 if os.environ["RANK"] == "1" else 1.0), **kw)
+    oneshot.one_shot = uneven
+    extra = dict(fixed_structure="oneshot")
 common = dict(max_train_examples=24, max_eval_examples=16, batch_size=4, eval_batch_size=16, max_seq_len=32,
               lr=1e-3, progress=False, save_steps=2, device="cpu")
 if kind == "finetune":
@@ -21,7 +30,7 @@ if kind == "finetune":
 else:
     res = compress(teacher=model, task="mrpc", output=out, data_dir=glue, target="params=0.5", seq_len=32,
                    search_epochs=1, distill_epochs=1, channel_granularity=8, latency_batch_size=2,
-                   latency_seq_len=16, latency_repeats=1, **common)
+                   latency_seq_len=16, latency_repeats=1, **common, **extra)
 rank = int(os.environ["RANK"])
 with open(os.path.join(result_dir, f"rank{rank}.json"), "w") as f:
     json.dump({"rank": rank, "digest": res["final_weights_sha256"], "world_size": res["world_size"]}, f)
@@ -63,6 +72,18 @@ def test_ddp_two_cpu_processes_agree(tmp_path, glue_dir):
 
     student = tmp_path / "student"
     ranks = _torchrun(tmp_path, "compress", str(teacher), glue_dir, student)
+    assert ranks[0]["digest"] == ranks[1]["digest"]
+    report = json.loads((student / "report.json").read_text())
+    assert report["world_size"] == 2 and report["params"]["ratio"] <= 0.5 + 1e-9
+
+
+@pytest.mark.slow
+def test_ddp_ranks_continue_from_rank_zeros_one_shot_result(tmp_path, glue_dir):
+    """A rank whose one-shot pass found another structure (GPU reductions can differ) takes rank 0's:
+    otherwise its fixed-structure student would have other shapes and the ranks would disagree."""
+    base = make_tiny_bert(tmp_path / "base")
+    student = tmp_path / "student"
+    ranks = _torchrun(tmp_path, "compress-uneven", base, glue_dir, student)
     assert ranks[0]["digest"] == ranks[1]["digest"]
     report = json.loads((student / "report.json").read_text())
     assert report["world_size"] == 2 and report["params"]["ratio"] <= 0.5 + 1e-9

@@ -471,6 +471,12 @@ def write_task_file(task, folder: str) -> None:
         atomic_write_json(os.path.join(folder, TASK_FILE), task.to_dict())
 
 
+def task_files(task) -> dict:
+    """``extra_files`` of an export: ``task.json`` for a user's own task (labels, columns, files), so
+    ``evaluate`` and later stages need no data flags; nothing for GLUE (its name says everything)."""
+    return {TASK_FILE: task.to_dict()} if getattr(task, "is_custom", False) else {}
+
+
 def read_task_file(folder: str) -> Optional[CustomTask]:
     """The custom task a run folder was trained on, or None when it has no ``task.json``."""
     path = os.path.join(folder, TASK_FILE)

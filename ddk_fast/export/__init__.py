@@ -24,6 +24,10 @@ The folder also loads without ddk_fast:
     (same logits), ``AutoModel`` (encoder + pooler), ``AutoConfig``. Load the tokenizer with
     ``AutoTokenizer.from_pretrained(dir, trust_remote_code=True)`` too: AutoTokenizer reads config.json
     first, and without the flag transformers stops to ask (stdin prompt, 15 s) because it names custom code.
+
+``register_auto_classes()``: registers ddk_bert / ddk_gpt2 with AutoConfig / AutoModel /
+    AutoModelForSequenceClassification / AutoModelForCausalLM, so those and AutoTokenizer load exports
+    without ``trust_remote_code`` and with the packaged classes (no folder code runs).
 """
 import importlib
 
@@ -33,6 +37,7 @@ _WHERE = {
     "MODEL_TYPE": "ddk_fast.export.save",
     "save_causal_lm": "ddk_fast.export.gpt2",
     "load_causal_lm": "ddk_fast.export.gpt2",
+    "register_auto_classes": "ddk_fast.export.auto",
 }
 
 __all__ = sorted(_WHERE)

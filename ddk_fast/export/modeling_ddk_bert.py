@@ -1,4 +1,5 @@
-"""A BERT-family encoder whose layers have their own head count and FFN width (a pruned model).
+"""A BERT-family encoder (BERT, RoBERTa, XLM-R, DistilBERT, ELECTRA) whose layers have their own head count
+and FFN width (a pruned model).
 
 Shipped beside config.json by ``ddk_fast.export.save_pruned`` and loaded by transformers with
 ``trust_remote_code=True``. Depends only on torch and transformers, so it runs without ddk_fast:
@@ -9,7 +10,8 @@ Shipped beside config.json by ``ddk_fast.export.save_pruned`` and loaded by tran
 Each layer is post-LayerNorm BERT: attention (torch scaled_dot_product_attention) then FFN. A layer
 with 0 heads (or 0 FFN channels) keeps only that block's output bias and LayerNorm: the block
 computes LayerNorm(x + bias), which is what the full block computes with every unit removed.
-In train mode the usual BERT dropouts apply, attention-probability dropout included.
+In train mode the usual BERT dropouts apply, attention-probability dropout included (none after the
+attention output when attention_output_dropout is False, as in DistilBERT).
 """
 import warnings
 
@@ -26,6 +28,10 @@ ACTIVATIONS = {
     "gelu_fast": lambda x: F.gelu(x, approximate="tanh"),
     "relu": F.relu,
 }
+# head_style -> (dropout on the first token before the head's dense layer too, activation after it):
+# BERT's pooler (tanh), RoBERTa / XLM-R (dropout + tanh), DistilBERT's pre_classifier (ReLU), ELECTRA (dropout + GELU).
+HEADS = {"bert": (False, torch.tanh), "roberta": (True, torch.tanh), "distilbert": (False, F.relu),
+         "electra": (True, F.gelu)}
 
 
 def linear(in_features, out_features):
@@ -42,8 +48,9 @@ class DdkBertConfig(PretrainedConfig):
 
     def __init__(self, vocab_size=30522, hidden_size=768, head_dim=64, num_heads=None, intermediate_sizes=None,
                  hidden_act="gelu", layer_norm_eps=1e-12, max_position_embeddings=512, type_vocab_size=2,
-                 pad_token_id=0, position_style="absolute", head_style="bert", causal=False,
-                 hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1, classifier_dropout=None,
+                 pad_token_id=0, position_style="absolute", head_style="bert", embedding_size=None, causal=False,
+                 hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1, attention_output_dropout=True,
+                 classifier_dropout=None,
                  initializer_range=0.02, task_type="classification", family="bert", **kwargs):
         num_heads = [12] * 12 if num_heads is None else [int(h) for h in num_heads]
         intermediate_sizes = [3072] * len(num_heads) if intermediate_sizes is None else [int(i) for i in intermediate_sizes]
@@ -59,7 +66,9 @@ class DdkBertConfig(PretrainedConfig):
         self.hidden_act, self.layer_norm_eps = hidden_act, layer_norm_eps
         self.max_position_embeddings, self.type_vocab_size = max_position_embeddings, type_vocab_size
         self.position_style, self.head_style, self.causal = position_style, head_style, causal
+        self.embedding_size = embedding_size  # None = hidden_size; else embeddings are projected up (ELECTRA)
         self.hidden_dropout_prob, self.attention_probs_dropout_prob = hidden_dropout_prob, attention_probs_dropout_prob
+        self.attention_output_dropout = attention_output_dropout  # False: none after attention output (DistilBERT)
         self.classifier_dropout, self.initializer_range = classifier_dropout, initializer_range
         self.task_type, self.family = task_type, family
         self.pad_token_id = pad_token_id
@@ -71,12 +80,13 @@ class DdkBertEmbeddings(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.position_style, self.pad_token_id = config.position_style, config.pad_token_id
-        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
-        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
-        self.token_type_embeddings = (nn.Embedding(config.type_vocab_size, config.hidden_size)
-                                      if config.type_vocab_size > 0 else None)
-        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        e = getattr(config, "embedding_size", None) or config.hidden_size
+        self.word_embeddings = nn.Embedding(config.vocab_size, e, padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, e)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, e) if config.type_vocab_size > 0 else None
+        self.norm = nn.LayerNorm(e, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.project = nn.Linear(e, config.hidden_size) if e != config.hidden_size else None
 
     def forward(self, input_ids, token_type_ids=None):
         if self.position_style == "padding_offset":  # RoBERTa: real tokens count from pad_token_id + 1
@@ -87,7 +97,8 @@ class DdkBertEmbeddings(nn.Module):
         x = self.word_embeddings(input_ids) + self.position_embeddings(positions)
         if self.token_type_embeddings is not None:
             x = x + self.token_type_embeddings(torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids)
-        return self.dropout(self.norm(x))
+        x = self.dropout(self.norm(x))
+        return x if self.project is None else self.project(x)
 
 
 class DdkBertAttention(nn.Module):
@@ -99,7 +110,8 @@ class DdkBertAttention(nn.Module):
         self.query, self.key, self.value = linear(d, inner), linear(d, inner), linear(d, inner)
         self.output = linear(inner, d)
         self.norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob if getattr(config, "attention_output_dropout", True)
+                                  else 0.0)
 
     def forward(self, x, mask):
         if self.num_heads == 0:
@@ -167,7 +179,7 @@ def attention_mask_for_sdpa(attention_mask, seq_len, causal):
 
 
 class DdkBertModel(DdkBertPreTrainedModel):
-    """Encoder + first-token pooler (dense + tanh). Returns BaseModelOutputWithPooling."""
+    """Encoder + first-token pooler (dense + the head_style's activation). Returns BaseModelOutputWithPooling."""
 
     def __init__(self, config):
         super().__init__(config)
@@ -194,9 +206,10 @@ class DdkBertModel(DdkBertPreTrainedModel):
             if hidden is not None:
                 hidden.append(x)
         first = x[:, 0]
-        if self.config.head_style == "roberta":  # RoBERTa's head has dropout before its dense layer too
+        dropout_first, activation = HEADS[self.config.head_style]
+        if dropout_first:  # RoBERTa's and ELECTRA's heads have dropout before their dense layer too
             first = self.pooler_dropout(first)
-        pooled = torch.tanh(self.pooler(first))
+        pooled = activation(self.pooler(first))
         out = BaseModelOutputWithPooling(last_hidden_state=x, pooler_output=pooled,
                                          hidden_states=tuple(hidden) if hidden is not None else None)
         return out if return_dict is not False else out.to_tuple()

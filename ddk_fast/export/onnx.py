@@ -41,7 +41,7 @@ ONNX_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
 REPORT_FILE = "onnx_report.json"
 CAUSAL_TYPES = ("ddk_gpt2", "gpt2")
-ENCODER_TYPES = ("ddk_bert", "bert", "roberta", "xlm-roberta")
+ENCODER_TYPES = ("ddk_bert", "bert", "roberta", "xlm-roberta", "distilbert", "electra")
 DEFAULT_OPSET = 18
 
 

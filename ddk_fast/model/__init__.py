@@ -6,7 +6,8 @@ Model (``masked_transformer.py``)
     task_type=None|"classification"|"regression"|"multilabel", dtype=torch.float32)``
         path: a folder with config.json + model.safetensors (or pytorch_model.bin, read with
         weights_only=True), a stock BertModel / BertForSequenceClassification / RobertaModel /
-        RobertaForSequenceClassification object, or a folder written by ``ddk_fast.export.save_pruned``.
+        RobertaForSequenceClassification object (or the XLM-RoBERTa, ELECTRA and DistilBERT
+        equivalents), or a folder written by ``ddk_fast.export.save_pruned``.
         Keeps the checkpoint's pooler + classifier; a fresh classifier (normal(0, initializer_range))
         when it has none or its label count differs from ``num_labels``.
     ``MaskedTransformer(config: TransformerConfig)`` -> randomly initialised model of that shape.
@@ -72,7 +73,11 @@ Parameter counts (``params.py``), "encoder" = transformer layers only (no embedd
     ``layer_param_counts(model_or_config)`` -> [{"attention", "ffn", "total"}] per layer,
     ``encoder_param_count(model_or_config)``, ``prunable_param_count(model_or_config)``.
 
-Checkpoint families (``adapters/``): "bert", "roberta"; ``register_adapter`` adds one.
+Checkpoint families (``adapters/``): "bert", "roberta", "xlm-roberta", "electra" (discriminator; embeddings
+    narrower than hidden_size are projected up), "distilbert"; ``register_adapter`` adds one. Other
+    model types are refused with one line naming the reason (``adapters.base.REFUSED``) and the
+    supported types (``supported_model_types()``; ``refusal(model_type)`` is that tail, None if supported).
+    See docs/models.md.
 
 GPT-2 (``gpt2.py``): ``MaskedGPT2.from_pretrained(folder_or_GPT2LMHeadModel)`` -- pre-LN causal decoder with
     the same gates, optional outputs (``.logits`` [B, S, vocab]), Structure and parameter names;
@@ -95,6 +100,7 @@ _WHERE = {
     "prunable_param_count": "ddk_fast.model.params",
     "register_adapter": "ddk_fast.model.adapters",
     "supported_model_types": "ddk_fast.model.adapters",
+    "refusal": "ddk_fast.model.adapters",
     "MaskedGPT2": "ddk_fast.model.gpt2",
     "prune_gpt2": "ddk_fast.model.gpt2",
 }

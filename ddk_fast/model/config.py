@@ -12,7 +12,11 @@ from typing import Any
 
 TASK_TYPES = ("classification", "regression", "multilabel")
 POSITION_STYLES = ("absolute", "padding_offset")
-HEAD_STYLES = ("bert", "roberta")
+# head_style -> (dropout before the dense layer too, activation after it). Why a table: the four stock
+# sequence-classification heads differ only in these two choices (see TransformerConfig.head_style).
+_HEADS = {"bert": (False, "tanh"), "roberta": (True, "tanh"), "distilbert": (False, "relu"),
+          "electra": (True, "gelu")}
+HEAD_STYLES = tuple(_HEADS)
 
 
 @dataclass
@@ -25,8 +29,15 @@ class TransformerConfig:
 
     position_style: "absolute" (BERT: positions 0..S-1) or "padding_offset" (RoBERTa: positions count
       non-pad tokens starting at pad_token_id + 1, pad tokens get pad_token_id).
-    head_style: where classifier dropout sits. "bert": classifier(dropout(tanh(pooler(h0)))).
-      "roberta": classifier(dropout(tanh(pooler(dropout(h0))))). Identical in eval mode.
+    head_style: the first-token classification head (``pooler`` is its dense layer). "bert":
+      classifier(dropout(tanh(pooler(h0)))); "roberta": classifier(dropout(tanh(pooler(dropout(h0)))));
+      "distilbert": classifier(dropout(relu(pooler(h0)))) (pre_classifier); "electra":
+      classifier(dropout(gelu(pooler(dropout(h0))))). Dropout placement matters in train mode only.
+    embedding_size: width of the word / position / token-type embeddings and their LayerNorm when it
+      differs from hidden_size (ELECTRA-small: 128 -> 256); a linear ``embeddings.project`` then maps
+      them to hidden_size. None = hidden_size (no projection).
+    attention_output_dropout: whether hidden dropout follows the attention output projection (BERT
+      does; DistilBERT does not). Train mode only.
     attention_probs_dropout_prob: recorded for export only; the engine applies no dropout to attention
       probabilities (the fused ops have none, and distillation normally runs without it).
     """
@@ -44,9 +55,11 @@ class TransformerConfig:
     pad_token_id: int = 0
     position_style: str = "absolute"
     head_style: str = "bert"
+    embedding_size: int | None = None
     causal: bool = False
     hidden_dropout_prob: float = 0.1
     attention_probs_dropout_prob: float = 0.1
+    attention_output_dropout: bool = True
     classifier_dropout: float | None = None
     initializer_range: float = 0.02
     num_labels: int = 2
@@ -70,6 +83,10 @@ class TransformerConfig:
             raise ValueError(f"position_style must be one of {POSITION_STYLES}, got {self.position_style!r}")
         if self.head_style not in HEAD_STYLES:
             raise ValueError(f"head_style must be one of {HEAD_STYLES}, got {self.head_style!r}")
+        if self.embedding_size is not None:
+            self.embedding_size = int(self.embedding_size)
+            if self.embedding_size <= 0:
+                raise ValueError(f"embedding_size must be > 0 (or None), got {self.embedding_size}")
         if self.task_type not in TASK_TYPES:
             raise ValueError(f"task_type must be one of {TASK_TYPES}, got {self.task_type!r}")
         if self.task_type == "regression" and self.num_labels != 1:
@@ -82,6 +99,20 @@ class TransformerConfig:
     @property
     def num_layers(self) -> int:
         return len(self.num_heads)
+
+    @property
+    def embedding_width(self) -> int:
+        return self.hidden_size if self.embedding_size is None else self.embedding_size
+
+    @property
+    def head_dropout_first(self) -> bool:
+        """Whether the head applies dropout to the first token before its dense layer too."""
+        return _HEADS[self.head_style][0]
+
+    @property
+    def head_activation(self) -> str:
+        """"tanh" | "relu" | "gelu": the activation between the head's dense layer and the classifier."""
+        return _HEADS[self.head_style][1]
 
     @property
     def classifier_dropout_prob(self) -> float:

@@ -36,18 +36,23 @@ class BlockOutput:
 
 
 class Embeddings(nn.Module):
-    """word + token type + position embeddings -> LayerNorm -> dropout (BERT / RoBERTa)."""
+    """word + token type + position embeddings -> LayerNorm -> dropout [-> project] (BERT family).
+
+    No token-type table when type_vocab_size is 0 (DistilBERT); ``project`` (ELECTRA) maps embeddings
+    narrower than the encoder (embedding_size) up to hidden_size, after the dropout as ELECTRA does.
+    """
 
     def __init__(self, config):
         super().__init__()
-        d = config.hidden_size
+        e = config.embedding_width
         self.position_style = config.position_style
         self.pad_token_id = config.pad_token_id
-        self.word_embeddings = nn.Embedding(config.vocab_size, d, padding_idx=config.pad_token_id)
-        self.position_embeddings = nn.Embedding(config.max_position_embeddings, d)
-        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, d) if config.type_vocab_size > 0 else None
-        self.norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.word_embeddings = nn.Embedding(config.vocab_size, e, padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, e)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, e) if config.type_vocab_size > 0 else None
+        self.norm = nn.LayerNorm(e, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.project = linear(e, config.hidden_size) if e != config.hidden_size else None
 
     def position_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         if self.position_style == "padding_offset":
@@ -67,7 +72,8 @@ class Embeddings(nn.Module):
             if token_type_ids is None:
                 token_type_ids = torch.zeros_like(input_ids)
             x = x + self.token_type_embeddings(token_type_ids)
-        return self.dropout(self.norm(x))
+        x = self.dropout(self.norm(x))
+        return x if self.project is None else self.project(x)
 
 
 class MaskedSelfAttention(nn.Module):
@@ -164,7 +170,9 @@ class MaskedLayer(nn.Module):
         super().__init__()
         d = config.hidden_size
         self.attention = MaskedSelfAttention(d, config.num_heads[layer_idx], config.head_dim,
-                                             config.layer_norm_eps, config.hidden_dropout_prob, config.causal)
+                                             config.layer_norm_eps,
+                                             config.hidden_dropout_prob if config.attention_output_dropout else 0.0,
+                                             config.causal)
         self.ffn = MaskedFFN(d, config.intermediate_sizes[layer_idx], config.hidden_act, config.layer_norm_eps,
                              config.hidden_dropout_prob)
 

@@ -26,6 +26,8 @@ from ddk_fast.model.structure import Structure
 logger = logging.getLogger(__name__)
 
 DDK_MODEL_TYPE = "ddk_bert"  # model_type of folders written by ddk_fast.export.save_pruned
+# TransformerConfig.head_activation -> the function (ELECTRA's head uses exact, erf-based GELU).
+_HEAD_ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu, "gelu": nn.functional.gelu}
 
 
 @dataclass
@@ -63,7 +65,7 @@ def _per_layer(gates, sizes: Sequence[int], name: str) -> list[torch.Tensor | No
 
 
 class MaskedTransformer(nn.Module):
-    """Embeddings -> L masked post-LN layers -> first-token pooler (tanh) -> classifier."""
+    """Embeddings -> L masked post-LN layers -> first-token head (pooler + tanh/relu/gelu) -> classifier."""
 
     def __init__(self, config: TransformerConfig):
         super().__init__()
@@ -178,9 +180,9 @@ class MaskedTransformer(nn.Module):
                 inter.append(extra.intermediate)
                 ffn_out.append(extra.output)
         first = x[:, 0]
-        if self.config.head_style == "roberta":
+        if self.config.head_dropout_first:
             first = self.classifier_dropout(first)
-        pooled = torch.tanh(self.pooler(first))
+        pooled = _HEAD_ACTIVATIONS[self.config.head_activation](self.pooler(first))
         logits = self.classifier(self.classifier_dropout(pooled))
         as_tuple = (lambda v: None if v is None else tuple(v))
         return MaskedTransformerOutput(

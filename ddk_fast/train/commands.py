@@ -53,7 +53,8 @@ def _common(p, what: str):
 
 def _compression_flags(p):
     """The teacher, the budget, the one-shot calibration and the latency report (prune and compress)."""
-    _flag(p, "--teacher", help="fine-tuned teacher folder (from `ddk-fast finetune` or any BERT classifier)")
+    _flag(p, "--teacher", help="fine-tuned teacher folder (from `ddk-fast finetune` or any BERT, RoBERTa, XLM-R, "
+                               "ELECTRA or DistilBERT classifier; docs/models.md)")
     _flag(p, "--target", help="budget: params=RATIO, flops=RATIO or latency=RATIO (measured on this machine at "
                               "--latency-batch-size x --latency-seq-len), RATIO in (0, 1] (default params=0.5)")
     _flag(p, "--seq-len", type=int, help="sequence length for FLOPs and the budget (default 128)")

@@ -34,7 +34,7 @@ from ddk_fast.train.checkpoint import (latest_checkpoint, load_checkpoint, rng_s
                                       weights_digest)
 from ddk_fast.train.config import CompressConfig, config_dict, resume_mismatches
 from ddk_fast.train.deploy import add_deployment, check_deployment_flags
-from ddk_fast.data.custom import TASK_FILE
+from ddk_fast.data.custom import task_files
 from ddk_fast.train.evaluation import encode_split, evaluate, load_split, resolve_task, task_type_of, to_device
 from ddk_fast._io import atomic_write_json, read_json
 from ddk_fast.train.kd import FUSIONS, DistillObjective, KDWeights
@@ -98,7 +98,7 @@ def catalog_options(cfg: CompressConfig):
     """Options for ``KDObjective.from_config`` when the run asks for terms beyond the DDK objective
     (``--kd`` or an attention weight), else None. DDK's settings map onto the catalog's names: the
     hidden term uses the recursive-fusion mapping unless ``--fusion none``."""
-    from ddk_fast.train.student_kd import parse_kd
+    from ddk_fast.train.config import parse_kd
 
     extra = parse_kd(cfg.kd)
     if not extra and not cfg.attention_weight:
@@ -121,7 +121,7 @@ def catalog_options(cfg: CompressConfig):
 
 def load_teacher(path: str, spec):
     """The fine-tuned teacher as a MaskedTransformer (+ its tokenizer); one-line errors otherwise."""
-    from ddk_fast.model import MaskedTransformer, supported_model_types
+    from ddk_fast.model import MaskedTransformer, refusal
     from ddk_fast.model.masked_transformer import DDK_MODEL_TYPE
     from ddk_fast.train.hf import check_label_count, has_classifier_head, load_tokenizer, read_config
 
@@ -131,10 +131,9 @@ def load_teacher(path: str, spec):
     model_type = config.get("model_type", "")
     if model_type == DDK_MODEL_TYPE:
         raise UserError(f"--teacher {path!r} is already a pruned export; give the fine-tuned teacher")
-    supported = list(supported_model_types())
-    if model_type not in supported:
-        raise UserError(f"--teacher {path!r}: architecture {model_type!r} is not supported; expected one of "
-                        f"{', '.join(supported)}")
+    refused = refusal(model_type)
+    if refused is not None:
+        raise UserError(f"--teacher {path!r}: architecture {model_type!r} is not supported{refused}")
     if not has_classifier_head(config):
         raise UserError(f"--teacher {path!r} has no sequence-classification head (architectures="
                         f"{config.get('architectures')}); fine-tune it first with `ddk-fast finetune`")
@@ -265,12 +264,6 @@ def structure_from_file(cfg, teacher, train_ds, cost_model, metric: str, ratio: 
         raise UserError(f"--fixed-structure {cfg.fixed_structure!r} keeps {metric} ratio {kept_ratio:.4f}, above "
                         f"--target {cfg.target}; raise --target to at least {kept_ratio:.4f}")
     return structure
-
-
-def task_files(spec) -> dict:
-    """``extra_files`` of an export: ``task.json`` for a user's own task (labels, columns, files), so
-    ``evaluate`` and later stages need no data flags; nothing for GLUE (its name says everything)."""
-    return {TASK_FILE: spec.to_dict()} if getattr(spec, "is_custom", False) else {}
 
 
 def _load_data(cfg, spec, tokenizer):
@@ -404,6 +397,10 @@ class _Compression:
         calib = self._calibration_batches()
         result = one_shot(self.teacher, calib, self.cost_model, self.metric, self.ratio,
                           granularity=cfg.channel_granularity, path=cfg.path, tuning_examples=cfg.tuning_examples)
+        if self.ctx.distributed:
+            # Every rank continues from rank 0's result: GPU reductions need not agree bitwise across
+            # ranks, and ranks with different structures would build differently shaped students.
+            result = ddp.broadcast_object(self.ctx, result.to("cpu")).to(self.device)
         dev = self._evaluate(result.student.to(self.device))
         student = write_back(copy.deepcopy(self.teacher), result.student).requires_grad_(True).train()
         self._oneshot = (result, student)

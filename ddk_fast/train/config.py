@@ -261,5 +261,33 @@ def resume_mismatches(saved: dict, current: dict) -> list[str]:
     return out
 
 
+def parse_kd(text) -> dict[str, Any]:
+    """``"attention_weight=2,mapping=last"`` (or a dict) -> {key: value} with numbers converted."""
+    if text is None or text == "":
+        return {}
+    if isinstance(text, dict):
+        return {str(k): _number(v) for k, v in text.items()}
+    out = {}
+    for item in str(text).split(","):
+        if not item.strip():
+            continue
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--kd {text!r}: expected KEY=VALUE[,KEY=VALUE...], got {item!r}")
+        out[key.strip()] = _number(value.strip())
+    return out
+
+
+def _number(value):
+    if not isinstance(value, str):
+        return value
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    return value
+
+
 __all__ = ["DataOptions", "FinetuneConfig", "CompressConfig", "PruneConfig", "build_config", "config_dict", "load_yaml", "packaged_model_dir",
-           "resume_mismatches"]
+           "parse_kd", "resume_mismatches"]

@@ -77,7 +77,8 @@ def _classifier_rows(path: str):
         try:
             with safe_open(os.path.join(path, name), "pt") as fh:
                 for key in fh.keys():
-                    if key.endswith(("classifier.weight", "classifier.out_proj.weight")):
+                    # not DistilBERT's pre_classifier: its rows are the hidden size
+                    if key == "classifier.weight" or key.endswith((".classifier.weight", "classifier.out_proj.weight")):
                         return int(fh.get_slice(key).get_shape()[0])
         except (OSError, SafetensorError):
             return None

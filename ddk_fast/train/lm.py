@@ -84,7 +84,7 @@ PRESETS = {
 def build_lm_config(flags: dict, config_file: Optional[str] = None) -> LMCompressConfig:
     """defaults < preset < YAML file < flags given (None = not given). ``kd`` merges key by key."""
     from ddk_fast.train.config import _coerce, load_yaml
-    from ddk_fast.train.student_kd import parse_kd
+    from ddk_fast.train.config import parse_kd
 
     names = {f.name for f in dataclasses.fields(LMCompressConfig)}
     file_values = load_yaml(config_file) if config_file else {}
@@ -427,7 +427,7 @@ def compress_lm_from_args(args) -> dict:
     KD flags of ``compress`` (``--temperature``, ``--hidden-loss``, ``--fusion``...) go into the objective
     options, like ``--kd``; flags without a meaning for LM runs are refused rather than ignored."""
     from ddk_fast.distill.objectives import DEFAULTS
-    from ddk_fast.train.student_kd import parse_kd
+    from ddk_fast.train.config import parse_kd
 
     flags = {k: v for k, v in vars(args).items() if k not in ("command", "func", "config") and v is not None}
     for key, flag in _NOT_FOR_LM.items():

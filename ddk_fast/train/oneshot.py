@@ -8,6 +8,7 @@ stage is kept so that the caller can evaluate what each stage bought.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from dataclasses import dataclass, field
 
@@ -39,6 +40,12 @@ class OneShotResult:
 
     def to_structure(self, model) -> Structure:
         return Structure.from_indices(self.structure.heads, self.structure.ffn, model)
+
+    def to(self, device) -> "OneShotResult":
+        """The same result with its scores and student on ``device`` (gradients stay on the CPU)."""
+        student = None if self.student is None else self.student.to(device)
+        return dataclasses.replace(self, head_scores=self.head_scores.to(device),
+                                   ffn_scores=self.ffn_scores.to(device), student=student)
 
 
 def unit_scores(teacher, batches: list[dict], importance: str, path: str = "auto"):

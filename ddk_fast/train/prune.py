@@ -16,12 +16,13 @@ import time
 
 import torch
 
+from ddk_fast.data.custom import task_files
 from ddk_fast.data.glue import subsample_indices
 from ddk_fast.errors import UserError
 from ddk_fast.export import load_pruned, save_pruned
 from ddk_fast.train.deploy import add_deployment, check_deployment_flags
 from ddk_fast.train.batching import eval_loader
-from ddk_fast.train.compress import _console, check_budget, cost_model_for, load_teacher, task_files
+from ddk_fast.train.compress import _console, check_budget, cost_model_for, load_teacher
 from ddk_fast.train.config import PruneConfig, config_dict
 from ddk_fast.train.evaluation import encode_split, evaluate, load_split, resolve_task, to_device
 from ddk_fast._io import atomic_write_json

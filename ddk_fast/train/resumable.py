@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import time
 from typing import Optional
 
 import torch
 
 from ddk_fast.errors import UserError
+from ddk_fast.export.gpt2 import save_causal_lm
+from ddk_fast.export.save import save_pruned
+from ddk_fast.model.gpt2 import MaskedGPT2
 from ddk_fast.train.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from ddk_fast.train.config import resume_mismatches
+from ddk_fast.train.rundir import copy_logs, finalize, stage_dir
 from ddk_fast._io import to_jsonable
 
 
@@ -69,14 +74,16 @@ class StepCheckpoints:
         set_rng_state(checkpoint["payload"]["rng"][0])
 
 
+def export_model(model, tokenizer, out: str, extra_files: dict) -> str:
+    """Atomic export of a MaskedTransformer (``save_pruned``) or MaskedGPT2 (``save_causal_lm``) with extra files."""
+    if isinstance(model, MaskedGPT2):
+        return save_causal_lm(model, out, tokenizer=tokenizer, extra_files=extra_files, overwrite=True)
+    return save_pruned(model, out, tokenizer=tokenizer, extra_files=extra_files, overwrite=True)
+
+
 def publish(dirs, model, tokenizer, extra_files: dict, keep_work: bool) -> str:
     """Export the finished model (+ report files and the run's logs) into a staged folder, then swap it
     onto the output in one rename: the output is either the previous result or the complete new one."""
-    import shutil
-
-    from ddk_fast.train.rundir import copy_logs, finalize, stage_dir
-    from ddk_fast.train.student_kd import export_model
-
     staged = stage_dir(dirs)
     try:
         export_model(model, tokenizer, staged, {name: to_jsonable(value) for name, value in extra_files.items()})

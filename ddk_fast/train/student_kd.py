@@ -20,9 +20,10 @@ from typing import Any, Callable, Iterator, Optional
 
 import torch
 
+from ddk_fast.data.custom import task_files
 from ddk_fast.distill.objectives import kd_options_help
 from ddk_fast.errors import UserError
-from ddk_fast.train.config import DataOptions
+from ddk_fast.train.config import DataOptions, parse_kd
 from ddk_fast.train.data_flags import add_data_flags, add_task_flags
 from ddk_fast.train.loop import FirstNonFinite, host_scalars
 
@@ -78,34 +79,6 @@ PRESETS = {
     "quick": {"steps": 200, "max_train_examples": 2000, "max_eval_examples": 400, "max_seq_len": 64,
               "batch_size": 16, "lr": 1e-4, "block_size": 64},
 }
-
-
-def parse_kd(text) -> dict[str, Any]:
-    """``"attention_weight=2,mapping=last"`` (or a dict) -> {key: value} with numbers converted."""
-    if text is None or text == "":
-        return {}
-    if isinstance(text, dict):
-        return {str(k): _number(v) for k, v in text.items()}
-    out = {}
-    for item in str(text).split(","):
-        if not item.strip():
-            continue
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise UserError(f"--kd {text!r}: expected KEY=VALUE[,KEY=VALUE...], got {item!r}")
-        out[key.strip()] = _number(value.strip())
-    return out
-
-
-def _number(value):
-    if not isinstance(value, str):
-        return value
-    for cast in (int, float):
-        try:
-            return cast(value)
-        except ValueError:
-            pass
-    return value
 
 
 def build_distill_config(flags: dict, config_file: Optional[str] = None) -> DistillConfig:
@@ -476,24 +449,9 @@ class _DistillRun:
             return dict(report, output=None)
         self.log.log("done", step=self._consumed(), student_dev=student_dev)
         self.log.close()
-        from ddk_fast.train.compress import task_files
-
         publish(self.dirs, student, self.tokenizer, {"metrics.json": report, **task_files(data.spec)},
                 cfg.keep_checkpoints)
         return dict(report, output=self.dirs.output)
-
-
-def export_model(model, tokenizer, out: str, extra_files: dict) -> str:
-    """Atomic export of a MaskedTransformer (``save_pruned``) or MaskedGPT2 (``save_causal_lm``) with extra files."""
-    from ddk_fast.model.gpt2 import MaskedGPT2
-
-    if isinstance(model, MaskedGPT2):
-        from ddk_fast.export.gpt2 import save_causal_lm
-
-        return save_causal_lm(model, out, tokenizer=tokenizer, extra_files=extra_files, overwrite=True)
-    from ddk_fast.export import save_pruned
-
-    return save_pruned(model, out, tokenizer=tokenizer, extra_files=extra_files, overwrite=True)
 
 
 # -------------------------------------------------------------------------------------------- CLI
@@ -547,5 +505,5 @@ def register(sub) -> None:
     p.set_defaults(func=_cmd_distill)
 
 
-__all__ = ["DistillConfig", "TaskData", "build_distill_config", "kd_train", "load_teacher_for", "parse_kd",
+__all__ = ["DistillConfig", "TaskData", "build_distill_config", "kd_train", "load_teacher_for",
            "perplexity", "register", "run_distill", "task_data"]

@@ -327,7 +327,7 @@ def _heatmap(out: str, grid: dict, ranked: list[dict], axes) -> Optional[str]:
 
 # -------------------------------------------------------------------------------------------- CLI
 def _cmd_sweep(args) -> int:
-    from ddk_fast.train.student_kd import parse_kd
+    from ddk_fast.train.config import parse_kd
 
     grid = parse_grid(args.grid, args.grid_file)
     base = {}

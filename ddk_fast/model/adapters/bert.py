@@ -1,7 +1,11 @@
-"""BERT and RoBERTa checkpoints (post-LayerNorm encoders with a first-token classifier).
+"""BERT-layout checkpoints: BERT, RoBERTa, XLM-RoBERTa and ELECTRA (post-LayerNorm encoders with a
+first-token classifier and BERT's weight names under a family prefix).
 
-RoBERTa differs only in position ids (counted from pad_token_id + 1, see TransformerConfig) and in its
-classification head (classifier.dense / classifier.out_proj, which map onto pooler / classifier).
+RoBERTa and XLM-RoBERTa differ only in position ids (counted from pad_token_id + 1, see
+TransformerConfig) and in their classification head (classifier.dense / classifier.out_proj, which map
+onto pooler / classifier). ELECTRA's discriminator has RoBERTa's head names with GELU in place of tanh,
+absolute positions, and embeddings of width ``embedding_size`` projected to hidden_size by
+``embeddings_project`` when the two differ (ELECTRA-small).
 """
 from __future__ import annotations
 
@@ -25,16 +29,46 @@ _LAYER_MAP = {
 }
 _LAYER_RE = re.compile(r"^encoder\.layer\.(\d+)\.(.+)\.(weight|bias|gamma|beta)$")
 _LEGACY = {"gamma": "weight", "beta": "bias"}
-# Present in some checkpoints, never needed: buffers and pre-training heads.
-_IGNORED_PREFIXES = ("embeddings.position_ids", "embeddings.token_type_ids", "cls.", "lm_head.")
+# Present in some checkpoints, never needed: buffers and pre-training heads (ELECTRA's discriminator /
+# generator heads and DistilBERT's masked-LM head included).
+_IGNORED_PREFIXES = ("embeddings.position_ids", "embeddings.token_type_ids", "cls.", "lm_head.",
+                     "discriminator_predictions.", "generator_predictions.", "generator_lm_head.",
+                     "vocab_transform.", "vocab_layer_norm.", "vocab_projector.")
+# head_style -> (stock module, MaskedTransformer module) pairs of the sequence-classification head.
+_HEAD_MAP = {"bert": (("pooler.dense", "pooler"), ("classifier", "classifier")),
+             "roberta": (("classifier.dense", "pooler"), ("classifier.out_proj", "classifier")),
+             "electra": (("classifier.dense", "pooler"), ("classifier.out_proj", "classifier")),
+             "distilbert": (("pre_classifier", "pooler"), ("classifier", "classifier"))}
+
+
+def string_activation(family: str, key: str, act) -> str:
+    """The config's activation name (a callable stored in a config cannot be exported)."""
+    if not isinstance(act, str):
+        raise ValueError(f"{family}: {key} must be a string name, got {act!r}")
+    return act
+
+
+def matching_labels(hf: dict[str, Any], num_labels: int) -> dict | None:
+    """The checkpoint's id2label when it names exactly num_labels labels, else None."""
+    id2label = hf.get("id2label")
+    return id2label if id2label is not None and len(id2label) == num_labels else None
+
+
+def pad_token_id(hf: dict[str, Any]) -> int:
+    return int(hf.get("pad_token_id") if hf.get("pad_token_id") is not None else 0)
 
 
 class BertFamilyAdapter:
+    """One BERT-layout family; subclasses with other weight names override the two class attributes."""
+
+    layer_re = _LAYER_RE  # stock per-layer key -> (layer, module, kind)
+    layer_map = _LAYER_MAP  # stock per-layer module -> MaskedTransformer module
+
     def __init__(self, name: str, model_types: tuple[str, ...], prefix: str, position_style: str,
                  head_style: str):
         self.name = name
         self.model_types = model_types
-        self.prefix = prefix  # the base-model attribute of the *For* classes: "bert." / "roberta."
+        self.prefix = prefix  # the base-model attribute of the *For* classes: "bert." / "roberta." / "electra."
         self.position_style = position_style
         self.head_style = head_style
 
@@ -50,12 +84,8 @@ class BertFamilyAdapter:
         if hidden % heads:
             raise ValueError(f"{self.name}: hidden_size {hidden} is not a multiple of num_attention_heads {heads}")
         layers = int(hf["num_hidden_layers"])
-        id2label = hf.get("id2label")
-        if id2label is not None and len(id2label) != num_labels:
-            id2label = None
-        act = hf.get("hidden_act", "gelu")
-        if not isinstance(act, str):
-            raise ValueError(f"{self.name}: hidden_act must be a string name, got {act!r}")
+        embedding_size = int(hf.get("embedding_size") or hidden)
+        act = string_activation(self.name, "hidden_act", hf.get("hidden_act", "gelu"))
         return TransformerConfig(
             family=self.name,
             vocab_size=int(hf["vocab_size"]), hidden_size=hidden, head_dim=hidden // heads,
@@ -63,13 +93,14 @@ class BertFamilyAdapter:
             hidden_act=act, layer_norm_eps=float(hf.get("layer_norm_eps", 1e-12)),
             max_position_embeddings=int(hf.get("max_position_embeddings", 512)),
             type_vocab_size=int(hf.get("type_vocab_size", 2)),
-            pad_token_id=int(hf.get("pad_token_id") if hf.get("pad_token_id") is not None else 0),
+            pad_token_id=pad_token_id(hf),
             position_style=self.position_style, head_style=self.head_style,
+            embedding_size=None if embedding_size == hidden else embedding_size,
             hidden_dropout_prob=float(hf.get("hidden_dropout_prob", 0.1)),
             attention_probs_dropout_prob=float(hf.get("attention_probs_dropout_prob", 0.1)),
             classifier_dropout=hf.get("classifier_dropout"),
             initializer_range=float(hf.get("initializer_range", 0.02)),
-            num_labels=num_labels, task_type=task_type, id2label=id2label)
+            num_labels=num_labels, task_type=task_type, id2label=matching_labels(hf, num_labels))
 
     # ---- weights --------------------------------------------------------------------------------
     def _strip(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -95,11 +126,11 @@ class BertFamilyAdapter:
             used.add(src)
 
         for src in list(sd):
-            m = _LAYER_RE.match(src)
+            m = self.layer_re.match(src)
             if m:
                 layer, module, kind = m.groups()
-                if module in _LAYER_MAP:
-                    take(src, f"layers.{layer}.{_LAYER_MAP[module]}.{_LEGACY.get(kind, kind)}")
+                if module in self.layer_map:
+                    take(src, f"layers.{layer}.{self.layer_map[module]}.{_LEGACY.get(kind, kind)}")
                 continue
             if src.startswith("embeddings."):
                 name = src[len("embeddings."):]
@@ -109,14 +140,12 @@ class BertFamilyAdapter:
                 elif name in ("word_embeddings.weight", "position_embeddings.weight",
                               "token_type_embeddings.weight"):
                     take(src, src)
-        if self.head_style == "roberta":
-            # RobertaForSequenceClassification's head; a bare RobertaModel's pretrained pooler is a
-            # better start than a random dense layer, so it fills in when there is no head.
-            head = [("classifier.dense", "pooler"), ("classifier.out_proj", "classifier")]
-            if "classifier.dense.weight" not in sd:
-                head.append(("pooler.dense", "pooler"))
-        else:
-            head = [("pooler.dense", "pooler"), ("classifier", "classifier")]
+            elif src.startswith("embeddings_project."):  # ELECTRA with embedding_size != hidden_size
+                take(src, "embeddings.project." + src.split(".", 1)[1])
+        head = list(_HEAD_MAP[self.head_style])
+        if self.head_style == "roberta" and "classifier.dense.weight" not in sd:
+            # a bare RobertaModel's pretrained pooler is a better start than a random dense layer
+            head.append(("pooler.dense", "pooler"))
         for src_mod, dst_mod in head:
             for kind in ("weight", "bias"):
                 if f"{src_mod}.{kind}" in sd:
@@ -128,5 +157,8 @@ class BertFamilyAdapter:
 BERT = BertFamilyAdapter("bert", ("bert",), "bert.", position_style="absolute", head_style="bert")
 ROBERTA = BertFamilyAdapter("roberta", ("roberta",), "roberta.", position_style="padding_offset",
                             head_style="roberta")
-register_adapter(BERT)
-register_adapter(ROBERTA)
+XLM_ROBERTA = BertFamilyAdapter("xlm-roberta", ("xlm-roberta",), "roberta.", position_style="padding_offset",
+                                head_style="roberta")
+ELECTRA = BertFamilyAdapter("electra", ("electra",), "electra.", position_style="absolute", head_style="electra")
+for _adapter in (BERT, ROBERTA, XLM_ROBERTA, ELECTRA):
+    register_adapter(_adapter)
