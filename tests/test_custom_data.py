@@ -330,3 +330,21 @@ def test_a_hub_name_with_a_config_goes_to_load_dataset(monkeypatch):
     task = build_task(DataSource(dataset="some-org/pairs:v2"))
     assert calls[0] == ("some-org/pairs", "v2") and task.text_columns == ("sentence1", "sentence2")
     assert [(e.text_a, e.text_b, e.label) for e in load_task(task, "validation")] == [("b", "d", 1)]
+
+
+@pytest.mark.slow
+def test_distill_and_sweep_take_a_csv_too(tmp_path):
+    train = tickets_csv(tmp_path / "train.csv", 24, 0)
+    teacher = make_tiny_bert(tmp_path / "tiny", num_labels=3, layers=2, heads=4, hidden=32, intermediate=64)
+    data = ["--train-file", train, "--text-columns", "body", "--label-column", "category"]
+    out = tmp_path / "student"
+    assert main(["distill", "--teacher", teacher, *data, "--student-layers", "1", "--steps", "2", "--output", str(out),
+                 *SMALL]) == 0
+    assert read_task_file(str(out)).label_names == ("billing", "bug", "login")
+    assert json.loads((out / "config.json").read_text())["id2label"] == {"0": "billing", "1": "bug", "2": "login"}
+    assert main(["sweep", "--teacher", teacher, *data, "--student-layers", "1", "--steps", "2", "--grid",
+                 "temperature=1,4", "--output", str(tmp_path / "sweep"), "--batch-size", "8", "--max-seq-len", "32"]) == 0
+    points = sorted((tmp_path / "sweep" / "points").glob("*.json"))
+    assert len(points) == 2
+    for path in points:
+        assert set(json.loads(path.read_text())["dev"]) >= {"accuracy", "f1_macro", "score"}
