@@ -162,6 +162,15 @@ def test_a_model_config_naming_the_labels_orders_them(tmp_path):
     assert resolve_task(None, {"train_file": train, "validation_file": train}, str(model)).label_names == ("pos", "neg")
 
 
+def test_a_yaml_list_of_text_columns_means_the_comma_form(tmp_path):
+    from ddk_fast.train.config import CompressConfig, build_config
+
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("train-file: t.csv\ntext_columns: [question, answer]\nlabel_column: y\n")
+    built = build_config(CompressConfig, "compress", {}, str(cfg))
+    assert (built.train_file, built.text_columns, built.label_column) == ("t.csv", "question,answer", "y")
+
+
 # ------------------------------------------------------------------------------------- data check
 def test_data_check_reports_rows_labels_lengths_and_truncation(tmp_path, capsys):
     from transformers import AutoTokenizer

@@ -231,6 +231,8 @@ def build_config(cfg_cls, command: str, flags: dict, config_file: Optional[str] 
     for source in (file_values, given):  # a YAML mapping and a KEY=VALUE string mean the same thing
         if isinstance(source.get("kd"), dict):
             source["kd"] = ",".join(f"{k}={v}" for k, v in source["kd"].items())
+        if isinstance(source.get("text_columns"), (list, tuple)):  # YAML [a, b] means --text-columns a,b
+            source["text_columns"] = ",".join(str(c) for c in source["text_columns"])
     preset = given.get("preset") or file_values.get("preset") or "full"
     merged: dict[str, Any] = {}
     for source, values in (("preset " + str(preset), preset_values(command, str(preset))),
