@@ -188,6 +188,7 @@ def test_data_check_reports_rows_labels_lengths_and_truncation(tmp_path, capsys)
     lengths = [len(tok(long_text if i % 4 == 0 else "short text")["input_ids"]) for i in range(20)]
     assert train_part["tokens"]["max"] == max(lengths) and train_part["tokens"]["p50"] == int(np.percentile(lengths, 50))
     assert train_part["truncated_share"] == pytest.approx(np.mean(np.array(lengths) > 16))
+    assert train_part["truncated_rows"] == sum(n > 16 for n in lengths) > 0
     assert any("longer than --max-seq-len" in w for w in report["warnings"])
     assert main(["data", "check", "--train-file", train]) == 0
     text = capsys.readouterr().out

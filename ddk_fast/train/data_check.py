@@ -64,7 +64,8 @@ def _split_summary(spec, split, examples, tokenizer, max_seq_len) -> dict:
     lengths = np.asarray([len(ids) for ids in encoded["input_ids"]])
     out["tokens"] = {f"p{p}": int(np.percentile(lengths, p)) for p in PERCENTILES}
     out["tokens"]["max"] = int(lengths.max())
-    out["truncated_share"] = round(float(np.mean(lengths > max_seq_len)), 4)
+    out["truncated_rows"] = int(np.sum(lengths > max_seq_len))
+    out["truncated_share"] = round(float(np.mean(lengths > max_seq_len)), 6)
     return out
 
 
@@ -101,7 +102,7 @@ def format_check(report: dict) -> str:
             lines.append("  label " + ", ".join(f"{k} {v:.4g}" for k, v in s["label_stats"].items()))
         t = s["tokens"]
         lines.append(f"  tokens: p50 {t['p50']}, p90 {t['p90']}, p95 {t['p95']}, p99 {t['p99']}, max {t['max']}; "
-                     f"{s['truncated_share']:.1%} truncated at {report['max_seq_len']}")
+                     f"{s['truncated_rows']} rows ({s['truncated_share']:.2%}) truncated at {report['max_seq_len']}")
     lines += [f"warning: {w}" for w in report["warnings"]]
     lines.append("ok: every row has its text and a label the task knows")
     return "\n".join(lines)
