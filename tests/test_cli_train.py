@@ -43,6 +43,11 @@ def test_finetune_then_evaluate_cli(tmp_path, glue_dir, capsys):
     ev = json.loads(stdout)
     assert ev["metrics"]["f1"] == pytest.approx(metrics["dev"]["f1"])
     assert json.loads((tmp_path / "m.json").read_text())["metrics"] == ev["metrics"]
+    # without --task: the task the run recorded (metrics.json)
+    rc, stdout, err = _run(["evaluate", "--model", str(out), "--data-dir", glue_dir, "--max-eval-examples", "16"],
+                           capsys)
+    assert rc == 0, err
+    assert json.loads(stdout)["task"] == "mrpc" and json.loads(stdout)["metrics"] == ev["metrics"]
 
 
 def test_unknown_config_key_is_refused(tmp_path, capsys):

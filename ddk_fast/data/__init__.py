@@ -1,4 +1,4 @@
-"""GLUE and plain-text data: loading, validation, tokenisation, batching, official metrics.
+"""GLUE, users' own datasets and plain-text data: loading, validation, tokenisation, batching, metrics.
 
 API summary (everything below is importable from ``ddk_fast.data``)
 
@@ -11,10 +11,22 @@ Tasks
   mnli: validation_matched, validation_mismatched), ``eval_splits``, ``metric_names``, ``main_metric``.
 - ``DataError(ValueError)``: one-line message naming the file, line number and problem.
 
+Users' own data (``ddk_fast.data.custom``; docs/data.md)
+- ``DataSource(train_file=None, validation_file=None, dataset=None)``: csv/tsv/json/jsonl/parquet files, or
+  a hub ``NAME[:CONFIG]`` / ``save_to_disk`` folder; no validation: a seeded 10 % of train is held out.
+- ``build_task(source, text_columns=None, label_column=None, kind=None, name=None) -> CustomTask``: columns
+  given or found, kind inferred (lists: multilabel, floats: regression, else classification), label set
+  from the train split. ``CustomTask`` answers what ``TaskSpec`` does (name, num_labels, is_regression,
+  is_multilabel, label_names, metric_names, main_metric, splits) and works wherever a task name does
+  (``load_task``, ``compute_metrics``, ``get_task``). ``to_dict``/``from_dict``; ``write_task_file`` /
+  ``read_task_file`` keep it as ``task.json`` in a run's output.
+- Errors: ``DataError`` naming the file (or dataset and split), the 1-based data row and the column.
+
 Loading
 - ``load_task(task, split="train", data_dir=None, max_examples=None, seed=0, *, skip_bad_rows=False)
   -> list[Example]``
-  ``Example(text_a: str, text_b: str | None, label: int | float)`` (frozen dataclass; float for stsb).
+  ``Example(text_a: str, text_b: str | None, label: int | float | tuple)`` (frozen dataclass; float for
+  regression, a multi-hot tuple of floats for multi-label). ``task`` may be a task object (``CustomTask``).
   data_dir=None: ``datasets.load_dataset("nyu-mll/glue", task, split=...)``; otherwise a folder holding
   task subfolders (``data_dir/MRPC/dev.tsv``) or the task folder itself. "validation" reads dev.tsv
   (mnli: "validation" means validation_matched). ``max_examples`` keeps a seeded random subset in file order.
@@ -35,14 +47,16 @@ Tokenisation and batching
   Call ``set_loader_epoch(loader, epoch)`` each epoch to reshuffle deterministically.
 
 Metrics
-- ``compute_metrics(task, predictions, labels) -> dict[str, float]``: the task's official metrics
-  (cola: mcc; sst2/qnli/rte/wnli/mnli: accuracy; mrpc/qqp: f1, accuracy; stsb: pearson, spearman)
-  plus ``score`` (their mean). ``predictions``: logits [N, C] or class ids [N] (stsb: floats [N] or
+- ``compute_metrics(task, predictions, labels) -> dict[str, float]``: the task's metrics through
+  scikit-learn/scipy (cola: mcc; sst2/qnli/rte/wnli/mnli: accuracy; mrpc/qqp: f1, accuracy; stsb: pearson,
+  spearman; own data: accuracy + f1_macro, pearson + spearman, or f1_micro for multi-label) plus ``score``
+  (their mean). ``predictions``: logits [N, C] or class ids [N] (stsb: floats [N] or
   [N, 1]). ``get_task(task).main_metric`` names the metric to select checkpoints by.
 
 Plain-text LM data
 - ``load_text_lm(path, tokenizer, block_size, max_blocks=None) -> Tensor`` [n_blocks, block_size] long.
 """
+from ddk_fast.data.custom import CustomTask, DataSource, build_task, read_task_file, write_task_file
 from ddk_fast.data.encoding import BATCH_KEYS, EncodedDataset, collate, encode, pad_token_id_of
 from ddk_fast.data.glue import HUB_DATASET, Example, find_task_file, load_task, read_glue_tsv
 from ddk_fast.data.loader import LengthGroupedBatchSampler, SeededShuffleSampler, make_dataloader, set_loader_epoch
@@ -51,7 +65,7 @@ from ddk_fast.data.tasks import GLUE_TASKS, DataError, TaskSpec, get_task
 from ddk_fast.data.text_lm import load_text_lm
 
 __all__ = [
-    "BATCH_KEYS", "DataError", "EncodedDataset", "Example", "GLUE_TASKS", "HUB_DATASET", "LengthGroupedBatchSampler",
+    "BATCH_KEYS", "CustomTask", "DataError", "DataSource", "build_task", "read_task_file", "write_task_file", "EncodedDataset", "Example", "GLUE_TASKS", "HUB_DATASET", "LengthGroupedBatchSampler",
     "SeededShuffleSampler", "TaskSpec", "collate", "compute_metrics", "encode", "find_task_file", "get_task",
     "load_task", "load_text_lm", "make_dataloader", "pad_token_id_of", "read_glue_tsv", "set_loader_epoch",
 ]

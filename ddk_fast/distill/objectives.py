@@ -50,7 +50,7 @@ from ddk_fast.distill.makd import LowRankProjection, concat_heads, relation_scor
 OUTPUTS = ("hidden_states", "attention_scores", "attention_probs", "qkv", "ffn", "logits")
 _FLAGS = {"hidden_states": "output_hidden_states", "attention_scores": "output_attention_scores",
           "attention_probs": "output_attention_probs", "qkv": "output_qkv", "ffn": "output_ffn"}
-TASK_TYPES = ("classification", "regression", "lm")
+TASK_TYPES = ("classification", "regression", "multilabel", "lm")
 ATTENTION_LOSSES = ("kl", "mse", "prob_mse")
 _NEG = -1.0e4  # "minus infinity" for scores that must get zero probability but stay finite (no 0 * inf)
 
@@ -353,6 +353,19 @@ def tinybert_attention_mse(student_scores: torch.Tensor, teacher_scores: torch.T
     return diff.pow(2).mean()
 
 
+def sigmoid_kd_loss(s_logits: torch.Tensor, t_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Multi-label prediction KD: binary cross entropy of the student's per-label sigmoid at temperature
+    T against the teacher's, times T^2 (each label is its own two-class softmax)."""
+    t = float(temperature)
+    soft = torch.sigmoid(t_logits.float() / t)
+    return F.binary_cross_entropy_with_logits(s_logits.float() / t, soft) * t * t
+
+
+def multilabel_task_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Hard multi-hot labels [B, C]: binary cross entropy per label."""
+    return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+
+
 class PredictionTerm(KDTerm):
     """Prediction-layer KD: soft CE at temperature T (times T^2 if the op does so), MSE for regression; LMs:
     per-token soft CE over the vocabulary, rows of padding tokens dropped."""
@@ -370,6 +383,8 @@ class PredictionTerm(KDTerm):
         s_logits, t_logits = s.logits, t.logits.detach()
         if self.task_type == "regression":
             return F.mse_loss(s_logits.float(), t_logits.float())
+        if self.task_type == "multilabel":
+            return sigmoid_kd_loss(s_logits, t_logits, self.temperature)
         if self.task_type == "lm":
             mask = _token_mask(batch, s_logits[..., 0]).reshape(-1).bool()
             s_logits = s_logits.reshape(-1, s_logits.shape[-1])[mask]
@@ -394,6 +409,8 @@ class TaskTerm(KDTerm):
         labels = batch["labels"]
         if self.task_type == "regression":
             return F.mse_loss(logits.squeeze(-1).float(), labels.float())
+        if self.task_type == "multilabel":
+            return multilabel_task_loss(logits, labels)
         return F.cross_entropy(logits.float(), labels.long())
 
 

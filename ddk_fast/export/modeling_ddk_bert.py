@@ -236,6 +236,8 @@ class DdkBertForSequenceClassification(DdkBertPreTrainedModel):
         if labels is not None:
             if self.num_labels == 1:
                 loss = F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype).view(-1))
+            elif getattr(self.config, "problem_type", None) == "multi_label_classification":
+                loss = F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
             else:
                 loss = F.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
         out = SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=base.hidden_states)

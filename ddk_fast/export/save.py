@@ -32,6 +32,11 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 _RESERVED = ("config.json", MODELING_FILE, "model.safetensors", STRUCTURE_FILE)
 
 
+# task_type of the engine -> transformers' problem_type (which loss a stock model applies to labels)
+PROBLEM_TYPES = {"classification": "single_label_classification", "regression": "regression",
+                 "multilabel": "multi_label_classification"}
+
+
 def _config_json(model: MaskedTransformer) -> dict[str, Any]:
     cfg = model.config.to_dict()
     for key in ("extra", "num_labels", "id2label"):
@@ -48,7 +53,7 @@ def _config_json(model: MaskedTransformer) -> dict[str, Any]:
         "intermediate_size": max(model.intermediate_sizes, default=0),
         "id2label": {str(k): v for k, v in id2label.items()},
         "label2id": {v: int(k) for k, v in id2label.items()},
-        "problem_type": "regression" if model.config.task_type == "regression" else "single_label_classification",
+        "problem_type": PROBLEM_TYPES[model.config.task_type],
         "dtype": dtype,
         "ddk_fast_version": __version__,
     }

@@ -3,7 +3,7 @@ built from a stock transformers checkpoint, plus Structure (units kept) and phys
 
 Model (``masked_transformer.py``)
     ``model = MaskedTransformer.from_pretrained(path_or_hf_model, num_labels=None,
-    task_type=None|"classification"|"regression", dtype=torch.float32)``
+    task_type=None|"classification"|"regression"|"multilabel", dtype=torch.float32)``
         path: a folder with config.json + model.safetensors (or pytorch_model.bin, read with
         weights_only=True), a stock BertModel / BertForSequenceClassification / RobertaModel /
         RobertaForSequenceClassification object (or the XLM-RoBERTa, ELECTRA and DistilBERT

@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-TASK_TYPES = ("classification", "regression")
+TASK_TYPES = ("classification", "regression", "multilabel")
 POSITION_STYLES = ("absolute", "padding_offset")
 # head_style -> (dropout before the dense layer too, activation after it). Why a table: the four stock
 # sequence-classification heads differ only in these two choices (see TransformerConfig.head_style).

@@ -208,7 +208,8 @@ class MaskedTransformer(nn.Module):
         if task_type is None:
             regression = (num_labels == 1 or hf_config.get("problem_type") == "regression"
                           or (num_labels is None and ckpt_labels == 1))
-            task_type = "regression" if regression else "classification"
+            multilabel = hf_config.get("problem_type") == "multi_label_classification"
+            task_type = "regression" if regression else ("multilabel" if multilabel else "classification")
         if num_labels is None:
             num_labels = 1 if task_type == "regression" else (ckpt_labels or 2)
         config = adapter.config_from_hf(hf_config, num_labels=num_labels, task_type=task_type)

@@ -44,9 +44,12 @@ class GateGradients:
 
 
 def task_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Batch-mean cross entropy (classification) or squared error (one output: regression)."""
+    """Batch-mean cross entropy (classification), squared error (one output: regression) or binary
+    cross entropy (multi-hot float labels [B, C]: multi-label)."""
     if logits.dtype in (torch.float16, torch.bfloat16):
         logits = logits.float()
+    if labels.dim() == 2 and labels.is_floating_point():
+        return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
     if logits.shape[-1] == 1:
         return F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype))
     return F.cross_entropy(logits, labels.long())

@@ -16,9 +16,11 @@ from typing import Optional
 from ddk_fast.train.config import CompressConfig, FinetuneConfig, PruneConfig, build_config
 
 
-def finetune(task: str, output: str, model: Optional[str] = None, data_dir: Optional[str] = None, *,
+def finetune(task: Optional[str], output: str, model: Optional[str] = None, data_dir: Optional[str] = None, *,
              config: Optional[str] = None, **options) -> dict:
-    """Fine-tune a stock transformers classifier (the teacher) on a GLUE task.
+    """Fine-tune a stock transformers classifier (the teacher) on a GLUE task, or on your own data
+    (``task=None`` or a name of yours, with ``train_file=``/``validation_file=``/``dataset=``,
+    ``text_columns=``, ``label_column=``, ``task_kind=`` among the options; docs/data.md).
 
     ``model``: a local model folder (default: the packaged MiniLM-L6 BERT). Writes a standard
     transformers folder (config.json, model.safetensors, tokenizer, metrics.json, log.jsonl) to
@@ -30,7 +32,7 @@ def finetune(task: str, output: str, model: Optional[str] = None, data_dir: Opti
     return run_finetune(build_config(FinetuneConfig, "finetune", flags, config))
 
 
-def compress(teacher: str, task: str, output: str, target: Optional[str] = None, data_dir: Optional[str] = None, *,
+def compress(teacher: str, task: Optional[str], output: str, target: Optional[str] = None, data_dir: Optional[str] = None, *,
              config: Optional[str] = None, **options) -> dict:
     """DDK compression of a fine-tuned teacher to ``target`` ("params=0.5" or "flops=0.4").
 
@@ -43,7 +45,7 @@ def compress(teacher: str, task: str, output: str, target: Optional[str] = None,
     return run_compress(build_config(CompressConfig, "compress", flags, config))
 
 
-def prune(teacher: str, task: str, output: str, target: Optional[str] = None, data_dir: Optional[str] = None, *,
+def prune(teacher: str, task: Optional[str], output: str, target: Optional[str] = None, data_dir: Optional[str] = None, *,
           config: Optional[str] = None, **options) -> dict:
     """One-shot, retraining-free pruning of a fine-tuned teacher to ``target`` (minutes on a CPU).
 
@@ -56,12 +58,21 @@ def prune(teacher: str, task: str, output: str, target: Optional[str] = None, da
     return run_prune(build_config(PruneConfig, "prune", flags, config))
 
 
-def evaluate(model: str, task: str, data_dir: Optional[str] = None, *, output: Optional[str] = None,
+def evaluate(model: str, task: Optional[str] = None, data_dir: Optional[str] = None, *, output: Optional[str] = None,
              batch_size: int = 64, max_seq_len: Optional[int] = None, max_eval_examples: Optional[int] = None,
-             split: str = "validation", device: str = "auto", path: str = "auto", force: bool = False) -> dict:
-    """Dev-set metrics of a teacher folder or a pruned export; written as JSON to ``output`` if given."""
+             split: str = "validation", device: str = "auto", path: str = "auto", force: bool = False,
+             **data) -> dict:
+    """Dev-set metrics of a teacher folder or a pruned export; written as JSON to ``output`` if given.
+
+    ``task=None``: the task saved with a model trained on your own data; ``data``: ``DataOptions``
+    fields (``validation_file=``, ``text_columns=``...) to score it on other rows."""
+    from ddk_fast.train.config import DataOptions
     from ddk_fast.train.evaluate import run_evaluate
 
+    try:
+        options = DataOptions(**data)
+    except TypeError as exc:
+        raise TypeError(f"evaluate(): {exc}") from None
     return run_evaluate(model=model, task=task, data_dir=data_dir, output=output, batch_size=batch_size,
                         max_seq_len=max_seq_len, max_eval_examples=max_eval_examples, split=split, device=device,
-                        path=path, force=force)
+                        path=path, force=force, data=options)

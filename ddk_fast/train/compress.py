@@ -34,7 +34,8 @@ from ddk_fast.train.checkpoint import (latest_checkpoint, load_checkpoint, rng_s
                                       weights_digest)
 from ddk_fast.train.config import CompressConfig, config_dict, resume_mismatches
 from ddk_fast.train.deploy import add_deployment, check_deployment_flags
-from ddk_fast.train.evaluation import encode_split, evaluate, load_split, task_spec, to_device
+from ddk_fast.data.custom import task_files
+from ddk_fast.train.evaluation import encode_split, evaluate, load_split, resolve_task, task_type_of, to_device
 from ddk_fast._io import atomic_write_json, read_json
 from ddk_fast.train.kd import FUSIONS, DistillObjective, KDWeights
 from ddk_fast.train.logging import RunLogger
@@ -52,7 +53,7 @@ FIXED_KINDS = ("uniform", "oneshot")
 
 # ----------------------------------------------------------------------------------------- validation
 def validate(cfg: CompressConfig) -> tuple[str, float]:
-    for flag, value in (("--teacher", cfg.teacher), ("--task", cfg.task), ("--output", cfg.output)):
+    for flag, value in (("--teacher", cfg.teacher), ("--output", cfg.output)):
         if not value:
             raise UserError(f"{flag} is required")
     metric, ratio = parse_target(cfg.target)
@@ -145,14 +146,15 @@ def load_teacher(path: str, spec):
     check_label_count(path, config, spec)
     if not any(f.endswith(".safetensors") for f in os.listdir(path)):
         raise UserError(f"--teacher {path!r} has no .safetensors weights; only safetensors checkpoints are read")
-    task_type = "regression" if spec.is_regression else "classification"
     try:
-        teacher = MaskedTransformer.from_pretrained(path, num_labels=spec.num_labels, task_type=task_type)
+        teacher = MaskedTransformer.from_pretrained(path, num_labels=spec.num_labels, task_type=task_type_of(spec))
     except (ValueError, KeyError, OSError, TypeError, SafetensorError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise UserError(f"--teacher {path!r}: cannot read the model ({first})") from None
     if teacher.pruned_from is not None:
         raise UserError(f"--teacher {path!r} is already a pruned export; give the fine-tuned teacher")
+    if getattr(spec, "is_custom", False):  # the export's config names the labels (regression: the column)
+        teacher.config.id2label = dict(enumerate(spec.label_names))
     return teacher, load_tokenizer(path)
 
 
@@ -214,8 +216,8 @@ def check_budget(cost_model, ratio: float, metric: str, target_text: str) -> Non
 # ------------------------------------------------------------------------------------------------ run
 def run_compress(cfg: CompressConfig) -> dict:
     metric, ratio = validate(cfg)
-    spec = task_spec(cfg.task)
     teacher_path = os.path.abspath(cfg.teacher)
+    spec = resolve_task(cfg.task, cfg, teacher_path)
     teacher, tokenizer = load_teacher(teacher_path, spec)
     check_seq_len(cfg.seq_len, teacher.config, "--seq-len")
     check_seq_len(cfg.max_seq_len, teacher.config, "--max-seq-len")
@@ -271,8 +273,8 @@ def structure_from_file(cfg, teacher, train_ds, cost_model, metric: str, ratio: 
 
 
 def _load_data(cfg, spec, tokenizer):
-    train_ex = load_split(spec.name, "train", cfg.data_dir, cfg.max_train_examples, cfg.seed)
-    dev_ex = load_split(spec.name, "validation", cfg.data_dir, cfg.max_eval_examples, 0)
+    train_ex = load_split(spec, "train", cfg.data_dir, cfg.max_train_examples, cfg.seed)
+    dev_ex = load_split(spec, "validation", cfg.data_dir, cfg.max_eval_examples, 0)
     return encode_split(train_ex, tokenizer, cfg.max_seq_len), encode_split(dev_ex, tokenizer, cfg.max_seq_len)
 
 
@@ -317,7 +319,7 @@ class _Compression:
 
         t0 = time.perf_counter()
         try:
-            return evaluate(model, logits, self.dev_loader, self.device, self.spec.name)
+            return evaluate(model, logits, self.dev_loader, self.device, self.spec)
         finally:
             self.state["times_s"]["evaluation"] += time.perf_counter() - t0
 
@@ -337,7 +339,7 @@ class _Compression:
         if catalog_options(cfg) is not None:
             from ddk_fast.distill.objectives import KDObjective
 
-            task_type = "regression" if self.spec.is_regression else "classification"
+            task_type = task_type_of(self.spec)
             try:
                 return KDObjective.from_config(catalog_options(cfg), student, self.teacher, task_type).to(self.device)
             except ValueError as exc:
@@ -345,7 +347,7 @@ class _Compression:
         return DistillObjective(self.teacher.num_layers + 1, self.teacher.hidden_size, self.spec.is_regression,
                                 KDWeights(cfg.hidden_weight, cfg.pred_weight, cfg.task_weight, cfg.temperature),
                                 fusion=cfg.fusion, layer_weighting=cfg.layer_weighting, hidden_loss=cfg.hidden_loss,
-                                path=cfg.path).to(self.device)
+                                path=cfg.path, multilabel=task_type_of(self.spec) == "multilabel").to(self.device)
 
     def info(self, msg):
         if self.ctx.is_main:
@@ -830,8 +832,8 @@ class _Compression:
             report["teacher_cache"] = self.teacher_cache_summary
             staged = stage_dir(self.dirs)
             try:
-                save_pruned(student, staged, tokenizer=self.tokenizer, overwrite=True)
-                add_deployment(report, staged, cfg, self.teacher_path, self.spec.name, self.dev_ds, self.info)
+                save_pruned(student, staged, tokenizer=self.tokenizer, overwrite=True, extra_files=task_files(self.spec))
+                add_deployment(report, staged, cfg, self.teacher_path, self.spec, self.dev_ds, self.info)
                 atomic_write_json(os.path.join(staged, "report.json"), report)
                 write_plots(report, staged, log_path=os.path.join(self.dirs.logs, "log.jsonl"))
                 self.log.log("done", step=self.state["global_step"], student_dev=report["student_dev"])

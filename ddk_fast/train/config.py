@@ -23,7 +23,21 @@ def packaged_model_dir() -> str:
 
 
 @dataclass
-class FinetuneConfig:
+class DataOptions:
+    """A user's own dataset instead of a GLUE task (see ``ddk_fast.data.custom``): files or a dataset,
+    which columns hold the text and the label, and the task kind when the label column's type is not
+    what is meant (e.g. integer scores for regression)."""
+
+    train_file: Optional[str] = None
+    validation_file: Optional[str] = None
+    dataset: Optional[str] = None
+    text_columns: Optional[str] = None
+    label_column: Optional[str] = None
+    task_kind: Optional[str] = None
+
+
+@dataclass
+class FinetuneConfig(DataOptions):
     """Teacher fine-tuning: a stock transformers sequence classifier, AdamW, linear warmup/decay."""
 
     task: str = ""
@@ -55,7 +69,7 @@ class FinetuneConfig:
 
 
 @dataclass
-class CompressionRunConfig:
+class CompressionRunConfig(DataOptions):
     """What every run that cuts a fine-tuned teacher down to a budget takes (``prune`` and ``compress``):
     the teacher and the task, the budget, the calibration data of the one-shot step, the report."""
 
@@ -222,6 +236,8 @@ def build_config(cfg_cls, command: str, flags: dict, config_file: Optional[str] 
     for source in (file_values, given):  # a YAML mapping and a KEY=VALUE string mean the same thing
         if isinstance(source.get("kd"), dict):
             source["kd"] = ",".join(f"{k}={v}" for k, v in source["kd"].items())
+        if isinstance(source.get("text_columns"), (list, tuple)):  # YAML [a, b] means --text-columns a,b
+            source["text_columns"] = ",".join(str(c) for c in source["text_columns"])
     preset = given.get("preset") or file_values.get("preset") or "full"
     merged: dict[str, Any] = {}
     for source, values in (("preset " + str(preset), preset_values(command, str(preset))),
@@ -280,5 +296,5 @@ def _number(value):
     return value
 
 
-__all__ = ["FinetuneConfig", "CompressConfig", "PruneConfig", "build_config", "config_dict", "load_yaml", "packaged_model_dir",
+__all__ = ["DataOptions", "FinetuneConfig", "CompressConfig", "PruneConfig", "build_config", "config_dict", "load_yaml", "packaged_model_dir",
            "parse_kd", "resume_mismatches"]

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ddk_fast.distill.objectives import multilabel_task_loss, sigmoid_kd_loss
+
 FUSIONS = ("param_free", "learned", "none")
 WEIGHTINGS = ("adaptive", "uniform")
 
@@ -37,13 +39,14 @@ class DistillObjective(nn.Module):
 
     def __init__(self, num_states: int, hidden_size: int, is_regression: bool, weights: KDWeights,
                  fusion: str = "param_free", layer_weighting: str = "adaptive", hidden_loss: str = "mse",
-                 path: str = "auto"):
+                 path: str = "auto", multilabel: bool = False):
         super().__init__()
         if fusion not in FUSIONS:
             raise ValueError(f"fusion={fusion!r}: expected one of {FUSIONS}")
         if layer_weighting not in WEIGHTINGS:
             raise ValueError(f"layer_weighting={layer_weighting!r}: expected one of {WEIGHTINGS}")
         self.num_states, self.is_regression, self.weights = num_states, is_regression, weights
+        self.multilabel = bool(multilabel)  # multi-hot labels: sigmoid KD and BCE instead of softmax
         self.fusion_kind, self.weighting, self.hidden_loss = fusion, layer_weighting, hidden_loss
         # the model's kernel paths (compact/triton/reference) vs the loss ops' paths (fused/reference)
         self.loss_path = "reference" if path == "reference" else "auto"
@@ -120,6 +123,8 @@ class DistillObjective(nn.Module):
         if w.pred > 0:
             if self.is_regression:
                 pred = F.mse_loss(s_logits.float(), t_logits.float())
+            elif self.multilabel:
+                pred = sigmoid_kd_loss(s_logits, t_logits, w.temperature)
             else:
                 pred = soft_cross_entropy(s_logits, t_logits, w.temperature, path=self.loss_path,
                                           check_finite=False)
@@ -128,6 +133,8 @@ class DistillObjective(nn.Module):
         if w.task > 0:
             if self.is_regression:
                 task = F.mse_loss(s_logits.squeeze(-1).float(), labels.float())
+            elif self.multilabel:
+                task = multilabel_task_loss(s_logits, labels)
             else:
                 task = F.cross_entropy(s_logits.float(), labels.long())
             total = total + w.task * task
