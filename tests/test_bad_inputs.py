@@ -159,6 +159,7 @@ CASES = [
     ("cp-output-is-teacher", [*CP[:7], "--output", T, *CP[9:]], "--output must differ"),
     ("cp-output-exists", [*CP[:8], "{earlier}", *CP[9:]], "--overwrite"),
     ("cp-calibration-0", [*CP, "--calibration-examples", "0"], "--calibration-examples"),
+    ("cp-iterations-0", [*CP, "--importance-iterations", "0"], "--importance-iterations"),
     ("cp-budget-warmup", [*CP, "--budget-warmup", "2"], "--budget-warmup"),
     ("cp-fixed-structure-missing", [*CP, "--fixed-structure", "{root}/none.json"], "--fixed-structure"),
     ("cp-fixed-structure-bad", [*CP, "--fixed-structure", "{structure_bad}", "--max-train-examples", "16"],
@@ -174,6 +175,9 @@ CASES = [
     ("cp-max-train-examples-0", [*CP, "--max-train-examples", "0"], "--max-train-examples 0"),
     # --- prune
     ("pr-calibration-0", [*PR, "--calibration-examples", "0"], "--calibration-examples"),
+    ("pr-iterations-0", [*PR, "--importance-iterations", "0"], "--importance-iterations"),
+    ("pr-iterations-activation", [*PR, "--importance-iterations", "2", "--importance", "activation"],
+     "--importance-iterations 2 needs --importance fisher"),
     ("pr-target-impossible", [*PR, "--target", "params=0.0001"], "minimum achievable"),
     ("pr-ridge-negative", [*PR, "--ridge", "-1"], "--ridge"),
     ("pr-granularity-0", [*PR, "--channel-granularity", "0"], "--channel-granularity"),

@@ -119,3 +119,13 @@ def test_majority_baseline_is_the_constant_predictor():
     assert majority_baseline("cola", [0, 0, 1], [1, 0])["mcc"] == 0.0
     stsb = majority_baseline("stsb", [1.0, 2.0, 3.0], [1.0, 4.0, 2.0])
     assert stsb["pearson"] == 0.0 and stsb["spearman"] == 0.0  # a constant has no correlation
+
+
+def test_iterative_importance_from_the_cli(teacher, tmp_path, glue_dir):
+    out = tmp_path / "student"
+    rc = main(["prune", "--teacher", teacher, "--task", "mrpc", "--data-dir", glue_dir, "--target", "params=0.4",
+               "--output", str(out), "--importance-iterations", "3", "--no-tune", *FLAGS])
+    assert rc == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["config"]["importance_iterations"] == 3
+    assert report["params"]["ratio"] <= 0.4 + 1e-9

@@ -62,6 +62,9 @@ def _compression_flags(p):
           help="labelled train examples for the one-shot Fisher importance and least squares (default 2048)")
     _flag(p, "--tuning-examples", type=int,
           help="of the calibration examples, how many the least-squares tuning uses (default 512)")
+    _flag(p, "--importance-iterations", type=int,
+          help="prune in K steps of the budget, re-scoring the remaining units each step (Fisher; default 1; "
+               "each step costs one importance pass)")
     _flag(p, "--path", choices=("auto", "compact", "reference", "triton"), help="kernel path of the masked model")
     _flag(p, "--latency-batch-size", type=int, help="batch size of the CPU latency measurement (default 32)")
     _flag(p, "--latency-seq-len", type=int, help="sequence length of the CPU latency measurement (default 128)")

@@ -70,6 +70,7 @@ def validate(cfg: CompressConfig) -> tuple[str, float]:
     if cfg.init not in INITS:
         raise UserError(f"--init {cfg.init!r}: expected one of {', '.join(INITS)}")
     check_positive("tuning_examples", cfg.tuning_examples)
+    check_positive("importance_iterations", cfg.importance_iterations)
     if not isinstance(cfg.calibration_examples, int) or cfg.calibration_examples < 1:
         raise UserError(f"--calibration-examples {cfg.calibration_examples!r}: expected a positive integer")
     if not (0.0 <= cfg.budget_warmup < 1.0):

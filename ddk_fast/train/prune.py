@@ -48,6 +48,10 @@ def validate(cfg: PruneConfig) -> tuple[str, float]:
                         "(the importance scores need labelled train examples; 2048 is the default)")
     if cfg.importance not in IMPORTANCE_KINDS:
         raise UserError(f"--importance {cfg.importance!r}: expected one of {', '.join(IMPORTANCE_KINDS)}")
+    check_positive("importance_iterations", cfg.importance_iterations)
+    if cfg.importance_iterations > 1 and cfg.importance != "fisher":
+        raise UserError(f"--importance-iterations {cfg.importance_iterations} needs --importance fisher "
+                        "(the masked model's gate gradients)")
     if cfg.path not in ("auto", "compact", "reference", "triton"):
         raise UserError(f"--path {cfg.path!r}: expected auto, compact, reference or triton")
     if not (cfg.ridge >= 0 and math.isfinite(cfg.ridge)):
