@@ -82,7 +82,17 @@ def env(tmp_path_factory, glue_dir):
     yaml_unknown.write_text("no_such_option: 3\n")
     structure_bad = root / "structure.json"
     structure_bad.write_text('{"heads": [1]}')
-    return {"root": root, "teacher": teacher, "stsb_teacher": stsb_teacher, "data": data, "earlier": str(earlier),
+    own = root / "own"
+    own.mkdir()
+    good = "text,label\n" + "".join(f"row number {i},{'pos' if i % 2 else 'neg'}\n" for i in range(20))
+    files = {"good.csv": good, "dev_bad_label.csv": "text,label\nfine,pos\nwhat,maybe\n",
+             "empty_text.csv": "text,label\nfine,pos\n  ,neg\nok,neg\n", "data.txt": good,
+             "multi.jsonl": "".join(json.dumps({"text": f"t{i}", "label": ["a", "b"][: 1 + i % 2]}) + "\n"
+                                    for i in range(12))}
+    for name, text in files.items():
+        (own / name).write_text(text, encoding="utf-8")
+    (own / "latin1.csv").write_bytes("text,label\ncaf\u00e9,pos\nthe,neg\n".encode("latin-1"))
+    return {"own": {name: str(own / name) for name in [*files, "latin1.csv"]},"root": root, "teacher": teacher, "stsb_teacher": stsb_teacher, "data": data, "earlier": str(earlier),
             "truncated": str(truncated), "headless": str(headless), "a_file": str(a_file),
             "yaml_bad": str(yaml_bad), "yaml_unknown": str(yaml_unknown), "structure_bad": str(structure_bad)}
 
@@ -188,6 +198,38 @@ CASES = [
     ("ev-max-eval-examples-0", [*EV, "--max-eval-examples", "0"], "--max-eval-examples 0"),
     ("ev-unknown-split", [*EV, "--split", "nosuch"], "nosuch"),
     ("ev-label-count", ["evaluate", "--model", T, "--task", "stsb", "--data-dir", D, "--force"], "label"),
+    # --- the user's own data: one line naming the file, row and column
+    ("ft-own-missing-column", ["finetune", "--model", T, "--train-file", "{own:good.csv}", "--text-columns", "body",
+                               "--output", O], "good.csv: no column 'body'"),
+    ("ft-own-empty-text", ["finetune", "--model", T, "--train-file", "{own:empty_text.csv}",
+                           "--validation-file", "{own:empty_text.csv}", "--output", O], "row 2, column 'text': empty text"),
+    ("ft-own-label-not-in-train", ["finetune", "--model", T, "--train-file", "{own:good.csv}", "--validation-file",
+                                   "{own:dev_bad_label.csv}", "--output", O],
+     "dev_bad_label.csv, row 2, column 'label': label 'maybe' is not in the training label set"),
+    ("cp-own-not-utf8", ["compress", "--teacher", T, "--train-file", "{own:latin1.csv}", "--output", O],
+     "latin1.csv, line 2: not valid UTF-8"),
+    ("cp-own-unknown-extension", ["compress", "--teacher", T, "--train-file", "{own:data.txt}", "--output", O],
+     "unknown extension '.txt'"),
+    ("cp-own-multilabel", ["compress", "--teacher", T, "--train-file", "{own:multi.jsonl}", "--output", O],
+     "multilabel"),
+    ("pr-own-missing-label-column", ["prune", "--teacher", T, "--train-file", "{own:good.csv}", "--label-column",
+                                     "nosuch", "--output", O], "no column 'nosuch' (--label-column)"),
+    ("pr-own-not-a-number", ["prune", "--teacher", "{stsb_teacher}", "--train-file", "{own:good.csv}",
+                             "--task-kind", "regression", "--output", O], "column 'label': label 'neg' is not a number"),
+    ("di-own-glue-name", ["distill", "--teacher", T, "--task", "mrpc", "--train-file", "{own:good.csv}", "--output", O],
+     "GLUE preset"),
+    ("di-own-missing-file", ["distill", "--teacher", T, "--train-file", "{root}/none.csv", "--output", O],
+     "none.csv: file not found"),
+    ("sw-own-bad-kind", ["sweep", "--teacher", T, "--train-file", "{own:good.csv}", "--task-kind", "ner", "--grid",
+                         "temperature=1,2", "--output", O], "--task-kind 'ner'"),
+    ("ev-own-columns-without-data", ["evaluate", "--model", T, "--text-columns", "body"], "--text-columns needs"),
+    ("ev-own-no-task", ["evaluate", "--model", T], "--task is required"),
+    ("ev-own-label-not-in-train", ["evaluate", "--model", T, "--train-file", "{own:good.csv}", "--validation-file",
+                                   "{own:dev_bad_label.csv}"], "row 2, column 'label'"),
+    ("data-check-not-utf8", ["data", "check", "--train-file", "{own:latin1.csv}"], "not valid UTF-8"),
+    ("data-check-label-not-in-train", ["data", "check", "--train-file", "{own:good.csv}", "--validation-file",
+                                       "{own:dev_bad_label.csv}"], "label 'maybe'"),
+    ("data-check-dataset-missing", ["data", "check", "--dataset", "{root}/no_such_dataset"], "--dataset"),
     # --- reuse of a finished result with other settings
     ("pr-resume-other-settings", ["compress", "--teacher", T, "--task", "mrpc", "--data-dir", D, "--output",
                                   "{earlier}", "--resume", "--target", "params=0.3", "--seq-len", "32", *LATENCY],
@@ -204,6 +246,8 @@ def _fill(argv, env, out):
     for arg in argv:
         if arg.startswith("{data:"):
             filled.append(env["data"][arg[6:-1]])
+        elif arg.startswith("{own:"):
+            filled.append(env["own"][arg[5:-1]])
         else:
             filled.append(arg.format(**values))
     return filled
@@ -211,7 +255,7 @@ def _fill(argv, env, out):
 
 def test_the_table_is_large_enough():
     assert len(CASES) >= 50 and len({c[0] for c in CASES}) == len(CASES)
-    assert {c[1][0] for c in CASES} == {"finetune", "compress", "prune", "distill", "sweep", "evaluate"}
+    assert {c[1][0] for c in CASES} == {"finetune", "compress", "prune", "distill", "sweep", "evaluate", "data"}
 
 
 @pytest.mark.parametrize("case, argv, expected", CASES, ids=[c[0] for c in CASES])
@@ -219,7 +263,7 @@ def test_bad_input_exits_2_with_one_line(env, tmp_path, capsys, case, argv, expe
     before = _digest(env["earlier"])
     out = str(tmp_path / "out")
     full = _fill(argv, env, out)
-    if full[0] not in ("evaluate", "sweep") and "--no-progress" not in full:
+    if full[0] not in ("evaluate", "sweep", "data") and "--no-progress" not in full:
         full += ["--no-progress"]
     try:
         rc = main(full)

@@ -90,7 +90,7 @@ def collate(features, pad_token_id: int = 0, pad_to_multiple_of: Optional[int] =
     """Stack features from ``EncodedDataset`` into right-padded tensors.
 
     Returns ``input_ids``, ``attention_mask``, ``token_type_ids`` ([B, T] int64, T = longest row,
-    rounded up to ``pad_to_multiple_of`` if given) and ``labels`` ([B], int64 or float32).
+    rounded up to ``pad_to_multiple_of`` if given) and ``labels`` ([B] int64 class ids, [B] float32 scores or [B, C] float32 multi-hot rows).
     """
     if not features:
         raise DataError("collate() got an empty batch")
@@ -104,7 +104,8 @@ def collate(features, pad_token_id: int = 0, pad_to_multiple_of: Optional[int] =
         mask.append([1] * len(f["input_ids"]) + [0] * n_pad)
         segments.append(f["token_type_ids"] + [0] * n_pad)
     labels = [f["labels"] for f in features]
-    label_dtype = torch.float32 if isinstance(labels[0], float) else torch.long
+    # float scores (regression) and multi-hot rows (multi-label) are float32; class ids int64
+    label_dtype = torch.float32 if isinstance(labels[0], (float, tuple)) else torch.long
     return {"input_ids": torch.tensor(ids, dtype=torch.long), "attention_mask": torch.tensor(mask, dtype=torch.long),
             "token_type_ids": torch.tensor(segments, dtype=torch.long),
             "labels": torch.tensor(labels, dtype=label_dtype)}

@@ -5,22 +5,13 @@ its path and line number instead of as a shape error deep inside a training step
 """
 import math
 import os
-import random
-from dataclasses import dataclass
 from typing import List, Optional, Union
 
+from ddk_fast.data.custom import load_examples
+from ddk_fast.data.examples import Example, subsample_indices
 from ddk_fast.data.tasks import DataError, TaskSpec, TsvLayout, get_task
 
 HUB_DATASET = "nyu-mll/glue"
-
-
-@dataclass(frozen=True, slots=True)
-class Example:
-    """One GLUE example. ``label`` is a class id (int), or the similarity score (float) for stsb."""
-
-    text_a: str
-    text_b: Optional[str]
-    label: Union[int, float]
 
 
 def load_task(task: str, split: str = "train", data_dir: Optional[str] = None, max_examples: Optional[int] = None,
@@ -38,19 +29,14 @@ def load_task(task: str, split: str = "train", data_dir: Optional[str] = None, m
     split = spec.resolve_split(split)
     if max_examples is not None and (not isinstance(max_examples, int) or max_examples < 1):
         raise DataError(f"max_examples={max_examples!r}; expected a positive int or None")
+    if getattr(spec, "is_custom", False):  # the user's own files or dataset: the task knows where they are
+        return load_examples(spec, split, max_examples, seed)
     if data_dir is None:
         return _load_from_hub(spec, split, max_examples, seed)
     path = find_task_file(spec, split, data_dir)
     examples = read_glue_tsv(path, spec, split, skip_bad_rows=skip_bad_rows)
     keep = subsample_indices(len(examples), max_examples, seed)
     return examples if keep is None else [examples[i] for i in keep]
-
-
-def subsample_indices(n: int, max_examples: Optional[int], seed: int) -> Optional[List[int]]:
-    """Sorted indices of a seeded random subset of size ``max_examples`` (None: keep everything)."""
-    if max_examples is None or max_examples >= n:
-        return None
-    return sorted(random.Random(seed).sample(range(n), max_examples))
 
 
 def find_task_file(task: Union[str, TaskSpec], split: str, data_dir: str) -> str:

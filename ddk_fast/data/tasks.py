@@ -138,7 +138,7 @@ _ALIASES = {spec.glue_dir.lower(): name for name, spec in GLUE_TASKS.items()}
 
 def get_task(name: str) -> TaskSpec:
     """The TaskSpec for a task name (``sst2``; the GLUE folder name ``SST-2`` is accepted too)."""
-    if isinstance(name, TaskSpec):
+    if isinstance(name, TaskSpec) or getattr(name, "is_custom", False):  # a task object: GLUE or the user's
         return name
     key = str(name).lower()
     key = _ALIASES.get(key, key)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from ddk_fast.train.data_flags import add_data_flags, data_options
+
 
 def _flag(p, *names, **kw):
     kw.setdefault("default", None)
@@ -19,9 +21,11 @@ def _switch(p, name, help):
 
 
 def _run_flags(p, what: str, batch_help: str = "training batch size per process"):
-    """What every command that reads a GLUE task and writes an output takes."""
-    _flag(p, "--task", required=False, help="GLUE task: cola sst2 mrpc stsb qqp mnli qnli rte wnli (or CoLA, SST-2, ...)")
+    """What every command that reads a task (GLUE or the user's data) and writes an output takes."""
+    _flag(p, "--task", required=False, help="GLUE task: cola sst2 mrpc stsb qqp mnli qnli rte wnli (or CoLA, SST-2, "
+                                            "...); with --train-file/--dataset an optional name for your task")
     _flag(p, "--data-dir", help="folder of GLUE TSVs (DIR/MRPC/train.tsv); default: the Hugging Face hub")
+    add_data_flags(p)
     _flag(p, "--output", help=f"folder for the {what} (written atomically)")
     _flag(p, "--preset", choices=("quick", "full"), help="schedule: quick (minutes on CPU) or full (default)")
     _flag(p, "--config", help="YAML file of options (keys = flag names); flags given here override it")
@@ -103,7 +107,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     return 0
 
 
-_LM_ONLY = ("train_file", "eval_file", "block_size", "search_steps", "distill_steps")
+_LM_ONLY = ("eval_file", "block_size", "search_steps", "distill_steps")
 
 
 def _drop_lm_only_flags(args: argparse.Namespace) -> argparse.Namespace:
@@ -154,22 +158,26 @@ def _register_prune(sub) -> None:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from ddk_fast.train.evaluate import run_evaluate
 
+    from ddk_fast.train.config import DataOptions
+
     metrics = run_evaluate(model=args.model, task=args.task, data_dir=args.data_dir, output=args.output,
                            batch_size=64 if args.batch_size is None else args.batch_size, max_seq_len=args.max_seq_len,
                            max_eval_examples=args.max_eval_examples, split=args.split, device=args.device or "auto",
-                           path=args.path or "auto", force=bool(args.force), int8=bool(args.int8))
+                           path=args.path or "auto", force=bool(args.force), int8=bool(args.int8),
+                           data=DataOptions(**data_options(args)))
     print(json.dumps(metrics, indent=2))
     return 0
 
 
 def _register_companions(sub, compress_parser) -> None:
     """Commands that live beside these in ddk_fast.train: fixed-student KD, KD sweeps, GPT-2 (--task lm)."""
-    from ddk_fast.train import lm, lm_teacher, student_kd, sweep
+    from ddk_fast.train import data_check, lm, lm_teacher, student_kd, sweep
 
     lm.add_lm_flags(compress_parser)  # --train-file/--eval-file/--block-size/... and --kd
     student_kd.register(sub)
     sweep.register(sub)
     lm_teacher.register(sub)
+    data_check.register(sub)
 
 
 def _cmd_export_onnx(args: argparse.Namespace) -> int:
@@ -261,10 +269,14 @@ def register(sub) -> None:
     _register_prune(sub)
     _register_deploy(sub)
 
-    ev = sub.add_parser("evaluate", help="dev-set metrics of a teacher folder, a compressed export or an ONNX export")
+    ev = sub.add_parser("evaluate", help="dev-set metrics of a teacher folder, a compressed export or an ONNX export",
+                        description="Score a model on a GLUE task's dev split or on your own data. A model trained "
+                                    "on your own data knows its task (task.json): `evaluate --model DIR` rescores "
+                                    "it, `--validation-file F` scores it on new rows with the same labels.")
     _flag(ev, "--model", required=True, help="teacher folder, `ddk-fast compress` output or `export-onnx` output")
-    _flag(ev, "--task", required=True, help="GLUE task")
+    _flag(ev, "--task", help="GLUE task (default: the task saved with a model trained on your own data)")
     _flag(ev, "--data-dir", help="folder of GLUE TSVs; default: the Hugging Face hub")
+    add_data_flags(ev)
     _flag(ev, "--output", help="write the metrics JSON here (a file path)")
     _flag(ev, "--split", default="validation", help="split to evaluate (default validation = dev.tsv)")
     _flag(ev, "--batch-size", type=int, help="batch size (default 64)")

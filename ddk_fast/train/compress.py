@@ -34,7 +34,8 @@ from ddk_fast.train.checkpoint import (latest_checkpoint, load_checkpoint, rng_s
                                       weights_digest)
 from ddk_fast.train.config import CompressConfig, config_dict, resume_mismatches
 from ddk_fast.train.deploy import add_deployment, check_deployment_flags
-from ddk_fast.train.evaluation import encode_split, evaluate, load_split, task_spec, to_device
+from ddk_fast.data.custom import TASK_FILE
+from ddk_fast.train.evaluation import encode_split, evaluate, load_split, resolve_task, to_device
 from ddk_fast._io import atomic_write_json, read_json
 from ddk_fast.train.kd import FUSIONS, DistillObjective, KDWeights
 from ddk_fast.train.logging import RunLogger
@@ -51,7 +52,7 @@ FIXED_KINDS = ("uniform", "oneshot")
 
 # ----------------------------------------------------------------------------------------- validation
 def validate(cfg: CompressConfig) -> tuple[str, float]:
-    for flag, value in (("--teacher", cfg.teacher), ("--task", cfg.task), ("--output", cfg.output)):
+    for flag, value in (("--teacher", cfg.teacher), ("--output", cfg.output)):
         if not value:
             raise UserError(f"{flag} is required")
     metric, ratio = parse_target(cfg.target)
@@ -147,6 +148,8 @@ def load_teacher(path: str, spec):
         raise UserError(f"--teacher {path!r}: cannot read the model ({first})") from None
     if teacher.pruned_from is not None:
         raise UserError(f"--teacher {path!r} is already a pruned export; give the fine-tuned teacher")
+    if getattr(spec, "is_custom", False):  # the export's config names the labels (regression: the column)
+        teacher.config.id2label = dict(enumerate(spec.label_names))
     return teacher, load_tokenizer(path)
 
 
@@ -208,8 +211,8 @@ def check_budget(cost_model, ratio: float, metric: str, target_text: str) -> Non
 # ------------------------------------------------------------------------------------------------ run
 def run_compress(cfg: CompressConfig) -> dict:
     metric, ratio = validate(cfg)
-    spec = task_spec(cfg.task)
     teacher_path = os.path.abspath(cfg.teacher)
+    spec = resolve_task(cfg.task, cfg, teacher_path)
     teacher, tokenizer = load_teacher(teacher_path, spec)
     check_seq_len(cfg.seq_len, teacher.config, "--seq-len")
     check_seq_len(cfg.max_seq_len, teacher.config, "--max-seq-len")
@@ -264,9 +267,15 @@ def structure_from_file(cfg, teacher, train_ds, cost_model, metric: str, ratio: 
     return structure
 
 
+def task_files(spec) -> dict:
+    """``extra_files`` of an export: ``task.json`` for a user's own task (labels, columns, files), so
+    ``evaluate`` and later stages need no data flags; nothing for GLUE (its name says everything)."""
+    return {TASK_FILE: spec.to_dict()} if getattr(spec, "is_custom", False) else {}
+
+
 def _load_data(cfg, spec, tokenizer):
-    train_ex = load_split(spec.name, "train", cfg.data_dir, cfg.max_train_examples, cfg.seed)
-    dev_ex = load_split(spec.name, "validation", cfg.data_dir, cfg.max_eval_examples, 0)
+    train_ex = load_split(spec, "train", cfg.data_dir, cfg.max_train_examples, cfg.seed)
+    dev_ex = load_split(spec, "validation", cfg.data_dir, cfg.max_eval_examples, 0)
     return encode_split(train_ex, tokenizer, cfg.max_seq_len), encode_split(dev_ex, tokenizer, cfg.max_seq_len)
 
 
@@ -308,7 +317,7 @@ class _Compression:
 
         t0 = time.perf_counter()
         try:
-            return evaluate(model, logits, self.dev_loader, self.device, self.spec.name)
+            return evaluate(model, logits, self.dev_loader, self.device, self.spec)
         finally:
             self.state["times_s"]["evaluation"] += time.perf_counter() - t0
 
@@ -749,8 +758,8 @@ class _Compression:
             report = build_report(self, student)
             staged = stage_dir(self.dirs)
             try:
-                save_pruned(student, staged, tokenizer=self.tokenizer, overwrite=True)
-                add_deployment(report, staged, cfg, self.teacher_path, self.spec.name, self.dev_ds, self.info)
+                save_pruned(student, staged, tokenizer=self.tokenizer, overwrite=True, extra_files=task_files(self.spec))
+                add_deployment(report, staged, cfg, self.teacher_path, self.spec, self.dev_ds, self.info)
                 atomic_write_json(os.path.join(staged, "report.json"), report)
                 write_plots(report, staged, log_path=os.path.join(self.dirs.logs, "log.jsonl"))
                 self.log.log("done", step=self.state["global_step"], student_dev=report["student_dev"])

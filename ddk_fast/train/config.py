@@ -23,7 +23,21 @@ def packaged_model_dir() -> str:
 
 
 @dataclass
-class FinetuneConfig:
+class DataOptions:
+    """A user's own dataset instead of a GLUE task (see ``ddk_fast.data.custom``): files or a dataset,
+    which columns hold the text and the label, and the task kind when the label column's type is not
+    what is meant (e.g. integer scores for regression)."""
+
+    train_file: Optional[str] = None
+    validation_file: Optional[str] = None
+    dataset: Optional[str] = None
+    text_columns: Optional[str] = None
+    label_column: Optional[str] = None
+    task_kind: Optional[str] = None
+
+
+@dataclass
+class FinetuneConfig(DataOptions):
     """Teacher fine-tuning: a stock transformers sequence classifier, AdamW, linear warmup/decay."""
 
     task: str = ""
@@ -55,7 +69,7 @@ class FinetuneConfig:
 
 
 @dataclass
-class CompressionRunConfig:
+class CompressionRunConfig(DataOptions):
     """What every run that cuts a fine-tuned teacher down to a budget takes (``prune`` and ``compress``):
     the teacher and the task, the budget, the calibration data of the one-shot step, the report."""
 
@@ -275,5 +289,5 @@ def _number(value):
     return value
 
 
-__all__ = ["FinetuneConfig", "CompressConfig", "PruneConfig", "build_config", "config_dict", "load_yaml", "packaged_model_dir",
-           "parse_kd", "resume_mismatches"]
+__all__ = ["DataOptions", "FinetuneConfig", "CompressConfig", "PruneConfig", "build_config", "config_dict", "load_yaml",
+           "packaged_model_dir", "parse_kd", "resume_mismatches"]

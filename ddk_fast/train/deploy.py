@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ddk_fast._io import atomic_write_json, json_value
+from ddk_fast.data.custom import write_task_file
 from ddk_fast.errors import UserError
 from ddk_fast.export.onnx import (INT8_FILE, ONNX_FILE, OnnxModel, export_onnx, example_inputs, is_onnx_folder,
                                   load_for_export, quantize_int8)
@@ -220,7 +221,7 @@ def _quiet():
             lg.setLevel(level)
 
 
-def onnx_dev_scores(onnx_dir: str, task: str, dev_ds, batch_size: int, threads: int) -> dict:
+def onnx_dev_scores(onnx_dir: str, task, dev_ds, batch_size: int, threads: int) -> dict:
     """Dev metrics of ``model.onnx`` and (when present) ``model.int8.onnx`` in ONNX Runtime."""
     out = {}
     loader = eval_loader(dev_ds, batch_size)
@@ -231,7 +232,7 @@ def onnx_dev_scores(onnx_dir: str, task: str, dev_ds, batch_size: int, threads: 
     return out
 
 
-def score_onnx(model: OnnxModel, loader, task: str) -> dict:
+def score_onnx(model: OnnxModel, loader, task) -> dict:
     logits, labels = predict(lambda b: model(b["input_ids"], b["attention_mask"], b.get("token_type_ids")),
                              loader, torch.device("cpu"))
     return evaluate_logits(task, logits, labels)
@@ -257,7 +258,7 @@ def check_deployment_flags(cfg, metric: str) -> None:
         cfg.onnx = True
 
 
-def add_deployment(report: dict, staged: str, cfg, teacher_dir: str, task: str, dev_ds, info) -> None:
+def add_deployment(report: dict, staged: str, cfg, teacher_dir: str, task, dev_ds, info) -> None:
     """``report["onnx"]`` for ``--onnx`` runs (the ONNX files land in ``staged/onnx``); a no-op otherwise.
     A budget on ONNX Runtime latency is checked here, on the exported student's measured ratio."""
     if not cfg.onnx:
@@ -280,14 +281,15 @@ def add_deployment(report: dict, staged: str, cfg, teacher_dir: str, task: str, 
                                                 for k, v in dev.items()))
 
 
-def deployment_section(student_dir: str, teacher_dir: str, task: str, dev_ds, shapes, threads: int,
+def deployment_section(student_dir: str, teacher_dir: str, task, dev_ds, shapes, threads: int,
                        repeats: int, eval_batch_size: int) -> dict:
     """What ``compress --onnx`` / ``prune --onnx`` add to report.json: the student's ONNX export (fp32 +
     int8, in ``student_dir/onnx``), its dev scores there, and the latency table against the teacher."""
     t0 = time.perf_counter()
     onnx_dir = os.path.join(student_dir, ONNX_SUBDIR)
     with _quiet():
-        export = export_onnx(student_dir, onnx_dir, int8=True, overwrite=True, task=task)
+        export = export_onnx(student_dir, onnx_dir, int8=True, overwrite=True, task=getattr(task, "name", task))
+        write_task_file(task, onnx_dir)
         dev = onnx_dev_scores(onnx_dir, task, dev_ds, eval_batch_size, threads)
         with tempfile.TemporaryDirectory(prefix="ddk-latency-") as scratch:
             student = _Models(student_dir, scratch, threads, onnx_dir)

@@ -11,7 +11,9 @@ from ddk_fast.errors import UserError
 from ddk_fast.export.onnx import is_onnx_folder
 from ddk_fast.train import ddp
 from ddk_fast.train.batching import eval_loader
-from ddk_fast.train.evaluation import encode_split, evaluate, load_split, task_spec
+from ddk_fast.data.custom import KINDS
+from ddk_fast.train.config import DataOptions
+from ddk_fast.train.evaluation import encode_split, evaluate, load_split, resolve_task, task_spec
 from ddk_fast._io import atomic_write_json, json_value, read_json
 
 
@@ -111,10 +113,13 @@ def check_task(folder: str, spec, force: bool) -> None:
 
 def run_evaluate(model: str, task: str, data_dir=None, output=None, batch_size: int = 64, max_seq_len=None,
                  max_eval_examples=None, split: str = "validation", device: str = "auto", path: str = "auto",
-                 force: bool = False, int8: bool = False, threads: Optional[int] = None) -> dict:
-    spec = task_spec(task)
+                 force: bool = False, int8: bool = False, threads: Optional[int] = None,
+                 data: Optional[DataOptions] = None) -> dict:
+    """Metrics of ``model`` on a split of a GLUE task, or of the user's data (``data``: files, columns;
+    a model trained on the user's data needs none of it: its task.json names the files and labels)."""
     if not model:
         raise UserError("--model is required")
+    spec = resolve_task(task, data, model, kinds=KINDS)
     if os.path.isdir(model):
         check_task(model, spec, force)
     if batch_size < 1:
@@ -132,10 +137,10 @@ def run_evaluate(model: str, task: str, data_dir=None, output=None, batch_size: 
 
     check_seq_len(seq, getattr(net, "config", {}), "--max-seq-len")
     net.to(dev)
-    examples = load_split(spec.name, split, data_dir, max_eval_examples, 0)
+    examples = load_split(spec, split, data_dir, max_eval_examples, 0)
     loader = eval_loader(encode_split(examples, tokenizer, seq), batch_size)
     with torch.inference_mode():
-        metrics = evaluate(net, logits_fn, loader, dev, spec.name)
+        metrics = evaluate(net, logits_fn, loader, dev, spec)
     result = {"model": os.path.abspath(model), "kind": kind, "task": spec.name, "split": split,
               "examples": len(examples), "max_seq_len": seq, "main_metric": spec.main_metric, "metrics": metrics,
               "wall_time_s": round(time.time() - t0, 2)}
@@ -163,12 +168,12 @@ def _evaluate_torch_int8(folder, spec, data_dir, output, batch_size, max_seq_len
     from ddk_fast.train.validate import check_seq_len
 
     check_seq_len(seq, module.model.config, "--max-seq-len")
-    examples = load_split(spec.name, split, data_dir, max_eval_examples, 0)
+    examples = load_split(spec, split, data_dir, max_eval_examples, 0)
     loader = eval_loader(encode_split(examples, load_tokenizer(folder), seq), batch_size)
     with torch.inference_mode():
         metrics = evaluate(quantised, lambda b: quantised(b["input_ids"], b["attention_mask"],
                                                           b.get("token_type_ids")), loader, torch.device("cpu"),
-                           spec.name)
+                           spec)
     result = {"model": os.path.abspath(folder), "kind": "torch-int8", "task": spec.name, "split": split,
               "examples": len(examples), "max_seq_len": seq, "main_metric": spec.main_metric, "metrics": metrics,
               "wall_time_s": round(time.time() - t0, 2)}
@@ -193,9 +198,9 @@ def _evaluate_onnx(folder, spec, data_dir, output, batch_size, max_seq_len, max_
         raise UserError(f"the model at {folder!r} has {info['num_labels']} output label(s) but task {spec.name} "
                         f"needs {spec.num_labels}")
     seq = max_seq_len or trained_seq_len(folder) or 128
-    examples = load_split(spec.name, split, data_dir, max_eval_examples, 0)
+    examples = load_split(spec, split, data_dir, max_eval_examples, 0)
     encoded = encode_split(examples, load_tokenizer(folder), seq)
-    metrics = score_onnx(OnnxModel(path, threads), eval_loader(encoded, batch_size), spec.name)
+    metrics = score_onnx(OnnxModel(path, threads), eval_loader(encoded, batch_size), spec)
     result = {"model": os.path.abspath(folder), "kind": "onnx-int8" if int8 else "onnx", "task": spec.name,
               "split": split, "examples": len(examples), "max_seq_len": seq, "main_metric": spec.main_metric,
               "metrics": metrics, "threads": threads, "wall_time_s": round(time.time() - t0, 2)}

@@ -1,10 +1,14 @@
-"""Dev-set evaluation shared by every loop: run a model over a loader, compute the task's metrics."""
+"""Dev-set evaluation shared by every loop: which task a run is on (GLUE or the user's own data), its
+splits as one-line-error-checked examples, a model run over a loader, the task's metrics."""
 from __future__ import annotations
 
-from typing import Callable
+import os
+from typing import Callable, Optional
 
 import torch
 
+from ddk_fast.data import GLUE_TASKS, DataError, get_task, load_task
+from ddk_fast.data.custom import CustomTask, DataSource, build_task, read_task_file
 from ddk_fast.errors import UserError
 
 
@@ -24,7 +28,7 @@ def predict(logits_fn: Callable[[dict], torch.Tensor], loader, device) -> tuple[
     return torch.cat(all_logits), torch.cat(all_labels)
 
 
-def evaluate_logits(task: str, logits: torch.Tensor, labels: torch.Tensor) -> dict:
+def evaluate_logits(task, logits: torch.Tensor, labels: torch.Tensor) -> dict:
     from ddk_fast.data import compute_metrics
 
     preds = logits.squeeze(-1) if logits.shape[-1] == 1 else logits
@@ -46,8 +50,6 @@ def majority_baseline(task: str, train_labels, dev_labels) -> dict:
     mean train score (regression, whose correlations are then 0). What a model must clearly beat."""
     import numpy as np
 
-    from ddk_fast.data import get_task
-
     train, dev = np.asarray(list(train_labels)), np.asarray(list(dev_labels))
     if get_task(task).is_regression:
         return _constant_metrics(task, np.full(len(dev), float(train.mean())), dev)
@@ -68,10 +70,9 @@ def _constant_metrics(task, predictions, labels) -> dict:
     return {k: (0.0 if isinstance(v, float) and math.isnan(v) else float(v)) for k, v in out.items()}
 
 
-def load_split(task: str, split: str, data_dir, max_examples=None, seed: int = 0):
-    """``ddk_fast.data.load_task`` with data errors turned into one-line user errors."""
-    from ddk_fast.data import DataError, load_task
-
+def load_split(task, split: str, data_dir, max_examples=None, seed: int = 0):
+    """``ddk_fast.data.load_task`` with data errors turned into one-line user errors. ``task``: a GLUE
+    name or a task object (a ``CustomTask`` reads its own files; ``data_dir`` is then unused)."""
     if max_examples is not None and (not isinstance(max_examples, int) or isinstance(max_examples, bool)
                                      or max_examples < 1):
         flag = "--max-train-examples" if split == "train" else "--max-eval-examples"
@@ -83,15 +84,15 @@ def load_split(task: str, split: str, data_dir, max_examples=None, seed: int = 0
     except Exception as exc:  # noqa: BLE001 - file system or hub failure: the user must fix the source
         where = data_dir or "the Hugging Face hub (no --data-dir given)"
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise UserError(f"cannot read {task} {split} from {where}: {first}") from None
+        raise UserError(f"cannot read {getattr(task, 'name', task)} {split} from {where}: {first}") from None
     if not examples:
-        raise UserError(f"{task} {split} split is empty (data dir {data_dir!r})")
+        raise UserError(f"{getattr(task, 'name', task)} {split} split is empty (data dir {data_dir!r})")
     return examples
 
 
 def encode_split(examples, tokenizer, max_seq_len: int):
     """``ddk_fast.data.encode`` with its errors as one-line user errors naming ``--max-seq-len``."""
-    from ddk_fast.data import DataError, encode
+    from ddk_fast.data import encode
 
     try:
         return encode(examples, tokenizer, max_length=max_seq_len)
@@ -99,10 +100,103 @@ def encode_split(examples, tokenizer, max_seq_len: int):
         raise UserError(f"--max-seq-len {max_seq_len!r}: {exc}") from None
 
 
-def task_spec(task: str):
-    from ddk_fast.data import DataError, get_task
-
+def task_spec(task):
     try:
         return get_task(task)
     except DataError as exc:
         raise UserError(f"--task: {exc}") from None
+
+
+DATA_FLAGS = {"train_file": "--train-file", "validation_file": "--validation-file", "dataset": "--dataset"}
+COLUMN_FLAGS = {"text_columns": "--text-columns", "label_column": "--label-column", "task_kind": "--task-kind"}
+# kinds every command trains and scores; multi-label is read, checked and scored, trained by finetune only
+TRAINED_KINDS = ("classification", "regression")
+
+
+def has_own_data(options) -> bool:
+    return any(_option(options, key) for key in DATA_FLAGS)
+
+
+def resolve_task(task: Optional[str], options=None, model_dir: Optional[str] = None, kinds=TRAINED_KINDS):
+    """The task a run is on: the user's data (``--train-file``/``--validation-file``/``--dataset``,
+    columns and kind from flags, else found), the custom task ``model_dir`` was trained on (its
+    ``task.json``: label set, columns and files), or the GLUE task ``task`` names.
+
+    A task saved with the model keeps its label set and order (the classifier's rows mean those labels);
+    new files are checked against it. Without a saved task, a model whose config names its labels
+    (``id2label``) fixes their order when the data has the same labels."""
+    saved = _saved_task(model_dir)
+    name = (task or "").strip() or None
+    if has_own_data(options):
+        if name is not None and name.lower() in GLUE_TASKS:
+            raise UserError(f"--task {name}: a GLUE preset cannot be combined with --train-file/--dataset; "
+                            f"drop --task or give your task another name")
+        source = DataSource(*(_option(options, key) for key in DATA_FLAGS))
+        try:
+            if saved is not None and (name is None or name == saved.name):
+                spec = _reuse(saved, source, options)
+            else:
+                spec = build_task(source, _option(options, "text_columns"), _option(options, "label_column"),
+                                  _option(options, "task_kind"), name)
+                spec = _labels_in_model_order(spec, model_dir)
+        except DataError as exc:
+            raise UserError(str(exc)) from None
+    else:
+        given = [flag for key, flag in COLUMN_FLAGS.items() if _option(options, key)]
+        if given:
+            raise UserError(f"{given[0]} needs --train-file or --dataset (your own data)")
+        if saved is not None and (name is None or name == saved.name):
+            spec = saved
+        elif name is None:
+            raise UserError("--task is required: a GLUE task, or --train-file/--dataset for your own data")
+        else:
+            spec = task_spec(name)
+    if getattr(spec, "is_custom", False) and spec.kind not in kinds:
+        raise UserError(f"{spec.kind} labels (column {spec.label_column!r} holds lists) are not supported by this "
+                        f"command yet; it takes {' or '.join(kinds)} (see --task-kind)")
+    return spec
+
+
+def _option(options, key):
+    if options is None:
+        return None
+    value = options.get(key) if isinstance(options, dict) else getattr(options, key, None)
+    return value if value not in ("", None) else None
+
+
+def _saved_task(model_dir) -> Optional[CustomTask]:
+    if not model_dir or not os.path.isdir(model_dir):
+        return None
+    try:
+        return read_task_file(model_dir)
+    except DataError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _reuse(saved: CustomTask, source: DataSource, options) -> CustomTask:
+    """The saved task on new files; columns may be renamed, the kind and label set stay."""
+    kind = _option(options, "task_kind")
+    if kind is not None and kind != saved.kind:
+        raise UserError(f"--task-kind {kind}: the model was trained for {saved.kind} ({saved.name})")
+    texts = _option(options, "text_columns")
+    texts = tuple(c.strip() for c in texts.split(",")) if texts else saved.text_columns
+    if len(texts) != len(saved.text_columns):
+        raise UserError(f"--text-columns {','.join(texts)}: the model was trained on {len(saved.text_columns)} "
+                        f"text column(s) ({','.join(saved.text_columns)})")
+    return CustomTask(saved.name, saved.kind, texts, _option(options, "label_column") or saved.label_column,
+                      saved.label_names, source.absolute())
+
+
+def _labels_in_model_order(spec: CustomTask, model_dir) -> CustomTask:
+    if spec.is_regression or not model_dir:
+        return spec
+    from ddk_fast._io import read_json
+
+    try:
+        id2label = read_json(os.path.join(model_dir, "config.json")).get("id2label") or {}
+        names = tuple(str(id2label[k]) for k in sorted(id2label, key=int))
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        return spec
+    if sorted(names) != sorted(spec.label_names) or names == spec.label_names:
+        return spec
+    return CustomTask(spec.name, spec.kind, spec.text_columns, spec.label_column, names, spec.source)

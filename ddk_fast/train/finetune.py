@@ -20,7 +20,8 @@ from ddk_fast.train.checkpoint import (latest_checkpoint, load_checkpoint, rng_s
 from ddk_fast.train.config import FinetuneConfig, config_dict, packaged_model_dir, resume_mismatches
 from ddk_fast.train.errors import RunInterrupted
 from ddk_fast.train.loop import FiniteWatch, host_scalars
-from ddk_fast.train.evaluation import encode_split, evaluate, load_split, task_spec, to_device
+from ddk_fast.data.custom import KINDS, write_task_file
+from ddk_fast.train.evaluation import encode_split, evaluate, load_split, resolve_task, to_device
 from ddk_fast.train.hf import load_classifier, logits_of, save_classifier
 from ddk_fast._io import atomic_directory, atomic_write_json
 from ddk_fast.train.logging import RunLogger, progress
@@ -32,8 +33,6 @@ from ddk_fast.train.validate import check_positive, check_seq_len
 def validate(cfg: FinetuneConfig) -> None:
     from ddk_fast.errors import UserError
 
-    if not cfg.task:
-        raise UserError("--task is required")
     if not cfg.output:
         raise UserError("--output is required")
     for name in ("epochs", "batch_size", "eval_batch_size", "max_seq_len", "save_steps", "log_steps"):
@@ -49,8 +48,8 @@ def validate(cfg: FinetuneConfig) -> None:
 def run_finetune(cfg: FinetuneConfig) -> dict:
     """Fine-tune and write the teacher folder; returns the best dev metrics (with 'output')."""
     validate(cfg)
-    spec = task_spec(cfg.task)
     model_path = cfg.model or packaged_model_dir()
+    spec = resolve_task(cfg.task, cfg, model_path, kinds=KINDS)  # finetune trains multi-label too (BCE)
     dirs = run_dirs(cfg.output)
     ctx = ddp.setup(cfg.device)
     try:
@@ -59,8 +58,8 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
         torch.manual_seed(cfg.seed)
         model, tokenizer = load_classifier(model_path, spec)
         check_seq_len(cfg.max_seq_len, model.config, "--max-seq-len")
-        train_ex = load_split(spec.name, "train", cfg.data_dir, cfg.max_train_examples, cfg.seed)
-        dev_ex = load_split(spec.name, "validation", cfg.data_dir, cfg.max_eval_examples, 0)
+        train_ex = load_split(spec, "train", cfg.data_dir, cfg.max_train_examples, cfg.seed)
+        dev_ex = load_split(spec, "validation", cfg.data_dir, cfg.max_eval_examples, 0)
         train_ds = encode_split(train_ex, tokenizer, cfg.max_seq_len)
         dev_ds = encode_split(dev_ex, tokenizer, cfg.max_seq_len)
         mode = prepare(dirs, cfg.overwrite, cfg.resume) if ctx.is_main else None
@@ -150,7 +149,7 @@ def _train(cfg, spec, model_path, model, tokenizer, train_ds, dev_ds, dirs, ctx,
                 if cfg.stop_after_steps is not None and step >= cfg.stop_after_steps:
                     raise RunInterrupted(f"stopped after step {step} (stop_after_steps)")
             bar.close()
-            metrics = evaluate(model, lambda b: logits_of(model, b), dev_loader, ctx.device, spec.name)
+            metrics = evaluate(model, lambda b: logits_of(model, b), dev_loader, ctx.device, spec)
             score = metrics[spec.main_metric]
             improved = score > state["best_score"]
             state["history"].append({"epoch": epoch + 1, "step": state["global_step"], **metrics,
@@ -180,6 +179,7 @@ def _train(cfg, spec, model_path, model, tokenizer, train_ds, dev_ds, dirs, ctx,
                 for name in os.listdir(dirs.best):
                     shutil.copy2(os.path.join(dirs.best, name), os.path.join(staged, name))
                 atomic_write_json(os.path.join(staged, "metrics.json"), result)
+                write_task_file(spec, staged)
                 copy_logs(dirs, staged)
             except BaseException:
                 shutil.rmtree(staged, ignore_errors=True)

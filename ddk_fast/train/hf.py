@@ -117,6 +117,8 @@ def load_classifier(path: str, spec, require_head: bool = False):
     kwargs = {"num_labels": spec.num_labels}
     if spec.is_regression:
         kwargs["problem_type"] = "regression"
+    elif getattr(spec, "is_multilabel", False):
+        kwargs["problem_type"] = "multi_label_classification"  # BCE on multi-hot float labels
     else:
         kwargs["problem_type"] = "single_label_classification"
     kwargs["id2label"] = {i: n for i, n in enumerate(spec.label_names)}

@@ -21,9 +21,9 @@ from ddk_fast.errors import UserError
 from ddk_fast.export import load_pruned, save_pruned
 from ddk_fast.train.deploy import add_deployment, check_deployment_flags
 from ddk_fast.train.batching import eval_loader
-from ddk_fast.train.compress import _console, check_budget, cost_model_for, load_teacher
+from ddk_fast.train.compress import _console, check_budget, cost_model_for, load_teacher, task_files
 from ddk_fast.train.config import PruneConfig, config_dict
-from ddk_fast.train.evaluation import encode_split, evaluate, load_split, task_spec, to_device
+from ddk_fast.train.evaluation import encode_split, evaluate, load_split, resolve_task, to_device
 from ddk_fast._io import atomic_write_json
 from ddk_fast.train.logging import RunLogger
 from ddk_fast.train.oneshot import IMPORTANCE_KINDS, one_shot
@@ -33,7 +33,7 @@ from ddk_fast.train.validate import check_positive, check_seq_len, parse_target
 
 
 def validate(cfg: PruneConfig) -> tuple[str, float]:
-    for flag, value in (("--teacher", cfg.teacher), ("--task", cfg.task), ("--output", cfg.output)):
+    for flag, value in (("--teacher", cfg.teacher), ("--output", cfg.output)):
         if not value:
             raise UserError(f"{flag} is required")
     metric, ratio = parse_target(cfg.target)
@@ -62,7 +62,7 @@ def calibration_batches(encoded, cfg, device) -> list[dict]:
 def load_calibration(cfg, spec, log) -> list:
     """``--calibration-examples`` seeded train examples; all of them (said on the console) when the
     train split is smaller."""
-    examples = load_split(spec.name, "train", cfg.data_dir, None, cfg.seed)
+    examples = load_split(spec, "train", cfg.data_dir, None, cfg.seed)
     if cfg.calibration_examples > len(examples):
         log(f"--calibration-examples {cfg.calibration_examples} is more than the {len(examples)} train "
             f"examples: using all {len(examples)}")
@@ -100,8 +100,8 @@ class _SingleProcess:
 
 def run_prune(cfg: PruneConfig) -> dict:
     metric, ratio = validate(cfg)
-    spec = task_spec(cfg.task)
     teacher_path = os.path.abspath(cfg.teacher)
+    spec = resolve_task(cfg.task, cfg, teacher_path)
     teacher, tokenizer = load_teacher(teacher_path, spec)
     for value, flag in ((cfg.seq_len, "--seq-len"), (cfg.max_seq_len, "--max-seq-len"),
                         (cfg.latency_seq_len, "--latency-seq-len")):
@@ -115,7 +115,7 @@ def run_prune(cfg: PruneConfig) -> dict:
                           ("cpu" if cfg.device == "auto" else cfg.device))
     messages = []
     calib_ex = load_calibration(cfg, spec, messages.append)
-    dev_ex = load_split(spec.name, "validation", cfg.data_dir, cfg.max_eval_examples, 0)
+    dev_ex = load_split(spec, "validation", cfg.data_dir, cfg.max_eval_examples, 0)
     teacher = teacher.to(device).eval().requires_grad_(False)
     calib_ds = encode_split(calib_ex, tokenizer, cfg.max_seq_len)
     dev_ds = encode_split(dev_ex, tokenizer, cfg.max_seq_len)
@@ -141,7 +141,7 @@ def _run(run, calib, tokenizer, dirs, log, device) -> dict:
 
     def dev_score(model, gates=None):
         fn = gated_logits(model, gates or (None, None), cfg.path)
-        return evaluate(model, fn, dev_loader, device, spec.name)
+        return evaluate(model, fn, dev_loader, device, spec)
 
     t0 = time.perf_counter()
     state["teacher_dev"] = dev_score(teacher)
@@ -189,8 +189,8 @@ def _export(run, student, tokenizer, dirs, log) -> dict:
     report = build_report(run, exported)
     staged = stage_dir(dirs)
     try:
-        save_pruned(exported, staged, tokenizer=tokenizer, overwrite=True)
-        add_deployment(report, staged, run.cfg, run.teacher_path, run.spec.name, run.dev_ds, log.info)
+        save_pruned(exported, staged, tokenizer=tokenizer, overwrite=True, extra_files=task_files(run.spec))
+        add_deployment(report, staged, run.cfg, run.teacher_path, run.spec, run.dev_ds, log.info)
         atomic_write_json(os.path.join(staged, "report.json"), report)
         write_plots(report, staged, log_path=os.path.join(dirs.logs, "log.jsonl"))
         log.log("done", step=0, student_dev=report["student_dev"])

@@ -74,7 +74,7 @@ def build_report(run, student) -> dict:
         "target_ratio": run.ratio,
         "teacher": run.teacher_path,
         "teacher_dev": state["teacher_dev"],
-        "majority_dev": majority_baseline(spec.name, run.train_ds.labels, run.dev_ds.labels),
+        "majority_dev": majority_baseline(spec, run.train_ds.labels, run.dev_ds.labels),
         "student_dev": state["best_metrics"],
         "pruned_before_distillation_dev": state["pruned_dev"],
         "oneshot": state.get("oneshot"),

@@ -22,7 +22,7 @@ import torch
 
 from ddk_fast.distill.objectives import kd_options_help
 from ddk_fast.errors import UserError
-from ddk_fast.train.config import parse_kd
+from ddk_fast.train.config import DataOptions, parse_kd
 from ddk_fast.train.loop import FirstNonFinite, host_scalars
 
 LM_TASK = "lm"
@@ -30,8 +30,9 @@ LM_TASK = "lm"
 
 # ------------------------------------------------------------------------------------------ config
 @dataclass
-class DistillConfig:
-    """A fixed-student distillation run (see the module docstring)."""
+class DistillConfig(DataOptions):
+    """A fixed-student distillation run (see the module docstring). ``train_file`` is plain text for
+    ``--task lm`` and a table (``DataOptions``) otherwise."""
 
     teacher: str = ""
     task: str = ""
@@ -108,8 +109,9 @@ def is_lm_task(task: str) -> bool:
     return str(task).lower() == LM_TASK
 
 
-def load_teacher_for(path: str, task: str):
-    """(teacher, tokenizer, task_type): a MaskedTransformer classifier for GLUE tasks, a MaskedGPT2 for "lm"."""
+def load_teacher_for(path: str, task: str, options=None):
+    """(teacher, tokenizer, task_type): a MaskedTransformer classifier for a GLUE task or the user's data
+    (``options``: their ``DataOptions``), a MaskedGPT2 for "lm"."""
     from ddk_fast.train.hf import load_tokenizer, read_config
 
     if not path or not os.path.isdir(path):
@@ -127,9 +129,9 @@ def load_teacher_for(path: str, task: str):
             raise UserError(f"--teacher {path!r}: cannot build the masked GPT-2: {exc}") from None
         return teacher, load_tokenizer(path), "lm"
     from ddk_fast.train.compress import load_teacher
-    from ddk_fast.train.evaluation import task_spec
+    from ddk_fast.train.evaluation import resolve_task
 
-    spec = task_spec(task)
+    spec = resolve_task(task, options, path)
     teacher, tokenizer = load_teacher(path, spec)
     return teacher, tokenizer, "regression" if spec.is_regression else "classification"
 
@@ -147,6 +149,7 @@ class TaskData:
     higher_is_better: bool
     num_train: int
     num_dev: int
+    spec: Any = None  # the task object (GLUE TaskSpec or the user's CustomTask); None for "lm"
 
 
 def _endless_glue(loader) -> Iterator[dict]:
@@ -204,11 +207,11 @@ def task_data(cfg, tokenizer, task_type: str, device) -> TaskData:
                         lambda m: perplexity(m, dev, cfg.eval_batch_size, device, cfg.path), "perplexity", False,
                         int(train.shape[0]), int(dev.shape[0]))
     from ddk_fast.train.batching import eval_loader, train_loader
-    from ddk_fast.train.evaluation import encode_split, evaluate, load_split, task_spec
+    from ddk_fast.train.evaluation import encode_split, evaluate, load_split, resolve_task
 
-    spec = task_spec(cfg.task)
-    train_ex = load_split(spec.name, "train", cfg.data_dir, cfg.max_train_examples, cfg.seed)
-    dev_ex = load_split(spec.name, "validation", cfg.data_dir, cfg.max_eval_examples, 0)
+    spec = resolve_task(cfg.task, cfg, cfg.teacher)
+    train_ex = load_split(spec, "train", cfg.data_dir, cfg.max_train_examples, cfg.seed)
+    dev_ex = load_split(spec, "validation", cfg.data_dir, cfg.max_eval_examples, 0)
     train_ds = encode_split(train_ex, tokenizer, cfg.max_seq_len)
     dev_ds = encode_split(dev_ex, tokenizer, cfg.max_seq_len)
     loader = train_loader(train_ds, cfg.batch_size, cfg.seed)
@@ -218,10 +221,10 @@ def task_data(cfg, tokenizer, task_type: str, device) -> TaskData:
         def logits(b):
             return model(b["input_ids"], attention_mask=b["attention_mask"], token_type_ids=b.get("token_type_ids"),
                          path=cfg.path).logits
-        return evaluate(model, logits, dev_loader, device, spec.name)
+        return evaluate(model, logits, dev_loader, device, spec)
 
     return TaskData(spec.name, task_type, _endless_glue(loader), run_eval, spec.main_metric, True, len(train_ds),
-                    len(dev_ds))
+                    len(dev_ds), spec)
 
 
 # ------------------------------------------------------------------------------------------- loop
@@ -300,7 +303,7 @@ def validate(cfg: DistillConfig) -> None:
     from ddk_fast.distill.tinybert import LAYER_INITS, RECIPES
     from ddk_fast.train.validate import check_positive
 
-    for flag, value in (("--teacher", cfg.teacher), ("--task", cfg.task)) + ((("--output", cfg.output),)
+    for flag, value in (("--teacher", cfg.teacher),) + ((("--output", cfg.output),)
                                                                               if cfg.save_model else ()):
         if not value:
             raise UserError(f"{flag} is required")
@@ -332,7 +335,7 @@ def run_distill(cfg: DistillConfig) -> dict:
         raise UserError("--output must differ from --teacher")
     device = _resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    teacher, tokenizer, task_type = load_teacher_for(cfg.teacher, cfg.task)
+    teacher, tokenizer, task_type = load_teacher_for(cfg.teacher, cfg.task, cfg)
     teacher = teacher.to(device).eval().requires_grad_(False)
     data = task_data(cfg, tokenizer, task_type, device)  # bad data is refused before the output is touched
     try:
@@ -444,7 +447,10 @@ class _DistillRun:
             return dict(report, output=None)
         self.log.log("done", step=self._consumed(), student_dev=student_dev)
         self.log.close()
-        publish(self.dirs, student, self.tokenizer, {"metrics.json": report}, cfg.keep_checkpoints)
+        from ddk_fast.train.compress import task_files
+
+        publish(self.dirs, student, self.tokenizer, {"metrics.json": report, **task_files(data.spec)},
+                cfg.keep_checkpoints)
         return dict(report, output=self.dirs.output)
 
 
@@ -469,9 +475,11 @@ def add_student_flags(p) -> None:
     p.add_argument("--student-hidden", type=int, default=None, help="hidden size (needs --layer-init scratch)")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps in all (split across stages)")
     p.add_argument("--kd", default=None, help=kd_options_help())
-    p.add_argument("--train-file", default=None, help="--task lm: plain-text training file")
     p.add_argument("--eval-file", default=None, help="--task lm: plain-text evaluation file")
     p.add_argument("--block-size", type=int, default=None, help="--task lm: tokens per block (default 64)")
+    from ddk_fast.train.data_flags import add_data_flags
+
+    add_data_flags(p)  # --train-file (a table, or plain text for --task lm), --validation-file, --dataset, ...
 
 
 def register(sub) -> None:
@@ -479,8 +487,9 @@ def register(sub) -> None:
                        description="Distil a TinyBERT-style student (fewer layers, optionally narrower) from a "
                                    "teacher with a recipe of the KD catalog; GLUE task or --task lm.")
     p.add_argument("--teacher", default=None, help="teacher folder (fine-tuned classifier, or GPT-2 for --task lm)")
-    p.add_argument("--task", default=None, help="GLUE task, or lm")
-    p.add_argument("--data-dir", default=None, help="folder of GLUE TSVs")
+    from ddk_fast.train.data_flags import add_task_flags
+
+    add_task_flags(p, "GLUE task, or lm (or a name for your --train-file/--dataset task)")
     p.add_argument("--output", default=None, help="folder for the student + metrics.json")
     p.add_argument("--preset", default=None, choices=tuple(PRESETS), help="quick | full")
     p.add_argument("--config", default=None, help="YAML file of options")

@@ -159,13 +159,11 @@ def run_point(mode: str, base: dict, point: dict, folder: str) -> dict:
                 "higher_is_better": False, "structure": report["structure"]["heads"], "params": report["params"]}
     from ddk_fast.train.compress import run_compress
     from ddk_fast.train.config import CompressConfig, build_config
-    from ddk_fast.train.evaluation import task_spec
 
     flags = {k: v for k, v in dict(base, **point).items() if k not in ("kd",)}
     flags.update(output=os.path.join(folder, "model"), overwrite=True, progress=False)
     report = run_compress(build_config(CompressConfig, "compress", flags, None))
-    spec = task_spec(flags["task"])
-    return {"dev": report["student_dev"], "teacher_dev": report["teacher_dev"], "main_metric": spec.main_metric,
+    return {"dev": report["student_dev"], "teacher_dev": report["teacher_dev"], "main_metric": report["main_metric"],
             "higher_is_better": True, "structure": report.get("structure"), "params": report.get("params")}
 
 
@@ -183,10 +181,16 @@ def run_sweep(teacher: str, task: str, output: str, grid: dict[str, list], mode:
 
     if mode not in MODES:
         raise UserError(f"--mode {mode!r}: expected one of {', '.join(MODES)}")
-    for flag, value in (("--teacher", teacher), ("--task", task), ("--output", output)):
+    for flag, value in (("--teacher", teacher), ("--output", output)):
         if not value:
             raise UserError(f"{flag} is required")
     check_grid_keys(grid, mode, task)
+    from ddk_fast.train.student_kd import is_lm_task
+
+    if not is_lm_task(task or ""):  # a bad task or dataset is refused before the sweep folder exists
+        from ddk_fast.train.evaluation import resolve_task
+
+        resolve_task(task, base, teacher)
     out = os.path.abspath(output)
     points_dir = os.path.join(out, "points")
     grid_file = os.path.join(out, "grid.json")
@@ -347,7 +351,7 @@ def _cmd_sweep(args) -> int:
     if args.mode == "ddk":
         from ddk_fast.train.student_kd import is_lm_task
 
-        lm_only = ("train_file", "eval_file", "block_size", "kd", "search_steps", "distill_steps")
+        lm_only = ("eval_file", "block_size", "kd", "search_steps", "distill_steps")
         for key in [k for k in base if k in ("recipe", "student_layers", "layer_init", "student_heads",
                                              "student_intermediate", "student_hidden", "steps")
                     or (k in lm_only and not is_lm_task(args.task or ""))]:
@@ -366,6 +370,7 @@ def _cmd_sweep(args) -> int:
 
 
 def register(sub) -> None:
+    from ddk_fast.train.data_flags import add_task_flags
     from ddk_fast.train.student_kd import PRESETS, add_student_flags
 
     p = sub.add_parser("sweep", help="grid of KD settings (loss weights, temperature, mapping...), resumable",
@@ -373,8 +378,7 @@ def register(sub) -> None:
                                    "(--mode student) or a DDK compression (--mode ddk); results.md/.csv sorted by "
                                    "dev score and a heat map over two axes.")
     p.add_argument("--teacher", default=None, help="teacher folder")
-    p.add_argument("--task", default=None, help="GLUE task, or lm")
-    p.add_argument("--data-dir", default=None, help="folder of GLUE TSVs")
+    add_task_flags(p, "GLUE task, or lm (or a name for your --train-file/--dataset task)")
     p.add_argument("--grid", default=None, help='e.g. "attn_weight=0.5,1;hidden_weight=1,2;temperature=1,4"')
     p.add_argument("--grid-file", default=None, help="YAML mapping key: [values]")
     p.add_argument("--output", default=None, help="sweep folder")

@@ -1,0 +1,21 @@
+"""The unit every loader produces: one labelled text or text pair, and seeded subsampling of them."""
+import random
+from dataclasses import dataclass
+from typing import List, Optional, Tuple, Union
+
+
+@dataclass(frozen=True, slots=True)
+class Example:
+    """One example. ``label`` is a class id (int), a score (float, regression) or a multi-hot tuple of
+    floats (multi-label)."""
+
+    text_a: str
+    text_b: Optional[str]
+    label: Union[int, float, Tuple[float, ...]]
+
+
+def subsample_indices(n: int, max_examples: Optional[int], seed: int) -> Optional[List[int]]:
+    """Sorted indices of a seeded random subset of size ``max_examples`` (None: keep everything)."""
+    if max_examples is None or max_examples >= n:
+        return None
+    return sorted(random.Random(seed).sample(range(n), max_examples))

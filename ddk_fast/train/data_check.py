@@ -1,0 +1,131 @@
+"""`ddk-fast data check`: read a dataset the way training will and say what is in it, before any training.
+
+Every row goes through the same loader and checks as ``finetune``/``compress`` (so a bad row fails here
+with the same one-line error), then the tokenizer of the model that will be trained measures lengths:
+how long the inputs are (percentiles) and what share ``--max-seq-len`` would cut.
+"""
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+
+from ddk_fast.data.custom import HOLDOUT_SHARE, KINDS, open_split
+from ddk_fast.train.config import DataOptions, packaged_model_dir
+from ddk_fast.train.data_flags import add_task_flags, data_options
+from ddk_fast.train.evaluation import load_split, resolve_task
+from ddk_fast.train.hf import load_tokenizer, quiet_transformers
+from ddk_fast.train.validate import check_positive
+
+PERCENTILES = (50, 90, 95, 99)
+
+
+def check_data(task=None, data: DataOptions | None = None, data_dir=None, model=None, max_seq_len: int = 128) -> dict:
+    """The check's findings as a dict (what ``data check --json`` prints)."""
+    check_positive("max_seq_len", max_seq_len)
+    spec = resolve_task(task, data, model, kinds=KINDS)
+    tokenizer = load_tokenizer(model or packaged_model_dir())
+    splits = {}
+    for split in ("train", spec.eval_splits[0]):
+        examples = load_split(spec, split, data_dir)
+        splits[split] = _split_summary(spec, split, examples, tokenizer, max_seq_len)
+    report = {"task": spec.name, "kind": "regression" if spec.is_regression else getattr(spec, "kind", "classification"),
+              "text_columns": list(spec.hub_columns[:2 if spec.is_pair else 1]),
+              "label_column": getattr(spec, "label_column", "label"),
+              "labels": None if spec.is_regression else list(spec.label_names), "max_seq_len": max_seq_len,
+              "splits": splits, "warnings": _warnings(spec, splits)}
+    if getattr(spec, "is_custom", False):
+        opened = {split: open_split(spec.source, split) for split in splits}
+        report["source"] = {split: part.where + (f" (a seeded {HOLDOUT_SHARE:.0%} held out of train)"
+                                                 if part.held_out else "") for split, part in opened.items()}
+        report["columns"] = list(open_split(spec.source, "train").table.column_names)
+    return report
+
+
+def _split_summary(spec, split, examples, tokenizer, max_seq_len) -> dict:
+    labels = [ex.label for ex in examples]
+    out = {"rows": len(examples)}
+    if spec.is_regression:
+        values = np.asarray(labels, dtype=np.float64)
+        out["label_stats"] = {"min": float(values.min()), "mean": float(values.mean()), "max": float(values.max()),
+                              "std": float(values.std())}
+    elif getattr(spec, "is_multilabel", False):
+        hot = np.asarray(labels, dtype=np.float64)
+        out["label_counts"] = {name: int(n) for name, n in zip(spec.label_names, hot.sum(axis=0))}
+        out["labels_per_row"] = float(hot.sum(axis=1).mean())
+    else:
+        counts = Counter(labels)
+        out["label_counts"] = {name: counts.get(i, 0) for i, name in enumerate(spec.label_names)}
+    texts_b = [ex.text_b for ex in examples] if spec.is_pair else None
+    with quiet_transformers():
+        encoded = tokenizer([ex.text_a for ex in examples], texts_b, truncation=False, padding=False,
+                            return_attention_mask=False, return_token_type_ids=False)
+    lengths = np.asarray([len(ids) for ids in encoded["input_ids"]])
+    out["tokens"] = {f"p{p}": int(np.percentile(lengths, p)) for p in PERCENTILES}
+    out["tokens"]["max"] = int(lengths.max())
+    out["truncated_share"] = round(float(np.mean(lengths > max_seq_len)), 4)
+    return out
+
+
+def _warnings(spec, splits) -> list:
+    out = []
+    train, dev = splits.get("train", {}), next((v for k, v in splits.items() if k != "train"), {})
+    for name, n in (train.get("label_counts") or {}).items():
+        if n == 0:
+            out.append(f"label {name!r} has no train rows")
+    missing = [name for name, n in (dev.get("label_counts") or {}).items() if n == 0]
+    if missing and len(missing) < len(spec.label_names):
+        out.append(f"validation has no rows of label(s) {missing}")
+    for split, summary in splits.items():
+        if summary["truncated_share"] > 0.05:
+            out.append(f"{split}: {summary['truncated_share']:.0%} of rows are longer than --max-seq-len "
+                       f"(p95 {summary['tokens']['p95']} tokens); raise --max-seq-len to keep them whole")
+    return out
+
+
+def format_check(report: dict) -> str:
+    lines = [f"task {report['task']}: {report['kind']}, text {','.join(report['text_columns'])}, "
+             f"label {report['label_column']}"]
+    if report.get("columns"):
+        lines.append(f"columns: {', '.join(report['columns'])}")
+    if report["labels"] is not None:
+        lines.append(f"labels ({len(report['labels'])}): {', '.join(report['labels'][:30])}"
+                     + (" ..." if len(report["labels"]) > 30 else ""))
+    for split, s in report["splits"].items():
+        where = (report.get("source") or {}).get(split)
+        lines.append(f"{split}: {s['rows']} rows" + (f" from {where}" if where else ""))
+        if "label_counts" in s:
+            lines.append("  label counts: " + ", ".join(f"{k} {v}" for k, v in list(s["label_counts"].items())[:30]))
+        if "label_stats" in s:
+            lines.append("  label " + ", ".join(f"{k} {v:.4g}" for k, v in s["label_stats"].items()))
+        t = s["tokens"]
+        lines.append(f"  tokens: p50 {t['p50']}, p90 {t['p90']}, p95 {t['p95']}, p99 {t['p99']}, max {t['max']}; "
+                     f"{s['truncated_share']:.1%} truncated at {report['max_seq_len']}")
+    lines += [f"warning: {w}" for w in report["warnings"]]
+    lines.append("ok: every row has its text and a label the task knows")
+    return "\n".join(lines)
+
+
+def _cmd_check(args) -> int:
+    report = check_data(args.task, DataOptions(**data_options(args)), args.data_dir, args.model,
+                        128 if args.max_seq_len is None else args.max_seq_len)
+    print(json.dumps(report, indent=2) if args.json else format_check(report))
+    return 0
+
+
+def register(sub) -> None:
+    data = sub.add_parser("data", help="check a dataset before training (`ddk-fast data check ...`)")
+    data_sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+    p = data_sub.add_parser("check", help="validate a dataset against the task and print what it holds",
+                            description="Read a dataset exactly as training would (every row checked: columns, "
+                                        "empty text, labels) and print rows, columns, the label set and counts, "
+                                        "token length percentiles and the share --max-seq-len truncates.")
+    add_task_flags(p)
+    p.add_argument("--model", default=None, help="model whose tokenizer measures lengths (default: the packaged "
+                                                 "MiniLM); a model trained on your data also supplies its task")
+    p.add_argument("--max-seq-len", type=int, default=None, help="length whose truncation share is reported "
+                                                                 "(default 128)")
+    p.add_argument("--json", action="store_true", help="print the findings as JSON")
+    p.set_defaults(func=_cmd_check)
+    data.set_defaults(func=lambda args: data.print_help() or 0)
