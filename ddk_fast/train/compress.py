@@ -33,8 +33,8 @@ from ddk_fast.train.batching import eval_loader, train_loader
 from ddk_fast.train.checkpoint import (latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state,
                                       weights_digest)
 from ddk_fast.train.config import CompressConfig, config_dict, resume_mismatches
-from ddk_fast.train.deploy import add_deployment, check_deployment_flags
-from ddk_fast.data.custom import TASK_FILE
+from ddk_fast.train.deploy import add_deployment, check_deployment_flags, check_onnx_task
+from ddk_fast.data.custom import TASK_FILE, model_task_type
 from ddk_fast.train.evaluation import encode_split, evaluate, load_split, resolve_task, to_device
 from ddk_fast._io import atomic_write_json, read_json
 from ddk_fast.train.kd import FUSIONS, DistillObjective, KDWeights
@@ -123,7 +123,7 @@ def load_teacher(path: str, spec):
     """The fine-tuned teacher as a MaskedTransformer (+ its tokenizer); one-line errors otherwise."""
     from ddk_fast.model import MaskedTransformer, refusal
     from ddk_fast.model.masked_transformer import DDK_MODEL_TYPE
-    from ddk_fast.train.hf import check_label_count, has_classifier_head, load_tokenizer, read_config
+    from ddk_fast.train.hf import check_head_kind, check_label_count, has_classifier_head, load_tokenizer, read_config
 
     if not os.path.isdir(path):
         raise UserError(f"--teacher {path!r} is not a folder")
@@ -138,9 +138,10 @@ def load_teacher(path: str, spec):
         raise UserError(f"--teacher {path!r} has no sequence-classification head (architectures="
                         f"{config.get('architectures')}); fine-tune it first with `ddk-fast finetune`")
     check_label_count(path, config, spec)
+    check_head_kind(path, config, spec)
     if not any(f.endswith(".safetensors") for f in os.listdir(path)):
         raise UserError(f"--teacher {path!r} has no .safetensors weights; only safetensors checkpoints are read")
-    task_type = "regression" if spec.is_regression else "classification"
+    task_type = model_task_type(spec)
     try:
         teacher = MaskedTransformer.from_pretrained(path, num_labels=spec.num_labels, task_type=task_type)
     except (ValueError, KeyError, OSError, TypeError, SafetensorError) as exc:
@@ -213,6 +214,7 @@ def run_compress(cfg: CompressConfig) -> dict:
     metric, ratio = validate(cfg)
     teacher_path = os.path.abspath(cfg.teacher)
     spec = resolve_task(cfg.task, cfg, teacher_path)
+    check_onnx_task(cfg, spec)
     teacher, tokenizer = load_teacher(teacher_path, spec)
     check_seq_len(cfg.seq_len, teacher.config, "--seq-len")
     check_seq_len(cfg.max_seq_len, teacher.config, "--max-seq-len")
@@ -337,7 +339,7 @@ class _Compression:
         if catalog_options(cfg) is not None:
             from ddk_fast.distill.objectives import KDObjective
 
-            task_type = "regression" if self.spec.is_regression else "classification"
+            task_type = model_task_type(self.spec)
             try:
                 return KDObjective.from_config(catalog_options(cfg), student, self.teacher, task_type).to(self.device)
             except ValueError as exc:

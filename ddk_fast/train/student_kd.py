@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator, Optional
 
 import torch
 
+from ddk_fast.data.custom import model_task_type
 from ddk_fast.distill.objectives import kd_options_help
 from ddk_fast.errors import UserError
 from ddk_fast.train.config import DataOptions, parse_kd
@@ -133,7 +134,7 @@ def load_teacher_for(path: str, task: str, options=None):
 
     spec = resolve_task(task, options, path)
     teacher, tokenizer = load_teacher(path, spec)
-    return teacher, tokenizer, "regression" if spec.is_regression else "classification"
+    return teacher, tokenizer, model_task_type(spec)
 
 
 # ------------------------------------------------------------------------------------------- data
