@@ -235,7 +235,7 @@ BUDGET = ["--target", "params=0.5", "--seq-len", "32", "--latency-batch-size", "
 
 
 @pytest.mark.slow
-def test_a_conll_file_goes_through_finetune_compress_and_evaluate(tmp_path, capsys):
+def test_a_conll_file_goes_through_finetune_compress_prune_distill_and_evaluate(tmp_path, capsys):
     base = make_tiny_bert(tmp_path / "tiny", num_labels=len(TAGS), layers=2, heads=4, hidden=32, intermediate=64)
     teacher, student = tmp_path / "teacher", tmp_path / "student"
     assert main(["finetune", "--model", base, "--train-file", SAMPLE, "--task", "ner", "--epochs", "2",
@@ -255,6 +255,13 @@ def test_a_conll_file_goes_through_finetune_compress_and_evaluate(tmp_path, caps
     assert exported["architectures"] == ["DdkBertForTokenClassification"]
     assert exported["auto_map"]["AutoModelForTokenClassification"].endswith("DdkBertForTokenClassification")
     assert read_task_file(str(student)).kind == "token_classification"
+    # one-shot pruning (Fisher importance on the per-token loss) and layer-dropping distillation too
+    pruned, distilled = tmp_path / "pruned", tmp_path / "distilled"
+    assert main(["prune", "--teacher", str(teacher), "--output", str(pruned), *SMALL, *BUDGET[:10]]) == 0
+    assert json.loads((pruned / "report.json").read_text())["student_dev"]["entity_f1"] > 0.5
+    assert main(["distill", "--teacher", str(teacher), "--output", str(distilled), "--student-layers", "1",
+                 "--steps", "10", *SMALL]) == 0
+    assert json.loads((distilled / "config.json").read_text())["architectures"] == ["DdkBertForTokenClassification"]
     capsys.readouterr()
     assert main(["evaluate", "--model", str(student)]) == 0
     evaluated = json.loads(capsys.readouterr().out)
