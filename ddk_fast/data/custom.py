@@ -419,9 +419,10 @@ def _is_int(text: str) -> bool:
 
 
 def _listed(value, where, row, column) -> list:
+    """A list-valued label cell (multilabel: the row's labels; token classification: a tag per word)."""
     if not isinstance(value, (list, tuple)):
-        raise DataError(f"{where}, row {row}, column {column!r}: expected a list of labels (multilabel), "
-                        f"found {value!r}")
+        raise DataError(f"{where}, row {row}, column {column!r}: expected a list of labels (multilabel, or one "
+                        f"tag per word for token classification), found {value!r}")
     return list(value)
 
 
