@@ -90,11 +90,24 @@ def env(tmp_path_factory, glue_dir):
              "multi.jsonl": "".join(json.dumps({"text": f"t{i}", "label": ["a", "b"][: 1 + i % 2]}) + "\n"
                                     for i in range(12)),
              "multi_dev.jsonl": json.dumps({"text": "x", "label": ["a"]}) + "\n" + json.dumps({"text": "y", "label": "b"})
-             + "\n"}
+             + "\n",
+             # token classification with two tags (B-PER, O): the 2-label tiny teacher's row count
+             "ner.conll": "".join(f"Anna B-PER\nmet O\nTom{i} B-PER\n\n" for i in range(12)),
+             "ner_dev_unknown.conll": "Tom B-PER\nran O\n\nin O\nOslo B-LOC\n",
+             "ner_bad_line.conll": "Anna B-PER\nmet O\nTom\n",
+             "ner_unaligned.jsonl": "".join(json.dumps({"tokens": ["Anna", "met", "Tom"],
+                                                       "ner_tags": ["B-PER", "O", "B-PER"][: 3 - (i == 1)]}) + "\n"
+                                            for i in range(6)),
+             "ner_empty.jsonl": "".join(json.dumps({"tokens": [] if i == 2 else ["Anna", "ran"],
+                                                   "ner_tags": [] if i == 2 else ["B-PER", "O"]}) + "\n"
+                                        for i in range(6))}
     for name, text in files.items():
         (own / name).write_text(text, encoding="utf-8")
     (own / "latin1.csv").write_bytes("text,label\ncaf\u00e9,pos\nthe,neg\n".encode("latin-1"))
-    return {"own": {name: str(own / name) for name in [*files, "latin1.csv"]},"root": root, "teacher": teacher, "stsb_teacher": stsb_teacher, "data": data, "earlier": str(earlier),
+    ner_teacher = str(root / "ner_teacher")  # a token classifier trained on ner.conll (its task.json says so)
+    assert main(["finetune", "--model", teacher, "--train-file", str(own / "ner.conll"), "--epochs", "1",
+                 "--max-train-examples", "8", "--output", ner_teacher, *SMALL]) == 0
+    return {"own": {name: str(own / name) for name in [*files, "latin1.csv"]},"root": root, "ner_teacher": ner_teacher, "teacher": teacher, "stsb_teacher": stsb_teacher, "data": data, "earlier": str(earlier),
             "truncated": str(truncated), "headless": str(headless), "a_file": str(a_file),
             "yaml_bad": str(yaml_bad), "yaml_unknown": str(yaml_unknown), "structure_bad": str(structure_bad)}
 
@@ -237,6 +250,20 @@ CASES = [
     ("data-check-label-not-in-train", ["data", "check", "--train-file", "{own:good.csv}", "--validation-file",
                                        "{own:dev_bad_label.csv}"], "label 'maybe'"),
     ("data-check-dataset-missing", ["data", "check", "--dataset", "{root}/no_such_dataset"], "--dataset"),
+    # --- token classification (NER) files
+    ("ft-ner-unaligned", ["finetune", "--model", T, "--train-file", "{own:ner_unaligned.jsonl}", "--validation-file",
+                          "{own:ner_unaligned.jsonl}", "--output", O],
+     "ner_unaligned.jsonl, row 2, column 'ner_tags': 2 tags for 3 words"),
+    ("ft-ner-bad-line", ["finetune", "--model", T, "--train-file", "{own:ner_bad_line.conll}", "--output", O],
+     "ner_bad_line.conll, line 3: expected 'token ... tag'"),
+    ("ev-ner-unknown-tag", ["evaluate", "--model", "{ner_teacher}", "--validation-file",
+                            "{own:ner_dev_unknown.conll}"],
+     "ner_dev_unknown.conll, row 2 (line 4), column 'ner_tags': label 'B-LOC' is not in the training label set"),
+    ("data-check-ner-empty-sentence", ["data", "check", "--train-file", "{own:ner_empty.jsonl}", "--validation-file",
+                                       "{own:ner_empty.jsonl}"], "ner_empty.jsonl, row 3, column 'tokens': empty sentence"),
+    ("cp-ner-sequence-teacher", ["compress", "--teacher", T, "--train-file", "{own:ner.conll}", "--output", O],
+     "has a sequence-classification head"),
+    ("pr-ner-onnx", ["prune", "--teacher", "{ner_teacher}", "--onnx", "--output", O], "--onnx: ONNX export supports"),
     # --- reuse of a finished result with other settings
     ("pr-resume-other-settings", ["compress", "--teacher", T, "--task", "mrpc", "--data-dir", D, "--output",
                                   "{earlier}", "--resume", "--target", "params=0.3", "--seq-len", "32", *LATENCY],
@@ -245,7 +272,7 @@ CASES = [
 
 
 def _fill(argv, env, out):
-    values = {"teacher": env["teacher"], "stsb_teacher": env["stsb_teacher"], "out": out, "earlier": env["earlier"],
+    values = {"teacher": env["teacher"], "stsb_teacher": env["stsb_teacher"], "ner_teacher": env["ner_teacher"], "out": out, "earlier": env["earlier"],
               "truncated": env["truncated"], "headless": env["headless"], "a_file": env["a_file"],
               "yaml_bad": env["yaml_bad"], "yaml_unknown": env["yaml_unknown"], "structure_bad": env["structure_bad"],
               "root": str(env["root"]), "data": env["data"]["good"]}

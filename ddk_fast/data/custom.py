@@ -9,9 +9,10 @@ takes; a GLUE name is a preset of the same idea with its columns, labels and met
 Every row is checked before anything trains on it. Errors are one line naming the file (or dataset
 and split), the 1-based data row (the header is not a row) and the column.
 
-Task kinds: ``classification`` (string, integer or boolean labels), ``regression`` (float labels) and
-``multilabel`` (a list of labels per row). Token classification or QA would be further kinds with
-their own label parsing; nothing here assumes one label per sequence beyond these three.
+Task kinds: ``classification`` (string, integer or boolean labels), ``regression`` (float labels),
+``multilabel`` (a list of labels per row) and ``token_classification`` (NER: a list of words and a
+list of tags of the same length per row, from JSON/JSONL/parquet/``datasets`` rows or a CoNLL file,
+see ``ddk_fast.data.conll``). For CoNLL files a row is a sentence, and errors name its first line too.
 """
 from __future__ import annotations
 
@@ -23,23 +24,27 @@ from dataclasses import dataclass, field
 from typing import ClassVar, List, Optional, Tuple
 
 from ddk_fast._io import atomic_write_json, read_json
+from ddk_fast.data import conll
 from ddk_fast.data.examples import Example, subsample_indices
 from ddk_fast.data.tasks import DataError
 
-KINDS = ("classification", "regression", "multilabel")
-# file extension -> datasets packaged builder
-EXTENSIONS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+TOKEN_KIND = "token_classification"
+KINDS = ("classification", "regression", "multilabel", TOKEN_KIND)
+# file extension -> datasets packaged builder ("conll": ddk_fast.data.conll's reader)
+EXTENSIONS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet",
+              **{ext: "conll" for ext in conll.EXTENSIONS}}
 # text columns tried in order when --text-columns is not given
 DEFAULT_TEXT_COLUMNS = (("text",), ("sentence",), ("sentence1", "sentence2"), ("premise", "hypothesis"),
-                        ("question1", "question2"), ("question", "sentence"), ("text_a", "text_b"))
-DEFAULT_LABEL_COLUMNS = ("label", "labels", "score")
+                        ("question1", "question2"), ("question", "sentence"), ("text_a", "text_b"), ("tokens",))
+DEFAULT_LABEL_COLUMNS = ("label", "labels", "score", "ner_tags", "tags")
 # a validation split held out of the train file when none is given: this share, seeded
 HOLDOUT_SHARE, HOLDOUT_SEED = 0.1, 0
 TASK_FILE = "task.json"
 
 _METRICS = {"classification": (("accuracy", "f1_macro"), "accuracy"),
             "regression": (("pearson", "spearman"), "pearson"),
-            "multilabel": (("f1_micro",), "f1_micro")}
+            "multilabel": (("f1_micro",), "f1_micro"),
+            TOKEN_KIND: (("entity_f1",), "entity_f1")}
 
 
 @dataclass(frozen=True)
@@ -79,6 +84,10 @@ class CustomTask:
     @property
     def is_multilabel(self) -> bool:
         return self.kind == "multilabel"
+
+    @property
+    def is_token_classification(self) -> bool:
+        return self.kind == TOKEN_KIND
 
     @property
     def num_labels(self) -> int:
@@ -131,6 +140,16 @@ class CustomTask:
             raise DataError(f"{where}: not a valid task description ({type(exc).__name__}: {exc})") from None
 
 
+def model_task_type(spec) -> str:
+    """The engine's ``task_type`` (head and losses) for a GLUE or custom task: regression, multilabel,
+    token_classification (the model config's name for this kind) or classification."""
+    if spec.is_regression:
+        return "regression"
+    if getattr(spec, "is_multilabel", False):
+        return "multilabel"
+    return TOKEN_KIND if getattr(spec, "is_token_classification", False) else "classification"
+
+
 # ------------------------------------------------------------------------------------------ reading
 def _check_utf8(path: str) -> None:
     """Refuse a text file that is not UTF-8 with the line of the first bad byte (datasets' own error
@@ -166,6 +185,9 @@ def read_file(path: str, flag: str = "--train-file"):
     if os.path.getsize(path) == 0:
         raise DataError(f"{path}: file is empty")
     builder = EXTENSIONS[ext]
+    if builder == "conll":
+        _check_utf8(path)
+        return conll.read_conll(path)[0]
     kwargs = {}
     if ext == ".tsv":
         kwargs = {"delimiter": "\t", "quoting": 3}  # csv.QUOTE_NONE: quotes are text in TSVs
@@ -248,17 +270,25 @@ def open_split(source: DataSource, split: str) -> _Split:
             raise DataError(f"--dataset {source.dataset}: no {split!r} split; it has {list(splits)}")
         return _holdout(splits["train"], f"--dataset {source.dataset} (split train)", split)
     if split == "validation" and source.validation_file is not None:
-        table = read_file(source.validation_file, "--validation-file")
-        return _Split(table, source.validation_file, list(range(1, len(table) + 1)))
+        table, rows = _read_rows(source.validation_file, "--validation-file")
+        return _Split(table, source.validation_file, rows)
     if source.train_file is None:
         raise DataError("--validation-file needs --train-file (the label set comes from the train file)")
-    table = read_file(source.train_file, "--train-file")
+    table, rows = _read_rows(source.train_file, "--train-file")
     if source.validation_file is not None:
-        return _Split(table, source.train_file, list(range(1, len(table) + 1)))
-    return _holdout(table, source.train_file, split)
+        return _Split(table, source.train_file, rows)
+    return _holdout(table, source.train_file, split, rows)
 
 
-def _holdout(table, where: str, split: str) -> _Split:
+def _read_rows(path: str, flag: str):
+    """(table, each row's number in errors): data rows 1..N, or a CoNLL file's sentences (with their line)."""
+    table = read_file(path, flag)
+    if EXTENSIONS.get(os.path.splitext(path)[1].lower()) == "conll":
+        return table, conll.parse_conll(path)[2]
+    return table, list(range(1, len(table) + 1))
+
+
+def _holdout(table, where: str, split: str, numbers: Optional[List[int]] = None) -> _Split:
     n = len(table)
     order = list(range(n))
     random.Random(HOLDOUT_SEED).shuffle(order)
@@ -266,7 +296,8 @@ def _holdout(table, where: str, split: str) -> _Split:
     chosen = sorted(order[:n_val] if split == "validation" else order[n_val:])
     if not chosen:
         raise DataError(f"{where}: too few rows ({n}) to hold out a validation split; pass --validation-file")
-    return _Split(table.select(chosen), where, [i + 1 for i in chosen], held_out=split == "validation")
+    numbers = numbers or list(range(1, n + 1))
+    return _Split(table.select(chosen), where, [numbers[i] for i in chosen], held_out=split == "validation")
 
 
 # ------------------------------------------------------------------------------------ task building
@@ -282,7 +313,9 @@ def build_task(source: DataSource, text_columns=None, label_column: Optional[str
     feature = train.table.features[label]
     if kind is not None and kind not in KINDS:
         raise DataError(f"--task-kind {kind!r}: expected one of {', '.join(KINDS)}")
-    kind = kind or infer_kind(feature)
+    kind = kind or (TOKEN_KIND if _is_list(train.table.features[texts[0]]) else infer_kind(feature))
+    if kind == TOKEN_KIND and len(texts) != 1:
+        raise DataError(f"--text-columns {','.join(texts)}: token classification takes one column of word lists")
     names = _class_names(feature)
     if kind == "regression":
         label_names: Tuple[str, ...] = (label,)
@@ -333,12 +366,18 @@ def infer_kind(feature) -> str:
     """multilabel for list columns, regression for float columns, classification otherwise."""
     import datasets
 
-    if isinstance(feature, (list, datasets.Sequence)) or type(feature).__name__ in ("List", "LargeList"):
+    if _is_list(feature):
         return "multilabel"
     dtype = getattr(feature, "dtype", "")
     if isinstance(feature, datasets.Value) and dtype.startswith(("float", "double")):
         return "regression"
     return "classification"
+
+
+def _is_list(feature) -> bool:
+    import datasets
+
+    return isinstance(feature, (list, datasets.Sequence)) or type(feature).__name__ in ("List", "LargeList")
 
 
 def _class_names(feature) -> Optional[List[str]]:
@@ -363,7 +402,7 @@ def _key(value) -> Optional[str]:
 def _label_set(split: _Split, column: str, kind: str) -> Tuple[str, ...]:
     keys = set()
     for row, value in zip(split.rows, split.table[column]):
-        values = _listed(value, split.where, row, column) if kind == "multilabel" else [value]
+        values = _listed(value, split.where, row, column) if kind in ("multilabel", TOKEN_KIND) else [value]
         for item in values:
             key = _key(item)
             if key is None:
@@ -382,9 +421,10 @@ def _is_int(text: str) -> bool:
 
 
 def _listed(value, where, row, column) -> list:
+    """A list-valued label cell (multilabel: the row's labels; token classification: a tag per word)."""
     if not isinstance(value, (list, tuple)):
-        raise DataError(f"{where}, row {row}, column {column!r}: expected a list of labels (multilabel), "
-                        f"found {value!r}")
+        raise DataError(f"{where}, row {row}, column {column!r}: expected a list of labels (multilabel, or one "
+                        f"tag per word for token classification), found {value!r}")
     return list(value)
 
 
@@ -405,11 +445,33 @@ def load_examples(task: CustomTask, split: str, max_examples: Optional[int] = No
     data = table.select_columns([*task.text_columns, task.label_column]).to_dict()
     names = _class_names(part.table.features[task.label_column])
     parse = _label_parser(task, part.where, names)
+    if task.is_token_classification:
+        return _token_examples(task, data, rows, part.where, parse)
     texts_a = _texts(data[task.text_columns[0]], rows, part.where, task.text_columns[0])
     texts_b = (_texts(data[task.text_columns[1]], rows, part.where, task.text_columns[1]) if task.is_pair
                else [None] * len(rows))
     return [Example(a, b, parse(value, row))
             for a, b, value, row in zip(texts_a, texts_b, data[task.label_column], rows)]
+
+
+def _token_examples(task: CustomTask, data: dict, rows, where: str, parse) -> List[Example]:
+    """One ``Example`` per sentence: ``text_a`` the words (a tuple), ``label`` one tag id per word (a list)."""
+    words_column, tags_column = task.text_columns[0], task.label_column
+    out = []
+    for words, tags, row in zip(data[words_column], data[tags_column], rows):
+        if not isinstance(words, (list, tuple)):
+            raise DataError(f"{where}, row {row}, column {words_column!r}: expected a list of words, found {words!r}")
+        if not words:
+            raise DataError(f"{where}, row {row}, column {words_column!r}: empty sentence (no words)")
+        for i, word in enumerate(words, 1):
+            if not isinstance(word, str) or not word.strip():
+                raise DataError(f"{where}, row {row}, column {words_column!r}: word {i} is empty")
+        ids = parse(tags, row)
+        if len(ids) != len(words):
+            raise DataError(f"{where}, row {row}, column {tags_column!r}: {len(ids)} tags for {len(words)} words "
+                            f"(column {words_column!r}); every word needs exactly one tag")
+        out.append(Example(tuple(words), None, ids))
+    return out
 
 
 def _texts(values, rows, where, column) -> List[str]:
@@ -452,6 +514,8 @@ def _label_parser(task: CustomTask, where: str, class_names):
                             f"set {shown}")
         return ids[key]
 
+    if task.is_token_classification:
+        return lambda value, row: [one(item, row) for item in _listed(value, where, row, column)]
     if not task.is_multilabel:
         return one
 

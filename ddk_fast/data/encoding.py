@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ddk_fast.data.tasks import DataError
+from ddk_fast.ops.label_losses import IGNORE_INDEX  # word pieces no loss or metric looks at
 
 BATCH_KEYS = ("input_ids", "attention_mask", "token_type_ids", "labels")
 
@@ -58,6 +59,8 @@ def encode(examples, tokenizer, max_length: int = 128) -> EncodedDataset:
         raise DataError("encode() got no examples")
     if not isinstance(max_length, int) or max_length < 2:
         raise DataError(f"max_length={max_length!r}; expected an int >= 2")
+    if isinstance(examples[0].text_a, (list, tuple)):
+        return encode_words(examples, tokenizer, max_length)
     n_pairs = sum(ex.text_b is not None for ex in examples)
     if n_pairs not in (0, len(examples)):
         raise DataError(f"encode() got a mix of pairs and single sentences ({n_pairs} of {len(examples)} have "
@@ -78,6 +81,34 @@ def encode(examples, tokenizer, max_length: int = 128) -> EncodedDataset:
                           pad_token_id_of(tokenizer), is_regression)
 
 
+def encode_words(examples, tokenizer, max_length: int = 128) -> EncodedDataset:
+    """Token classification: tokenise pre-split words; each word's tag goes on its first word piece,
+    the other pieces and the special tokens get ``IGNORE_INDEX`` (as BertForTokenClassification is
+    trained in transformers' examples). Words cut off by ``max_length`` are not scored.
+
+    Needs a fast tokenizer (its ``word_ids`` map pieces to words)."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise DataError(f"token classification needs a fast tokenizer (word ids per piece); "
+                        f"{type(tokenizer).__name__} is not one")
+    wants_segments = "token_type_ids" in getattr(tokenizer, "model_input_names", ("token_type_ids",))
+    encoded = tokenizer([list(ex.text_a) for ex in examples], is_split_into_words=True, truncation=True,
+                        max_length=max_length, padding=False, return_attention_mask=False,
+                        return_token_type_ids=wants_segments)
+    labels = [align_labels(encoded.word_ids(i), ex.label) for i, ex in enumerate(examples)]
+    input_ids = encoded["input_ids"]
+    token_type_ids = encoded["token_type_ids"] if wants_segments else [[0] * len(ids) for ids in input_ids]
+    return EncodedDataset(input_ids, token_type_ids, labels, pad_token_id_of(tokenizer), False)
+
+
+def align_labels(word_ids: Sequence[Optional[int]], word_labels: Sequence[int]) -> List[int]:
+    """Per-piece labels: the word's label on its first piece, ``IGNORE_INDEX`` elsewhere."""
+    out, previous = [], None
+    for word in word_ids:
+        out.append(IGNORE_INDEX if word is None or word == previous else int(word_labels[word]))
+        previous = word
+    return out
+
+
 def pad_token_id_of(tokenizer) -> int:
     """The tokenizer's pad id; GPT-2 has none, so its EOS id pads (the attention mask hides it)."""
     for candidate in (getattr(tokenizer, "pad_token_id", None), getattr(tokenizer, "eos_token_id", None)):
@@ -90,7 +121,8 @@ def collate(features, pad_token_id: int = 0, pad_to_multiple_of: Optional[int] =
     """Stack features from ``EncodedDataset`` into right-padded tensors.
 
     Returns ``input_ids``, ``attention_mask``, ``token_type_ids`` ([B, T] int64, T = longest row,
-    rounded up to ``pad_to_multiple_of`` if given) and ``labels`` ([B] int64 class ids, [B] float32 scores or [B, C] float32 multi-hot rows).
+    rounded up to ``pad_to_multiple_of`` if given) and ``labels`` ([B] int64 class ids, [B] float32 scores,
+    [B, C] float32 multi-hot rows, or [B, T] int64 per-piece tags padded with ``IGNORE_INDEX``).
     """
     if not features:
         raise DataError("collate() got an empty batch")
@@ -104,6 +136,8 @@ def collate(features, pad_token_id: int = 0, pad_to_multiple_of: Optional[int] =
         mask.append([1] * len(f["input_ids"]) + [0] * n_pad)
         segments.append(f["token_type_ids"] + [0] * n_pad)
     labels = [f["labels"] for f in features]
+    if isinstance(labels[0], list):  # token classification: one label per piece, padding not scored
+        labels = [row + [IGNORE_INDEX] * (longest - len(row)) for row in labels]
     # float scores (regression) and multi-hot rows (multi-label) are float32; class ids int64
     label_dtype = torch.float32 if isinstance(labels[0], (float, tuple)) else torch.long
     return {"input_ids": torch.tensor(ids, dtype=torch.long), "attention_mask": torch.tensor(mask, dtype=torch.long),

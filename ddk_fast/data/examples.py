@@ -7,11 +7,12 @@ from typing import List, Optional, Tuple, Union
 @dataclass(frozen=True, slots=True)
 class Example:
     """One example. ``label`` is a class id (int), a score (float, regression) or a multi-hot tuple of
-    floats (multi-label)."""
+    floats (multi-label). Token classification: ``text_a`` is the tuple of words and ``label`` the list
+    of their tag ids, one per word."""
 
-    text_a: str
+    text_a: Union[str, Tuple[str, ...]]
     text_b: Optional[str]
-    label: Union[int, float, Tuple[float, ...]]
+    label: Union[int, float, Tuple[float, ...], List[int]]
 
 
 def subsample_indices(n: int, max_examples: Optional[int], seed: int) -> Optional[List[int]]:

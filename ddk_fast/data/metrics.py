@@ -1,4 +1,5 @@
-"""Task metrics through scikit-learn and scipy (the libraries the GLUE scorer itself builds on).
+"""Task metrics through scikit-learn and scipy (the libraries the GLUE scorer itself builds on), and
+seqeval's entity-level scores for token classification (the CoNLL-2003 shared task's conlleval measure).
 
 The only convention of our own: a correlation with a constant input (or an MCC that is undefined) is
 reported as 0.0 instead of NaN, so a collapsed model still gets a comparable score and checkpoint
@@ -9,8 +10,10 @@ from typing import Dict
 
 import numpy as np
 from scipy import stats
+from seqeval import metrics as seqeval_metrics
 from sklearn import metrics as skm
 
+from ddk_fast.data.encoding import IGNORE_INDEX
 from ddk_fast.data.tasks import DataError, get_task
 
 
@@ -98,16 +101,48 @@ def _multi_hot(spec, predictions, labels):
     return (predictions > 0).astype(np.int64), labels.reshape(len(predictions), -1).astype(np.int64)
 
 
+def tag_sequences(label_names, predictions, labels):
+    """(gold, predicted) tag-name lists per sentence from ``labels`` [N, T] (``IGNORE_INDEX`` where
+    not scored) and ``predictions``: logits [N, T, C] or tag ids [N, T]."""
+    if predictions.ndim == 3:
+        predictions = predictions.argmax(axis=-1)
+    if predictions.shape != labels.shape:
+        raise DataError(f"token predictions have shape {predictions.shape} but labels {labels.shape}; "
+                        f"expected [N, T] (or [N, T, C] logits) like the labels")
+    names = np.asarray(label_names, dtype=object)
+    gold, guess = [], []
+    for pred_row, gold_row in zip(predictions.astype(np.int64), labels.astype(np.int64)):
+        keep = gold_row != IGNORE_INDEX
+        gold.append(list(names[gold_row[keep]]))
+        guess.append(list(names[pred_row[keep]]))
+    return gold, guess
+
+
+def entity_scores(gold, guess) -> Dict[str, float]:
+    """seqeval's micro-averaged entity precision/recall/F1 (an entity counts when type and span match)
+    and the accuracy over all scored tags."""
+    return {"entity_f1": float(seqeval_metrics.f1_score(gold, guess, zero_division=0)),
+            "entity_precision": float(seqeval_metrics.precision_score(gold, guess, zero_division=0)),
+            "entity_recall": float(seqeval_metrics.recall_score(gold, guess, zero_division=0)),
+            "tag_accuracy": float(seqeval_metrics.accuracy_score(gold, guess))}
+
+
 def compute_metrics(task, predictions, labels) -> Dict[str, float]:
     """The task's metrics plus ``score`` (their mean, as the GLUE average does).
 
     ``task``: a GLUE name or any task object (``TaskSpec``, ``CustomTask``). ``predictions``: logits
     [N, num_labels] (argmax taken) or class ids [N]; for regression the predicted scores [N] or [N, 1];
     for multi-label the logits [N, C]. ``labels``: [N] class ids or gold scores ([N, C] multi-hot for
-    multi-label). numpy arrays, lists or tensors.
+    multi-label). Token classification: logits [N, T, C] or tag ids [N, T] against [N, T] tag ids
+    (``IGNORE_INDEX`` where not scored); the results are seqeval's entity scores. numpy arrays, lists
+    or tensors.
     """
     spec = get_task(task)
     predictions, labels = _to_numpy(predictions, "predictions"), _to_numpy(labels, "labels")
+    if getattr(spec, "is_token_classification", False):
+        results = entity_scores(*tag_sequences(spec.label_names, predictions, labels))
+        results["score"] = float(np.mean([results[name] for name in spec.metric_names]))
+        return results
     if getattr(spec, "is_multilabel", False):
         predictions, labels = _multi_hot(spec, predictions, labels)
     elif spec.is_regression:

@@ -23,7 +23,7 @@ Terms (option prefix -> class; weights are ``<prefix>_weight``):
     attention       AttentionTerm       per-head attention: "kl" on distributions (fused op) or "mse" on raw scores
                                         with padded (and, causal, future) keys zeroed -- TinyBERT's formula --
                                         or "prob_mse" on distributions (``attention_loss``)
-    pred            PredictionTerm      soft CE at temperature T (MSE for regression; token-level for LMs)
+    pred            PredictionTerm      soft CE at temperature T (MSE for regression; per token for LMs and NER)
     task            TaskTerm            hard labels: CE / MSE / next-token CE
     query/key/value_relation RelationTerm   MiniLMv2 / MaKD relations of Q, K, V (KL, R relation heads)
     ffn_intermediate FFNTerm            FFN activations, MSE through a learned low-rank map when widths differ
@@ -46,11 +46,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ddk_fast.distill.makd import LowRankProjection, concat_heads, relation_scores
+from ddk_fast.ops.label_losses import task_loss, token_rows
 
 OUTPUTS = ("hidden_states", "attention_scores", "attention_probs", "qkv", "ffn", "logits")
 _FLAGS = {"hidden_states": "output_hidden_states", "attention_scores": "output_attention_scores",
           "attention_probs": "output_attention_probs", "qkv": "output_qkv", "ffn": "output_ffn"}
-TASK_TYPES = ("classification", "regression", "multilabel", "lm")
+TASK_TYPES = ("classification", "regression", "multilabel", "lm", "token_classification")
 ATTENTION_LOSSES = ("kl", "mse", "prob_mse")
 _NEG = -1.0e4  # "minus infinity" for scores that must get zero probability but stay finite (no 0 * inf)
 
@@ -361,14 +362,10 @@ def sigmoid_kd_loss(s_logits: torch.Tensor, t_logits: torch.Tensor, temperature:
     return F.binary_cross_entropy_with_logits(s_logits.float() / t, soft) * t * t
 
 
-def multilabel_task_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Hard multi-hot labels [B, C]: binary cross entropy per label."""
-    return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
-
-
 class PredictionTerm(KDTerm):
-    """Prediction-layer KD: soft CE at temperature T (times T^2 if the op does so), MSE for regression; LMs:
-    per-token soft CE over the vocabulary, rows of padding tokens dropped."""
+    """Prediction-layer KD: soft CE at temperature T (times T^2 if the op does so), MSE for regression;
+    per-token logits (LMs over the vocabulary, token classification over the tags): soft CE per token,
+    rows of padding tokens dropped."""
 
     name = "pred"
     needs = frozenset({"logits"})
@@ -385,15 +382,14 @@ class PredictionTerm(KDTerm):
             return F.mse_loss(s_logits.float(), t_logits.float())
         if self.task_type == "multilabel":
             return sigmoid_kd_loss(s_logits, t_logits, self.temperature)
-        if self.task_type == "lm":
-            mask = _token_mask(batch, s_logits[..., 0]).reshape(-1).bool()
-            s_logits = s_logits.reshape(-1, s_logits.shape[-1])[mask]
-            t_logits = t_logits.reshape(-1, t_logits.shape[-1])[mask]
+        if s_logits.dim() == 3:
+            s_logits, t_logits = token_rows(s_logits, t_logits, _token_mask(batch, s_logits[..., 0]))
         return _ops().soft_cross_entropy(s_logits, t_logits, self.temperature, check_finite=False)
 
 
 class TaskTerm(KDTerm):
-    """Hard-label loss: cross-entropy (classification), MSE (regression), next-token CE (LM, masked)."""
+    """Hard-label loss: cross-entropy (classification; per token, unlabelled pieces skipped, for token
+    classification), MSE (regression), next-token CE (LM, masked)."""
 
     name = "task"
     needs = frozenset({"logits"})
@@ -406,12 +402,7 @@ class TaskTerm(KDTerm):
         logits = s.logits
         if self.task_type == "lm":
             return next_token_loss(logits, batch["input_ids"], batch.get("attention_mask"))
-        labels = batch["labels"]
-        if self.task_type == "regression":
-            return F.mse_loss(logits.squeeze(-1).float(), labels.float())
-        if self.task_type == "multilabel":
-            return multilabel_task_loss(logits, labels)
-        return F.cross_entropy(logits.float(), labels.long())
+        return task_loss(logits.float(), batch["labels"])
 
 
 def next_token_loss(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,

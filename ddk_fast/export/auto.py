@@ -12,7 +12,8 @@ Registration imports transformers' modeling code (seconds), so ``import ddk_fast
 call ``ddk_fast.register_auto_classes()`` once per process. A process that never imports ddk_fast
 (a serving stack with stock transformers only) passes ``trust_remote_code=True`` to the tokenizer too.
 """
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
+from transformers import (AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification,
+                          AutoModelForTokenClassification)
 
 from ddk_fast.export import modeling_ddk_bert, modeling_ddk_gpt2
 
@@ -20,6 +21,7 @@ _REGISTRATIONS = (
     (modeling_ddk_bert.DdkBertConfig, (
         (AutoModel, modeling_ddk_bert.DdkBertModel),
         (AutoModelForSequenceClassification, modeling_ddk_bert.DdkBertForSequenceClassification),
+        (AutoModelForTokenClassification, modeling_ddk_bert.DdkBertForTokenClassification),
     )),
     (modeling_ddk_gpt2.DdkGPT2Config, (
         (AutoModel, modeling_ddk_gpt2.DdkGPT2Model),

@@ -7,6 +7,9 @@ Shipped beside config.json by ``ddk_fast.export.save_pruned`` and loaded by tran
     from transformers import AutoModelForSequenceClassification
     model = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True)
 
+(``AutoModelForTokenClassification`` for a token classification export: config.json's architecture
+says which).
+
 Each layer is post-LayerNorm BERT: attention (torch scaled_dot_product_attention) then FFN. A layer
 with 0 heads (or 0 FFN channels) keeps only that block's output bias and LayerNorm: the block
 computes LayerNorm(x + bias), which is what the full block computes with every unit removed.
@@ -19,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
-from transformers.modeling_outputs import BaseModelOutputWithPooling, SequenceClassifierOutput
+from transformers.modeling_outputs import BaseModelOutputWithPooling, SequenceClassifierOutput, TokenClassifierOutput
 
 ACTIVATIONS = {
     "gelu": F.gelu,
@@ -215,8 +218,11 @@ class DdkBertModel(DdkBertPreTrainedModel):
         return out if return_dict is not False else out.to_tuple()
 
 
-class DdkBertForSequenceClassification(DdkBertPreTrainedModel):
-    """DdkBertModel + dropout + linear classifier; regression (MSE) when num_labels == 1."""
+class _DdkBertWithClassifier(DdkBertPreTrainedModel):
+    """DdkBertModel + dropout + linear classifier; a subclass says what the classifier reads
+    (``_features``), its loss and its output class."""
+
+    output_class = SequenceClassifierOutput
 
     def __init__(self, config):
         super().__init__(config)
@@ -231,14 +237,35 @@ class DdkBertForSequenceClassification(DdkBertPreTrainedModel):
                 output_hidden_states=None, return_dict=None, **kwargs):
         base = self.model(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
                           output_hidden_states=output_hidden_states, return_dict=True)
-        logits = self.classifier(self.dropout(base.pooler_output))
-        loss = None
-        if labels is not None:
-            if self.num_labels == 1:
-                loss = F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype).view(-1))
-            elif getattr(self.config, "problem_type", None) == "multi_label_classification":
-                loss = F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
-            else:
-                loss = F.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
-        out = SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=base.hidden_states)
+        logits = self.classifier(self.dropout(self._features(base)))
+        loss = None if labels is None else self._loss(logits, labels)
+        out = self.output_class(loss=loss, logits=logits, hidden_states=base.hidden_states)
         return out if return_dict is not False else out.to_tuple()
+
+
+class DdkBertForSequenceClassification(_DdkBertWithClassifier):
+    """DdkBertModel + dropout + linear classifier on the pooled first token; regression (MSE) when
+    num_labels == 1."""
+
+    def _features(self, base):
+        return base.pooler_output
+
+    def _loss(self, logits, labels):
+        if self.num_labels == 1:
+            return F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype).view(-1))
+        if getattr(self.config, "problem_type", None) == "multi_label_classification":
+            return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+        return F.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
+
+
+class DdkBertForTokenClassification(_DdkBertWithClassifier):
+    """DdkBertModel + dropout + linear classifier on every token (BertForTokenClassification's head);
+    the loss is cross entropy over the tokens whose label is not -100."""
+
+    output_class = TokenClassifierOutput
+
+    def _features(self, base):
+        return base.last_hidden_state
+
+    def _loss(self, logits, labels):
+        return F.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1), ignore_index=-100)

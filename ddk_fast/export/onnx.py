@@ -85,6 +85,10 @@ def load_for_export(folder: str) -> tuple[_Logits, list[str]]:
     masking. A teacher loads with stock transformers."""
     kind = model_type(folder)
     causal = kind in CAUSAL_TYPES
+    architectures = read_json(os.path.join(folder, "config.json")).get("architectures") or []
+    if any(str(a).endswith("ForTokenClassification") for a in architectures):
+        raise OnnxExportError(f"{folder!r} holds a token classification model; ONNX export supports sequence "
+                              f"classifiers and causal LMs")
     auto = {"ddk_bert": DdkBertForSequenceClassification, "ddk_gpt2": DdkGPT2ForCausalLM}.get(
         kind, AutoModelForCausalLM if causal else AutoModelForSequenceClassification)
     try:

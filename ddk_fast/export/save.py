@@ -27,6 +27,10 @@ AUTO_MAP = {
     "AutoModel": "modeling_ddk_bert.DdkBertModel",
     "AutoModelForSequenceClassification": "modeling_ddk_bert.DdkBertForSequenceClassification",
 }
+# token classification exports name the per-token class instead: the same classifier shape read as the
+# other kind would load silently and mean something else
+TOKEN_AUTO_MAP = {"AutoConfig": AUTO_MAP["AutoConfig"], "AutoModel": AUTO_MAP["AutoModel"],
+                  "AutoModelForTokenClassification": "modeling_ddk_bert.DdkBertForTokenClassification"}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
                    "vocab.txt", "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model")
 _RESERVED = ("config.json", MODELING_FILE, "model.safetensors", STRUCTURE_FILE)
@@ -43,10 +47,11 @@ def _config_json(model: MaskedTransformer) -> dict[str, Any]:
         cfg.pop(key)
     id2label = model.config.id2label or {i: f"LABEL_{i}" for i in range(model.config.num_labels)}
     dtype = str(model.classifier.weight.dtype).replace("torch.", "")
+    token = model.config.task_type == "token_classification"
     return {
         "model_type": MODEL_TYPE,
-        "architectures": ["DdkBertForSequenceClassification"],
-        "auto_map": dict(AUTO_MAP),
+        "architectures": ["DdkBertForTokenClassification" if token else "DdkBertForSequenceClassification"],
+        "auto_map": dict(TOKEN_AUTO_MAP if token else AUTO_MAP),
         **cfg,
         "num_hidden_layers": model.num_layers,
         "num_attention_heads": max(model.num_heads, default=0),

@@ -10,7 +10,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-TASK_TYPES = ("classification", "regression", "multilabel")
+# token_classification: one logit row per token from the last hidden state (NER), no pooler
+TOKEN_CLASSIFICATION = "token_classification"
+TASK_TYPES = ("classification", "regression", "multilabel", TOKEN_CLASSIFICATION)
 POSITION_STYLES = ("absolute", "padding_offset")
 # head_style -> (dropout before the dense layer too, activation after it). Why a table: the four stock
 # sequence-classification heads differ only in these two choices (see TransformerConfig.head_style).

@@ -19,7 +19,7 @@ from torch import nn
 from ddk_fast.model.active import ActiveUnits, check_active_units, find_active_units
 from ddk_fast.model.adapters import adapter_for
 from ddk_fast.model.adapters.base import HEAD_KEYS
-from ddk_fast.model.config import TransformerConfig
+from ddk_fast.model.config import TOKEN_CLASSIFICATION, TransformerConfig
 from ddk_fast.model.layers import Embeddings, MaskedLayer, linear
 from ddk_fast.model.structure import Structure
 
@@ -65,7 +65,8 @@ def _per_layer(gates, sizes: Sequence[int], name: str) -> list[torch.Tensor | No
 
 
 class MaskedTransformer(nn.Module):
-    """Embeddings -> L masked post-LN layers -> first-token head (pooler + tanh/relu/gelu) -> classifier."""
+    """Embeddings -> L masked post-LN layers -> first-token head (pooler + tanh/relu/gelu) -> classifier;
+    with ``task_type="token_classification"`` the classifier reads every token instead (logits [B, S, C])."""
 
     def __init__(self, config: TransformerConfig):
         super().__init__()
@@ -180,10 +181,15 @@ class MaskedTransformer(nn.Module):
                 inter.append(extra.intermediate)
                 ffn_out.append(extra.output)
         first = x[:, 0]
-        if self.config.head_dropout_first:
-            first = self.classifier_dropout(first)
-        pooled = _HEAD_ACTIVATIONS[self.config.head_activation](self.pooler(first))
-        logits = self.classifier(self.classifier_dropout(pooled))
+        if self.config.task_type == TOKEN_CLASSIFICATION:
+            # BertForTokenClassification: dropout + linear on every token's last hidden state [B, S, C];
+            # the pooler is unused (kept so every task type has the same parameters)
+            pooled, logits = first, self.classifier(self.classifier_dropout(x))
+        else:
+            if self.config.head_dropout_first:
+                first = self.classifier_dropout(first)
+            pooled = _HEAD_ACTIVATIONS[self.config.head_activation](self.pooler(first))
+            logits = self.classifier(self.classifier_dropout(pooled))
         as_tuple = (lambda v: None if v is None else tuple(v))
         return MaskedTransformerOutput(
             logits=logits, pooled=pooled, last_hidden_state=x, hidden_states=as_tuple(hidden),
@@ -197,7 +203,8 @@ class MaskedTransformer(nn.Module):
         """Build from a stock checkpoint folder, a loaded transformers model, or a save_pruned folder.
 
         num_labels: default = the checkpoint's classifier rows, else 1 for regression, else 2.
-        task_type: default = "regression" when num_labels is 1 (or the config says so), else "classification".
+        task_type: default = "regression" when num_labels is 1 (or the config says so), "token_classification"
+        for a ``...ForTokenClassification`` checkpoint, else "classification".
         A checkpoint classifier whose row count differs from num_labels is replaced by a fresh one.
         """
         hf_config, state_dict = _read_checkpoint(path_or_model)
@@ -205,6 +212,10 @@ class MaskedTransformer(nn.Module):
             return _from_ddk_export(cls, hf_config, state_dict, dtype)
         adapter = adapter_for(hf_config.get("model_type", ""))
         ckpt_labels = adapter.checkpoint_num_labels(state_dict)
+        architectures = hf_config.get("architectures") or (
+            [type(path_or_model).__name__] if isinstance(path_or_model, nn.Module) else [])
+        if task_type is None and any(str(a).endswith("ForTokenClassification") for a in architectures):
+            task_type = TOKEN_CLASSIFICATION
         if task_type is None:
             regression = (num_labels == 1 or hf_config.get("problem_type") == "regression"
                           or (num_labels is None and ckpt_labels == 1))

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import torch
-import torch.nn.functional as F
 
 from ddk_fast.ops._dispatch import dense_path
+from ddk_fast.ops.label_losses import task_loss  # per-sequence and per-token (NER) logits
 
 
 @dataclass
@@ -41,18 +41,6 @@ class GateGradients:
     def fisher(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Diagonal empirical Fisher ``sum_b g_b ** 2``: ``([L, max H], [L, max I])``."""
         return self.heads.pow(2).sum(0), self.ffn.pow(2).sum(0)
-
-
-def task_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Batch-mean cross entropy (classification), squared error (one output: regression) or binary
-    cross entropy (multi-hot float labels [B, C]: multi-label)."""
-    if logits.dtype in (torch.float16, torch.bfloat16):
-        logits = logits.float()
-    if labels.dim() == 2 and labels.is_floating_point():
-        return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
-    if logits.shape[-1] == 1:
-        return F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype))
-    return F.cross_entropy(logits, labels.long())
 
 
 @contextlib.contextmanager

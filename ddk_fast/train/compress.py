@@ -33,9 +33,9 @@ from ddk_fast.train.batching import eval_loader, train_loader
 from ddk_fast.train.checkpoint import (latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state,
                                       weights_digest)
 from ddk_fast.train.config import CompressConfig, config_dict, resume_mismatches
-from ddk_fast.train.deploy import add_deployment, check_deployment_flags
-from ddk_fast.data.custom import task_files
-from ddk_fast.train.evaluation import encode_split, evaluate, load_split, resolve_task, task_type_of, to_device
+from ddk_fast.train.deploy import add_deployment, check_deployment_flags, check_onnx_task
+from ddk_fast.data.custom import TASK_FILE, model_task_type, task_files
+from ddk_fast.train.evaluation import encode_split, evaluate, load_split, resolve_task, to_device
 from ddk_fast._io import atomic_write_json, read_json
 from ddk_fast.train.kd import FUSIONS, DistillObjective, KDWeights
 from ddk_fast.train.logging import RunLogger
@@ -130,7 +130,7 @@ def load_teacher(path: str, spec):
     """The fine-tuned teacher as a MaskedTransformer (+ its tokenizer); one-line errors otherwise."""
     from ddk_fast.model import MaskedTransformer, refusal
     from ddk_fast.model.masked_transformer import DDK_MODEL_TYPE
-    from ddk_fast.train.hf import check_label_count, has_classifier_head, load_tokenizer, read_config
+    from ddk_fast.train.hf import check_head_kind, check_label_count, has_classifier_head, load_tokenizer, read_config
 
     if not os.path.isdir(path):
         raise UserError(f"--teacher {path!r} is not a folder")
@@ -145,10 +145,12 @@ def load_teacher(path: str, spec):
         raise UserError(f"--teacher {path!r} has no sequence-classification head (architectures="
                         f"{config.get('architectures')}); fine-tune it first with `ddk-fast finetune`")
     check_label_count(path, config, spec)
+    check_head_kind(path, config, spec)
     if not any(f.endswith(".safetensors") for f in os.listdir(path)):
         raise UserError(f"--teacher {path!r} has no .safetensors weights; only safetensors checkpoints are read")
+    task_type = model_task_type(spec)
     try:
-        teacher = MaskedTransformer.from_pretrained(path, num_labels=spec.num_labels, task_type=task_type_of(spec))
+        teacher = MaskedTransformer.from_pretrained(path, num_labels=spec.num_labels, task_type=task_type)
     except (ValueError, KeyError, OSError, TypeError, SafetensorError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise UserError(f"--teacher {path!r}: cannot read the model ({first})") from None
@@ -219,6 +221,7 @@ def run_compress(cfg: CompressConfig) -> dict:
     metric, ratio = validate(cfg)
     teacher_path = os.path.abspath(cfg.teacher)
     spec = resolve_task(cfg.task, cfg, teacher_path)
+    check_onnx_task(cfg, spec)
     teacher, tokenizer = load_teacher(teacher_path, spec)
     check_seq_len(cfg.seq_len, teacher.config, "--seq-len")
     check_seq_len(cfg.max_seq_len, teacher.config, "--max-seq-len")
@@ -340,7 +343,7 @@ class _Compression:
         if catalog_options(cfg) is not None:
             from ddk_fast.distill.objectives import KDObjective
 
-            task_type = task_type_of(self.spec)
+            task_type = model_task_type(self.spec)
             try:
                 return KDObjective.from_config(catalog_options(cfg), student, self.teacher, task_type).to(self.device)
             except ValueError as exc:
@@ -348,7 +351,7 @@ class _Compression:
         return DistillObjective(self.teacher.num_layers + 1, self.teacher.hidden_size, self.spec.is_regression,
                                 KDWeights(cfg.hidden_weight, cfg.pred_weight, cfg.task_weight, cfg.temperature),
                                 fusion=cfg.fusion, layer_weighting=cfg.layer_weighting, hidden_loss=cfg.hidden_loss,
-                                path=cfg.path, multilabel=task_type_of(self.spec) == "multilabel").to(self.device)
+                                path=cfg.path, multilabel=model_task_type(self.spec) == "multilabel").to(self.device)
 
     def info(self, msg):
         if self.ctx.is_main:

@@ -296,5 +296,5 @@ def _number(value):
     return value
 
 
-__all__ = ["DataOptions", "FinetuneConfig", "CompressConfig", "PruneConfig", "build_config", "config_dict", "load_yaml", "packaged_model_dir",
-           "parse_kd", "resume_mismatches"]
+__all__ = ["DataOptions", "FinetuneConfig", "CompressConfig", "PruneConfig", "build_config", "config_dict", "load_yaml",
+           "packaged_model_dir", "parse_kd", "resume_mismatches"]

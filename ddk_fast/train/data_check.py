@@ -45,6 +45,7 @@ def check_data(task=None, data: DataOptions | None = None, data_dir=None, model=
 
 def _split_summary(spec, split, examples, tokenizer, max_seq_len) -> dict:
     labels = [ex.label for ex in examples]
+    words = getattr(spec, "is_token_classification", False)  # rows are word lists, labels a tag per word
     out = {"rows": len(examples)}
     if spec.is_regression:
         values = np.asarray(labels, dtype=np.float64)
@@ -55,12 +56,13 @@ def _split_summary(spec, split, examples, tokenizer, max_seq_len) -> dict:
         out["label_counts"] = {name: int(n) for name, n in zip(spec.label_names, hot.sum(axis=0))}
         out["labels_per_row"] = float(hot.sum(axis=1).mean())
     else:
-        counts = Counter(labels)
+        counts = Counter(tag for row in labels for tag in row) if words else Counter(labels)
         out["label_counts"] = {name: counts.get(i, 0) for i, name in enumerate(spec.label_names)}
     texts_b = [ex.text_b for ex in examples] if spec.is_pair else None
     with quiet_transformers():
-        encoded = tokenizer([ex.text_a for ex in examples], texts_b, truncation=False, padding=False,
-                            return_attention_mask=False, return_token_type_ids=False)
+        encoded = tokenizer([list(ex.text_a) if words else ex.text_a for ex in examples], texts_b, truncation=False,
+                            padding=False, return_attention_mask=False, return_token_type_ids=False,
+                            is_split_into_words=words)
     lengths = np.asarray([len(ids) for ids in encoded["input_ids"]])
     out["tokens"] = {f"p{p}": int(np.percentile(lengths, p)) for p in PERCENTILES}
     out["tokens"]["max"] = int(lengths.max())

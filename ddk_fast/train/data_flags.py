@@ -12,10 +12,10 @@ DATA_FLAGS = (
     ("--validation-file", f"your own validation data ({_FORMATS}); default: a seeded 10%% of --train-file"),
     ("--dataset", "a hub dataset NAME[:CONFIG], a datasets.save_to_disk folder or a folder of data files"),
     ("--text-columns", "the text column, or two for sentence pairs: a[,b] (default: text, sentence, "
-                       "sentence1,sentence2, ...)"),
-    ("--label-column", "the label column (default: label, labels or score)"),
-    ("--task-kind", f"{' | '.join(KINDS)} (default: inferred from the label column: lists -> multilabel, "
-                    "floats -> regression, else classification)"),
+                       "sentence1,sentence2, ..., tokens)"),
+    ("--label-column", "the label column (default: label, labels, score, ner_tags or tags)"),
+    ("--task-kind", f"{' | '.join(KINDS)} (default: inferred: a text column of word lists (or a .conll file) -> "
+                    "token_classification, label lists -> multilabel, floats -> regression, else classification)"),
 )
 
 

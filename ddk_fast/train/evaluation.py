@@ -10,6 +10,7 @@ import torch
 from ddk_fast.data import GLUE_TASKS, DataError, get_task, load_task
 from ddk_fast.data.custom import CustomTask, DataSource, build_task, read_task_file
 from ddk_fast.errors import UserError
+from ddk_fast.ops.label_losses import IGNORE_INDEX
 
 
 def to_device(batch: dict, device) -> dict:
@@ -18,14 +19,28 @@ def to_device(batch: dict, device) -> dict:
 
 @torch.no_grad()
 def predict(logits_fn: Callable[[dict], torch.Tensor], loader, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits [N, C] float32 on CPU, labels [N]) over the whole loader, in loader order."""
+    """(logits [N, C] float32 on CPU, labels [N]) over the whole loader, in loader order. Per-token
+    logits [N, T, C] (token classification) are padded to the longest batch, their labels with -100."""
     all_logits, all_labels = [], []
     for batch in loader:
         batch = to_device(batch, device)
         logits = logits_fn(batch)
         all_logits.append(logits.detach().float().cpu())
         all_labels.append(batch["labels"].detach().cpu())
+    if all_logits and all_logits[0].dim() == 3:
+        return _cat_padded(all_logits, 0.0), _cat_padded(all_labels, IGNORE_INDEX)
     return torch.cat(all_logits), torch.cat(all_labels)
+
+
+def _cat_padded(parts, value) -> torch.Tensor:
+    """Concatenate [B, T_i, ...] tensors along the batch, padding dim 1 to the longest T with ``value``."""
+    longest = max(p.shape[1] for p in parts)
+    out = parts[0].new_full((sum(p.shape[0] for p in parts), longest, *parts[0].shape[2:]), value)
+    start = 0
+    for p in parts:
+        out[start:start + p.shape[0], :p.shape[1]] = p
+        start += p.shape[0]
+    return out
 
 
 def evaluate_logits(task, logits: torch.Tensor, labels: torch.Tensor) -> dict:
@@ -50,6 +65,10 @@ def majority_baseline(task: str, train_labels, dev_labels) -> dict:
     mean train score (regression, whose correlations are then 0). What a model must clearly beat."""
     import numpy as np
 
+    if getattr(get_task(task), "is_token_classification", False):  # the most frequent train tag everywhere
+        tags = np.asarray([t for row in train_labels for t in row if t != IGNORE_INDEX], dtype=np.int64)
+        dev = _cat_padded([torch.tensor([row]) for row in dev_labels], IGNORE_INDEX).numpy()
+        return _constant_metrics(task, np.full(dev.shape, np.bincount(tags).argmax()), dev)
     train, dev = np.asarray(list(train_labels)), np.asarray(list(dev_labels))
     if getattr(get_task(task), "is_multilabel", False):  # each label on or off as in most train rows
         constant = np.where(train.mean(axis=0) > 0.5, 1.0, -1.0)
@@ -112,15 +131,8 @@ def task_spec(task):
 
 DATA_FLAGS = {"train_file": "--train-file", "validation_file": "--validation-file", "dataset": "--dataset"}
 COLUMN_FLAGS = {"text_columns": "--text-columns", "label_column": "--label-column", "task_kind": "--task-kind"}
-# kinds every command trains and scores (token classification or QA would be further kinds)
-TRAINED_KINDS = ("classification", "regression", "multilabel")
-
-
-def task_type_of(spec) -> str:
-    """The engine's task_type (which losses and which head semantics) for a task object."""
-    if spec.is_regression:
-        return "regression"
-    return "multilabel" if getattr(spec, "is_multilabel", False) else "classification"
+# kinds every command trains and scores (extractive QA would be a further kind)
+TRAINED_KINDS = ("classification", "regression", "multilabel", "token_classification")
 
 
 def has_own_data(options) -> bool:

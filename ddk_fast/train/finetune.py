@@ -1,8 +1,8 @@
-"""Teacher fine-tuning: a stock transformers sequence classifier, AdamW with linear warmup/decay,
+"""Teacher fine-tuning: a stock transformers sequence (or token) classifier, AdamW with linear warmup/decay,
 dynamic padding, dev evaluation each epoch, the best epoch kept, checkpoints and exact resume.
 
-The teacher is a plain ``AutoModelForSequenceClassification`` on purpose: it is what users already
-have, and what ``compress`` consumes.
+The teacher is a plain ``AutoModelForSequenceClassification`` (``AutoModelForTokenClassification`` for
+token classification) on purpose: it is what users already have, and what ``compress`` consumes.
 """
 from __future__ import annotations
 

@@ -51,8 +51,27 @@ def read_config(path: str) -> dict:
         raise UserError(f"{cfg!r}: not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc})") from None
 
 
+HEAD_SUFFIXES = ("ForSequenceClassification", "ForTokenClassification")
+
+
 def has_classifier_head(config: dict) -> bool:
-    return any(a.endswith("ForSequenceClassification") for a in (config.get("architectures") or []))
+    """A sequence or token classification head (``check_label_count`` then checks its rows)."""
+    return any(a.endswith(HEAD_SUFFIXES) for a in (config.get("architectures") or []))
+
+
+def is_token_task(spec) -> bool:
+    return bool(getattr(spec, "is_token_classification", False))
+
+
+def check_head_kind(path: str, config: dict, spec) -> None:
+    """A teacher's head must be the task's kind: per token for token classification, per sequence otherwise
+    (the other kind's classifier has the right shape but means something else)."""
+    token_head = any(a.endswith("ForTokenClassification") for a in (config.get("architectures") or []))
+    if token_head != is_token_task(spec):
+        have, need = ("token", "sequence") if token_head else ("sequence", "token")
+        raise UserError(f"{path!r} has a {have}-classification head (architectures={config.get('architectures')}) "
+                        f"but task {spec.name} needs a {need}-classification one; fine-tune it for the task "
+                        f"with `ddk-fast finetune`")
 
 
 def check_label_count(path: str, config: dict, spec) -> None:
@@ -111,11 +130,16 @@ def load_classifier(path: str, spec, require_head: bool = False):
     if require_head and not has_classifier_head(config):
         raise UserError(f"{path!r} has no sequence-classification head (architectures="
                         f"{config.get('architectures')}); fine-tune it first with `ddk-fast finetune`")
+    if require_head:
+        check_head_kind(path, config, spec)
     check_label_count(path, config, spec)
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
 
+    auto_class = AutoModelForTokenClassification if is_token_task(spec) else AutoModelForSequenceClassification
     kwargs = {"num_labels": spec.num_labels}
-    if spec.is_regression:
+    if is_token_task(spec):
+        pass  # cross entropy per token; labels of -100 (later word pieces) are skipped by the model's loss
+    elif spec.is_regression:
         kwargs["problem_type"] = "regression"
     elif getattr(spec, "is_multilabel", False):
         kwargs["problem_type"] = "multi_label_classification"  # BCE on multi-hot float labels
@@ -125,9 +149,10 @@ def load_classifier(path: str, spec, require_head: bool = False):
     kwargs["label2id"] = {n: i for i, n in enumerate(spec.label_names)}
     try:
         with quiet_transformers():
-            model = AutoModelForSequenceClassification.from_pretrained(path, use_safetensors=True, **kwargs)
+            model = auto_class.from_pretrained(path, use_safetensors=True, **kwargs)
     except Exception as exc:  # noqa: BLE001
-        raise UserError(f"cannot load a sequence classifier from {path!r}: {_one_line(exc)}") from None
+        kind = "token" if is_token_task(spec) else "sequence"
+        raise UserError(f"cannot load a {kind} classifier from {path!r}: {_one_line(exc)}") from None
     model.config.finetuning_task = spec.name
     return model, load_tokenizer(path)
 

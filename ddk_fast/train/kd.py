@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ddk_fast.distill.objectives import multilabel_task_loss, sigmoid_kd_loss
+from ddk_fast.distill.objectives import sigmoid_kd_loss
+from ddk_fast.ops.label_losses import task_loss, token_rows
 
 FUSIONS = ("param_free", "learned", "none")
 WEIGHTINGS = ("adaptive", "uniform")
@@ -125,18 +126,13 @@ class DistillObjective(nn.Module):
                 pred = F.mse_loss(s_logits.float(), t_logits.float())
             elif self.multilabel:
                 pred = sigmoid_kd_loss(s_logits, t_logits, w.temperature)
-            else:
-                pred = soft_cross_entropy(s_logits, t_logits, w.temperature, path=self.loss_path,
-                                          check_finite=False)
+            else:  # per-token logits (NER): one soft CE row per real token
+                rows = token_rows(s_logits, t_logits, token_mask)
+                pred = soft_cross_entropy(*rows, w.temperature, path=self.loss_path, check_finite=False)
             total = total + w.pred * pred
             parts["pred"] = pred.detach()
         if w.task > 0:
-            if self.is_regression:
-                task = F.mse_loss(s_logits.squeeze(-1).float(), labels.float())
-            elif self.multilabel:
-                task = multilabel_task_loss(s_logits, labels)
-            else:
-                task = F.cross_entropy(s_logits.float(), labels.long())
+            task = task_loss(s_logits.float(), labels)
             total = total + w.task * task
             parts["task"] = task.detach()
         parts["kd_total"] = total.detach()

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator, Optional
 
 import torch
 
-from ddk_fast.data.custom import task_files
+from ddk_fast.data.custom import model_task_type, task_files
 from ddk_fast.distill.objectives import kd_options_help
 from ddk_fast.errors import UserError
 from ddk_fast.train import teacher_cache
@@ -138,11 +138,11 @@ def load_teacher_for(path: str, task: str, options=None):
             raise UserError(f"--teacher {path!r}: cannot build the masked GPT-2: {exc}") from None
         return teacher, load_tokenizer(path), "lm"
     from ddk_fast.train.compress import load_teacher
-    from ddk_fast.train.evaluation import resolve_task, task_type_of
+    from ddk_fast.train.evaluation import resolve_task
 
     spec = resolve_task(task, options, path)
     teacher, tokenizer = load_teacher(path, spec)
-    return teacher, tokenizer, task_type_of(spec)
+    return teacher, tokenizer, model_task_type(spec)
 
 
 # ------------------------------------------------------------------------------------------- data
