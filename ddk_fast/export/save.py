@@ -38,7 +38,8 @@ _RESERVED = ("config.json", MODELING_FILE, "model.safetensors", STRUCTURE_FILE)
 
 # task_type of the engine -> transformers' problem_type (which loss a stock model applies to labels)
 PROBLEM_TYPES = {"classification": "single_label_classification", "regression": "regression",
-                 "multilabel": "multi_label_classification"}
+                 "multilabel": "multi_label_classification",
+                 "token_classification": "single_label_classification"}  # one label per token
 
 
 def _config_json(model: MaskedTransformer) -> dict[str, Any]:
