@@ -173,6 +173,7 @@ CASES = [
     ("cp-output-exists", [*CP[:8], "{earlier}", *CP[9:]], "--overwrite"),
     ("cp-calibration-0", [*CP, "--calibration-examples", "0"], "--calibration-examples"),
     ("cp-iterations-0", [*CP, "--importance-iterations", "0"], "--importance-iterations"),
+    ("cp-iterations-no-oneshot", [*CP, "--importance-iterations", "2", "--init", "weights"], "no one-shot step"),
     ("cp-budget-warmup", [*CP, "--budget-warmup", "2"], "--budget-warmup"),
     ("cp-fixed-structure-missing", [*CP, "--fixed-structure", "{root}/none.json"], "--fixed-structure"),
     ("cp-fixed-structure-bad", [*CP, "--fixed-structure", "{structure_bad}", "--max-train-examples", "16"],

@@ -109,6 +109,15 @@ def test_a_saved_dataset_folder_keeps_its_class_label_order(tmp_path):
     assert [e.label for e in load_task(task, "validation")] == [0, 1, 0, 1]
 
 
+def test_a_dataset_without_validation_split_holds_out_rows_that_do_not_train(tmp_path):
+    data = datasets.Dataset.from_dict({"text": [f"s {i}" for i in range(20)], "label": [i % 2 for i in range(20)]})
+    datasets.DatasetDict({"train": data}).save_to_disk(str(tmp_path / "only-train"))
+    task = build_task(DataSource(dataset=str(tmp_path / "only-train")))
+    train = {e.text_a for e in load_task(task, "train")}
+    dev = {e.text_a for e in load_task(task, "validation")}
+    assert len(dev) == 2 and len(train) == 18 and not train & dev
+
+
 def test_errors_name_the_file_row_and_column(tmp_path):
     train = write(tmp_path / "t.csv", "text,label\na,x\nb,y\n")
     dev = write(tmp_path / "v.csv", "text,label\nc,x\nd,z\n")
@@ -117,6 +126,10 @@ def test_errors_name_the_file_row_and_column(tmp_path):
     blank = write(tmp_path / "b.csv", "text,label\na,x\n,y\n")
     with pytest.raises(DataError, match=r"b\.csv, row 2, column 'text': empty text"):
         load_task(build_task(DataSource(blank, blank)), "train")
+    one_tag = tmp_path / "one.jsonl"
+    one_tag.write_text("".join(json.dumps({"text": t, "label": l}) + "\n" for t, l in (("a", []), ("b", ["spam"]))))
+    with pytest.raises(DataError, match="multi-label needs at least two"):
+        build_task(DataSource(str(one_tag), str(one_tag)))
     one_class = write(tmp_path / "o.csv", "text,label\na,x\nb,x\n")
     with pytest.raises(DataError, match="only one label"):
         build_task(DataSource(one_class, one_class))
@@ -160,6 +173,21 @@ def test_a_model_config_naming_the_labels_orders_them(tmp_path):
     model.mkdir()
     (model / "config.json").write_text(json.dumps({"id2label": {"0": "pos", "1": "neg"}}))
     assert resolve_task(None, {"train_file": train, "validation_file": train}, str(model)).label_names == ("pos", "neg")
+
+
+def test_model_label_names_match_case_insensitively_or_are_reported(tmp_path, capsys):
+    train = write(tmp_path / "t.csv", "text,label\na,neg\nb,pos\n")
+    data = {"train_file": train, "validation_file": train}
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"id2label": {"0": "POS", "1": "NEG"}}))
+    assert resolve_task(None, data, str(model)).label_names == ("pos", "neg")
+    (model / "config.json").write_text(json.dumps({"id2label": {"0": "POSITIVE", "1": "NEGATIVE"}}))
+    assert resolve_task(None, data, str(model)).label_names == ("neg", "pos")
+    assert "are not the data's labels" in capsys.readouterr().err
+    (model / "config.json").write_text(json.dumps({"id2label": {"0": "LABEL_0", "1": "LABEL_1"}}))
+    resolve_task(None, data, str(model))
+    assert capsys.readouterr().err == ""  # unnamed rows: nothing to warn about
 
 
 def test_a_yaml_list_of_text_columns_means_the_comma_form(tmp_path):
@@ -248,6 +276,17 @@ def test_a_csv_of_labelled_texts_goes_through_finetune_compress_and_evaluate(tmp
     assert skm.accuracy_score(gold, logits.argmax(1)) == pytest.approx(evaluated["metrics"]["accuracy"], abs=1e-6)
     assert skm.f1_score(gold, logits.argmax(1), average="macro") == pytest.approx(
         evaluated["metrics"]["f1_macro"], abs=1e-6)
+    # --resume of the finished teacher: the same files give the recorded result; an edited train file
+    # (same name) is refused, naming it, instead of silently returning the old result
+    again = ["finetune", "--model", tiny, "--train-file", train, "--validation-file", dev, "--text-columns", "body",
+             "--label-column", "category", "--task", "tickets", "--epochs", "1", "--output", str(teacher), "--resume",
+             *FAST]
+    assert main(again) == 0
+    with open(train, "a", encoding="utf-8") as f:
+        f.write("99,one more ticket,billing\n")
+    capsys.readouterr()
+    assert main(again) == 2
+    assert "data_files_sha256" in capsys.readouterr().err
 
 
 @pytest.mark.slow

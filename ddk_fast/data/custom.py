@@ -263,6 +263,9 @@ def open_split(source: DataSource, split: str) -> _Split:
         raise DataError("no data given; pass --train-file (and --validation-file) or --dataset")
     if source.dataset is not None:
         splits = _read_dataset(source.dataset)
+        if split == "train" and "validation" not in splits and "train" in splits:
+            # the validation rows are held out of train: train on the rest only
+            return _holdout(splits["train"], f"--dataset {source.dataset} (split train)", split)
         if split in splits:
             table = splits[split]
             return _Split(table, f"--dataset {source.dataset} (split {split})", list(range(1, len(table) + 1)))
@@ -327,6 +330,9 @@ def build_task(source: DataSource, text_columns=None, label_column: Optional[str
     if kind == "classification" and task.num_labels < 2:
         raise DataError(f"{train.where}, column {label!r}: only one label ({label_names[0]!r}) in the train rows; "
                         f"classification needs at least two")
+    if kind == "multilabel" and task.num_labels < 2:
+        raise DataError(f"{train.where}, column {label!r}: only one label ({label_names[0]!r}) in the train rows' "
+                        f"lists; multi-label needs at least two (for one yes/no label use a classification column)")
     return task
 
 

@@ -198,6 +198,9 @@ class KDTerm(nn.Module):
 
     name = "term"
     needs: frozenset = frozenset()
+    # True when the term reads the teacher's values at padded query positions (TinyBERT's attention MSE
+    # counts padded query rows): a teacher-output cache, which stores real tokens only, cannot serve it
+    reads_padded_queries = False
 
     def __init__(self, weight: float = 1.0):
         super().__init__()
@@ -313,6 +316,7 @@ class AttentionTerm(KDTerm):
                  path: str = "auto"):
         super().__init__(weight)
         self.kind = _check_choice("attention_loss", kind, ATTENTION_LOSSES)
+        self.reads_padded_queries = self.kind == "mse"
         self.groups = layer_groups(mapping)
         self.heads = _head_selection(student, teacher, self.groups)
         self.causal, self.path = teacher.causal, path
@@ -519,6 +523,10 @@ class KDObjective(nn.Module):
         for term in self.terms:
             out = out | term.needs
         return out
+
+    @property
+    def reads_padded_queries(self) -> bool:
+        return any(term.reads_padded_queries for term in self.terms)
 
     def forward_kwargs(self) -> dict[str, bool]:
         """The ``output_*`` flags both models' forward passes need (hidden states always: cheap, and

@@ -71,6 +71,10 @@ def validate(cfg: CompressConfig) -> tuple[str, float]:
         raise UserError(f"--init {cfg.init!r}: expected one of {', '.join(INITS)}")
     check_positive("tuning_examples", cfg.tuning_examples)
     check_positive("importance_iterations", cfg.importance_iterations)
+    one_shot_pass = cfg.fixed_structure == "oneshot" or (cfg.fixed_structure is None and cfg.init == "oneshot")
+    if cfg.importance_iterations > 1 and not one_shot_pass:
+        raise UserError(f"--importance-iterations {cfg.importance_iterations}: this run has no one-shot step "
+                        "(it needs --init oneshot or --fixed-structure oneshot)")
     if not isinstance(cfg.calibration_examples, int) or cfg.calibration_examples < 1:
         raise UserError(f"--calibration-examples {cfg.calibration_examples!r}: expected a positive integer")
     if not (0.0 <= cfg.budget_warmup < 1.0):
@@ -493,11 +497,11 @@ class _Compression:
             return teacher_outputs(self.teacher, batch, self.cfg.path, kwargs)
         return self.teacher_cache.outputs(self.teacher, batch, ids, self.cfg.path, kwargs)
 
-    def _ensure_teacher_cache(self, kwargs):
+    def _ensure_teacher_cache(self, kwargs, reads_padded_queries: bool = False):
         """Build the cache at the first stage (the distillation stage reuses it); on --resume, refill it
         by replaying the batches trained on before the checkpoint (see ``TeacherCache.rebuild``)."""
         if self.teacher_cache is not None:
-            if self.teacher_cache.covers(kwargs):
+            if self.teacher_cache.covers(kwargs) and not reads_padded_queries:
                 return
             self._close_teacher_cache()  # this stage needs outputs the cache does not hold: a new one
             self._teacher_cache_decided = False
@@ -506,7 +510,8 @@ class _Compression:
         self._teacher_cache_decided = True
         self.teacher_cache = teacher_cache.build(
             self.cfg.teacher_cache, self.cfg.teacher_cache_dtype, self.teacher, self.train_ds, self.loader.collate_fn,
-            kwargs, self.dirs.work, self.device, self.cfg.path, info=self.info, rank=self.ctx.rank)
+            kwargs, self.dirs.work, self.device, self.cfg.path, info=self.info, rank=self.ctx.rank,
+            reads_padded_queries=reads_padded_queries, world_size=self.ctx.world_size)
         if self.teacher_cache is not None and self.mode == "resume":
             t0 = time.perf_counter()
             self.teacher_cache.rebuild(self.teacher, self._batches_so_far(), self.cfg.path)
@@ -617,7 +622,7 @@ class _Compression:
         watch = FiniteWatch(ctx, self.dirs.checkpoints, self.log)
 
         kwargs = module.objective.forward_kwargs()
-        self._ensure_teacher_cache(kwargs)
+        self._ensure_teacher_cache(kwargs, module.objective.reads_padded_queries)
 
         def step(batch, gstep, epoch):
             ids = batch["example_ids"]  # on the host: the cache looks rows up without a device read
@@ -786,7 +791,7 @@ class _Compression:
         watch = FiniteWatch(ctx, self.dirs.checkpoints, self.log)
 
         kwargs = module.objective.forward_kwargs()
-        self._ensure_teacher_cache(kwargs)
+        self._ensure_teacher_cache(kwargs, module.objective.reads_padded_queries)
 
         def step(batch, gstep, epoch):
             ids = batch["example_ids"]  # on the host: the cache looks rows up without a device read

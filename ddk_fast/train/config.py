@@ -6,6 +6,8 @@ and a resumed run must be checked against the configuration it was started with.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import os
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -249,8 +251,36 @@ def build_config(cfg_cls, command: str, flags: dict, config_file: Optional[str] 
     return cfg_cls(**merged)
 
 
+# data files whose content, not only their name, a checkpoint or a finished output must match
+DATA_FILE_KEYS = ("train_file", "validation_file")
+
+
 def config_dict(cfg) -> dict:
-    return dataclasses.asdict(cfg)
+    """The settings as recorded in checkpoints and reports: the fields, data file paths made absolute,
+    and the sha256 of each data file (``data_files_sha256``), so that --resume of a run, or of a
+    finished output, on an edited CSV is refused rather than silently mixing two data sets."""
+    out = dataclasses.asdict(cfg)
+    digests = {}
+    for key in DATA_FILE_KEYS:
+        path = out.get(key)
+        if isinstance(path, str) and path:
+            out[key] = os.path.abspath(path)
+            if os.path.isfile(path):
+                stat = os.stat(path)
+                digests[key] = _file_sha256(out[key], stat.st_size, stat.st_mtime_ns)
+    if digests:
+        out["data_files_sha256"] = digests
+    return out
+
+
+@functools.lru_cache(maxsize=32)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    """Cached per (path, size, mtime): checkpoints record the settings at every save."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 # Options whose change makes a checkpoint unusable for --resume (the result would differ).

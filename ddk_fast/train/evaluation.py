@@ -3,6 +3,8 @@ splits as one-line-error-checked examples, a model run over a loader, the task's
 from __future__ import annotations
 
 import os
+import re
+import sys
 from typing import Callable, Optional
 
 import torch
@@ -219,6 +221,14 @@ def _labels_in_model_order(spec: CustomTask, model_dir) -> CustomTask:
         names = tuple(str(id2label[k]) for k in sorted(id2label, key=int))
     except (OSError, ValueError, AttributeError, KeyError, TypeError):
         return spec
-    if sorted(names) != sorted(spec.label_names) or names == spec.label_names:
-        return spec
-    return CustomTask(spec.name, spec.kind, spec.text_columns, spec.label_column, names, spec.source)
+    by_lower = {n.lower(): n for n in spec.label_names}
+    if len(by_lower) == len(names) and sorted(by_lower) == sorted(n.lower() for n in names):
+        names = tuple(by_lower[n.lower()] for n in names)  # the model's order, the data's spelling
+        if names == spec.label_names:
+            return spec
+        return CustomTask(spec.name, spec.kind, spec.text_columns, spec.label_column, names, spec.source)
+    if not all(re.fullmatch(r"LABEL_\d+", n) for n in names):
+        # named classifier rows that the data does not name: their order cannot be matched to the labels
+        print(f"warning: {model_dir}: its classes {list(names)} are not the data's labels {list(spec.label_names)}; "
+              "the data's labels are used in sorted order for the classifier rows", file=sys.stderr)
+    return spec

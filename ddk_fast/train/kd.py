@@ -62,6 +62,8 @@ class DistillObjective(nn.Module):
 
             self.layer_weights = LossShareWeights(num_states, momentum=0.9)
 
+    reads_padded_queries = False  # hidden states and logits only (same contract as KDObjective)
+
     def forward_kwargs(self) -> dict:
         """The ``output_*`` flags both forward passes need (same contract as the KD catalog's objective)."""
         return {"output_hidden_states": True}

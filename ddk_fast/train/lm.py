@@ -27,6 +27,7 @@ import torch
 
 from ddk_fast.distill.objectives import kd_options_help
 from ddk_fast.errors import UserError
+from ddk_fast.train.config import config_dict
 from ddk_fast.train.loop import FirstNonFinite, host_scalars
 from ddk_fast.train.resumable import StepCheckpoints, publish, skip_batches, stop_if_asked
 
@@ -163,7 +164,7 @@ class _LMCompression:
                 self.state.update(state)
             self.log.log("start", step=self._global_step(), mode=self.mode, task="lm", teacher=self.cfg.teacher,
                          target=self.cfg.target, train_blocks=self.data.num_train, eval_blocks=self.data.num_dev,
-                         config=dataclasses.asdict(self.cfg))
+                         config=config_dict(self.cfg))
             if self.state["teacher_dev"] is None:
                 self.state["teacher_dev"] = self.data.evaluate(self.teacher)
             skip_batches(self.data.batches, self._global_step())
@@ -362,7 +363,7 @@ class _LMCompression:
             "train_blocks": self.data.num_train, "eval_blocks": self.data.num_dev,
             "resumed": self.mode == "resume",
             "wall_time_s": self.checkpoints.wall_time(self.state),
-            "config": dataclasses.asdict(cfg),
+            "config": config_dict(cfg),
         }
         self.log.log("done", step=self._global_step(), student_dev=student_dev)
         self.log.close()
@@ -393,7 +394,7 @@ def run_compress_lm(cfg: LMCompressConfig) -> dict:
                         f"{cost_model.min_ratio(metric):.4f}")
     mode = prepare(dirs, cfg.overwrite, cfg.resume)
     if mode == "done":
-        return finished_result(dirs, "report.json", dataclasses.asdict(cfg), announce=cfg.progress)
+        return finished_result(dirs, "report.json", config_dict(cfg), announce=cfg.progress)
     return _LMCompression(cfg, metric, ratio, teacher, tokenizer, data, cost_model, dirs, device, mode).run()
 
 # -------------------------------------------------------------------------------------------- CLI

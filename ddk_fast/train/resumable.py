@@ -7,7 +7,6 @@ for bit. (The epoch-based ``finetune`` / ``compress`` loops keep their own, DDP-
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 import time
@@ -20,7 +19,7 @@ from ddk_fast.export.gpt2 import save_causal_lm
 from ddk_fast.export.save import save_pruned
 from ddk_fast.model.gpt2 import MaskedGPT2
 from ddk_fast.train.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from ddk_fast.train.config import resume_mismatches
+from ddk_fast.train.config import config_dict, resume_mismatches
 from ddk_fast.train.rundir import copy_logs, finalize, stage_dir
 from ddk_fast._io import to_jsonable
 
@@ -37,7 +36,7 @@ class StepCheckpoints:
         state = dict(state, wall_before_s=state.get("wall_before_s", 0.0) + (time.time() - self.t_start))
         payload = {"optimizers": {k: o.state_dict() for k, o in optimizers.items()},
                    "schedulers": {k: s.state_dict() for k, s in schedulers.items()}, "rng": [rng_state()]}
-        meta = {"kind": self.kind, "config": dataclasses.asdict(self.cfg), "state_json": json.dumps(to_jsonable(state))}
+        meta = {"kind": self.kind, "config": config_dict(self.cfg), "state_json": json.dumps(to_jsonable(state))}
         save_checkpoint(self.dirs.checkpoints, step, module, payload, meta=meta)
 
     def wall_time(self, state: dict) -> float:
@@ -54,7 +53,7 @@ class StepCheckpoints:
         if meta.get("kind") != self.kind:
             raise UserError(f"--resume: {self.dirs.work!r} holds a run of another command ({meta.get('kind')!r}, "
                             f"not {self.kind!r})")
-        mism = resume_mismatches(meta.get("config", {}), dataclasses.asdict(self.cfg))
+        mism = resume_mismatches(meta.get("config", {}), config_dict(self.cfg))
         if mism:
             raise UserError(f"--resume: the run in {self.dirs.work!r} was started with different settings "
                             f"({'; '.join(mism)})")

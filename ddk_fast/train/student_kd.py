@@ -27,7 +27,7 @@ from ddk_fast.data.custom import model_task_type, task_files
 from ddk_fast.distill.objectives import kd_options_help
 from ddk_fast.errors import UserError
 from ddk_fast.train import teacher_cache
-from ddk_fast.train.config import DataOptions, parse_kd
+from ddk_fast.train.config import DataOptions, config_dict, parse_kd
 from ddk_fast.train.data_flags import add_data_flags, add_task_flags
 from ddk_fast.train.evaluation import to_device
 from ddk_fast.train.loop import FirstNonFinite, host_scalars
@@ -369,7 +369,7 @@ def run_distill(cfg: DistillConfig) -> dict:
         raise UserError(str(exc)) from None
     mode = prepare(dirs, cfg.overwrite, cfg.resume) if dirs is not None else "fresh"
     if mode == "done":
-        return finished_result(dirs, "metrics.json", dataclasses.asdict(cfg), announce=cfg.progress)
+        return finished_result(dirs, "metrics.json", config_dict(cfg), announce=cfg.progress)
     log = RunLogger(dirs.logs if dirs is not None else None, enabled=dirs is not None, console=cfg.progress)
     try:
         return _DistillRun(cfg, dirs, mode, log, teacher, tokenizer, student, stages, objectives, data,
@@ -446,7 +446,8 @@ class _DistillRun:
         info = self.log.info if self.dirs is not None else (lambda msg: None)
         self.cache = teacher_cache.build(self.cfg.teacher_cache, self.cfg.teacher_cache_dtype, self.teacher,
                                          self.data.train_ds, self.data.collate_fn, kwargs, folder, self.device,
-                                         self.cfg.path, info=info)
+                                         self.cfg.path, info=info,
+                                         reads_padded_queries=any(o.reads_padded_queries for o in self.objectives))
 
     def _run_stage(self, index: int, name: str, steps: int, objective, resumed) -> None:
         from ddk_fast.train.resumable import StepCheckpoints, stop_if_asked
@@ -491,7 +492,7 @@ class _DistillRun:
                         "params": sum(p.numel() for p in student.parameters())},
             "teacher_params": sum(p.numel() for p in self.teacher.parameters()),
             "train_examples": data.num_train, "dev_examples": data.num_dev, "history": self.state["history"],
-            "resumed": self.mode == "resume", "wall_time_s": wall, "config": dataclasses.asdict(cfg),
+            "resumed": self.mode == "resume", "wall_time_s": wall, "config": config_dict(cfg),
             "teacher_cache": self.cache_summary,
         }
         if self.dirs is None:

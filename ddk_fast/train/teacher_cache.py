@@ -255,10 +255,14 @@ def _token_slices(entry: Entry, n: int) -> tuple:
 
 
 def build(requested: str, dtype_name: str, teacher, dataset, collate_fn, kwargs: dict, folder: str, device,
-          path: str = "auto", info=print, rank: int = 0) -> TeacherCache | None:
+          path: str = "auto", info=print, rank: int = 0, reads_padded_queries: bool = False,
+          world_size: int = 1) -> TeacherCache | None:
     """The cache for training on ``dataset`` (an ``EncodedDataset``) with objective ``kwargs``, or None
     (off, or not cacheable). One probe forward on the first example reads the output shapes;
-    ``collate_fn``: the train loader's (takes ``(index, features)`` items)."""
+    ``collate_fn``: the train loader's (takes ``(index, features)`` items). Not used when the objective
+    reads padded query rows (``reads_padded_queries``) or under DDP (``world_size`` > 1: the sampler
+    deals each rank other examples every epoch, so a rank's cache would hold the whole data set and
+    almost never hit)."""
     if requested not in MODES:
         raise UserError(f"--teacher-cache {requested!r}: expected one of {', '.join(MODES)}")
     if dtype_name not in DTYPES:
@@ -268,6 +272,11 @@ def build(requested: str, dtype_name: str, teacher, dataset, collate_fn, kwargs:
     if teacher.training:
         raise ValueError("the teacher cache needs the teacher in eval mode (dropout would make every forward differ)")
     reason = cacheable(kwargs)
+    if reads_padded_queries:
+        reason = ("the objective reads the teacher at padded query positions (attention_loss=mse), which the "
+                  "cache does not store")
+    elif world_size > 1:
+        reason = f"{world_size} DDP ranks see other examples each epoch"
     if reason is not None:
         if requested != "auto":
             raise UserError(f"--teacher-cache {requested}: {reason}; use --teacher-cache off")
