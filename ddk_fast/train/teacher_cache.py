@@ -10,7 +10,9 @@ example, every output the objective needs (hidden states, logits, pooled output;
 term asks for it) cut to that example's own token count, in the storage dtype (bf16 by default; fp16,
 or fp32 for a cache equal to the forward it stored). Rows are found by the batch's ``example_ids`` and
 re-padded (zeros) to the batch's length, so dynamic padding and any batching still work; the losses
-mask padded positions, so the zeros there change nothing.
+mask padded positions, so the zeros there change nothing. The one loss that reads the teacher at padded
+query positions, TinyBERT's attention MSE (``attention_loss=mse``), runs without the cache, as do DDP runs
+(each rank is dealt other examples every epoch, so its cache would hold the whole data set and rarely hit).
 
 Exactness: a batch with any example not yet cached runs the teacher and returns its own outputs (the
 first epoch is the uncached run); a batch whose rows are all cached gets them back at storage precision.
