@@ -37,7 +37,7 @@ from bench_search_step import make_step  # noqa: E402
 
 from ddk_fast.bench.targets import Measurement, Target, write_report  # noqa: E402
 from ddk_fast.bench.timing import spread_ms  # noqa: E402
-from ddk_fast.doctor import collect  # noqa: E402
+from ddk_fast.bench.environment import collect  # noqa: E402
 from ddk_fast.ops import distill_losses as D  # noqa: E402
 from ddk_fast.ops.gated_attention import gated_attention  # noqa: E402
 from ddk_fast.ops.masked_ffn import masked_ffn  # noqa: E402

@@ -11,7 +11,8 @@ from ddk_fast.errors import UserError
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
-    from ddk_fast.doctor import collect, format_report
+    from ddk_fast.bench.environment import collect
+    from ddk_fast.doctor import format_report
 
     report = collect()
     print(json.dumps(report, indent=2) if args.json else format_report(report))

@@ -13,6 +13,7 @@ import tempfile
 import time
 
 from ddk_fast.bench.conventions import DEVICE_ENV, QUICK_ENV
+from ddk_fast.bench.environment import collect
 from ddk_fast.bench.report import write_reports
 
 TIMERS = {"wall": "time.perf_counter", "cpu": "time.process_time"}
@@ -56,8 +57,6 @@ def run_suite(device: str = "cpu", quick: bool = False, output: str | None = Non
     machine shared with other jobs, CPU time of a single-threaded run does not count the time spent
     waiting for a core. CPU device only; with several threads it also counts their spin-waiting.
     """
-    from ddk_fast.doctor import collect
-
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
     if timer not in TIMERS:
