@@ -38,18 +38,14 @@ def batches(n=3, b=4, s=9, labels=2, seed=0):
 
 
 # ------------------------------------------------------------------------------------------ importance
-@pytest.mark.parametrize("path", ["reference", "compact"])
-def test_gate_gradients_match_finite_differences_of_the_task_loss(path):
-    model = tiny(torch.float64)
-    data = batches()
-    grads = gate_gradients(model, data, path=path)
-    assert grads.heads.shape == (3, 2, 4) and grads.ffn.shape == (3, 2, 12)
-    eps = 1e-6
+def _assert_gate_gradients_match_finite_differences(model, data, grads, head_gates, ffn_gates, units, eps=1e-6):
+    """Central differences of the task loss at the gates ``head_gates`` / ``ffn_gates`` for each
+    (kind, layer, unit) of ``units``, against ``grads`` (per batch)."""
     for b, batch in enumerate(data):
-        for kind, l, i in (("head", 0, 1), ("head", 1, 3), ("ffn", 0, 5), ("ffn", 1, 0)):
+        for kind, l, i in units:
             losses = []
             for sign in (1, -1):
-                hg, fg = torch.ones(2, 4, dtype=torch.float64), torch.ones(2, 12, dtype=torch.float64)
+                hg, fg = head_gates.clone(), ffn_gates.clone()
                 (hg if kind == "head" else fg)[l, i] += sign * eps
                 out = model(batch["input_ids"], attention_mask=batch["attention_mask"], head_gates=hg, ffn_gates=fg,
                             path="reference")
@@ -57,6 +53,17 @@ def test_gate_gradients_match_finite_differences_of_the_task_loss(path):
             fd = (losses[0] - losses[1]) / (2 * eps)
             got = float((grads.heads if kind == "head" else grads.ffn)[b, l, i])
             assert got == pytest.approx(fd, rel=1e-5, abs=1e-9)
+
+
+@pytest.mark.parametrize("path", ["reference", "compact"])
+def test_gate_gradients_match_finite_differences_of_the_task_loss(path):
+    model = tiny(torch.float64)
+    data = batches()
+    grads = gate_gradients(model, data, path=path)
+    assert grads.heads.shape == (3, 2, 4) and grads.ffn.shape == (3, 2, 12)
+    _assert_gate_gradients_match_finite_differences(
+        model, data, grads, torch.ones(2, 4, dtype=torch.float64), torch.ones(2, 12, dtype=torch.float64),
+        (("head", 0, 1), ("head", 1, 3), ("ffn", 0, 5), ("ffn", 1, 0)))
     head_f, ffn_f = grads.fisher()
     assert torch.allclose(head_f, grads.heads.pow(2).sum(0)) and torch.allclose(ffn_f, grads.ffn.pow(2).sum(0))
     assert all(p.requires_grad for p in model.parameters())  # weights are restored to trainable
@@ -247,21 +254,10 @@ def test_gate_gradients_at_a_mask_match_finite_differences_there():
     ffn_mask = torch.ones(2, 12, dtype=torch.float64)
     ffn_mask[0, :5] = 0
     grads = gate_gradients(model, data, path="reference", head_mask=head_mask, ffn_mask=ffn_mask)
-    eps = 1e-6
-    for b, batch in enumerate(data):
-        # a gate exactly 0 is a pruned unit: the engine skips it, so it has no gradient
-        assert float(grads.heads[b, 0, 1]) == 0.0 and float(grads.ffn[b, 0, 3]) == 0.0
-        for kind, l, i in (("head", 0, 2), ("head", 1, 1), ("ffn", 0, 6), ("ffn", 1, 7)):
-            losses = []
-            for sign in (1, -1):
-                hg, fg = head_mask.clone(), ffn_mask.clone()
-                (hg if kind == "head" else fg)[l, i] += sign * eps
-                out = model(batch["input_ids"], attention_mask=batch["attention_mask"], head_gates=hg, ffn_gates=fg,
-                            path="reference")
-                losses.append(float(task_loss(out.logits.detach(), batch["labels"])))
-            fd = (losses[0] - losses[1]) / (2 * eps)
-            got = float((grads.heads if kind == "head" else grads.ffn)[b, l, i])
-            assert got == pytest.approx(fd, rel=1e-5, abs=1e-9)
+    # a gate exactly 0 is a pruned unit: the engine skips it, so it has no gradient
+    assert not grads.heads[:, 0, 1].any() and not grads.ffn[:, 0, 3].any()
+    _assert_gate_gradients_match_finite_differences(
+        model, data, grads, head_mask, ffn_mask, (("head", 0, 2), ("head", 1, 1), ("ffn", 0, 6), ("ffn", 1, 7)))
     with pytest.raises(ValueError, match="gate mask of shape"):
         gate_gradients(model, data, head_mask=torch.ones(2, 3))
 
