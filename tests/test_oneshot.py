@@ -1,4 +1,5 @@
 """Data-driven importance, the one-shot mask search, rearrangement and least-squares unit scales."""
+import copy
 import itertools
 import math
 
@@ -295,3 +296,75 @@ def test_iterative_one_shot_shrinks_nested_structures_to_the_budget(monkeypatch)
         oneshot.one_shot(model, data, cm, "params", 0.4, importance_iterations=0)
     with pytest.raises(ValueError, match="needs importance='fisher'"):
         oneshot.one_shot(model, data, cm, "params", 0.4, importance="activation", importance_iterations=2)
+
+
+# ------------------------------------------------------------------------------------------ held-out check
+def test_tuning_is_kept_only_when_it_lowers_the_held_out_loss(monkeypatch):
+    import ddk_fast.train.oneshot as oneshot
+
+    teacher, data = tiny(), batches(n=6)
+    cm = CostModel(16, 4, teacher.num_heads, teacher.intermediate_sizes)
+    tuning_batch_ids = []
+    real_tune = oneshot.tune_unit_scales
+
+    def recording(student, teacher_, used, **kw):
+        tuning_batch_ids.extend(id(b) for b in used)
+        return real_tune(student, teacher_, used, **kw)
+
+    monkeypatch.setattr(oneshot, "tune_unit_scales", recording)
+    result = oneshot.one_shot(teacher, data, cm, "params", 0.5, rearrange_units=False, path="reference",
+                              tuning_examples=8, tuning_check_examples=8)
+    report = result.tuning
+    assert report.kept == (report.held_out_loss_tuned < report.held_out_loss_untuned)
+    held_out = [b for b in data if id(b) not in set(tuning_batch_ids)]
+    check = oneshot.spread_subset(held_out, 8)
+    assert len(tuning_batch_ids) == 2 and len(held_out) == 4 and len(check) == 2
+    # the losses are those of the exported student and of the plain pruned one on the held-out batches
+    plain = prune(teacher, result.to_structure(teacher))
+    assert report.held_out_loss_untuned == pytest.approx(oneshot.held_out_loss(plain, check, "reference"), rel=1e-6)
+    kept_loss = report.held_out_loss_tuned if report.kept else report.held_out_loss_untuned
+    assert oneshot.held_out_loss(result.student, check, "reference") == pytest.approx(kept_loss, rel=1e-6)
+
+    # a held-out loss that never improves drops the tuning: the student is the plain pruned one
+    losses = iter([1.0, 2.0])
+    monkeypatch.setattr(oneshot, "held_out_loss", lambda *a: next(losses))
+    dropped = oneshot.one_shot(teacher, data, cm, "params", 0.5, rearrange_units=False, path="reference",
+                               tuning_examples=8, tuning_check_examples=8)
+    assert dropped.tuning.kept is False
+    assert all(torch.equal(a, b) for a, b in zip(dropped.student.state_dict().values(), plain.state_dict().values()))
+
+
+def test_tuning_without_leftover_examples_is_kept_unchecked():
+    from ddk_fast.train.oneshot import one_shot
+
+    teacher, data = tiny(), batches(n=2)
+    cm = CostModel(16, 4, teacher.num_heads, teacher.intermediate_sizes)
+    result = one_shot(teacher, data, cm, "params", 0.5, rearrange_units=False, path="reference", tuning_examples=512)
+    assert result.tuning.kept is None and result.tuning.held_out_loss_tuned is None
+    assert result.tuning.error_after < result.tuning.error_before
+
+
+def test_token_classification_tuning_reconstructs_every_token_of_the_last_layer():
+    from transformers import BertForTokenClassification
+
+    cfg = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=4, intermediate_size=12,
+                     max_position_embeddings=32, num_labels=3, initializer_range=0.4, hidden_dropout_prob=0.0,
+                     attention_probs_dropout_prob=0.0)
+    torch.manual_seed(0)
+    teacher = MaskedTransformer.from_pretrained(BertForTokenClassification(cfg), dtype=torch.float64).eval()
+    assert not teacher.head_reads_first_token_only and tiny().head_reads_first_token_only
+    data = batches(n=2)
+    student = prune(teacher, STRUCT)
+    report = tune_unit_scales(student, teacher, data, path="reference", ridge=0.0)
+    last_ffn = [r for r in report.rows if r["layer"] == 1 and r["block"] == "ffn"][0]
+    # the same models read as a first-token head: only the first token of the last layer is matched,
+    # so the untuned error of the token head (a sum over every real token) is far larger
+    as_sequence = copy.deepcopy(teacher)
+    as_sequence.config.task_type = "classification"
+    assert as_sequence.head_reads_first_token_only
+    seq_report = tune_unit_scales(prune(as_sequence, STRUCT), as_sequence, data, path="reference", ridge=0.0)
+    seq_last_ffn = [r for r in seq_report.rows if r["layer"] == 1 and r["block"] == "ffn"][0]
+    assert last_ffn["error_before"] > 3 * seq_last_ffn["error_before"]
+    first_rows = [r for r in report.rows if r["layer"] == 0]
+    assert [r["error_before"] for r in first_rows] == pytest.approx(
+        [r["error_before"] for r in seq_report.rows if r["layer"] == 0])  # earlier layers: every token in both

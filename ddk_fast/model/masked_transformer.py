@@ -89,6 +89,12 @@ class MaskedTransformer(nn.Module):
         return list(self.config.num_heads)
 
     @property
+    def head_reads_first_token_only(self) -> bool:
+        """Whether the task head reads only the first token's last hidden state (sequence tasks), not
+        every token's (token classification): what a reconstruction of the last layer has to match."""
+        return self.config.task_type != TOKEN_CLASSIFICATION
+
+    @property
     def intermediate_sizes(self) -> list[int]:
         return list(self.config.intermediate_sizes)
 

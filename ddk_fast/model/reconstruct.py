@@ -12,8 +12,9 @@ the output is partly carried by the kept ones, so re-weighting them recovers muc
 Layer by layer, sublayer by sublayer: the student's input is its own (already tuned) previous output,
 the target is the teacher's pre-LayerNorm sublayer output on the teacher's own input, so errors of
 earlier layers are corrected, not compounded. For the last layer only the first token (the one the
-pooler reads) is reconstructed. Two guards Kwon et al. also use: a ridge term pulls the scales
-towards 1 (the untuned model), and a layer whose solution leaves ``[-bound, bound]`` keeps scales 1.
+pooler reads) is reconstructed when the head reads only that token (every token for token
+classification). Two guards Kwon et al. also use: a ridge term pulls the scales towards 1 (the
+untuned model), and a layer whose solution leaves ``[-bound, bound]`` keeps scales 1.
 """
 from __future__ import annotations
 
@@ -32,6 +33,11 @@ class TuningReport:
     calibration tokens before and after tuning, and whether the solution was kept."""
 
     rows: list[dict] = field(default_factory=list)
+    # the held-out check of ``one_shot``: task loss of the untuned / tuned student on calibration
+    # examples the least squares did not see, and whether the tuned scales were kept (None: no check)
+    held_out_loss_untuned: float | None = None
+    held_out_loss_tuned: float | None = None
+    kept: bool | None = None
 
     @property
     def error_before(self) -> float:
@@ -136,7 +142,8 @@ def tune_unit_scales(student, teacher, batches: Iterable[dict], path: str = "aut
         xt = [teacher.embeddings(b["input_ids"], b.get("token_type_ids")) for b in batches]
         last = student.num_layers - 1
         for l, (s_layer, t_layer) in enumerate(zip(student.layers, teacher.layers)):
-            masks = [_token_mask(b.get("attention_mask"), b["input_ids"], l == last) for b in batches]
+            first_only = l == last and student.head_reads_first_token_only
+            masks = [_token_mask(b.get("attention_mask"), b["input_ids"], first_only) for b in batches]
             att, t_att = s_layer.attention, t_layer.attention
             t_pre = [_attention_pre_norm(t_att, x, b.get("attention_mask"), path) for x, b in zip(xt, batches)]
             if att.num_heads:

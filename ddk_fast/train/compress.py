@@ -429,7 +429,8 @@ class _Compression:
         timings = {k: round(v, 2) for k, v in result.timings.items()}
         self.state["oneshot"] = {"dev": dev, "calibration_examples": sum(len(b["labels"]) for b in calib),
                                  "heads": result.structure.head_counts, "ffn": result.structure.ffn_counts,
-                                 "ratio": result.structure.ratio(self.cost_model, self.metric), "timings_s": timings}
+                                 "ratio": result.structure.ratio(self.cost_model, self.metric), "timings_s": timings,
+                                 "tuning_kept": None if result.tuning is None else result.tuning.kept}
         self.state["history"].append({"stage": "oneshot", "epoch": 0, "step": self.state["global_step"], **dev})
         self.log.log("oneshot", step=self.state["global_step"], **self.state["oneshot"])
         self.info(f"one-shot structure heads {result.structure.head_counts}, FFN {result.structure.ffn_counts} "

@@ -172,8 +172,12 @@ def _run(run, calib, tokenizer, dirs, log, device) -> dict:
     student = result.student
     final = dev_score(student)
     eval_s += time.perf_counter() - t0
-    state["history"].append({"stage": "tuned" if cfg.tune else "pruned", "epoch": 0, "step": 0, **final})
-    log.info(f"after {'least-squares tuning' if cfg.tune else 'pruning'}: dev " + _fmt(final))
+    tuned = result.tuning is not None and result.tuning.kept is not False
+    state["history"].append({"stage": "tuned" if tuned else "pruned", "epoch": 0, "step": 0, **final})
+    if result.tuning is not None and result.tuning.kept is not None:
+        log.info(f"least-squares tuning {'kept' if tuned else 'dropped'}: held-out calibration loss "
+                 f"{result.tuning.held_out_loss_untuned:.4f} untuned, {result.tuning.held_out_loss_tuned:.4f} tuned")
+    log.info(f"after {'least-squares tuning' if tuned else 'pruning'}: dev " + _fmt(final))
     state["best_metrics"] = dict(final, epoch=0)
     state["pruned_dev"] = final
     timings = {k: round(v, 2) for k, v in result.timings.items()}
@@ -183,7 +187,9 @@ def _run(run, calib, tokenizer, dirs, log, device) -> dict:
         "rearrangement": result.rearrangement, "timings_s": timings,
         "tuning": None if result.tuning is None else {
             "error_before": result.tuning.error_before, "error_after": result.tuning.error_after,
-            "sublayers_tuned": sum(r["tuned"] for r in result.tuning.rows), "rows": result.tuning.rows}}
+            "sublayers_tuned": sum(r["tuned"] for r in result.tuning.rows), "rows": result.tuning.rows,
+            "kept": result.tuning.kept, "held_out_loss_untuned": result.tuning.held_out_loss_untuned,
+            "held_out_loss_tuned": result.tuning.held_out_loss_tuned}}
     state["times_s"] = {k[:-2]: v for k, v in timings.items()}
     log.info("time: " + ", ".join(f"{k} {v:.1f} s" for k, v in state["times_s"].items()))
     return _export(run, student.cpu() if device.type != "cpu" else student, tokenizer, dirs, log)
