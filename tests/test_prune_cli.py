@@ -87,6 +87,7 @@ def test_more_calibration_examples_than_the_train_split_uses_all(teacher, tmp_pa
     (["--target", "params=2"], "--target"),
     (["--importance", "magic"], "invalid choice"),
     (["--ridge", "-1"], "--ridge"),
+    (["--tuning-check-examples", "-1"], "--tuning-check-examples -1"),
     (["--max-seq-len", "1"], "--max-seq-len 1"),
 ])
 def test_bad_options_exit_2_with_one_line(teacher, glue_dir, tmp_path, capsys, flags, message):
@@ -129,3 +130,14 @@ def test_iterative_importance_from_the_cli(teacher, tmp_path, glue_dir):
     report = json.loads((out / "report.json").read_text())
     assert report["config"]["importance_iterations"] == 3
     assert report["params"]["ratio"] <= 0.4 + 1e-9
+
+
+def test_held_out_check_decides_the_tuning_and_is_reported(teacher, glue_dir, tmp_path):
+    out = tmp_path / "checked"
+    assert main(["prune", "--teacher", teacher, "--task", "mrpc", "--data-dir", glue_dir, "--target", "params=0.4",
+                 "--output", str(out), "--calibration-examples", "48", "--tuning-examples", "16",
+                 "--tuning-check-examples", "32", *FLAGS]) == 0
+    report = json.loads((out / "report.json").read_text())
+    tuning = report["search"]["tuning"]
+    assert tuning["kept"] == (tuning["held_out_loss_tuned"] < tuning["held_out_loss_untuned"])
+    assert report["history"][-1]["stage"] == ("tuned" if tuning["kept"] else "pruned")

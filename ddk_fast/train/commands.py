@@ -62,6 +62,9 @@ def _compression_flags(p):
           help="labelled train examples for the one-shot Fisher importance and least squares (default 2048)")
     _flag(p, "--tuning-examples", type=int,
           help="of the calibration examples, how many the least-squares tuning uses (default 512)")
+    _flag(p, "--tuning-check-examples", type=int,
+          help="other calibration examples on which the tuned scales must lower the task loss to be kept "
+               "(default 512; 0 keeps them unchecked)")
     _flag(p, "--importance-iterations", type=int,
           help="prune in K steps of the budget, re-scoring the remaining units each step (Fisher; default 1; "
                "each step costs one importance pass)")

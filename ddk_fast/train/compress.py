@@ -44,7 +44,7 @@ from ddk_fast.train.optim import adamw, linear_schedule
 from ddk_fast.train.rundir import copy_logs, finalize, finished_result, prepare, run_dirs, stage_dir
 from ddk_fast.train import teacher_cache
 from ddk_fast.train.stages import DistillModule, SearchModule, initial_importance, teacher_outputs, weight_parameters
-from ddk_fast.train.validate import check_positive, check_seq_len, parse_target
+from ddk_fast.train.validate import check_non_negative, check_positive, check_seq_len, parse_target
 
 SEARCH, DISTILL = "search", "distill"
 INITS = ("oneshot", "weights")
@@ -70,6 +70,7 @@ def validate(cfg: CompressConfig) -> tuple[str, float]:
     if cfg.init not in INITS:
         raise UserError(f"--init {cfg.init!r}: expected one of {', '.join(INITS)}")
     check_positive("tuning_examples", cfg.tuning_examples)
+    check_non_negative("tuning_check_examples", cfg.tuning_check_examples)
     check_positive("importance_iterations", cfg.importance_iterations)
     one_shot_pass = cfg.fixed_structure == "oneshot" or (cfg.fixed_structure is None and cfg.init == "oneshot")
     if cfg.importance_iterations > 1 and not one_shot_pass:
@@ -418,6 +419,7 @@ class _Compression:
         calib = self._calibration_batches()
         result = one_shot(self.teacher, calib, self.cost_model, self.metric, self.ratio,
                           granularity=cfg.channel_granularity, path=cfg.path, tuning_examples=cfg.tuning_examples,
+                          tuning_check_examples=cfg.tuning_check_examples,
                           importance_iterations=cfg.importance_iterations)
         if self.ctx.distributed:
             # Every rank continues from rank 0's result: GPU reductions need not agree bitwise across

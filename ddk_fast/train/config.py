@@ -95,6 +95,8 @@ class CompressionRunConfig(DataOptions):
     # one-shot step: Fisher importance from these train examples, least squares on a spread subset
     calibration_examples: int = 2048
     tuning_examples: int = 512
+    # other calibration examples on which the tuned scales must lower the task loss to be kept (0: always kept)
+    tuning_check_examples: int = 512
     importance_iterations: int = 1  # > 1: prune in that many steps of the budget, re-scoring each time
     # reporting
     latency_batch_size: int = 32

@@ -30,7 +30,7 @@ from ddk_fast.train.logging import RunLogger
 from ddk_fast.train.oneshot import IMPORTANCE_KINDS, one_shot
 from ddk_fast.train.report import build_report, write_plots
 from ddk_fast.train.rundir import copy_logs, finalize, prepare, run_dirs, stage_dir
-from ddk_fast.train.validate import check_positive, check_seq_len, parse_target
+from ddk_fast.train.validate import check_non_negative, check_positive, check_seq_len, parse_target
 
 
 def validate(cfg: PruneConfig) -> tuple[str, float]:
@@ -42,6 +42,7 @@ def validate(cfg: PruneConfig) -> tuple[str, float]:
                  "latency_batch_size", "latency_seq_len", "latency_repeats", "latency_threads"):
         check_positive(name, getattr(cfg, name))
     check_positive("tuning_examples", cfg.tuning_examples)
+    check_non_negative("tuning_check_examples", cfg.tuning_check_examples)
     check_deployment_flags(cfg, metric)
     if not isinstance(cfg.calibration_examples, int) or cfg.calibration_examples < 1:
         raise UserError(f"--calibration-examples {cfg.calibration_examples!r}: expected a positive integer "
@@ -156,6 +157,7 @@ def _run(run, calib, tokenizer, dirs, log, device) -> dict:
     result = one_shot(teacher, calib, run.cost_model, run.metric, run.ratio, granularity=cfg.channel_granularity,
                       importance=cfg.importance, rearrange_units=cfg.rearrange, tune=cfg.tune, path=cfg.path,
                       ridge=cfg.ridge, tuning_examples=cfg.tuning_examples,
+                      tuning_check_examples=cfg.tuning_check_examples,
                       importance_iterations=cfg.importance_iterations)
     stages = [("mask_search", result.searched)]
     if result.rearrangement is not None:
