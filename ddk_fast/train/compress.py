@@ -162,7 +162,7 @@ def load_teacher(path: str, spec):
         raise UserError(f"--teacher {path!r} is already a pruned export; give the fine-tuned teacher")
     if getattr(spec, "is_custom", False):  # the export's config names the labels (regression: the column)
         teacher.config.id2label = dict(enumerate(spec.label_names))
-    return teacher, load_tokenizer(path)
+    return teacher, load_tokenizer(path, spec)
 
 
 def cost_model_for(model, seq_len: int, metric: str, cfg=None, info=None):

@@ -45,7 +45,7 @@ def load_any(folder: str, spec, path: str = "auto"):
         except (ValueError, OSError, KeyError) as exc:
             raise UserError(f"cannot load the pruned model in {folder!r}: {exc}") from None
         _check_pruned_labels(folder, model, spec)
-        tokenizer = load_tokenizer(folder)
+        tokenizer = load_tokenizer(folder, spec)
         return model, tokenizer, (lambda b: _pruned_logits(model, b, path)), "pruned"
     model, tokenizer = load_classifier(folder, spec, require_head=True)
     return model, tokenizer, (lambda b: logits_of(model, b)), "transformers"
@@ -177,7 +177,7 @@ def _evaluate_torch_int8(folder, spec, data_dir, output, batch_size, max_seq_len
 
     check_seq_len(seq, module.model.config, "--max-seq-len")
     examples = load_split(spec, split, data_dir, max_eval_examples, 0)
-    loader = eval_loader(encode_split(examples, load_tokenizer(folder), seq), batch_size)
+    loader = eval_loader(encode_split(examples, load_tokenizer(folder, spec), seq), batch_size)
     with torch.inference_mode():
         metrics = evaluate(quantised, lambda b: quantised(b["input_ids"], b["attention_mask"],
                                                           b.get("token_type_ids")), loader, torch.device("cpu"),
@@ -207,7 +207,7 @@ def _evaluate_onnx(folder, spec, data_dir, output, batch_size, max_seq_len, max_
                         f"needs {spec.num_labels}")
     seq = max_seq_len or trained_seq_len(folder) or 128
     examples = load_split(spec, split, data_dir, max_eval_examples, 0)
-    encoded = encode_split(examples, load_tokenizer(folder), seq)
+    encoded = encode_split(examples, load_tokenizer(folder, spec), seq)
     metrics = score_onnx(OnnxModel(path, threads), eval_loader(encoded, batch_size), spec)
     result = {"model": os.path.abspath(folder), "kind": "onnx-int8" if int8 else "onnx", "task": spec.name,
               "split": split, "examples": len(examples), "max_seq_len": seq, "main_metric": spec.main_metric,
