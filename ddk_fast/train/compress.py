@@ -33,7 +33,7 @@ from ddk_fast.train.batching import eval_loader, train_loader
 from ddk_fast.train.checkpoint import (latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state,
                                       weights_digest)
 from ddk_fast.train.config import CompressConfig, config_dict, resume_mismatches
-from ddk_fast.train.deploy import add_deployment, check_deployment_flags, check_onnx_task
+from ddk_fast.train.deploy import add_deployment, check_deployment_flags
 from ddk_fast.data.custom import TASK_FILE, model_task_type, task_files
 from ddk_fast.train.evaluation import encode_split, evaluate, load_split, resolve_task, to_device
 from ddk_fast._io import atomic_write_json, read_json
@@ -225,7 +225,6 @@ def run_compress(cfg: CompressConfig) -> dict:
     metric, ratio = validate(cfg)
     teacher_path = os.path.abspath(cfg.teacher)
     spec = resolve_task(cfg.task, cfg, teacher_path)
-    check_onnx_task(cfg, spec)
     teacher, tokenizer = load_teacher(teacher_path, spec)
     check_seq_len(cfg.seq_len, teacher.config, "--seq-len")
     check_seq_len(cfg.max_seq_len, teacher.config, "--max-seq-len")
