@@ -39,6 +39,7 @@ from ddk_fast.train.evaluation import encode_split, evaluate, load_split, resolv
 from ddk_fast._io import atomic_write_json, read_json
 from ddk_fast.train.kd import FUSIONS, DistillObjective, KDWeights
 from ddk_fast.train.logging import RunLogger
+from ddk_fast.train.threads import apply_threads
 from ddk_fast.train.loop import FiniteWatch, run_epochs
 from ddk_fast.train.optim import adamw, linear_schedule
 from ddk_fast.train.rundir import copy_logs, finalize, finished_result, prepare, run_dirs, stage_dir
@@ -223,6 +224,7 @@ def check_budget(cost_model, ratio: float, metric: str, target_text: str) -> Non
 # ------------------------------------------------------------------------------------------------ run
 def run_compress(cfg: CompressConfig) -> dict:
     metric, ratio = validate(cfg)
+    threads = apply_threads(cfg.threads)
     teacher_path = os.path.abspath(cfg.teacher)
     spec = resolve_task(cfg.task, cfg, teacher_path)
     teacher, tokenizer = load_teacher(teacher_path, spec)
@@ -250,7 +252,7 @@ def run_compress(cfg: CompressConfig) -> dict:
                 save_latency_fit(cost_model, dirs)
         run = _Compression(cfg, spec, metric, ratio, teacher, tokenizer, teacher_path, cost_model, dirs, ctx,
                            mode, data)
-        run.file_structure = file_structure
+        run.file_structure, run.threads = file_structure, threads
         return run.run()
     finally:
         ddp.teardown(ctx)
@@ -309,6 +311,7 @@ class _Compression:
         self.teacher_cache_summary = {"mode": "off"}
         self._oneshot = None  # (OneShotResult, full-size student holding the tuned weights), fresh runs only
         self.file_structure = None  # the --fixed-structure FILE.json structure, read before any output
+        self.threads = None  # what ddk_fast.train.threads.apply_threads set at the run's start
 
     # --- data -----------------------------------------------------------------------------------------
     def _data(self):
@@ -371,7 +374,7 @@ class _Compression:
             self.log.log("start", step=self.state["global_step"], mode=self.mode, task=self.spec.name,
                          teacher=self.teacher_path, target=self.cfg.target, train_examples=len(self.train_ds),
                          dev_examples=len(self.dev_ds), steps_per_epoch=self.steps_per_epoch,
-                         world_size=self.ctx.world_size, config=config_dict(self.cfg))
+                         world_size=self.ctx.world_size, threads=self.threads, config=config_dict(self.cfg))
             self.info(f"compress {self.spec.name} to {self.cfg.target}: {len(self.train_ds)} train / "
                       f"{len(self.dev_ds)} dev examples, {self.steps_per_epoch} steps per epoch, {self.mode} run, "
                       f"work folder {self.dirs.work}")

@@ -27,6 +27,7 @@ from ddk_fast.train.config import PruneConfig, config_dict
 from ddk_fast.train.evaluation import encode_split, evaluate, load_split, resolve_task, to_device
 from ddk_fast._io import atomic_write_json
 from ddk_fast.train.logging import RunLogger
+from ddk_fast.train.threads import apply_threads
 from ddk_fast.train.oneshot import IMPORTANCE_KINDS, one_shot
 from ddk_fast.train.report import build_report, write_plots
 from ddk_fast.train.rundir import copy_logs, finalize, prepare, run_dirs, stage_dir
@@ -88,8 +89,8 @@ def gated_logits(model, gates, path):
 class _PruneRun:
     """What ``build_report`` reads (the same fields a compression run offers)."""
 
-    def __init__(self, cfg, spec, metric, ratio, teacher, teacher_path, cost_model, train_ds, dev_ds):
-        self.cfg, self.spec, self.metric, self.ratio = cfg, spec, metric, ratio
+    def __init__(self, cfg, spec, metric, ratio, teacher, teacher_path, cost_model, train_ds, dev_ds, threads):
+        self.cfg, self.spec, self.metric, self.ratio, self.threads = cfg, spec, metric, ratio, threads
         self.teacher, self.teacher_path, self.cost_model = teacher, teacher_path, cost_model
         self.train_ds, self.dev_ds = train_ds, dev_ds
         self.ctx = _SingleProcess()
@@ -105,6 +106,7 @@ class _SingleProcess:
 
 def run_prune(cfg: PruneConfig) -> dict:
     metric, ratio = validate(cfg)
+    threads = apply_threads(cfg.threads)
     teacher_path = os.path.abspath(cfg.teacher)
     spec = resolve_task(cfg.task, cfg, teacher_path)
     teacher, tokenizer = load_teacher(teacher_path, spec)
@@ -130,7 +132,7 @@ def run_prune(cfg: PruneConfig) -> dict:
     try:
         for m in messages:
             log.info(m)
-        run = _PruneRun(cfg, spec, metric, ratio, teacher, teacher_path, cost_model, calib_ds, dev_ds)
+        run = _PruneRun(cfg, spec, metric, ratio, teacher, teacher_path, cost_model, calib_ds, dev_ds, threads)
         return _run(run, calib, tokenizer, dirs, log, device)
     finally:
         log.close()
@@ -140,7 +142,8 @@ def _run(run, calib, tokenizer, dirs, log, device) -> dict:
     cfg, spec, teacher, state = run.cfg, run.spec, run.teacher, run.state
     dev_loader = eval_loader(run.dev_ds, cfg.eval_batch_size)
     log.log("start", step=0, task=spec.name, teacher=run.teacher_path, target=cfg.target,
-            calibration_examples=len(run.train_ds), dev_examples=len(run.dev_ds), config=config_dict(cfg))
+            calibration_examples=len(run.train_ds), dev_examples=len(run.dev_ds), threads=run.threads,
+            config=config_dict(cfg))
     log.info(f"prune {spec.name} to {cfg.target}: {cfg.importance} importance from {len(run.train_ds)} "
              f"calibration examples ({len(calib)} batches), {len(run.dev_ds)} dev examples")
 
