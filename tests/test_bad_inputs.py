@@ -264,7 +264,7 @@ CASES = [
                                        "{own:ner_empty.jsonl}"], "ner_empty.jsonl, row 3, column 'tokens': empty sentence"),
     ("cp-ner-sequence-teacher", ["compress", "--teacher", T, "--train-file", "{own:ner.conll}", "--output", O],
      "has a sequence-classification head"),
-    ("pr-ner-onnx", ["prune", "--teacher", "{ner_teacher}", "--onnx", "--output", O], "--onnx: ONNX export supports"),
+    ("pr-threads-zero", [*PR, "--threads", "0"], "--threads 0: expected a positive integer"),
     # --- reuse of a finished result with other settings
     ("pr-resume-other-settings", ["compress", "--teacher", T, "--task", "mrpc", "--data-dir", D, "--output",
                                   "{earlier}", "--resume", "--target", "params=0.3", "--seq-len", "32", *LATENCY],

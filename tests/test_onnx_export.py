@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from transformers import BertConfig, BertForSequenceClassification, RobertaConfig, RobertaForSequenceClassification
+from transformers import (AutoTokenizer, BertConfig, BertForSequenceClassification, BertForTokenClassification,
+                          RobertaConfig, RobertaForSequenceClassification)
 
 from ddk_fast.cli import main
+from ddk_fast.data.custom import DataSource, build_task, write_task_file
 from ddk_fast.export import save_pruned
 from ddk_fast.export.gpt2 import save_causal_lm
 from ddk_fast.export.onnx import (INT8_FILE, ONNX_FILE, REPORT_FILE, OnnxExportError, OnnxModel, example_inputs,
@@ -21,6 +23,7 @@ from ddk_fast.train.deploy import parse_shapes, run_latency, torch_int8
 from train_support import make_tiny_bert, packaged_dir
 
 VOCAB = 96
+NER_SAMPLE = os.path.join(os.path.dirname(__file__), "data", "ner_sample.conll")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -214,3 +217,78 @@ def test_evaluate_onnx_export_equals_pytorch(tmp_path, capsys):
     assert main(["evaluate", "--task", "mrpc", "--data-dir", str(tmp_path / "glue"), "--max-seq-len", "32",
                  "--model", str(tmp_path / "onnx")]) == 2
     assert "trained for sst2" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------ token classification
+def _token_teacher(folder, vocab_size=VOCAB, num_labels=5):
+    """A stock BertForTokenClassification folder with noisy norms and biases (logits far from zero)."""
+    torch.manual_seed(0)
+    stock = BertForTokenClassification(BertConfig(vocab_size=vocab_size, hidden_size=24, num_hidden_layers=3,
+                                                  num_attention_heads=4, intermediate_size=20,
+                                                  max_position_embeddings=48, num_labels=num_labels,
+                                                  initializer_range=0.3))
+    _noisy(stock).save_pretrained(folder)
+    return stock
+
+
+def _per_token_shapes_and_values(module, names, session, labels):
+    """ONNX Runtime against PyTorch at shapes never exported: [batch, sequence, labels], atol 1e-4 at the
+    real positions (the padded ones carry no prediction anyone reads)."""
+    for case in (_padded_case(names), example_inputs(names, VOCAB, 1, 5, seed=7),
+                 example_inputs(names, VOCAB, 2, 33, seed=9)):
+        with torch.inference_mode():
+            expected = module(**case)
+        got = session(**case)
+        batch, seq = case["input_ids"].shape
+        assert tuple(got.shape) == tuple(expected.shape) == (batch, seq, labels)
+        real = case["attention_mask"].bool()
+        torch.testing.assert_close(got[real], expected[real], atol=1e-4, rtol=0)
+
+
+def test_pruned_token_classifier_exports_per_token_logits_with_dynamic_axes(tmp_path):
+    model = _noisy(MaskedTransformer.from_pretrained(_token_teacher(tmp_path / "stock"))).eval()
+    assert model.config.task_type == "token_classification"
+    structure = Structure(heads=((0, 2, 3), (), (1,)), channels=((1, 2, 3, 10, 19), (6,), ()),
+                          total_heads=(4, 4, 4), total_channels=(20, 20, 20))
+    folder = save_pruned(prune(model, structure), tmp_path / "pruned", tokenizer=packaged_dir())
+    report = export_onnx(folder, tmp_path / "onnx", int8=True)
+    assert report["head"] == "token_classification" and report["outputs"] == ["logits"]
+    assert report["output_axes"] == {"logits": ["batch", "sequence", "labels"]}
+    assert all(c["max_abs_diff"] <= 1e-4 for c in report["check"]) and any(c["padded"] for c in report["check"])
+    module, names = load_for_export(folder)
+    assert type(module.model).__name__ == "DdkBertForTokenClassification"
+    session = OnnxModel(str(tmp_path / "onnx" / ONNX_FILE))
+    (output,) = session.session.get_outputs()
+    assert output.name == "logits" and isinstance(output.shape[0], str) and isinstance(output.shape[1], str)
+    assert output.shape[2] == 5  # symbolic batch and sequence axes, a fixed label axis
+    _per_token_shapes_and_values(module, names, session, labels=5)
+    assert report["int8_check"] and set(report["files"]) == {ONNX_FILE, INT8_FILE}
+
+
+def test_token_teacher_onnx_export_scores_like_pytorch_in_evaluate(tmp_path, capsys):
+    teacher = tmp_path / "teacher"
+    task = build_task(DataSource(NER_SAMPLE))
+    tokenizer = AutoTokenizer.from_pretrained(packaged_dir())
+    _token_teacher(teacher, vocab_size=len(tokenizer), num_labels=task.num_labels)
+    tokenizer.save_pretrained(teacher)
+    write_task_file(task, str(teacher))
+    assert main(["export-onnx", str(teacher), "--output", str(tmp_path / "onnx")]) == 0
+    assert json.loads(capsys.readouterr().out)["check"][0]["max_abs_diff"] <= 1e-4
+    assert json.loads((tmp_path / "onnx" / REPORT_FILE).read_text())["head"] == "token_classification"
+    scores = {}
+    for name in ("teacher", "onnx"):
+        assert main(["evaluate", "--model", str(tmp_path / name), "--max-seq-len", "32", "--batch-size", "8"]) == 0
+        scores[name] = json.loads(capsys.readouterr().out)
+    assert scores["onnx"]["kind"] == "onnx" and scores["onnx"]["main_metric"] == "entity_f1"
+    assert scores["onnx"]["examples"] == scores["teacher"]["examples"] > 0
+    assert scores["onnx"]["metrics"] == pytest.approx(scores["teacher"]["metrics"], abs=1e-6)
+
+
+def test_heads_without_an_export_are_refused_by_name(tmp_path):
+    (tmp_path / "qa").mkdir()
+    (tmp_path / "qa" / "config.json").write_text(json.dumps({"model_type": "bert",
+                                                             "architectures": ["BertForQuestionAnswering"]}))
+    with pytest.raises(OnnxExportError, match="BertForQuestionAnswering model; ONNX export supports sequence "
+                                              "classification, token classification, causal lm"):
+        export_onnx(tmp_path / "qa", tmp_path / "onnx")
+    assert not os.path.exists(tmp_path / "onnx")

@@ -3,7 +3,8 @@
 Padding to the batch's longest sequence instead of ``max_length`` is most of the CPU-time win on GLUE:
 SST-2 sentences average ~13 tokens against a usual max_length of 128.
 """
-from typing import List, Optional, Sequence
+import json
+from typing import Iterator, List, Optional, Sequence
 
 import torch
 from torch.utils.data import Dataset
@@ -86,10 +87,15 @@ def encode_words(examples, tokenizer, max_length: int = 128) -> EncodedDataset:
     the other pieces and the special tokens get ``IGNORE_INDEX`` (as BertForTokenClassification is
     trained in transformers' examples). Words cut off by ``max_length`` are not scored.
 
-    Needs a fast tokenizer (its ``word_ids`` map pieces to words)."""
+    Needs a fast tokenizer (its ``word_ids`` map pieces to words); a byte-level BPE one must add a
+    space before each word (``needs_prefix_space``)."""
     if not getattr(tokenizer, "is_fast", False):
         raise DataError(f"token classification needs a fast tokenizer (word ids per piece); "
                         f"{type(tokenizer).__name__} is not one")
+    if needs_prefix_space(tokenizer):
+        raise DataError(f"{type(tokenizer).__name__} is a byte-level BPE tokenizer without add_prefix_space: it "
+                        f"splits pre-split words unlike running text; load it with "
+                        f"AutoTokenizer.from_pretrained(path, add_prefix_space=True)")
     wants_segments = "token_type_ids" in getattr(tokenizer, "model_input_names", ("token_type_ids",))
     encoded = tokenizer([list(ex.text_a) for ex in examples], is_split_into_words=True, truncation=True,
                         max_length=max_length, padding=False, return_attention_mask=False,
@@ -98,6 +104,33 @@ def encode_words(examples, tokenizer, max_length: int = 128) -> EncodedDataset:
     input_ids = encoded["input_ids"]
     token_type_ids = encoded["token_type_ids"] if wants_segments else [[0] * len(ids) for ids in input_ids]
     return EncodedDataset(input_ids, token_type_ids, labels, pad_token_id_of(tokenizer), False)
+
+
+def needs_prefix_space(tokenizer) -> bool:
+    """True for a byte-level BPE tokenizer (RoBERTa, GPT-2 style) that adds no space before each word.
+
+    Why it matters: such a tokenizer marks a word that follows a space with the piece prefix ``Ġ``, and
+    the model learnt words that way. A word handed over alone has no space before it, so without
+    ``add_prefix_space`` "Paris" in a word list becomes other pieces than "Paris" in a sentence. The
+    test reads the backend pre-tokenizer (a ``ByteLevel`` step, alone or inside a ``Sequence``), not the
+    class or model name, so any tokenizer built on that scheme is recognised.
+    """
+    pre_tokenizer = getattr(getattr(tokenizer, "backend_tokenizer", None), "pre_tokenizer", None)
+    if pre_tokenizer is None:
+        return False
+    try:
+        state = json.loads(pre_tokenizer.__getstate__())
+    except (AttributeError, TypeError, ValueError):  # a pre-tokenizer that does not serialise: not byte-level
+        return False
+    return any(not step.get("add_prefix_space", False) for step in _byte_level_steps(state))
+
+
+def _byte_level_steps(state: dict) -> Iterator[dict]:
+    """The ``ByteLevel`` steps of a serialised pre-tokenizer, looking inside ``Sequence`` steps."""
+    if state.get("type") == "ByteLevel":
+        yield state
+    for step in state.get("pretokenizers") or ():
+        yield from _byte_level_steps(step)
 
 
 def align_labels(word_ids: Sequence[Optional[int]], word_labels: Sequence[int]) -> List[int]:

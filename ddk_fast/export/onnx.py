@@ -3,16 +3,23 @@
 Why ONNX: on CPUs users serve models with ONNX Runtime, usually int8-quantised; a pruned model has to
 be faster there, not only in PyTorch. The folder is loaded exactly as a user loads it
 (``AutoModelFor...from_pretrained(dir, trust_remote_code=True)``: the standalone modeling file of a
-compressed export, stock transformers for a teacher), wrapped to return only the logits, and exported
-with the ``torch.export`` based exporter (``dynamo=True``) with dynamic batch and sequence axes.
+compressed export, stock transformers for a teacher), wrapped to return only what its head outputs, and
+exported with the ``torch.export`` based exporter (``dynamo=True``) with dynamic batch and sequence axes.
+
+Heads (``HEADS``): a sequence classifier returns ``logits`` [batch, labels], a token classifier
+``logits`` [batch, sequence, labels], a causal LM ``logits`` [batch, sequence, vocab]; per-token outputs
+are compared at real (non-padding) positions only, the values a user reads. Another head (an extractive
+QA span head: ``start_logits`` and ``end_logits`` [batch, sequence]) is one more ``Head`` in the table
+and one more branch in ``head_of``; export, check and report read the rest from it.
 Before the folder is written, ONNX Runtime runs it on a padded batch and an unpadded one of other
 shapes than the export example; outputs that differ from PyTorch by more than ``atol`` fail the
 export (a traced graph that froze something of the example would be caught here).
 
 ``export_onnx(model_dir, out_dir, opset=18, int8=False, overwrite=False, atol=1e-4) -> dict``
     Writes ``model.onnx`` (+ ``model.int8.onnx``: dynamic int8 quantisation of the linear layers by
-    ``onnxruntime.quantization``), the tokenizer files and ``onnx_report.json`` (inputs, opset, file
-    sizes, the check's shapes and max abs differences, the task and labels of the source). Atomic.
+    ``onnxruntime.quantization``), the tokenizer files and ``onnx_report.json`` (inputs, the head and its
+    outputs' axes, opset, file sizes, the check's shapes and max abs differences, the task and labels of
+    the source). Atomic.
 ``OnnxModel(path, threads=1)``: an ONNX Runtime session called like the PyTorch model
     (``model(input_ids, attention_mask, token_type_ids) -> logits tensor``).
 """
@@ -22,18 +29,19 @@ import os
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import onnxruntime as ort
 import torch
 from onnxruntime.quantization import QuantType, quantize_dynamic
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoModelForTokenClassification
 
 from ddk_fast._io import atomic_write_json, read_json
 from ddk_fast._version import __version__
 from ddk_fast.errors import UserError
-from ddk_fast.export.modeling_ddk_bert import DdkBertForSequenceClassification
+from ddk_fast.export.modeling_ddk_bert import DdkBertForSequenceClassification, DdkBertForTokenClassification
 from ddk_fast.export.modeling_ddk_gpt2 import DdkGPT2ForCausalLM
 from ddk_fast.export.save import TOKENIZER_FILES, write_export
 
@@ -49,17 +57,66 @@ class OnnxExportError(UserError):
     """The model cannot be exported, or its ONNX graph does not reproduce PyTorch."""
 
 
-class _Logits(nn.Module):
-    """The loaded model with positional inputs and one output, the logits (what a server returns)."""
+@dataclass(frozen=True)
+class Head:
+    """What the exported graph of one kind of model returns, and how it is loaded and checked.
 
-    def __init__(self, model: nn.Module, causal: bool):
+    ``output_axes``: each output's axes (named ones are dynamic); ``per_token``: outputs have a sequence
+    axis, so only real positions are compared with PyTorch; ``causal``: a decoder (no segment ids, no
+    KV cache in the graph); ``stock``/``own``: the loading class of a teacher folder / of this package's
+    export (``ddk_*`` model types)."""
+
+    name: str
+    output_axes: dict
+    per_token: bool
+    causal: bool
+    stock: type
+    own: type
+
+    @property
+    def outputs(self) -> tuple:
+        return tuple(self.output_axes)
+
+
+HEADS = {head.name: head for head in (
+    Head("sequence_classification", {"logits": ["batch", "labels"]}, per_token=False, causal=False,
+         stock=AutoModelForSequenceClassification, own=DdkBertForSequenceClassification),
+    Head("token_classification", {"logits": ["batch", "sequence", "labels"]}, per_token=True, causal=False,
+         stock=AutoModelForTokenClassification, own=DdkBertForTokenClassification),
+    Head("causal_lm", {"logits": ["batch", "sequence", "vocab"]}, per_token=True, causal=True,
+         stock=AutoModelForCausalLM, own=DdkGPT2ForCausalLM),
+)}
+
+
+def head_of(folder: str, kind: str) -> Head:
+    """The head of a model folder: causal LM by model type, token classification by architecture,
+    sequence classification otherwise; other heads are refused by name."""
+    if kind in CAUSAL_TYPES:
+        return HEADS["causal_lm"]
+    architectures = [str(a) for a in read_json(os.path.join(folder, "config.json")).get("architectures") or []]
+    if any(a.endswith("ForTokenClassification") for a in architectures):
+        return HEADS["token_classification"]
+    unsupported = [a for a in architectures if a.endswith(("ForQuestionAnswering", "ForMultipleChoice"))]
+    if unsupported:
+        raise OnnxExportError(f"{folder!r} holds a {unsupported[0]} model; ONNX export supports "
+                              f"{', '.join(h.replace('_', ' ') for h in HEADS)}")
+    return HEADS["sequence_classification"]
+
+
+class _Logits(nn.Module):
+    """The loaded model with positional inputs and its head's outputs only (what a server returns)."""
+
+    def __init__(self, model: nn.Module, head: Head):
         super().__init__()
-        self.model, self.causal = model, causal
+        self.model, self.head = model, head
 
     def forward(self, input_ids, attention_mask, token_type_ids=None):
-        if self.causal:
-            return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-        return self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).logits
+        if self.head.causal:
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        else:
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        outputs = tuple(getattr(out, name) for name in self.head.outputs)
+        return outputs[0] if len(outputs) == 1 else outputs
 
 
 def model_type(folder: str) -> str:
@@ -84,20 +141,15 @@ def load_for_export(folder: str) -> tuple[_Logits, list[str]]:
     running code from the folder, and folders exported by earlier versions get today's trace-safe
     masking. A teacher loads with stock transformers."""
     kind = model_type(folder)
-    causal = kind in CAUSAL_TYPES
-    architectures = read_json(os.path.join(folder, "config.json")).get("architectures") or []
-    if any(str(a).endswith("ForTokenClassification") for a in architectures):
-        raise OnnxExportError(f"{folder!r} holds a token classification model; ONNX export supports sequence "
-                              f"classifiers and causal LMs")
-    auto = {"ddk_bert": DdkBertForSequenceClassification, "ddk_gpt2": DdkGPT2ForCausalLM}.get(
-        kind, AutoModelForCausalLM if causal else AutoModelForSequenceClassification)
+    head = head_of(folder, kind)
+    loader = head.own if kind.startswith("ddk_") else head.stock
     try:
-        model = auto.from_pretrained(folder, dtype=torch.float32)
+        model = loader.from_pretrained(folder, dtype=torch.float32)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise OnnxExportError(f"cannot load the model in {folder!r}: {first}") from None
-    names = ["input_ids", "attention_mask"] + ([] if causal else ["token_type_ids"])
-    return _Logits(model.eval(), causal), names
+    names = ["input_ids", "attention_mask"] + ([] if head.causal else ["token_type_ids"])
+    return _Logits(model.eval(), head).eval(), names
 
 
 def example_inputs(names, vocab_size: int, batch: int, seq: int, pad_lengths=(), seed: int = 0) -> dict:
@@ -122,7 +174,8 @@ def _session(path: str, threads: int) -> ort.InferenceSession:
 
 
 class OnnxModel:
-    """An exported ``model.onnx`` (or int8) in ONNX Runtime, called like the PyTorch logits module."""
+    """An exported ``model.onnx`` (or int8) in ONNX Runtime, called like the PyTorch logits module: one
+    tensor for a head with one output, a tuple in output order otherwise."""
 
     def __init__(self, path: str, threads: int = 1):
         self.path = path
@@ -137,16 +190,24 @@ class OnnxModel:
             if value is None:
                 value = torch.ones_like(input_ids) if name == "attention_mask" else torch.zeros_like(input_ids)
             feed[name] = value.detach().cpu().numpy().astype(np.int64, copy=False)
-        return torch.from_numpy(self.session.run(None, feed)[0])
+        outputs = tuple(torch.from_numpy(a) for a in self.session.run(None, feed))
+        return outputs[0] if len(outputs) == 1 else outputs
 
 
-def _max_diff(reference: torch.Tensor, other: torch.Tensor, mask: torch.Tensor, causal: bool) -> float:
-    """Largest |difference| over the outputs a user reads: every logit of a classifier, the logits at
-    real (non-padding) positions of a causal LM."""
-    diff = (reference.float() - other.float()).abs()
-    if causal:
-        diff = diff[mask.bool()]
-    return float(diff.max()) if diff.numel() else 0.0
+def _as_tuple(outputs) -> tuple:
+    return outputs if isinstance(outputs, tuple) else (outputs,)
+
+
+def _max_diff(reference, other, mask: torch.Tensor, per_token: bool) -> float:
+    """Largest |difference| over the outputs a user reads: every logit of a sequence classifier, the
+    outputs at real (non-padding) positions of a per-token head (token classifier, causal LM)."""
+    worst = 0.0
+    for ref, got in zip(_as_tuple(reference), _as_tuple(other)):
+        diff = (ref.float() - got.float()).abs()
+        if per_token:
+            diff = diff[mask.bool()]
+        worst = max(worst, float(diff.max()) if diff.numel() else 0.0)
+    return worst
 
 
 def _check_cases(names, vocab_size: int) -> list[dict]:
@@ -163,11 +224,12 @@ def check_against_torch(module: _Logits, onnx_path: str, names, vocab_size: int)
         with torch.inference_mode():
             reference = module(**case)
         got = session(**case)
-        if tuple(got.shape) != tuple(reference.shape):
-            raise OnnxExportError(f"ONNX output shape {tuple(got.shape)} differs from PyTorch {tuple(reference.shape)} "
-                                  f"at input shape {tuple(case['input_ids'].shape)}")
+        for name, ref, out in zip(module.head.outputs, _as_tuple(reference), _as_tuple(got)):
+            if tuple(out.shape) != tuple(ref.shape):
+                raise OnnxExportError(f"ONNX output {name} has shape {tuple(out.shape)}, PyTorch "
+                                      f"{tuple(ref.shape)}, at input shape {tuple(case['input_ids'].shape)}")
         rows.append({"shape": list(case["input_ids"].shape), "padded": bool((case["attention_mask"] == 0).any()),
-                     "max_abs_diff": _max_diff(reference, got, case["attention_mask"], module.causal)})
+                     "max_abs_diff": _max_diff(reference, got, case["attention_mask"], module.head.per_token)})
     return rows
 
 
@@ -176,7 +238,7 @@ def _export_graph(module: _Logits, names, vocab_size: int, path: str, opset: int
     batch, seq = torch.export.Dim("batch", min=1, max=4096), torch.export.Dim("sequence", min=1, max=8192)
     shapes = {n: {0: batch, 1: seq} for n in names}
     try:
-        torch.onnx.export(module, (), path, kwargs=example, input_names=names, output_names=["logits"],
+        torch.onnx.export(module, (), path, kwargs=example, input_names=names, output_names=list(module.head.outputs),
                           opset_version=opset, dynamo=True, dynamic_shapes=shapes, external_data=False,
                           optimize=True, verbose=False)
     except Exception as exc:  # noqa: BLE001 - the exporter raises many kinds; the user needs the first line
@@ -232,7 +294,8 @@ def export_onnx(model_dir: str | os.PathLike, out_dir: str | os.PathLike, opset:
     vocab = int(module.model.config.vocab_size)
     inside = os.path.dirname(out_dir) == model_dir  # compress --onnx: OUT/onnx, and OUT is renamed afterwards
     report = {"source": ".." if inside else model_dir, "model_type": model_type(model_dir), "opset": int(opset), "inputs": names,
-              "outputs": ["logits"], "dynamic_axes": {"0": "batch", "1": "sequence"}, **_source_info(model_dir),
+              "head": module.head.name, "outputs": list(module.head.outputs), "output_axes": module.head.output_axes,
+              "dynamic_axes": {"0": "batch", "1": "sequence"}, **_source_info(model_dir),
               "ddk_fast_version": __version__, "onnxruntime_version": ort.__version__}
     if task:
         report["task"] = task
@@ -277,7 +340,8 @@ def _int8_check(module, int8_path, names, vocab) -> list[dict]:
         with torch.inference_mode():
             reference = module(**case)
         rows.append({"shape": list(case["input_ids"].shape),
-                     "max_abs_diff": _max_diff(reference, session(**case), case["attention_mask"], module.causal)})
+                     "max_abs_diff": _max_diff(reference, session(**case), case["attention_mask"],
+                                               module.head.per_token)})
     return rows
 
 
@@ -292,5 +356,6 @@ def read_onnx_report(folder: str) -> dict:
         raise UserError(f"cannot read {os.path.join(folder, REPORT_FILE)!r}: {exc}") from None
 
 
-__all__ = ["export_onnx", "quantize_int8", "OnnxModel", "OnnxExportError", "load_for_export", "example_inputs",
+__all__ = ["export_onnx", "quantize_int8", "OnnxModel", "OnnxExportError", "load_for_export", "example_inputs", "HEADS",
+           "Head", "head_of",
            "is_onnx_folder", "read_onnx_report", "ONNX_FILE", "INT8_FILE", "REPORT_FILE"]

@@ -120,11 +120,14 @@ def train_loader(encoded, batch_size: int, seed: int, rank: int = 0, world_size:
                       generator=torch.Generator().manual_seed(seed), num_workers=0)
 
 
-def eval_loader(encoded, batch_size: int) -> DataLoader:
-    """All examples once, longest first (metrics do not depend on the order; padding is minimal)."""
-    from ddk_fast.data import collate
-
-    sampler = ResumableBatchSampler(len(encoded), batch_size, shuffle=False, seed=0, lengths=encoded.lengths)
+def eval_loader(encoded, batch_size: int, by_length: bool = True) -> DataLoader:
+    """All examples once, longest first: each batch is padded to its own longest row, and rows of
+    similar length share a batch, so far fewer padding positions run through the model than in
+    input order (``by_length=False``). Batches carry ``example_ids``, with which
+    ``evaluation.predict`` returns its rows in example order again."""
+    sampler = ResumableBatchSampler(len(encoded), batch_size, shuffle=False, seed=0,
+                                    lengths=encoded.lengths if by_length else None)
     pad = encoded.pad_token_id
-    return DataLoader(encoded, batch_sampler=sampler, collate_fn=lambda feats: collate(feats, pad_token_id=pad),
+    return DataLoader(_WithIds(encoded), batch_sampler=sampler,
+                      collate_fn=lambda items: collate_with_ids(items, pad),
                       generator=torch.Generator().manual_seed(0), num_workers=0)

@@ -9,6 +9,7 @@ import argparse
 import json
 
 from ddk_fast.train.data_flags import add_data_flags, data_options
+from ddk_fast.train.threads import add_threads_flag
 
 
 def _flag(p, *names, **kw):
@@ -35,6 +36,7 @@ def _run_flags(p, what: str, batch_help: str = "training batch size per process"
     _flag(p, "--max-seq-len", type=int, help="truncate inputs to this many tokens (batches use dynamic padding)")
     _flag(p, "--max-eval-examples", type=int, help="use a seeded random subset of the dev split")
     _flag(p, "--device", help="auto (default), cpu, cuda or cuda:N")
+    add_threads_flag(p)
     _switch(p, "--overwrite", "replace an existing --output (and any unfinished run of it)")
     p.add_argument("--no-progress", dest="progress", action="store_const", const=False, default=None,
                    help="no progress bars or console messages")
@@ -170,7 +172,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                            batch_size=64 if args.batch_size is None else args.batch_size, max_seq_len=args.max_seq_len,
                            max_eval_examples=args.max_eval_examples, split=args.split, device=args.device or "auto",
                            path=args.path or "auto", force=bool(args.force), int8=bool(args.int8),
-                           data=DataOptions(**data_options(args)))
+                           threads=args.threads, data=DataOptions(**data_options(args)))
     print(json.dumps(metrics, indent=2))
     return 0
 
@@ -295,6 +297,7 @@ def register(sub) -> None:
     _flag(ev, "--max-seq-len", type=int, help="truncate inputs (default: the length the model was trained with)")
     _flag(ev, "--max-eval-examples", type=int, help="evaluate a seeded subset")
     _flag(ev, "--device", help="auto (default), cpu, cuda")
+    add_threads_flag(ev)
     _flag(ev, "--path", choices=("auto", "compact", "reference", "triton"), help="kernel path for a pruned export")
     _switch(ev, "--force", "evaluate on --task even if the model was trained for another task")
     _switch(ev, "--int8", "int8: model.int8.onnx of an ONNX export, or torch.ao dynamic int8 of a model folder's "

@@ -33,12 +33,13 @@ from ddk_fast.train.batching import eval_loader, train_loader
 from ddk_fast.train.checkpoint import (latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state,
                                       weights_digest)
 from ddk_fast.train.config import CompressConfig, config_dict, resume_mismatches
-from ddk_fast.train.deploy import add_deployment, check_deployment_flags, check_onnx_task
+from ddk_fast.train.deploy import add_deployment, check_deployment_flags
 from ddk_fast.data.custom import TASK_FILE, model_task_type, task_files
 from ddk_fast.train.evaluation import encode_split, evaluate, load_split, resolve_task, to_device
 from ddk_fast._io import atomic_write_json, read_json
 from ddk_fast.train.kd import FUSIONS, DistillObjective, KDWeights
 from ddk_fast.train.logging import RunLogger
+from ddk_fast.train.threads import apply_threads
 from ddk_fast.train.loop import FiniteWatch, run_epochs
 from ddk_fast.train.optim import adamw, linear_schedule
 from ddk_fast.train.rundir import copy_logs, finalize, finished_result, prepare, run_dirs, stage_dir
@@ -163,7 +164,7 @@ def load_teacher(path: str, spec):
         raise UserError(f"--teacher {path!r} is already a pruned export; give the fine-tuned teacher")
     if getattr(spec, "is_custom", False):  # the export's config names the labels (regression: the column)
         teacher.config.id2label = dict(enumerate(spec.label_names))
-    return teacher, load_tokenizer(path)
+    return teacher, load_tokenizer(path, spec)
 
 
 def cost_model_for(model, seq_len: int, metric: str, cfg=None, info=None):
@@ -224,9 +225,9 @@ def check_budget(cost_model, ratio: float, metric: str, target_text: str) -> Non
 # ------------------------------------------------------------------------------------------------ run
 def run_compress(cfg: CompressConfig) -> dict:
     metric, ratio = validate(cfg)
+    threads = apply_threads(cfg.threads)
     teacher_path = os.path.abspath(cfg.teacher)
     spec = resolve_task(cfg.task, cfg, teacher_path)
-    check_onnx_task(cfg, spec)
     teacher, tokenizer = load_teacher(teacher_path, spec)
     check_seq_len(cfg.seq_len, teacher.config, "--seq-len")
     check_seq_len(cfg.max_seq_len, teacher.config, "--max-seq-len")
@@ -252,7 +253,7 @@ def run_compress(cfg: CompressConfig) -> dict:
                 save_latency_fit(cost_model, dirs)
         run = _Compression(cfg, spec, metric, ratio, teacher, tokenizer, teacher_path, cost_model, dirs, ctx,
                            mode, data)
-        run.file_structure = file_structure
+        run.file_structure, run.threads = file_structure, threads
         return run.run()
     finally:
         ddp.teardown(ctx)
@@ -311,6 +312,7 @@ class _Compression:
         self.teacher_cache_summary = {"mode": "off"}
         self._oneshot = None  # (OneShotResult, full-size student holding the tuned weights), fresh runs only
         self.file_structure = None  # the --fixed-structure FILE.json structure, read before any output
+        self.threads = None  # what ddk_fast.train.threads.apply_threads set at the run's start
 
     # --- data -----------------------------------------------------------------------------------------
     def _data(self):
@@ -373,7 +375,7 @@ class _Compression:
             self.log.log("start", step=self.state["global_step"], mode=self.mode, task=self.spec.name,
                          teacher=self.teacher_path, target=self.cfg.target, train_examples=len(self.train_ds),
                          dev_examples=len(self.dev_ds), steps_per_epoch=self.steps_per_epoch,
-                         world_size=self.ctx.world_size, config=config_dict(self.cfg))
+                         world_size=self.ctx.world_size, threads=self.threads, config=config_dict(self.cfg))
             self.info(f"compress {self.spec.name} to {self.cfg.target}: {len(self.train_ds)} train / "
                       f"{len(self.dev_ds)} dev examples, {self.steps_per_epoch} steps per epoch, {self.mode} run, "
                       f"work folder {self.dirs.work}")

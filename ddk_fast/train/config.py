@@ -61,6 +61,7 @@ class FinetuneConfig(DataOptions):
     save_steps: int = 500
     log_steps: int = 10
     device: str = "auto"
+    threads: Optional[int] = None  # intra-op CPU threads; None: OMP_NUM_THREADS or the cores (train.threads)
     overwrite: bool = False
     resume: bool = False
     progress: bool = True
@@ -86,6 +87,7 @@ class CompressionRunConfig(DataOptions):
     overwrite: bool = False
     progress: bool = True
     device: str = "auto"
+    threads: Optional[int] = None  # intra-op CPU threads; None: OMP_NUM_THREADS or the cores (train.threads)
     path: str = "auto"
     # data
     batch_size: int = 32
@@ -287,7 +289,7 @@ def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
 
 # Options whose change makes a checkpoint unusable for --resume (the result would differ).
 RESUME_IRRELEVANT = {"overwrite", "resume", "progress", "keep_checkpoints", "stop_after_steps", "fault_nan_at_step",
-                     "save_steps", "log_steps", "device", "output", "data_dir"}
+                     "save_steps", "log_steps", "device", "threads", "output", "data_dir"}
 
 
 def resume_mismatches(saved: dict, current: dict) -> list[str]:

@@ -25,7 +25,7 @@ def check_data(task=None, data: DataOptions | None = None, data_dir=None, model=
     """The check's findings as a dict (what ``data check --json`` prints)."""
     check_positive("max_seq_len", max_seq_len)
     spec = resolve_task(task, data, model, kinds=KINDS)
-    tokenizer = load_tokenizer(model or packaged_model_dir())
+    tokenizer = load_tokenizer(model or packaged_model_dir(), spec)
     splits = {}
     for split in ("train", spec.eval_splits[0]):
         examples = load_split(spec, split, data_dir)

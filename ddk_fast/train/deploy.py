@@ -24,7 +24,8 @@ import torch
 from torch import nn
 
 from ddk_fast._io import atomic_write_json, json_value
-from ddk_fast.data.custom import write_task_file
+from ddk_fast.data import DataError
+from ddk_fast.data.custom import read_task_file, write_task_file
 from ddk_fast.errors import UserError
 from ddk_fast.export.onnx import (INT8_FILE, ONNX_FILE, OnnxModel, export_onnx, example_inputs, is_onnx_folder,
                                   load_for_export, quantize_int8)
@@ -58,10 +59,19 @@ def parse_runtimes(text: str) -> list[str]:
 
 
 def run_export_onnx(model: str, output: str, opset: int, int8: bool, overwrite: bool) -> dict:
+    """``export_onnx`` plus the source's ``task.json`` (a model of the user's own data, e.g. NER), so that
+    ``evaluate --model OUTPUT`` knows the labels and files as it does for the source folder."""
     if not model or not output:
         raise UserError("export-onnx needs a model folder and --output")
+    try:
+        task = read_task_file(model) if os.path.isdir(model) else None
+    except DataError as exc:
+        raise UserError(str(exc)) from None
     with _quiet():
-        return export_onnx(model, output, opset=opset, int8=int8, overwrite=overwrite)
+        report = export_onnx(model, output, opset=opset, int8=int8, overwrite=overwrite)
+    if task is not None:
+        write_task_file(task, output)
+    return report
 
 
 class _Models:
@@ -256,14 +266,6 @@ def check_deployment_flags(cfg, metric: str) -> None:
         if metric != "latency":
             raise UserError("--latency-runtime onnx applies to --target latency=RATIO")
         cfg.onnx = True
-
-
-def check_onnx_task(cfg, spec) -> None:
-    """ONNX export covers sequence classifiers and causal LMs; a token classification run asking for it
-    is refused before any work, not after training."""
-    if getattr(cfg, "onnx", False) and getattr(spec, "is_token_classification", False):
-        raise UserError(f"--onnx: ONNX export supports sequence classification; task {spec.name} is token "
-                        f"classification (use the PyTorch export, loaded with AutoModelForTokenClassification)")
 
 
 def add_deployment(report: dict, staged: str, cfg, teacher_dir: str, task, dev_ds, info) -> None:

@@ -15,6 +15,7 @@ from ddk_fast.data import GLUE_TASKS
 from ddk_fast.data.custom import KINDS, read_task_file
 from ddk_fast.train.config import DataOptions
 from ddk_fast.train.evaluation import encode_split, evaluate, has_own_data, load_split, resolve_task, task_spec
+from ddk_fast.train.threads import apply_threads
 from ddk_fast._io import atomic_write_json, json_value, read_json
 
 
@@ -45,7 +46,7 @@ def load_any(folder: str, spec, path: str = "auto"):
         except (ValueError, OSError, KeyError) as exc:
             raise UserError(f"cannot load the pruned model in {folder!r}: {exc}") from None
         _check_pruned_labels(folder, model, spec)
-        tokenizer = load_tokenizer(folder)
+        tokenizer = load_tokenizer(folder, spec)
         return model, tokenizer, (lambda b: _pruned_logits(model, b, path)), "pruned"
     model, tokenizer = load_classifier(folder, spec, require_head=True)
     return model, tokenizer, (lambda b: logits_of(model, b)), "transformers"
@@ -122,9 +123,11 @@ def run_evaluate(model: str, task: str, data_dir=None, output=None, batch_size: 
                  force: bool = False, int8: bool = False, threads: Optional[int] = None,
                  data: Optional[DataOptions] = None) -> dict:
     """Metrics of ``model`` on a split of a GLUE task, or of the user's data (``data``: files, columns;
-    a model trained on the user's data needs none of it: its task.json names the files and labels)."""
+    a model trained on the user's data needs none of it: its task.json names the files and labels).
+    ``threads``: intra-op CPU threads of PyTorch and of ONNX Runtime (``ddk_fast.train.threads``)."""
     if not model:
         raise UserError("--model is required")
+    cpu_threads = apply_threads(threads)
     if not task and not has_own_data(data) and os.path.isdir(model) and read_task_file(model) is None:
         task = _recorded_glue_task(model)  # `evaluate --model OUT` of a GLUE run needs no --task either
     spec = resolve_task(task, data, model, kinds=KINDS)
@@ -134,9 +137,10 @@ def run_evaluate(model: str, task: str, data_dir=None, output=None, batch_size: 
         raise UserError(f"--batch-size {batch_size}: expected a positive integer")
     if os.path.isdir(model) and is_onnx_folder(model):
         return _evaluate_onnx(model, spec, data_dir, output, batch_size, max_seq_len, max_eval_examples, split,
-                              int8, threads or torch.get_num_threads())
+                              int8, cpu_threads)
     if int8:
-        return _evaluate_torch_int8(model, spec, data_dir, output, batch_size, max_seq_len, max_eval_examples, split)
+        return _evaluate_torch_int8(model, spec, data_dir, output, batch_size, max_seq_len, max_eval_examples, split,
+                                    cpu_threads)
     dev = ddp.resolve_device(device)
     t0 = time.time()
     net, tokenizer, logits_fn, kind = load_any(model, spec, path)
@@ -151,13 +155,14 @@ def run_evaluate(model: str, task: str, data_dir=None, output=None, batch_size: 
         metrics = evaluate(net, logits_fn, loader, dev, spec)
     result = {"model": os.path.abspath(model), "kind": kind, "task": spec.name, "split": split,
               "examples": len(examples), "max_seq_len": seq, "main_metric": spec.main_metric, "metrics": metrics,
-              "wall_time_s": round(time.time() - t0, 2)}
+              "threads": cpu_threads, "wall_time_s": round(time.time() - t0, 2)}
     if output:
         atomic_write_json(output, result)
     return result
 
 
-def _evaluate_torch_int8(folder, spec, data_dir, output, batch_size, max_seq_len, max_eval_examples, split) -> dict:
+def _evaluate_torch_int8(folder, spec, data_dir, output, batch_size, max_seq_len, max_eval_examples, split,
+                         threads) -> dict:
     """Dev metrics of a model folder after torch.ao dynamic int8 of its linear layers (CPU)."""
     from ddk_fast.export.onnx import OnnxExportError, load_for_export
     from ddk_fast.train.deploy import torch_int8
@@ -177,14 +182,14 @@ def _evaluate_torch_int8(folder, spec, data_dir, output, batch_size, max_seq_len
 
     check_seq_len(seq, module.model.config, "--max-seq-len")
     examples = load_split(spec, split, data_dir, max_eval_examples, 0)
-    loader = eval_loader(encode_split(examples, load_tokenizer(folder), seq), batch_size)
+    loader = eval_loader(encode_split(examples, load_tokenizer(folder, spec), seq), batch_size)
     with torch.inference_mode():
         metrics = evaluate(quantised, lambda b: quantised(b["input_ids"], b["attention_mask"],
                                                           b.get("token_type_ids")), loader, torch.device("cpu"),
                            spec)
     result = {"model": os.path.abspath(folder), "kind": "torch-int8", "task": spec.name, "split": split,
               "examples": len(examples), "max_seq_len": seq, "main_metric": spec.main_metric, "metrics": metrics,
-              "wall_time_s": round(time.time() - t0, 2)}
+              "threads": threads, "wall_time_s": round(time.time() - t0, 2)}
     if output:
         atomic_write_json(output, result)
     return result
@@ -207,8 +212,8 @@ def _evaluate_onnx(folder, spec, data_dir, output, batch_size, max_seq_len, max_
                         f"needs {spec.num_labels}")
     seq = max_seq_len or trained_seq_len(folder) or 128
     examples = load_split(spec, split, data_dir, max_eval_examples, 0)
-    encoded = encode_split(examples, load_tokenizer(folder), seq)
-    metrics = score_onnx(OnnxModel(path, threads), eval_loader(encoded, batch_size), spec)
+    encoded = encode_split(examples, load_tokenizer(folder, spec), seq)
+    metrics = score_onnx(OnnxModel(path, threads["intra_op"]), eval_loader(encoded, batch_size), spec)
     result = {"model": os.path.abspath(folder), "kind": "onnx-int8" if int8 else "onnx", "task": spec.name,
               "split": split, "examples": len(examples), "max_seq_len": seq, "main_metric": spec.main_metric,
               "metrics": metrics, "threads": threads, "wall_time_s": round(time.time() - t0, 2)}

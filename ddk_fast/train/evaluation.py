@@ -21,17 +21,26 @@ def to_device(batch: dict, device) -> dict:
 
 @torch.no_grad()
 def predict(logits_fn: Callable[[dict], torch.Tensor], loader, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits [N, C] float32 on CPU, labels [N]) over the whole loader, in loader order. Per-token
-    logits [N, T, C] (token classification) are padded to the longest batch, their labels with -100."""
-    all_logits, all_labels = [], []
+    """(logits [N, C] float32 on CPU, labels [N]) over the whole loader: in example order when the
+    batches carry ``example_ids`` (``batching.eval_loader`` batches by length), else in loader order.
+    Per-token logits [N, T, C] (token classification) are padded to the longest batch, their labels
+    with -100."""
+    all_logits, all_labels, all_ids = [], [], []
     for batch in loader:
+        if "example_ids" in batch:
+            all_ids.append(batch["example_ids"].cpu())
         batch = to_device(batch, device)
         logits = logits_fn(batch)
         all_logits.append(logits.detach().float().cpu())
         all_labels.append(batch["labels"].detach().cpu())
     if all_logits and all_logits[0].dim() == 3:
-        return _cat_padded(all_logits, 0.0), _cat_padded(all_labels, IGNORE_INDEX)
-    return torch.cat(all_logits), torch.cat(all_labels)
+        logits, labels = _cat_padded(all_logits, 0.0), _cat_padded(all_labels, IGNORE_INDEX)
+    else:
+        logits, labels = torch.cat(all_logits), torch.cat(all_labels)
+    if all_ids:
+        order = torch.argsort(torch.cat(all_ids))
+        logits, labels = logits[order], labels[order]
+    return logits, labels
 
 
 def _cat_padded(parts, value) -> torch.Tensor:

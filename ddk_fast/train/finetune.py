@@ -25,6 +25,7 @@ from ddk_fast.train.evaluation import encode_split, evaluate, load_split, resolv
 from ddk_fast.train.hf import load_classifier, logits_of, save_classifier
 from ddk_fast._io import atomic_directory, atomic_write_json
 from ddk_fast.train.logging import RunLogger, progress
+from ddk_fast.train.threads import apply_threads
 from ddk_fast.train.optim import adamw, linear_schedule
 from ddk_fast.train.rundir import copy_logs, finalize, finished_result, prepare, run_dirs, stage_dir
 from ddk_fast.train.validate import check_positive, check_seq_len
@@ -48,6 +49,7 @@ def validate(cfg: FinetuneConfig) -> None:
 def run_finetune(cfg: FinetuneConfig) -> dict:
     """Fine-tune and write the teacher folder; returns the best dev metrics (with 'output')."""
     validate(cfg)
+    threads = apply_threads(cfg.threads)
     model_path = cfg.model or packaged_model_dir()
     spec = resolve_task(cfg.task, cfg, model_path, kinds=KINDS)  # finetune trains multi-label too (BCE)
     dirs = run_dirs(cfg.output)
@@ -66,12 +68,12 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
         mode = ddp.broadcast_object(ctx, mode)
         if mode == "done":
             return finished_result(dirs, "metrics.json", config_dict(cfg), announce=ctx.is_main)
-        return _train(cfg, spec, model_path, model, tokenizer, train_ds, dev_ds, dirs, ctx, mode, t_start)
+        return _train(cfg, spec, model_path, model, tokenizer, train_ds, dev_ds, dirs, ctx, mode, t_start, threads)
     finally:
         ddp.teardown(ctx)
 
 
-def _train(cfg, spec, model_path, model, tokenizer, train_ds, dev_ds, dirs, ctx, mode, t_start) -> dict:
+def _train(cfg, spec, model_path, model, tokenizer, train_ds, dev_ds, dirs, ctx, mode, t_start, threads) -> dict:
     log = RunLogger(dirs.logs, enabled=ctx.is_main, console=cfg.progress)
     try:
         model.to(ctx.device)
@@ -91,7 +93,7 @@ def _train(cfg, spec, model_path, model, tokenizer, train_ds, dev_ds, dirs, ctx,
         train_model = ddp.wrap(model, ctx)
         log.log("start", step=state["global_step"], mode=mode, task=spec.name, model=model_path,
                 train_examples=len(train_ds), dev_examples=len(dev_ds), steps_per_epoch=steps_per_epoch,
-                total_steps=total_steps, world_size=ctx.world_size, config=config_dict(cfg))
+                total_steps=total_steps, world_size=ctx.world_size, threads=threads, config=config_dict(cfg))
         if ctx.is_main:
             log.info(f"finetune {spec.name}: {len(train_ds)} train / {len(dev_ds)} dev examples, "
                      f"{cfg.epochs} epoch(s) x {steps_per_epoch} steps, {mode} run, work folder {dirs.work}")
@@ -169,7 +171,7 @@ def _train(cfg, spec, model_path, model, tokenizer, train_ds, dev_ds, dirs, ctx,
         result = {"task": spec.name, "main_metric": spec.main_metric, "metric_names": list(spec.metric_names),
                   "dev": state["best_metrics"], "history": state["history"], "base_model": model_path,
                   "train_examples": len(train_ds), "dev_examples": len(dev_ds), "seed": cfg.seed,
-                  "world_size": ctx.world_size, "wall_time_s": round(time.time() - t_start, 1),
+                  "world_size": ctx.world_size, "threads": threads, "wall_time_s": round(time.time() - t_start, 1),
                   "config": config_dict(cfg)}
         log.log("done", step=state["global_step"], dev=state["best_metrics"])
         log.close()

@@ -11,6 +11,7 @@ import os
 
 import torch
 
+from ddk_fast.data.encoding import needs_prefix_space
 from ddk_fast.errors import UserError
 
 
@@ -104,12 +105,24 @@ def _classifier_rows(path: str):
     return None
 
 
-def load_tokenizer(path: str):
+def load_tokenizer(path: str, spec=None):
+    """The tokenizer of a model folder (or hub name), ready for ``spec``'s inputs.
+
+    Token classification feeds pre-split words: a byte-level BPE tokenizer (RoBERTa, GPT-2 style) is then
+    loaded again with ``add_prefix_space=True`` so that each word is split as it is inside a sentence
+    (``ddk_fast.data.encoding.needs_prefix_space``); saved with a run's output, it keeps that setting."""
+    tokenizer = _tokenizer_from(path)
+    if is_token_task(spec) and needs_prefix_space(tokenizer):
+        tokenizer = _tokenizer_from(path, add_prefix_space=True)
+    return tokenizer
+
+
+def _tokenizer_from(path: str, **kwargs):
     from transformers import AutoTokenizer
 
     try:
-        with quiet_transformers():
-            return AutoTokenizer.from_pretrained(path, trust_remote_code=False)  # never run shipped code
+        with quiet_transformers():  # trust_remote_code=False: never run shipped code
+            return AutoTokenizer.from_pretrained(path, trust_remote_code=False, **kwargs)
     except Exception as exc:  # noqa: BLE001 - any failure is a bad folder from the user's point of view
         raise UserError(f"cannot load a tokenizer from {path!r}: {_one_line(exc)}") from None
 
@@ -154,7 +167,7 @@ def load_classifier(path: str, spec, require_head: bool = False):
         kind = "token" if is_token_task(spec) else "sequence"
         raise UserError(f"cannot load a {kind} classifier from {path!r}: {_one_line(exc)}") from None
     model.config.finetuning_task = spec.name
-    return model, load_tokenizer(path)
+    return model, load_tokenizer(path, spec)
 
 
 def _looks_like_path(name: str) -> bool:

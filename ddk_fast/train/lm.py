@@ -30,6 +30,7 @@ from ddk_fast.errors import UserError
 from ddk_fast.train.config import config_dict
 from ddk_fast.train.loop import FirstNonFinite, host_scalars
 from ddk_fast.train.resumable import StepCheckpoints, publish, skip_batches, stop_if_asked
+from ddk_fast.train.threads import apply_threads
 
 DEFAULT_KD = {"pred_weight": 1.0, "temperature": 2.0, "hidden_weight": 1.0, "mapping": "fusion",
               "layer_weighting": "adaptive", "task_weight": 0.5}
@@ -64,6 +65,7 @@ class LMCompressConfig:
     budget_kind: str = "lagrangian"
     seed: int = 42
     device: str = "auto"
+    threads: Optional[int] = None  # intra-op CPU threads (ddk_fast.train.threads)
     path: str = "auto"
     log_steps: int = 50
     save_steps: int = 200
@@ -143,10 +145,10 @@ class _LMCompression:
     batches already consumed and continues bit for bit (the same thread count assumed)."""
 
     def __init__(self, cfg: LMCompressConfig, metric: str, ratio: float, teacher, tokenizer, data, cost_model, dirs,
-                 device, mode: str):
+                 device, mode: str, threads: dict):
         from ddk_fast.train.logging import RunLogger
 
-        self.cfg, self.metric, self.ratio = cfg, metric, ratio
+        self.cfg, self.metric, self.ratio, self.threads = cfg, metric, ratio, threads
         self.teacher, self.tokenizer, self.data, self.cost_model = teacher, tokenizer, data, cost_model
         self.dirs, self.device, self.mode = dirs, device, mode
         self.log = RunLogger(dirs.logs, enabled=True, console=cfg.progress)
@@ -164,7 +166,7 @@ class _LMCompression:
                 self.state.update(state)
             self.log.log("start", step=self._global_step(), mode=self.mode, task="lm", teacher=self.cfg.teacher,
                          target=self.cfg.target, train_blocks=self.data.num_train, eval_blocks=self.data.num_dev,
-                         config=config_dict(self.cfg))
+                         threads=self.threads, config=config_dict(self.cfg))
             if self.state["teacher_dev"] is None:
                 self.state["teacher_dev"] = self.data.evaluate(self.teacher)
             skip_batches(self.data.batches, self._global_step())
@@ -363,6 +365,7 @@ class _LMCompression:
             "train_blocks": self.data.num_train, "eval_blocks": self.data.num_dev,
             "resumed": self.mode == "resume",
             "wall_time_s": self.checkpoints.wall_time(self.state),
+            "threads": self.threads,
             "config": config_dict(cfg),
         }
         self.log.log("done", step=self._global_step(), student_dev=student_dev)
@@ -379,6 +382,7 @@ def run_compress_lm(cfg: LMCompressConfig) -> dict:
     from ddk_fast.train.student_kd import load_teacher_for, task_data
 
     metric, ratio = validate(cfg)
+    threads = apply_threads(cfg.threads)
     dirs = run_dirs(cfg.output)
     if os.path.abspath(cfg.teacher) == dirs.output:
         raise UserError("--output must differ from --teacher")
@@ -395,7 +399,7 @@ def run_compress_lm(cfg: LMCompressConfig) -> dict:
     mode = prepare(dirs, cfg.overwrite, cfg.resume)
     if mode == "done":
         return finished_result(dirs, "report.json", config_dict(cfg), announce=cfg.progress)
-    return _LMCompression(cfg, metric, ratio, teacher, tokenizer, data, cost_model, dirs, device, mode).run()
+    return _LMCompression(cfg, metric, ratio, teacher, tokenizer, data, cost_model, dirs, device, mode, threads).run()
 
 # -------------------------------------------------------------------------------------------- CLI
 LM_FLAGS = (("--train-file", str, "--task lm: plain-text training file (one document or sentence a line)"),

@@ -20,13 +20,14 @@ from ddk_fast.data.custom import task_files
 from ddk_fast.data.glue import subsample_indices
 from ddk_fast.errors import UserError
 from ddk_fast.export import load_pruned, save_pruned
-from ddk_fast.train.deploy import add_deployment, check_deployment_flags, check_onnx_task
+from ddk_fast.train.deploy import add_deployment, check_deployment_flags
 from ddk_fast.train.batching import eval_loader
 from ddk_fast.train.compress import _console, check_budget, cost_model_for, load_teacher
 from ddk_fast.train.config import PruneConfig, config_dict
 from ddk_fast.train.evaluation import encode_split, evaluate, load_split, resolve_task, to_device
 from ddk_fast._io import atomic_write_json
 from ddk_fast.train.logging import RunLogger
+from ddk_fast.train.threads import apply_threads
 from ddk_fast.train.oneshot import IMPORTANCE_KINDS, one_shot
 from ddk_fast.train.report import build_report, write_plots
 from ddk_fast.train.rundir import copy_logs, finalize, prepare, run_dirs, stage_dir
@@ -89,8 +90,8 @@ def gated_logits(model, gates, path):
 class _PruneRun:
     """What ``build_report`` reads (the same fields a compression run offers)."""
 
-    def __init__(self, cfg, spec, metric, ratio, teacher, teacher_path, cost_model, train_ds, dev_ds):
-        self.cfg, self.spec, self.metric, self.ratio = cfg, spec, metric, ratio
+    def __init__(self, cfg, spec, metric, ratio, teacher, teacher_path, cost_model, train_ds, dev_ds, threads):
+        self.cfg, self.spec, self.metric, self.ratio, self.threads = cfg, spec, metric, ratio, threads
         self.teacher, self.teacher_path, self.cost_model = teacher, teacher_path, cost_model
         self.train_ds, self.dev_ds = train_ds, dev_ds
         self.ctx = _SingleProcess()
@@ -106,9 +107,9 @@ class _SingleProcess:
 
 def run_prune(cfg: PruneConfig) -> dict:
     metric, ratio = validate(cfg)
+    threads = apply_threads(cfg.threads)
     teacher_path = os.path.abspath(cfg.teacher)
     spec = resolve_task(cfg.task, cfg, teacher_path)
-    check_onnx_task(cfg, spec)
     teacher, tokenizer = load_teacher(teacher_path, spec)
     for value, flag in ((cfg.seq_len, "--seq-len"), (cfg.max_seq_len, "--max-seq-len"),
                         (cfg.latency_seq_len, "--latency-seq-len")):
@@ -132,7 +133,7 @@ def run_prune(cfg: PruneConfig) -> dict:
     try:
         for m in messages:
             log.info(m)
-        run = _PruneRun(cfg, spec, metric, ratio, teacher, teacher_path, cost_model, calib_ds, dev_ds)
+        run = _PruneRun(cfg, spec, metric, ratio, teacher, teacher_path, cost_model, calib_ds, dev_ds, threads)
         return _run(run, calib, tokenizer, dirs, log, device)
     finally:
         log.close()
@@ -142,7 +143,8 @@ def _run(run, calib, tokenizer, dirs, log, device) -> dict:
     cfg, spec, teacher, state = run.cfg, run.spec, run.teacher, run.state
     dev_loader = eval_loader(run.dev_ds, cfg.eval_batch_size)
     log.log("start", step=0, task=spec.name, teacher=run.teacher_path, target=cfg.target,
-            calibration_examples=len(run.train_ds), dev_examples=len(run.dev_ds), config=config_dict(cfg))
+            calibration_examples=len(run.train_ds), dev_examples=len(run.dev_ds), threads=run.threads,
+            config=config_dict(cfg))
     log.info(f"prune {spec.name} to {cfg.target}: {cfg.importance} importance from {len(run.train_ds)} "
              f"calibration examples ({len(calib)} batches), {len(run.dev_ds)} dev examples")
 

@@ -92,6 +92,7 @@ def build_report(run, student) -> dict:
         "dev_examples": len(run.dev_ds),
         "seed": cfg.seed,
         "world_size": run.ctx.world_size,
+        "threads": run.threads,
         "versions": versions(),
         "wall_time_s": round(wall, 1),
         "times_s": {k: round(v, 3) for k, v in state.get("times_s", {}).items()},

@@ -31,6 +31,7 @@ from ddk_fast.train.config import DataOptions, config_dict, parse_kd
 from ddk_fast.train.data_flags import add_data_flags, add_task_flags
 from ddk_fast.train.evaluation import to_device
 from ddk_fast.train.loop import FirstNonFinite, host_scalars
+from ddk_fast.train.threads import add_threads_flag, apply_threads
 
 LM_TASK = "lm"
 
@@ -67,6 +68,7 @@ class DistillConfig(DataOptions):
     max_eval_examples: Optional[int] = None
     seed: int = 42
     device: str = "auto"
+    threads: Optional[int] = None  # intra-op CPU threads (ddk_fast.train.threads)
     path: str = "auto"
     log_steps: int = 50
     save_model: bool = True
@@ -350,6 +352,7 @@ def run_distill(cfg: DistillConfig) -> dict:
     from ddk_fast.train.rundir import finished_result, prepare, run_dirs
 
     validate(cfg)
+    threads = apply_threads(cfg.threads)
     dirs = run_dirs(cfg.output) if cfg.save_model else None
     if dirs is not None and os.path.abspath(cfg.teacher) == dirs.output:
         raise UserError("--output must differ from --teacher")
@@ -373,7 +376,7 @@ def run_distill(cfg: DistillConfig) -> dict:
     log = RunLogger(dirs.logs if dirs is not None else None, enabled=dirs is not None, console=cfg.progress)
     try:
         return _DistillRun(cfg, dirs, mode, log, teacher, tokenizer, student, stages, objectives, data,
-                           device).run()
+                           device, threads).run()
     finally:
         log.close()
 
@@ -382,10 +385,10 @@ class _DistillRun:
     """The stages of one recipe over a fixed student; ``state`` is what a checkpoint restores besides
     the tensors (student and every stage's objective), the optimizer, the scheduler and the RNG."""
 
-    def __init__(self, cfg, dirs, mode, log, teacher, tokenizer, student, stages, objectives, data, device):
+    def __init__(self, cfg, dirs, mode, log, teacher, tokenizer, student, stages, objectives, data, device, threads):
         from ddk_fast.train.resumable import StepCheckpoints
 
-        self.cfg, self.dirs, self.mode, self.log = cfg, dirs, mode, log
+        self.cfg, self.dirs, self.mode, self.log, self.threads = cfg, dirs, mode, log, threads
         self.teacher, self.tokenizer, self.student, self.data, self.device = teacher, tokenizer, student, data, device
         self.stages, self.objectives = stages, objectives
         self.module = torch.nn.ModuleDict({"student": student, "objectives": torch.nn.ModuleList(objectives)})
@@ -407,6 +410,8 @@ class _DistillRun:
             if loaded is not None:
                 state, resumed = loaded
                 self.state.update(state)
+        self.log.log("start", step=self._consumed(), mode=self.mode, task=self.data.task, threads=self.threads,
+                     config=config_dict(self.cfg))
         if self.state["teacher_dev"] is None:
             self.state["teacher_dev"] = self.data.evaluate(self.teacher)
         try:
@@ -492,8 +497,8 @@ class _DistillRun:
                         "params": sum(p.numel() for p in student.parameters())},
             "teacher_params": sum(p.numel() for p in self.teacher.parameters()),
             "train_examples": data.num_train, "dev_examples": data.num_dev, "history": self.state["history"],
-            "resumed": self.mode == "resume", "wall_time_s": wall, "config": config_dict(cfg),
-            "teacher_cache": self.cache_summary,
+            "resumed": self.mode == "resume", "wall_time_s": wall, "threads": self.threads,
+            "config": config_dict(cfg), "teacher_cache": self.cache_summary,
         }
         if self.dirs is None:
             return dict(report, output=None)
@@ -544,6 +549,7 @@ def register(sub) -> None:
                       ("--max-train-examples", int), ("--max-eval-examples", int), ("--seed", int)):
         p.add_argument(flag, type=typ, default=None)
     p.add_argument("--device", default=None)
+    add_threads_flag(p)
     p.add_argument("--path", default=None, choices=("auto", "compact", "reference", "triton"))
     p.add_argument("--teacher-cache", default=None, choices=teacher_cache.MODES,
                    help="teacher outputs computed once per example and reused: auto (default), memory, disk, off")

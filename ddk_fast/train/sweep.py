@@ -32,6 +32,7 @@ from ddk_fast.errors import UserError
 from ddk_fast.train.data_flags import add_task_flags
 from ddk_fast.train.evaluation import resolve_task
 from ddk_fast.train.student_kd import is_lm_task
+from ddk_fast.train.threads import add_threads_flag, apply_threads
 
 ALIASES = {"attn_weight": "attention_weight", "attn_loss": "attention_loss", "embd_weight": "embedding_weight",
            "T": "temperature"}
@@ -188,13 +189,15 @@ def run_sweep(teacher: str, task: str, output: str, grid: dict[str, list], mode:
         if not value:
             raise UserError(f"{flag} is required")
     check_grid_keys(grid, mode, task)
+    threads = apply_threads((base or {}).get("threads"))
     if not is_lm_task(task or ""):  # a bad task or dataset is refused before the sweep folder exists
         resolve_task(task, base, teacher)
     out = os.path.abspath(output)
     points_dir = os.path.join(out, "points")
     grid_file = os.path.join(out, "grid.json")
-    base = dict(base or {}, teacher=teacher, task=task)
-    spec = {"mode": mode, "grid": grid, "base": {k: v for k, v in base.items() if k not in ("progress",)}}
+    base = dict(base or {}, teacher=teacher, task=task, threads=threads["intra_op"])  # every point: the same
+    # progress and threads change how a point runs, not its result: a resume may use others
+    spec = {"mode": mode, "grid": grid, "base": {k: v for k, v in base.items() if k not in ("progress", "threads")}}
     state = output_dir_state(out)
     if state == "nonempty":
         if resume and os.path.isfile(grid_file):
@@ -212,6 +215,7 @@ def run_sweep(teacher: str, task: str, output: str, grid: dict[str, list], mode:
     os.makedirs(points_dir, exist_ok=True)
     atomic_write_json(grid_file, spec)
     points = grid_points(grid)
+    log(f"{len(points)} point(s), {threads['intra_op']} CPU thread(s) ({threads['source']})")
     results = []
     for index, point in enumerate(points):
         path = os.path.join(points_dir, _point_name(index) + ".json")
@@ -229,8 +233,7 @@ def run_sweep(teacher: str, task: str, output: str, grid: dict[str, list], mode:
         results.append(json.loads(json.dumps(result)))
         log(f"[{index + 1}/{len(points)}] {_label(point)}: dev {result['main_metric']}="
             f"{result['dev'][result['main_metric']]:.4f}")
-    summary = write_results(out, grid, results, heatmap)
-    return summary
+    return dict(write_results(out, grid, results, heatmap), threads=threads)
 
 
 # ---------------------------------------------------------------------------------------- results
@@ -392,6 +395,7 @@ def register(sub) -> None:
     p.add_argument("--search-steps", type=int, default=None, help="--mode ddk --task lm: search steps")
     p.add_argument("--distill-steps", type=int, default=None, help="--mode ddk --task lm: distillation steps")
     p.add_argument("--device", default=None)
+    add_threads_flag(p)
     p.add_argument("--path", default=None, choices=("auto", "compact", "reference", "triton"))
     p.add_argument("--resume", action="store_const", const=True, default=None, help="skip finished points")
     p.add_argument("--overwrite", action="store_const", const=True, default=None, help="start the sweep again")
