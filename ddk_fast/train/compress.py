@@ -27,17 +27,17 @@ import time
 import torch
 from safetensors import SafetensorError
 
+from ddk_fast.distill.objectives import DEFAULTS, FUSION_KINDS, LAYER_WEIGHTINGS, KDObjective
 from ddk_fast.errors import UserError
 from ddk_fast.train import ddp
 from ddk_fast.train.batching import eval_loader, train_loader
 from ddk_fast.train.checkpoint import (latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state,
                                       weights_digest)
-from ddk_fast.train.config import CompressConfig, config_dict, resume_mismatches
+from ddk_fast.train.config import CompressConfig, config_dict, parse_kd, resume_mismatches
 from ddk_fast.train.deploy import add_deployment, check_deployment_flags, check_onnx_task
 from ddk_fast.data.custom import TASK_FILE, model_task_type, task_files
 from ddk_fast.train.evaluation import encode_split, evaluate, load_split, resolve_task, to_device
 from ddk_fast._io import atomic_write_json, read_json
-from ddk_fast.train.kd import FUSIONS, DistillObjective, KDWeights
 from ddk_fast.train.logging import RunLogger
 from ddk_fast.train.loop import FiniteWatch, run_epochs
 from ddk_fast.train.optim import adamw, linear_schedule
@@ -90,8 +90,10 @@ def validate(cfg: CompressConfig) -> tuple[str, float]:
                         "JSON file (no such file)")
     if cfg.path not in ("auto", "compact", "reference", "triton"):
         raise UserError(f"--path {cfg.path!r}: expected auto, compact, reference or triton")
-    if cfg.fusion not in FUSIONS:
-        raise UserError(f"--fusion {cfg.fusion!r}: expected one of {', '.join(FUSIONS)}")
+    if cfg.fusion not in FUSION_KINDS:
+        raise UserError(f"--fusion {cfg.fusion!r}: expected one of {', '.join(FUSION_KINDS)}")
+    if cfg.layer_weighting not in LAYER_WEIGHTINGS:
+        raise UserError(f"--layer-weighting {cfg.layer_weighting!r}: expected one of {', '.join(LAYER_WEIGHTINGS)}")
     if cfg.hidden_loss not in ("mse", "cosine"):
         raise UserError(f"--hidden-loss {cfg.hidden_loss!r}: expected mse or cosine")
     if cfg.teacher_cache not in teacher_cache.MODES:
@@ -101,33 +103,62 @@ def validate(cfg: CompressConfig) -> tuple[str, float]:
                         f"{', '.join(teacher_cache.DTYPES)}")
     if cfg.budget_kind not in ("lagrangian", "one_sided"):
         raise UserError(f"budget_kind {cfg.budget_kind!r}: expected lagrangian or one_sided")
-    catalog_options(cfg)  # a malformed --kd is refused here, before any work
+    objective_options(cfg)  # a malformed --kd is refused here, before any work
     return metric, ratio
 
 
-def catalog_options(cfg: CompressConfig):
-    """Options for ``KDObjective.from_config`` when the run asks for terms beyond the DDK objective
-    (``--kd`` or an attention weight), else None. DDK's settings map onto the catalog's names: the
-    hidden term uses the recursive-fusion mapping unless ``--fusion none``."""
-    from ddk_fast.train.config import parse_kd
-
+def objective_options(cfg: CompressConfig) -> dict:
+    """Options of the run's objective over the ``ddk`` preset of ``KDObjective``: DDK's hidden term, prediction
+    KD and task loss at the run's settings, plus the catalog terms ``--kd`` / ``--attention-weight`` add. The
+    DDK hidden term is the same with or without them."""
     extra = parse_kd(cfg.kd)
-    if not extra and not cfg.attention_weight:
-        return None
-    from ddk_fast.distill.objectives import DEFAULTS
-
     unknown = sorted(set(extra) - set(DEFAULTS))
     if unknown:
         raise UserError(f"--kd {cfg.kd!r}: unknown option(s) {', '.join(unknown)}; expected some of "
                         f"{', '.join(sorted(DEFAULTS))}")
-    opts = {"temperature": cfg.temperature, "pred_weight": cfg.pred_weight, "task_weight": cfg.task_weight,
-            "hidden_weight": cfg.hidden_weight, "hidden_loss": cfg.hidden_loss,
-            "mapping": "uniform" if cfg.fusion == "none" else "fusion",
-            "fusion": "param_free" if cfg.fusion == "none" else cfg.fusion,
-            "layer_weighting": cfg.layer_weighting, "attention_weight": cfg.attention_weight,
-            "path": "reference" if cfg.path == "reference" else "auto"}
+    opts = {"ddk_hidden_weight": cfg.hidden_weight, "hidden_loss": cfg.hidden_loss, "fusion": cfg.fusion,
+            "layer_weighting": cfg.layer_weighting, "pred_weight": cfg.pred_weight, "task_weight": cfg.task_weight,
+            "temperature": cfg.temperature, "attention_weight": cfg.attention_weight, "path": cfg.path}
     opts.update(extra)
     return opts
+
+
+def has_catalog_terms(cfg: CompressConfig) -> bool:
+    """Whether the run adds catalog terms to the DDK objective (``--kd`` or an attention weight)."""
+    return bool(parse_kd(cfg.kd)) or bool(cfg.attention_weight)
+
+
+# the DDK objective's state before it became a term of KDObjective, and where that term keeps it now
+LEGACY_OBJECTIVE_STATE = ("objective.layer_weights.", "objective.fusion.")
+
+
+def checkpoint_tensors(tensors: dict, meta: dict, objective, cfg: CompressConfig, work: str) -> dict:
+    """A checkpoint's module tensors, ready for ``load_state_dict`` of a module holding ``objective``.
+
+    Checkpoints record the objective's term names (``meta["objective"]``). Ones without that record were
+    written when the DDK objective was a module of its own: alone, it computed what the ``ddk_hidden`` term
+    computes, so its state (adaptive weights, learned fusion gate) is loaded through a key map,
+    ``objective.X`` -> ``objective.terms.<i>.X``; with catalog terms, the hidden term was the catalog's
+    (no embedding state, this step's weights), so those runs are refused rather than switched mid-run."""
+    names = [term.name for term in objective.terms]
+    recorded = meta.get("objective")
+    if recorded is not None:
+        if list(recorded) != names:
+            raise UserError(f"--resume: the checkpoint in {work!r} was trained with the terms {recorded}, this run "
+                            f"builds {names}")
+        return tensors
+    if has_catalog_terms(cfg):
+        raise UserError(f"--resume: the checkpoint in {work!r} comes from an earlier version whose --kd objective "
+                        "matched hidden states differently; start the run again with --overwrite")
+    index = names.index("ddk_hidden") if "ddk_hidden" in names else None
+    out = {}
+    for key, value in tensors.items():
+        if key.startswith(LEGACY_OBJECTIVE_STATE):
+            if index is None:  # state of a hidden term of weight 0: never read
+                continue
+            key = f"objective.terms.{index}.{key[len('objective.'):]}"
+        out[key] = value
+    return out
 
 
 def load_teacher(path: str, spec):
@@ -341,21 +372,14 @@ class _Compression:
             self.state["times_s"][stage] += spent
 
     def _objective(self, student):
-        """The DDK objective (recursive adaptive hidden KD + prediction KD + task loss), or, with
-        ``--kd`` / an attention weight, the KD catalog's objective with the same settings plus those terms."""
+        """The ``ddk`` preset of ``KDObjective`` (recursive adaptive hidden KD + prediction KD + task loss) at the
+        run's settings, with the catalog terms of ``--kd`` / an attention weight."""
         cfg = self.cfg
-        if catalog_options(cfg) is not None:
-            from ddk_fast.distill.objectives import KDObjective
-
-            task_type = model_task_type(self.spec)
-            try:
-                return KDObjective.from_config(catalog_options(cfg), student, self.teacher, task_type).to(self.device)
-            except ValueError as exc:
-                raise UserError(f"--kd {cfg.kd!r}: {exc}") from None
-        return DistillObjective(self.teacher.num_layers + 1, self.teacher.hidden_size, self.spec.is_regression,
-                                KDWeights(cfg.hidden_weight, cfg.pred_weight, cfg.task_weight, cfg.temperature),
-                                fusion=cfg.fusion, layer_weighting=cfg.layer_weighting, hidden_loss=cfg.hidden_loss,
-                                path=cfg.path, multilabel=model_task_type(self.spec) == "multilabel").to(self.device)
+        try:
+            return KDObjective.from_config(objective_options(cfg), student, self.teacher, model_task_type(self.spec),
+                                           preset="ddk").to(self.device)
+        except ValueError as exc:
+            raise UserError(f"{'--kd ' + repr(cfg.kd) if cfg.kd else 'the KD objective'}: {exc}") from None
 
     def info(self, msg):
         if self.ctx.is_main:
@@ -460,7 +484,8 @@ class _Compression:
                        "loop": _plain(loop), "rng": rng}
             save_checkpoint(self.dirs.checkpoints, self.state["global_step"], module, payload,
                             meta={"stage": self.state["stage"], "epoch": self.state["epoch"],
-                                  "batch": self.state["batch"], "config": config_dict(self.cfg), "kind": "compress"})
+                                  "batch": self.state["batch"], "config": config_dict(self.cfg), "kind": "compress",
+                                  "objective": [term.name for term in module.objective.terms]})
         ddp.barrier(self.ctx)
 
     def _resume_if_any(self):
@@ -480,13 +505,19 @@ class _Compression:
         self.info(f"resumed from {path} ({self.state['stage']} stage, step {self.state['global_step']}, "
                   f"epoch {self.state['epoch'] + 1}, batch {self.state['batch']})")
         self.log.log("resume", step=self.state["global_step"], checkpoint=path)
-        return {"tensors": tensors, "payload": payload}
+        return {"tensors": tensors, "payload": payload, "meta": meta}
 
     def _restore(self, resumed, module, optimizers, schedulers):
         """Load a checkpoint into freshly built objects, then the RNG states (last: building consumes RNG)."""
-        module.load_state_dict(resumed["tensors"])
-        for k, o in optimizers.items():
-            o.load_state_dict(resumed["payload"]["optimizers"][k])
+        tensors = checkpoint_tensors(resumed["tensors"], resumed["meta"], module.objective, self.cfg, self.dirs.work)
+        try:
+            module.load_state_dict(tensors)
+            for k, o in optimizers.items():
+                o.load_state_dict(resumed["payload"]["optimizers"][k])
+        except (RuntimeError, ValueError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise UserError(f"--resume: the checkpoint in {self.dirs.work!r} does not fit this run ({first}); "
+                            "start it again with --overwrite") from None
         for k, s in schedulers.items():
             s.load_state_dict(resumed["payload"]["schedulers"][k])
         set_rng_state(resumed["payload"]["rng"][self.ctx.rank])

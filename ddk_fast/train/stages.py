@@ -37,7 +37,7 @@ class SearchModule(nn.Module):
         out = self.student(batch["input_ids"], attention_mask=batch["attention_mask"],
                            token_type_ids=batch.get("token_type_ids"), head_gates=head_gates, ffn_gates=ffn_gates,
                            path=self.path, **self.objective.forward_kwargs())
-        kd, parts = self.objective(out, teacher_out, batch["labels"], batch["attention_mask"])
+        kd, parts = self.objective(out, teacher_out, batch)
         ratio = self.search.expected_ratio(self.cost_model, self.metric)
         if self.budget is None:  # the search follows its own schedule
             return kd, parts, ratio, head_gates, ffn_gates
@@ -55,7 +55,7 @@ class DistillModule(nn.Module):
         out = self.student(batch["input_ids"], attention_mask=batch["attention_mask"],
                            token_type_ids=batch.get("token_type_ids"), path=self.path,
                            **self.objective.forward_kwargs())
-        return self.objective(out, teacher_out, batch["labels"], batch["attention_mask"])
+        return self.objective(out, teacher_out, batch)
 
 
 def weight_parameters(module: nn.Module, exclude: list[nn.Parameter]) -> list[tuple[str, nn.Parameter]]:
