@@ -204,7 +204,8 @@ def test_learned_gate_and_adaptive_weights_round_trip_through_state_dict():
         loss.backward()
         optimizer.step()
     state = obj.state_dict()
-    assert {"terms.0.layer_weights.ema", "terms.0.layer_weights.initialized", "terms.0.fusion.gates.0.weight"} <= set(state)
+    assert {"terms.0.layer_weights.ema", "terms.0.layer_weights.initialized",
+            "terms.0.fusion.gates.0.weight"} <= set(state)
     again = KDObjective.from_config(options, student, teacher, preset="ddk")
     again.load_state_dict(state)
     batch = _batch(5, torch.tensor([1, 1, 0]))

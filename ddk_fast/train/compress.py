@@ -18,6 +18,7 @@ killed during distillation rebuilds the pruned student from the recorded structu
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import shutil
@@ -41,12 +42,13 @@ from ddk_fast._io import atomic_write_json, read_json
 from ddk_fast.train.logging import RunLogger
 from ddk_fast.train.loop import FiniteWatch, run_epochs
 from ddk_fast.train.optim import adamw, linear_schedule
+from ddk_fast.train.report import Report, build_report, write_plots
 from ddk_fast.train.rundir import copy_logs, finalize, finished_result, prepare, run_dirs, stage_dir
+from ddk_fast.train.run_state import DISTILL, SEARCH, RunState
 from ddk_fast.train import teacher_cache
 from ddk_fast.train.stages import DistillModule, SearchModule, initial_importance, teacher_outputs, weight_parameters
 from ddk_fast.train.validate import check_positive, check_seq_len, parse_target
 
-SEARCH, DISTILL = "search", "distill"
 INITS = ("oneshot", "weights")
 FIXED_KINDS = ("uniform", "oneshot")
 
@@ -318,7 +320,7 @@ def _load_data(cfg, spec, tokenizer):
 
 
 class _Compression:
-    """One compression run; the state that a checkpoint must restore lives in ``self.state``."""
+    """One compression run; what a checkpoint must restore besides tensors lives in ``self.state`` (a RunState)."""
 
     def __init__(self, cfg, spec, metric, ratio, teacher, tokenizer, teacher_path, cost_model, dirs, ctx, mode,
                  data):
@@ -331,16 +333,14 @@ class _Compression:
         self.teacher = teacher.to(self.device).eval().requires_grad_(False)
         self.log = RunLogger(dirs.logs, enabled=ctx.is_main, console=cfg.progress)
         self.t_start = time.time()
-        self.state = {"stage": SEARCH if cfg.fixed_structure is None else DISTILL, "epoch": 0, "batch": 0,
-                      "global_step": 0, "stage_start_step": 0, "best_score": -math.inf, "best_metrics": None,
-                      "teacher_dev": None, "pruned_dev": None, "history": [], "structure": None,
-                      "search_summary": None, "oneshot": None, "wall_before_s": 0.0,
-                      "times_s": {"oneshot": 0.0, "search": 0.0, "distill": 0.0, "evaluation": 0.0}}
+        self.state = RunState(stage=SEARCH if cfg.fixed_structure is None else DISTILL)
         self.teacher_cache = None  # ddk_fast.train.teacher_cache.TeacherCache, built at the first stage
         self._teacher_cache_decided = False  # built (or found off) once: a cache that is off stays off
         self.teacher_cache_summary = {"mode": "off"}
         self._oneshot = None  # (OneShotResult, full-size student holding the tuned weights), fresh runs only
         self.file_structure = None  # the --fixed-structure FILE.json structure, read before any output
+        self._pruned_cache = None  # (pruned student, module, optimizers, schedulers) built at the stage boundary
+        self.final_digest = None  # sha256 of the in-memory student after the last step
 
     # --- data -----------------------------------------------------------------------------------------
     def _data(self):
@@ -360,16 +360,16 @@ class _Compression:
         try:
             return evaluate(model, logits, self.dev_loader, self.device, self.spec)
         finally:
-            self.state["times_s"]["evaluation"] += time.perf_counter() - t0
+            self.state.times_s["evaluation"] += time.perf_counter() - t0
 
     def _timed(self, stage: str, fn):
         """Run ``fn()`` and add its wall time, less the dev evaluations inside it, to ``times_s[stage]``."""
-        t0, eval0 = time.perf_counter(), self.state["times_s"]["evaluation"]
+        t0, eval0 = time.perf_counter(), self.state.times_s["evaluation"]
         try:
             return fn()
         finally:
-            spent = time.perf_counter() - t0 - (self.state["times_s"]["evaluation"] - eval0)
-            self.state["times_s"][stage] += spent
+            spent = time.perf_counter() - t0 - (self.state.times_s["evaluation"] - eval0)
+            self.state.times_s[stage] += spent
 
     def _objective(self, student):
         """The ``ddk`` preset of ``KDObjective`` (recursive adaptive hidden KD + prediction KD + task loss) at the
@@ -393,27 +393,27 @@ class _Compression:
             resumed = self._resume_if_any() if self.mode == "resume" else None
             if resumed is None:
                 torch.manual_seed(self.cfg.seed + 1000 * self.ctx.rank)
-            self.log.log("start", step=self.state["global_step"], mode=self.mode, task=self.spec.name,
+            self.log.log("start", step=self.state.global_step, mode=self.mode, task=self.spec.name,
                          teacher=self.teacher_path, target=self.cfg.target, train_examples=len(self.train_ds),
                          dev_examples=len(self.dev_ds), steps_per_epoch=self.steps_per_epoch,
                          world_size=self.ctx.world_size, config=config_dict(self.cfg))
             self.info(f"compress {self.spec.name} to {self.cfg.target}: {len(self.train_ds)} train / "
                       f"{len(self.dev_ds)} dev examples, {self.steps_per_epoch} steps per epoch, {self.mode} run, "
                       f"work folder {self.dirs.work}")
-            if self.state["teacher_dev"] is None:
-                self.state["teacher_dev"] = self._evaluate(self.teacher)
-                self.info("teacher dev: " + _fmt(self.state["teacher_dev"]))
+            if self.state.teacher_dev is None:
+                self.state.teacher_dev = self._evaluate(self.teacher)
+                self.info("teacher dev: " + _fmt(self.state.teacher_dev))
             if resumed is None and self._wants_one_shot():
                 self._timed("oneshot", self._run_one_shot)
-            if self.state["stage"] == SEARCH:
+            if self.state.stage == SEARCH:
                 self._timed("search", lambda: self._search_stage(resumed))
                 self._log_teacher_cache(SEARCH)
                 resumed = None
-            if self.state["stage"] == DISTILL:
+            if self.state.stage == DISTILL:
                 self._timed("distill", lambda: self._distill_stage(resumed))
                 self._log_teacher_cache(DISTILL)
             self._close_teacher_cache()  # before the export: a disk cache lives in the work folder
-            times = self.state["times_s"]
+            times = self.state.times_s
             self.info("time: " + ", ".join(f"{k} {v:.1f} s" for k, v in times.items()))
             return self._finish()
         finally:
@@ -424,8 +424,8 @@ class _Compression:
     def _wants_one_shot(self) -> bool:
         cfg = self.cfg
         if cfg.fixed_structure is None:
-            return cfg.init == "oneshot" and self.state["stage"] == SEARCH
-        return cfg.fixed_structure == "oneshot" and self.state["structure"] is None
+            return cfg.init == "oneshot" and self.state.stage == SEARCH
+        return cfg.fixed_structure == "oneshot" and self.state.structure is None
 
     def _calibration_batches(self) -> list[dict]:
         return calibration_batches(self.train_ds, self.cfg, self.device)
@@ -451,11 +451,11 @@ class _Compression:
         student = write_back(copy.deepcopy(self.teacher), result.student).requires_grad_(True).train()
         self._oneshot = (result, student)
         timings = {k: round(v, 2) for k, v in result.timings.items()}
-        self.state["oneshot"] = {"dev": dev, "calibration_examples": sum(len(b["labels"]) for b in calib),
-                                 "heads": result.structure.head_counts, "ffn": result.structure.ffn_counts,
-                                 "ratio": result.structure.ratio(self.cost_model, self.metric), "timings_s": timings}
-        self.state["history"].append({"stage": "oneshot", "epoch": 0, "step": self.state["global_step"], **dev})
-        self.log.log("oneshot", step=self.state["global_step"], **self.state["oneshot"])
+        self.state.oneshot = {"dev": dev, "calibration_examples": sum(len(b["labels"]) for b in calib),
+                              "heads": result.structure.head_counts, "ffn": result.structure.ffn_counts,
+                              "ratio": result.structure.ratio(self.cost_model, self.metric), "timings_s": timings}
+        self.state.history.append({"stage": "oneshot", "epoch": 0, "step": self.state.global_step, **dev})
+        self.log.log("oneshot", step=self.state.global_step, **self.state.oneshot)
         self.info(f"one-shot structure heads {result.structure.head_counts}, FFN {result.structure.ffn_counts} "
                   f"({', '.join(f'{k[:-2]} {v:.1f} s' for k, v in timings.items())}); dev " + _fmt(dev))
 
@@ -477,14 +477,14 @@ class _Compression:
     def _save(self, module, optimizers: dict, schedulers: dict):
         rng = ddp.gather_objects(self.ctx, rng_state())
         if self.ctx.is_main:
-            loop = dict(self.state, best_score=float(self.state["best_score"]),
-                        wall_before_s=self.state["wall_before_s"] + (time.time() - self.t_start))
+            wall = self.state.wall_before_s + (time.time() - self.t_start)
+            loop = dataclasses.replace(self.state, wall_before_s=wall)
             payload = {"optimizers": {k: o.state_dict() for k, o in optimizers.items()},
                        "schedulers": {k: s.state_dict() for k, s in schedulers.items()},
-                       "loop": _plain(loop), "rng": rng}
-            save_checkpoint(self.dirs.checkpoints, self.state["global_step"], module, payload,
-                            meta={"stage": self.state["stage"], "epoch": self.state["epoch"],
-                                  "batch": self.state["batch"], "config": config_dict(self.cfg), "kind": "compress",
+                       "loop": loop.to_dict(), "rng": rng}
+            save_checkpoint(self.dirs.checkpoints, self.state.global_step, module, payload,
+                            meta={"stage": self.state.stage, "epoch": self.state.epoch,
+                                  "batch": self.state.batch, "config": config_dict(self.cfg), "kind": "compress",
                                   "objective": [term.name for term in module.objective.terms]})
         ddp.barrier(self.ctx)
 
@@ -501,10 +501,13 @@ class _Compression:
         if len(payload["rng"]) != self.ctx.world_size:
             raise UserError(f"--resume: checkpoint was written by {len(payload['rng'])} process(es), now "
                             f"{self.ctx.world_size}; resume with the same number of processes")
-        self.state.update(payload["loop"])
-        self.info(f"resumed from {path} ({self.state['stage']} stage, step {self.state['global_step']}, "
-                  f"epoch {self.state['epoch'] + 1}, batch {self.state['batch']})")
-        self.log.log("resume", step=self.state["global_step"], checkpoint=path)
+        try:
+            self.state = RunState.from_dict(payload["loop"])
+        except (TypeError, ValueError) as exc:
+            raise UserError(f"--resume: the checkpoint {path!r} holds no compress run state ({exc})") from None
+        self.info(f"resumed from {path} ({self.state.stage} stage, step {self.state.global_step}, "
+                  f"epoch {self.state.epoch + 1}, batch {self.state.batch})")
+        self.log.log("resume", step=self.state.global_step, checkpoint=path)
         return {"tensors": tensors, "payload": payload, "meta": meta}
 
     def _restore(self, resumed, module, optimizers, schedulers):
@@ -555,10 +558,10 @@ class _Compression:
         sampler, st = self.loader.batch_sampler, self.state
         plan = []  # (sampler epoch, batches of it)
         if self.cfg.fixed_structure is None:
-            done = self.cfg.search_epochs if st["stage"] == DISTILL else st["epoch"]
-            plan += [(e, None) for e in range(done)] + ([(st["epoch"], st["batch"])] if st["stage"] == SEARCH else [])
-        if st["stage"] == DISTILL:
-            plan += [(1000 + e, None) for e in range(st["epoch"])] + [(1000 + st["epoch"], st["batch"])]
+            done = self.cfg.search_epochs if st.stage == DISTILL else st.epoch
+            plan += [(e, None) for e in range(done)] + ([(st.epoch, st.batch)] if st.stage == SEARCH else [])
+        if st.stage == DISTILL:
+            plan += [(1000 + e, None) for e in range(st.epoch)] + [(1000 + st.epoch, st.batch)]
         for epoch, count in plan:
             sampler.set_epoch(epoch, 0)
             for b, indices in enumerate(list(iter(sampler))):
@@ -576,7 +579,7 @@ class _Compression:
     def _log_teacher_cache(self, stage: str):
         if self.teacher_cache is not None:
             summary = self.teacher_cache_summary = self.teacher_cache.summary()
-            self.log.log("teacher_cache", step=self.state["global_step"], stage=stage, **summary)
+            self.log.log("teacher_cache", step=self.state.global_step, stage=stage, **summary)
             self.info(f"teacher cache after {stage}: {summary['mib']} MiB {summary['mode']} ({summary['dtype']}), "
                       f"{summary['cached_examples']}/{summary['examples']} examples, batches hit "
                       f"{summary['hit_batches']} / missed {summary['miss_batches']} (hit rate {summary['hit_rate']:.1%})")
@@ -647,7 +650,7 @@ class _Compression:
         student = module.student
         # a data-driven ranking (one-shot start) is kept: one batch's Taylor scores are noisier than the
         # Fisher of thousands of calibration examples
-        update_ranking = getattr(search, "needs_importance", False) and self.state["oneshot"] is None
+        update_ranking = search.needs_importance and self.state.oneshot is None
         self.info(f"search: {cfg.search} over heads {student.num_heads} and FFN widths {student.intermediate_sizes}, "
                   f"{cfg.search_epochs} epoch(s), target {self.metric} ratio {self.ratio}")
         watch = FiniteWatch(ctx, self.dirs.checkpoints, self.log)
@@ -658,12 +661,9 @@ class _Compression:
         def step(batch, gstep, epoch):
             ids = batch["example_ids"]  # on the host: the cache looks rows up without a device read
             batch = to_device(batch, self.device)
-            stage_step = gstep - 1 - self.state["stage_start_step"]
+            stage_step = gstep - 1 - self.state.stage_start_step
             tau = tau_schedule(stage_step)
-            if hasattr(search, "set_temperature"):
-                search.set_temperature(tau)
-            if hasattr(search, "set_step"):
-                search.set_step(stage_step)
+            search.on_step(stage_step, tau)
             t_out = self._teacher_outputs(batch, ids, kwargs)
             loss, parts, ratio, hg, fg = train_module(batch, t_out, stage_step)
             if cfg.fault_nan_at_step is not None and gstep == cfg.fault_nan_at_step:
@@ -699,10 +699,10 @@ class _Compression:
             hg, fg = derived.gates(student.num_heads, student.intermediate_sizes, device=self.device)
             metrics = self._evaluate(student, head_gates=hg, ffn_gates=fg)
             exp_ratio = float(search.expected_ratio(self.cost_model, self.metric).detach())
-            entry = {"stage": SEARCH, "epoch": epoch + 1, "step": self.state["global_step"], **metrics,
+            entry = {"stage": SEARCH, "epoch": epoch + 1, "step": self.state.global_step, **metrics,
                      "derived_ratio": derived.ratio(self.cost_model, self.metric), "expected_ratio": exp_ratio,
                      "heads": derived.head_counts, "ffn": derived.ffn_counts}
-            self.state["history"].append(entry)
+            self.state.history.append(entry)
             self.log.log("eval", **entry)
             self.info(f"search epoch {epoch + 1}: derived structure {self.metric} ratio "
                       f"{entry['derived_ratio']:.3f} (expected {exp_ratio:.3f}), dev " + _fmt(metrics))
@@ -715,7 +715,7 @@ class _Compression:
         from ddk_fast.model import Structure
 
         structure = Structure.from_indices(derived.heads, derived.ffn, student)
-        self.state["search_summary"] = {
+        self.state.search_summary = {
             "kind": cfg.search, "expected_ratio": float(search.expected_ratio(self.cost_model, self.metric).detach()),
             "derived_ratio": derived.ratio(self.cost_model, self.metric)}
         self._enter_distill(structure, student)
@@ -750,18 +750,17 @@ class _Compression:
 
     def _enter_distill(self, structure, student):
         """Prune, record the structure, checkpoint at the stage boundary (resume never redoes the search)."""
-        self.state.update(stage=DISTILL, epoch=0, batch=0, stage_start_step=self.state["global_step"],
-                          structure=structure.to_dict())
+        self.state.enter_distill(structure.to_dict())
         pruned = self._pruned_student(structure, student)
-        self.state["pruned_dev"] = self._evaluate(pruned)
+        self.state.pruned_dev = self._evaluate(pruned)
         self.info(f"pruned to heads {pruned.num_heads}, FFN {pruned.intermediate_sizes}; before distillation dev "
-                  + _fmt(self.state["pruned_dev"]))
-        self.log.log("pruned", step=self.state["global_step"], structure=self.state["structure"],
-                     dev=self.state["pruned_dev"])
+                  + _fmt(self.state.pruned_dev))
+        self.log.log("pruned", step=self.state.global_step, structure=self.state.structure,
+                     dev=self.state.pruned_dev)
         # the pruned student itself is the first candidate: distillation must improve on it to replace it
-        score = self.state["pruned_dev"][self.spec.main_metric]
-        self.state["best_score"] = score if math.isfinite(score) else -math.inf
-        self.state["best_metrics"] = dict(self.state["pruned_dev"], epoch=0)
+        score = self.state.pruned_dev[self.spec.main_metric]
+        self.state.best_score = score if math.isfinite(score) else -math.inf
+        self.state.best_metrics = dict(self.state.pruned_dev, epoch=0)
         if self.ctx.is_main:
             from ddk_fast.export import save_pruned
 
@@ -796,14 +795,14 @@ class _Compression:
     def _distill_stage(self, resumed):
         from ddk_fast.model import Structure
 
-        cache = getattr(self, "_pruned_cache", None)
-        if cache is None and self.state["structure"] is None:  # fixed-structure run, fresh start
+        cache = self._pruned_cache
+        if cache is None and self.state.structure is None:  # fixed-structure run, fresh start
             self._enter_distill(*self._fixed_structure())
             cache = self._pruned_cache
         if cache is not None:
             pruned, module, optimizers, schedulers = cache
         else:
-            pruned = self._pruned_student(Structure.from_dict(self.state["structure"]))
+            pruned = self._pruned_student(Structure.from_dict(self.state.structure))
             module, optimizers, schedulers, _ = self._build_distill(pruned)
             if resumed is not None:
                 self._restore(resumed, module, optimizers, schedulers)
@@ -843,13 +842,13 @@ class _Compression:
         def after_epoch(epoch):
             metrics = self._evaluate(pruned)
             score = metrics[self.spec.main_metric]
-            improved = score > self.state["best_score"]
-            entry = {"stage": DISTILL, "epoch": epoch + 1, "step": self.state["global_step"], **metrics, "best": improved}
-            self.state["history"].append(entry)
+            improved = score > self.state.best_score
+            entry = {"stage": DISTILL, "epoch": epoch + 1, "step": self.state.global_step, **metrics, "best": improved}
+            self.state.history.append(entry)
             self.log.log("eval", **entry)
             self.info(f"distill epoch {epoch + 1}: dev " + _fmt(metrics) + (" (best)" if improved else ""))
             if improved:
-                self.state["best_score"], self.state["best_metrics"] = score, dict(metrics, epoch=epoch + 1)
+                self.state.best_score, self.state.best_metrics = score, dict(metrics, epoch=epoch + 1)
                 if ctx.is_main:
                     save_pruned(pruned, self.dirs.best, overwrite=True)
                 ddp.barrier(ctx)
@@ -860,15 +859,24 @@ class _Compression:
         ddp.barrier(ctx)
 
     # --- stage 5: export ------------------------------------------------------------------------------
+    def _report_source(self) -> Report:
+        cfg, st = self.cfg, self.state
+        return Report(cfg=cfg, spec=self.spec, teacher=self.teacher, teacher_path=self.teacher_path,
+                      cost_model=self.cost_model, metric=self.metric, ratio=self.ratio, method=method_name(cfg),
+                      init=cfg.init if cfg.fixed_structure is None else None, train_ds=self.train_ds,
+                      dev_ds=self.dev_ds, world_size=self.ctx.world_size,
+                      wall_time_s=st.wall_before_s + (time.time() - self.t_start), teacher_dev=st.teacher_dev,
+                      student_dev=st.best_metrics, pruned_dev=st.pruned_dev, history=st.history, oneshot=st.oneshot,
+                      search_summary=st.search_summary, times_s=st.times_s)
+
     def _finish(self) -> dict:
         from ddk_fast.export import load_pruned, save_pruned
-        from ddk_fast.train.report import build_report, write_plots
 
         ctx, cfg = self.ctx, self.cfg
         report = None
         if ctx.is_main:
             student = load_pruned(self.dirs.best)
-            report = build_report(self, student)
+            report = build_report(self._report_source(), student)
             report["teacher_cache"] = self.teacher_cache_summary
             staged = stage_dir(self.dirs)
             try:
@@ -876,7 +884,7 @@ class _Compression:
                 add_deployment(report, staged, cfg, self.teacher_path, self.spec, self.dev_ds, self.info)
                 atomic_write_json(os.path.join(staged, "report.json"), report)
                 write_plots(report, staged, log_path=os.path.join(self.dirs.logs, "log.jsonl"))
-                self.log.log("done", step=self.state["global_step"], student_dev=report["student_dev"])
+                self.log.log("done", step=self.state.global_step, student_dev=report["student_dev"])
                 self.log.close()
                 copy_logs(self.dirs, staged)
             except BaseException:
@@ -891,20 +899,17 @@ class _Compression:
                 self.info("warning: " + report["latency"]["warning"])
         report = ddp.broadcast_object(ctx, report)
         # the in-memory student after the last step, on this rank (ranks must agree under DDP)
-        return dict(report, output=self.dirs.output, final_weights_sha256=getattr(self, "final_digest", None),
+        return dict(report, output=self.dirs.output, final_weights_sha256=self.final_digest,
                     rank=ctx.rank)
+
+
+def method_name(cfg: CompressConfig) -> str:
+    """The report's name of what the run did: ``ddk-<search>``, or the kind of fixed structure."""
+    fixed = cfg.fixed_structure
+    if fixed is None:
+        return f"ddk-{cfg.search}"
+    return fixed if fixed == "uniform" else ("fixed-oneshot" if fixed == "oneshot" else "fixed-file")
 
 
 def _fmt(metrics: dict) -> str:
     return ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float))
-
-
-def _plain(obj):
-    """Loop state made of plain python values (what torch.load(weights_only=True) accepts)."""
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, torch.Tensor):
-        return obj.tolist()
-    return obj

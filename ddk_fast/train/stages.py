@@ -26,7 +26,7 @@ class SearchModule(nn.Module):
 
     def forward(self, batch: dict, teacher_out, step: int):
         head_gates, ffn_gates = self.search.sample()
-        if self.training and getattr(self.search, "needs_importance", False):
+        if self.training and self.search.needs_importance:
             # Taylor scores need dL/dgate: keep it on the gates (leaf copies when nothing else needs them)
             if head_gates.requires_grad:
                 head_gates.retain_grad()
