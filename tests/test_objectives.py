@@ -270,20 +270,6 @@ def test_config_errors_name_the_option():
         KDObjective.from_config(dict(hidden_weight=-1), teacher, teacher)
 
 
-def test_distill_objective_call_shape_is_accepted():
-    teacher = _teacher()
-    student = make_student(teacher, 3)
-    batch = _batch()
-    obj = KDObjective.from_config(dict(hidden_weight=1, task_weight=1, path="reference"), student, teacher)
-    kw = obj.forward_kwargs()
-    with torch.no_grad():
-        t_out = teacher(batch["input_ids"], batch["attention_mask"], **kw)
-    s_out = student(batch["input_ids"], batch["attention_mask"], **kw)
-    a, _ = obj(s_out, t_out, batch)
-    b, _ = obj(s_out, t_out, batch["labels"], batch["attention_mask"])
-    _close(a, b, tol=0)
-
-
 # ------------------------------------------------------------------------------- students and recipes
 def test_make_student_layer_selection_and_narrowing():
     teacher = _teacher()

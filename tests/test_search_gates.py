@@ -284,3 +284,22 @@ def test_search_runs_on_cuda(kind):
     assert search.derive(cm, target=0.5).ratio(cm) <= 0.5
     search.eval()
     assert search.sample()[0].is_cuda
+
+
+@pytest.mark.parametrize("kind", ["gumbel", "hard_concrete", "progressive"])
+def test_on_step_is_how_a_loop_drives_every_search(kind):
+    """Loops call ``on_step(step, temperature)`` on any search: Gumbel samples at that temperature, the
+    progressive search moves along its fade-out, hard-concrete gates ignore both."""
+    extra = {"progressive": dict(cost_model=_cost_model(), target=0.5, total_steps=10)}.get(kind, {})
+    search = build_search(kind, [H] * L, [I] * L, **extra)
+    before = {k: v.clone() for k, v in search.state_dict().items()}
+    search.on_step(7, 0.25)
+    after = search.state_dict()
+    if kind == "gumbel":
+        assert search.tau == 0.25
+        with pytest.raises(ValueError, match="positive temperature"):
+            search.on_step(8, 0.0)
+    if kind == "progressive":
+        assert int(search.current_step) == 7 and search.level() > 0
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == ({"current_step"} if kind == "progressive" else set())

@@ -20,11 +20,10 @@ from ddk_fast.data import DataError, collate, compute_metrics, encode, load_task
 from ddk_fast.data.conll import parse_conll
 from ddk_fast.data.custom import CustomTask, DataSource, build_task, read_task_file
 from ddk_fast.data.encoding import align_labels
-from ddk_fast.distill.objectives import PredictionTerm, TaskTerm
+from ddk_fast.distill.objectives import KDObjective, PredictionTerm, TaskTerm
 from ddk_fast.export import load_pruned
-from ddk_fast.model import MaskedTransformer
+from ddk_fast.model import MaskedTransformer, TransformerConfig
 from ddk_fast.search.calibration import task_loss
-from ddk_fast.train.kd import DistillObjective, KDWeights
 
 SAMPLE = os.path.join(os.path.dirname(__file__), "data", "ner_sample.conll")
 TAGS = ("B-LOC", "B-MISC", "B-ORG", "B-PER", "I-LOC", "I-MISC", "I-ORG", "I-PER", "O")
@@ -219,9 +218,13 @@ def test_token_level_kd_is_the_soft_cross_entropy_of_the_real_tokens():
     out = lambda logits: type("Out", (), {"logits": logits})()  # noqa: E731
     term = PredictionTerm(1.0, temperature, "token_classification")
     torch.testing.assert_close(term(out(s), out(t), {"attention_mask": mask}), expected, atol=1e-5, rtol=0)
-    # compress's default objective takes the same per-token rows, and the per-token hard-label loss
-    objective = DistillObjective(3, 8, False, KDWeights(hidden=0.0, pred=1.0, task=1.0, temperature=temperature))
-    _, parts = objective(out(s), out(t), labels, mask)
+    # compress's objective (the ddk preset) takes the same per-token rows, and the per-token hard-label loss
+    shape = TransformerConfig(vocab_size=10, hidden_size=8, head_dim=4, num_heads=[2], intermediate_sizes=[8],
+                              num_labels=len(TAGS), task_type="token_classification")
+    objective = KDObjective.from_config({"ddk_hidden_weight": 0.0, "task_weight": 1.0, "temperature": temperature},
+                                        shape, shape, "token_classification", preset="ddk")
+    assert [term.name for term in objective.terms] == ["pred", "task"]
+    _, parts = objective(out(s), out(t), {"labels": labels, "attention_mask": mask})
     torch.testing.assert_close(parts["pred"], expected, atol=1e-5, rtol=0)
     keep = labels != -100
     torch.testing.assert_close(parts["task"], F.cross_entropy(s[keep], labels[keep]), atol=1e-5, rtol=0)

@@ -99,6 +99,49 @@ def test_resume_across_both_stages_reaches_the_same_student(cli_run, teacher, gl
     assert report["history"] == ref["history"] and report["structure"] == ref["structure"]
 
 
+def _as_written_before_the_objective_record(checkpoint: str) -> None:
+    """Rewrite a checkpoint in the layout of the DDK objective as a module of its own: its state at
+    ``objective.X`` instead of ``objective.terms.0.X``, and no ``objective`` record in meta.json."""
+    from safetensors.torch import load_file, save_file
+
+    from ddk_fast.train.checkpoint import file_digest
+
+    weights = os.path.join(checkpoint, "model.safetensors")
+    tensors = {k.replace("objective.terms.0.", "objective."): v for k, v in load_file(weights).items()}
+    assert any(k.startswith("objective.fusion.gates.") for k in tensors)  # the learned gate is in the state
+    save_file(tensors, weights)
+    meta_path = os.path.join(checkpoint, "meta.json")
+    meta = json.loads(open(meta_path).read())
+    assert meta.pop("objective")[0] == "ddk_hidden"
+    meta["files"]["model.safetensors"] = file_digest(weights)
+    with open(meta_path, "w") as fh:
+        json.dump(meta, fh)
+
+
+def _latest(out) -> str:
+    root = os.path.join(str(out) + ".inprogress", "checkpoints")
+    return os.path.join(root, open(os.path.join(root, "LATEST")).read().strip())
+
+
+def test_checkpoint_of_the_former_objective_layout_resumes_to_the_same_student(teacher, glue_dir, tmp_path):
+    kwargs = dict(FAST, teacher=teacher, task="mrpc", data_dir=glue_dir, target="params=0.5", fusion="learned")
+    compress(**kwargs, output=str(tmp_path / "whole"))
+    out = tmp_path / "resumed"
+    with pytest.raises(RunInterrupted):
+        compress(**kwargs, output=str(out), stop_after_steps=3)  # checkpoint of step 2, in the search
+    _as_written_before_the_objective_record(_latest(out))
+    compress(**kwargs, output=str(out), resume=True)
+    same, why = safetensors_equal(str(tmp_path / "whole" / "model.safetensors"), str(out / "model.safetensors"))
+    assert same, why
+    # with catalog terms the former hidden term was another one: such a checkpoint is refused
+    kd_out = tmp_path / "kd"
+    with pytest.raises(RunInterrupted):
+        compress(**kwargs, output=str(kd_out), kd="attention_weight=1", stop_after_steps=3)
+    _as_written_before_the_objective_record(_latest(kd_out))
+    with pytest.raises(UserError, match="earlier version whose --kd objective matched hidden states differently"):
+        compress(**kwargs, output=str(kd_out), kd="attention_weight=1", resume=True)
+
+
 def test_uniform_baseline_meets_budget_with_equal_widths(teacher, glue_dir, tmp_path):
     report = compress(**dict(FAST, teacher=teacher, task="mrpc", data_dir=glue_dir, target="flops=0.6",
                              output=str(tmp_path / "u"), fixed_structure="uniform"))
@@ -193,7 +236,7 @@ def test_kd_catalog_terms_join_the_ddk_objective(teacher, glue_dir, tmp_path, ca
     assert rc == 0, capsys.readouterr().err
     logged = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     search_rows = [r for r in logged if r["event"] == "search"]
-    assert search_rows and {"attention", "value_relation", "hidden", "pred"} <= set(search_rows[0])
+    assert search_rows and {"attention", "value_relation", "ddk_hidden", "pred", "task"} <= set(search_rows[0])
     assert json.loads((out / "report.json").read_text())["params"]["ratio"] <= 0.6 + 1e-9
 
 

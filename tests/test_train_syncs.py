@@ -105,7 +105,7 @@ def teacher(tmp_path_factory):
     return make_tiny_bert(tmp_path_factory.mktemp("teacher") / "bert", layers=2, heads=4, hidden=32, intermediate=64)
 
 
-# the DDK objective (train/kd.py), and the KD catalog (distill/objectives.py) that attention terms select
+# the DDK objective (the ddk preset of distill/objectives.py), alone and with an attention term of the catalog
 OBJECTIVES = {"ddk": {}, "catalog": {"attention_weight": 1.0}}
 
 

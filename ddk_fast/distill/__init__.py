@@ -34,8 +34,9 @@ Projection (``projection.py``)
         ``proj(states_list)`` or ``proj(tensor, index)``.
 
 The KD catalog (``objectives.py``, ``makd.py``, ``tinybert.py``; see docs/distillation.md)
-    ``KDObjective.from_config(options, student, teacher, task_type)`` -> weighted sum of terms (embedding,
-        hidden, attention, prediction, task, MaKD Q/K/V relations and FFN aspects) over model outputs;
+    ``KDObjective.from_config(options, student, teacher, task_type, preset=None)`` -> weighted sum of terms
+        (embedding, hidden, DDK's recursive adaptive hidden term, attention, prediction, task, MaKD Q/K/V
+        relations and FFN aspects) over model outputs; ``preset="ddk"`` is the objective of ``compress``;
         ``objective.forward_kwargs()`` (output_* flags), ``loss, parts = objective(s_out, t_out, batch)``.
     ``relation_scores(x, num_relation_heads)``, ``LowRankProjection`` (MaKD pieces).
     ``make_student(teacher, num_layers, layer_init="uniform"|"first"|"last"|"scratch", ...)`` (TinyBERT-style

@@ -11,7 +11,9 @@ learned projections, and returns an unweighted scalar. The composite sums ``weig
     kw = objective.forward_kwargs()            # e.g. {"output_hidden_states": True, ...}
     s_out, t_out = student(ids, mask, **kw), teacher(ids, mask, **kw)    # teacher under no_grad
     loss, parts = objective(s_out, t_out, batch)   # batch: input_ids, attention_mask, labels
-    # also accepted: objective(s_out, t_out, labels, token_mask) -- DistillObjective's call shape
+
+    # DDK (what ``compress`` trains): the ``ddk`` preset, options on top of it
+    objective = KDObjective.from_config({"fusion": "param_free"}, student, teacher, preset="ddk")
 
 Terms (option prefix -> class; weights are ``<prefix>_weight``):
     embedding       EmbeddingTerm       MSE (or cosine) of the embedding outputs (TinyBERT L_embd), W_e when
@@ -20,6 +22,11 @@ Terms (option prefix -> class; weights are ``<prefix>_weight``):
                                         mapping (uniform/last/skip/random/mean/argmin/fusion),
                                         MSE or cosine (``hidden_loss``), W_h when widths differ, uniform or adaptive
                                         per-layer weights (``layer_weighting``)
+    ddk_hidden      DDKHiddenTerm       DDK's recursive adaptive hidden-state KD of a student of the teacher's depth
+                                        and width (width-pruned): every state (embeddings = 0) against its fused
+                                        teacher target (``fusion`` param_free / learned / none), per-state weights
+                                        ``layer_weighting`` adaptive (an EMA of the previous steps' loss shares) or
+                                        uniform, summed over the states
     attention       AttentionTerm       per-head attention: "kl" on distributions (fused op) or "mse" on raw scores
                                         with padded (and, causal, future) keys zeroed -- TinyBERT's formula --
                                         or "prob_mse" on distributions (``attention_loss``)
@@ -28,6 +35,9 @@ Terms (option prefix -> class; weights are ``<prefix>_weight``):
     query/key/value_relation RelationTerm   MiniLMv2 / MaKD relations of Q, K, V (KL, R relation heads)
     ffn_intermediate FFNTerm            FFN activations, MSE through a learned low-rank map when widths differ
     ffn_output       FFNTerm            FFN block outputs, MSE (W when hidden widths differ)
+
+Presets (``PRESETS``, ``from_config(..., preset=NAME)``): named option sets the given options override.
+    ddk             ddk_hidden + pred + task at DDK's weights: the objective of ``ddk-fast compress``
 
 Conventions. ``token_mask`` = the batch's attention_mask (1 = token). Per-layer terms average over their
 mapped layer pairs (the fused ops' convention), so weights are comparable across depths; TinyBERT sums
@@ -45,7 +55,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ddk_fast.distill.adaptive import LossShareWeights, loss_share_weights
+from ddk_fast.distill.fusion import HighwayFusion, recursive_fusion
 from ddk_fast.distill.makd import LowRankProjection, concat_heads, relation_scores
+from ddk_fast.distill.mappings import MAPPINGS, MeanMapping, UniformMapping, _IndexMapping, build_mapping
+from ddk_fast.distill.projection import HiddenProjection
+from ddk_fast.ops.distill_losses import hidden_distill_loss_reference
 from ddk_fast.ops.label_losses import task_loss, token_rows
 
 OUTPUTS = ("hidden_states", "attention_scores", "attention_probs", "qkv", "ffn", "logits")
@@ -60,6 +75,7 @@ DEFAULTS: dict[str, Any] = {
     "embedding_weight": 0.0,
     "hidden_weight": 0.0, "hidden_loss": "mse", "mapping": "uniform", "fusion": "param_free",
     "layer_weighting": "uniform", "mapping_seed": 0, "hidden_embeddings": False,
+    "ddk_hidden_weight": 0.0,
     "attention_weight": 0.0, "attention_loss": "kl",
     "query_relation_weight": 0.0, "key_relation_weight": 0.0, "value_relation_weight": 0.0, "relation_heads": 0,
     "ffn_intermediate_weight": 0.0, "ffn_output_weight": 0.0, "ffn_rank": 64,
@@ -70,13 +86,19 @@ DEFAULTS: dict[str, Any] = {
 HIDDEN_LOSSES = ("mse", "cosine")
 LAYER_WEIGHTINGS = ("uniform", "adaptive")
 FUSION_KINDS = ("param_free", "learned", "none")
+LOSS_PATHS = ("auto", "fused", "reference")
+
+# Named option sets; ``from_config(options, ..., preset=NAME)`` starts from DEFAULTS, then the preset, then options.
+PRESETS: dict[str, dict[str, Any]] = {
+    # DDK on a width-pruned student: layer-to-layer targets by default (docs/method.md says why fusion is not)
+    "ddk": {"ddk_hidden_weight": 1.0, "hidden_loss": "mse", "fusion": "none", "layer_weighting": "adaptive",
+            "pred_weight": 1.0, "task_weight": 0.5, "temperature": 2.0},
+}
 
 
 def kd_options_help() -> str:
     """Every ``--kd KEY=VALUE`` option with its default, and the allowed values where there is a fixed
     set: what ``--help`` shows, so the catalog is discoverable without reading the docs."""
-    from ddk_fast.distill.mappings import MAPPINGS
-
     choices = {"hidden_loss": HIDDEN_LOSSES, "mapping": tuple(MAPPINGS), "fusion": FUSION_KINDS,
                "layer_weighting": LAYER_WEIGHTINGS, "attention_loss": ATTENTION_LOSSES}
     parts = []
@@ -173,8 +195,6 @@ def layer_groups(mapping) -> list[list[int]]:
     Index mappings give one layer each, "mean" its group; "fusion" and "argmin" act on hidden states,
     so their per-layer counterpart is the uniform position g(m) = m * Lt // Ls.
     """
-    from ddk_fast.distill.mappings import MeanMapping, UniformMapping, _IndexMapping
-
     if isinstance(mapping, MeanMapping):
         return [[t - 1 for t in group] for group in mapping.teacher_groups()]
     if isinstance(mapping, _IndexMapping):
@@ -218,8 +238,6 @@ class EmbeddingTerm(KDTerm):
 
     def __init__(self, weight: float, student_dim: int, teacher_dim: int, kind: str = "mse", path: str = "auto"):
         super().__init__(weight)
-        from ddk_fast.distill.projection import HiddenProjection
-
         self.kind, self.path = _check_choice("hidden_loss", kind, HIDDEN_LOSSES), path
         self.projection = HiddenProjection(student_dim, teacher_dim)
 
@@ -239,8 +257,6 @@ class HiddenTerm(KDTerm):
     def __init__(self, weight: float, mapping, student_dim: int, teacher_dim: int, kind: str = "mse",
                  layer_weighting: str = "uniform", path: str = "auto"):
         super().__init__(weight)
-        from ddk_fast.distill.projection import HiddenProjection
-
         self.mapping = mapping
         self.kind = _check_choice("hidden_loss", kind, HIDDEN_LOSSES)
         self.layer_weighting = _check_choice("layer_weighting", layer_weighting, LAYER_WEIGHTINGS)
@@ -250,8 +266,6 @@ class HiddenTerm(KDTerm):
         self.fuser = fuser if isinstance(fuser, nn.Module) else None  # learned fusion: trained with the student
         self.share = None
         if self.layer_weighting == "adaptive":
-            from ddk_fast.distill.adaptive import LossShareWeights
-
             n = mapping.num_student_layers + int(mapping.include_embeddings)
             self.share = LossShareWeights(n)
 
@@ -272,11 +286,82 @@ class HiddenTerm(KDTerm):
         if self.fuser is not None:
             # A learned fusion gate lives on the teacher side; the fused op refuses teacher gradients on
             # purpose, so this (rare) case runs the plain reference, which lets them flow.
-            from ddk_fast.ops.distill_losses import hidden_distill_loss_reference
-
             return hidden_distill_loss_reference(students, targets, weights, mask, self.kind)[0]
         return _ops().hidden_distill_loss(students, targets, weights, mask, kind=self.kind, path=self.path,
                                           check_finite=False)
+
+
+class DDKHiddenTerm(KDTerm):
+    """DDK's recursive adaptive hidden-state KD, for a student of the teacher's depth and hidden size (width
+    pruning keeps both): student state l (0 = embeddings) against teacher target F_l, one to one, no projection.
+
+    Targets (``fusion``): "none" -- F_l = T_l; "param_free" -- ``recursive_fusion`` of all L + 1 teacher states;
+    "learned" -- a ``HighwayFusion`` gate, trained with the student (the one teacher-side module with gradients).
+    Weights (``layer_weighting``): "uniform" -- 1 per state; "adaptive" -- loss shares (mean 1) of an EMA
+    (momentum 0.9) of the *previous* steps' per-state losses, uniform until the first training step. The
+    fused op returns this step's per-state losses for free, so the shares cost no second pass over the
+    states. The term is the weighted sum over the states (not a mean: weights average 1).
+    """
+
+    name = "ddk_hidden"
+    needs = frozenset({"hidden_states"})
+    MOMENTUM = 0.9
+
+    def __init__(self, weight: float, student: ModelShape, teacher: ModelShape, kind: str = "mse",
+                 fusion: str = "none", layer_weighting: str = "adaptive", path: str = "auto"):
+        super().__init__(weight)
+        if (student.num_layers, student.hidden_size) != (teacher.num_layers, teacher.hidden_size):
+            raise ValueError(f"ddk_hidden pairs student state l with teacher state l: it needs the teacher's depth "
+                             f"and hidden size ({teacher.num_layers} layers of {teacher.hidden_size}), got "
+                             f"{student.num_layers} layers of {student.hidden_size}; use hidden_weight (a layer "
+                             f"mapping) for another student shape")
+        self.kind = _check_choice("hidden_loss", kind, HIDDEN_LOSSES)
+        self.fusion_kind = _check_choice("fusion", fusion, FUSION_KINDS)
+        self.weighting = _check_choice("layer_weighting", layer_weighting, LAYER_WEIGHTINGS)
+        self.path, self.num_states = path, teacher.num_layers + 1
+        # attribute names are checkpoint keys (``fusion.gates.*``, ``layer_weights.ema``): keep them
+        self.fusion = HighwayFusion(teacher.hidden_size, self.num_states) if fusion == "learned" else None
+        self.layer_weights = (LossShareWeights(self.num_states, momentum=self.MOMENTUM)
+                              if layer_weighting == "adaptive" else None)
+
+    def targets(self, teacher_states, token_mask):
+        states = [h.detach() for h in teacher_states]
+        if self.fusion_kind == "none":
+            return states
+        if self.fusion is not None:
+            return list(self.fusion(states))
+        return list(recursive_fusion(states, token_mask=token_mask))
+
+    def current_weights(self, like: torch.Tensor) -> torch.Tensor:
+        """This step's per-state weights, chosen on the device (reading ``initialized`` on the host would be a
+        sync every step)."""
+        ones = torch.ones(self.num_states, device=like.device, dtype=torch.float32)
+        if self.layer_weights is None:
+            return ones
+        lw = self.layer_weights
+        shares = loss_share_weights(lw.ema, lw.power, lw.normalize).to(like.device)
+        return torch.where(lw.initialized.to(like.device), shares, ones)
+
+    def forward(self, s, t, batch):
+        students = list(s.hidden_states)
+        mask = _token_mask(batch, students[0][..., 0])
+        targets = self.targets(t.hidden_states, mask)
+        if len(students) != len(targets):
+            raise ValueError(f"student has {len(students)} hidden states, teacher targets {len(targets)}")
+        weights = self.current_weights(students[0])
+        if self.fusion is not None:
+            # the learned gate needs gradients on the target side, which the fused op refuses
+            value, per_layer = hidden_distill_loss_reference(students, targets, weights, mask, kind=self.kind)
+            per_layer = per_layer.detach()
+        else:
+            value, per_layer = _ops().hidden_distill_loss(students, targets, weights, mask, kind=self.kind,
+                                                          path=self.path, return_per_layer=True, check_finite=False)
+        if self.layer_weights is not None and self.training:
+            self.layer_weights(per_layer)
+        return value
+
+    def extra_repr(self) -> str:
+        return f"weight={self.weight}, kind={self.kind}, fusion={self.fusion_kind}, layer_weighting={self.weighting}"
 
 
 def _head_selection(student: ModelShape, teacher: ModelShape, groups: list[list[int]]) -> list[list[int] | None]:
@@ -374,11 +459,12 @@ class PredictionTerm(KDTerm):
     name = "pred"
     needs = frozenset({"logits"})
 
-    def __init__(self, weight: float, temperature: float, task_type: str):
+    def __init__(self, weight: float, temperature: float, task_type: str, path: str = "auto"):
         super().__init__(weight)
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature!r}")
         self.temperature, self.task_type = float(temperature), _check_choice("task_type", task_type, TASK_TYPES)
+        self.path = path
 
     def forward(self, s, t, batch):
         s_logits, t_logits = s.logits, t.logits.detach()
@@ -388,7 +474,7 @@ class PredictionTerm(KDTerm):
             return sigmoid_kd_loss(s_logits, t_logits, self.temperature)
         if s_logits.dim() == 3:
             s_logits, t_logits = token_rows(s_logits, t_logits, _token_mask(batch, s_logits[..., 0]))
-        return _ops().soft_cross_entropy(s_logits, t_logits, self.temperature, check_finite=False)
+        return _ops().soft_cross_entropy(s_logits, t_logits, self.temperature, path=self.path, check_finite=False)
 
 
 class TaskTerm(KDTerm):
@@ -478,8 +564,6 @@ class FFNTerm(KDTerm):
                 LowRankProjection(student.intermediate_sizes[m], teacher.intermediate_sizes[self.groups[m][0]], rank)
                 for m in range(len(self.groups)))
         else:
-            from ddk_fast.distill.projection import HiddenProjection
-
             self.pairs = list(range(len(self.groups)))
             self.maps = nn.ModuleList([HiddenProjection(student.hidden_size, teacher.hidden_size)])
 
@@ -506,7 +590,6 @@ class KDObjective(nn.Module):
 
     ``parts``: detached 0-d tensors per term (unweighted) and "kd_total", left on the device (a float
     per term would be a device sync per term per step; loops read them at log steps). Terms with weight 0 are not built.
-    Also callable as ``objective(student_out, teacher_out, labels, token_mask)``.
     """
 
     def __init__(self, terms: Sequence[KDTerm], options: Mapping[str, Any] | None = None):
@@ -534,9 +617,7 @@ class KDObjective(nn.Module):
         needs = self.needs | {"hidden_states"}
         return {flag: True for key, flag in _FLAGS.items() if key in needs}
 
-    def forward(self, student_out, teacher_out, batch, token_mask: torch.Tensor | None = None):
-        if not isinstance(batch, Mapping):  # DistillObjective's call shape: (labels, token_mask)
-            batch = {"labels": batch, "attention_mask": token_mask}
+    def forward(self, student_out, teacher_out, batch: Mapping[str, torch.Tensor]):
         total = student_out.logits.new_zeros((), dtype=torch.float32)
         parts: dict[str, float] = {}
         for term in self.terms:
@@ -549,10 +630,14 @@ class KDObjective(nn.Module):
     # ---- construction ---------------------------------------------------------------------------------
     @classmethod
     def from_config(cls, options: Mapping[str, Any] | None, student, teacher, task_type: str = "classification",
-                    ignore_unknown: bool = False) -> "KDObjective":
-        """Build from flat options (see DEFAULTS; names match the compress flags). ``student`` / ``teacher``:
-        models or their configs. Unknown keys raise unless ``ignore_unknown`` (e.g. a whole run config)."""
+                    ignore_unknown: bool = False, preset: str | None = None) -> "KDObjective":
+        """Build from flat options (see DEFAULTS; names match the compress flags) over the named ``preset``
+        (see PRESETS) when one is given. ``student`` / ``teacher``: models or their configs. Unknown keys raise
+        unless ``ignore_unknown`` (e.g. a whole run config). ``path``: a loss-op path; a model's kernel path
+        (compact, triton) means "auto" for the losses."""
         opts = dict(DEFAULTS)
+        if preset is not None:
+            opts.update(PRESETS[_check_choice("preset", preset, tuple(PRESETS))])
         given = {k: v for k, v in dict(options or {}).items() if v is not None}
         unknown = sorted(set(given) - set(DEFAULTS))
         if unknown and not ignore_unknown:
@@ -566,7 +651,7 @@ class KDObjective(nn.Module):
                 opts[key] = w
         task_type = _check_choice("task_type", task_type, TASK_TYPES)
         s_shape, t_shape = ModelShape(student), ModelShape(teacher)
-        path = opts["path"]
+        path = opts["path"] if opts["path"] in LOSS_PATHS else "auto"
         terms: list[KDTerm] = []
 
         def mapping(include_embeddings=False):
@@ -579,6 +664,9 @@ class KDObjective(nn.Module):
             terms.append(HiddenTerm(opts["hidden_weight"], mapping(bool(opts["hidden_embeddings"])),
                                     s_shape.hidden_size, t_shape.hidden_size, opts["hidden_loss"],
                                     opts["layer_weighting"], path))
+        if opts["ddk_hidden_weight"] > 0:
+            terms.append(DDKHiddenTerm(opts["ddk_hidden_weight"], s_shape, t_shape, opts["hidden_loss"], opts["fusion"],
+                                       opts["layer_weighting"], path))
         if opts["attention_weight"] > 0:
             terms.append(AttentionTerm(opts["attention_weight"], mapping(), s_shape, t_shape, opts["attention_loss"],
                                        path))
@@ -592,7 +680,7 @@ class KDObjective(nn.Module):
             if w > 0:
                 terms.append(FFNTerm(w, which, mapping(), s_shape, t_shape, int(opts["ffn_rank"]), path))
         if opts["pred_weight"] > 0:
-            terms.append(PredictionTerm(opts["pred_weight"], float(opts["temperature"]), task_type))
+            terms.append(PredictionTerm(opts["pred_weight"], float(opts["temperature"]), task_type, path))
         if opts["task_weight"] > 0:
             terms.append(TaskTerm(opts["task_weight"], task_type))
         if not terms:
@@ -603,8 +691,6 @@ class KDObjective(nn.Module):
 def build_objective_mapping(opts: Mapping[str, Any], student: ModelShape, teacher: ModelShape,
                             include_embeddings: bool = False):
     """The layer mapping named by ``opts["mapping"]`` (with ``fusion`` / ``mapping_seed`` options)."""
-    from ddk_fast.distill.mappings import MAPPINGS, build_mapping
-
     name = _check_choice("mapping", opts["mapping"], tuple(MAPPINGS))
     kw: dict[str, Any] = {}
     if name == "random":
@@ -614,8 +700,6 @@ def build_objective_mapping(opts: Mapping[str, Any], student: ModelShape, teache
         if fusion == "none":
             name = "uniform"
         elif fusion == "learned":
-            from ddk_fast.distill.fusion import HighwayFusion
-
             kw["fuser"] = HighwayFusion(teacher.hidden_size, teacher.num_layers)
     return build_mapping(name, student.num_layers, teacher.num_layers, include_embeddings=include_embeddings, **kw)
 
@@ -626,6 +710,6 @@ def _check_choice(name: str, value, choices):
     return value
 
 
-__all__ = ["DEFAULTS", "OUTPUTS", "kd_options_help", "KDObjective", "KDTerm", "EmbeddingTerm", "HiddenTerm", "AttentionTerm",
-           "PredictionTerm", "TaskTerm", "RelationTerm", "FFNTerm", "ModelShape", "layer_groups",
-           "build_objective_mapping", "next_token_loss", "tinybert_attention_mse"]
+__all__ = ["DEFAULTS", "OUTPUTS", "PRESETS", "kd_options_help", "KDObjective", "KDTerm", "EmbeddingTerm", "HiddenTerm",
+           "DDKHiddenTerm", "AttentionTerm", "PredictionTerm", "TaskTerm", "RelationTerm", "FFNTerm", "ModelShape",
+           "layer_groups", "build_objective_mapping", "next_token_loss", "tinybert_attention_mse"]

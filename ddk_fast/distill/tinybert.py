@@ -13,7 +13,7 @@ Students
       ``student.config.extra["teacher_layers"]`` records the 0-based teacher layers used (None: scratch).
 
 Recipes (lists of stages; each stage = objective options + share of the step budget), for
-``ddk_fast.train.kd.run_kd`` / ``ddk-fast sweep``:
+``ddk-fast distill`` / ``ddk-fast sweep``:
     "tinybert"  : two stages, TinyBERT (Jiao et al. 2020): (1) intermediate layers: embedding MSE +
                   hidden MSE (learned W_h) + attention-score MSE (masked positions zeroed), uniform
                   mapping; (2) prediction layer: soft CE at T (MSE for regression).

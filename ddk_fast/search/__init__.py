@@ -23,6 +23,8 @@ Searches (``width.py``, ``hard_concrete.py``) share one interface (``base.Struct
     ``search.derive(cost_model=None, target=None)`` -> ``DerivedStructure(heads=[[kept idx]...],
         ffn=[[kept idx]...])``; with a target ratio it is guaranteed to cost <= target * C_full.
     ``search.arch_parameters()`` -> list of parameters for their own optimizer.
+    ``search.on_step(step, temperature)``: what a training loop calls before each step's ``sample`` (the
+        Gumbel search takes the temperature, the progressive one the step; a no-op by default).
     ``search.needs_importance`` (bool); Gumbel search ranks units by importance:
         ``search.update_importance(head_scores [L,H], ffn_scores [L,I], head_active=None, ffn_active=None)``
         (EMA of Taylor scores |a * dL/da|, e.g. ``|gate * gate.grad|``), ``search.set_importance(...)``;

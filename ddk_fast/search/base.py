@@ -95,6 +95,11 @@ class StructureSearch(nn.Module):
     def num_layers(self) -> int:
         return len(self.num_heads)
 
+    def on_step(self, step: int, temperature: float) -> None:
+        """Called by the training loop before each step's ``sample``: the step within the search (from 0) and
+        the annealed temperature of that step. Nothing by default; a search that follows a schedule or samples
+        at a temperature takes what it needs, so loops drive every search the same way."""
+
     def arch_parameters(self) -> List[nn.Parameter]:
         """Parameters that define the architecture distribution (their own optimizer / lr)."""
         return [p for p in self.parameters()]

@@ -58,6 +58,10 @@ class ProgressiveSearch(RankedUnitsMixin, StructureSearch):
         return []
 
     # --- schedule -------------------------------------------------------------------------------------
+    def on_step(self, step: int, temperature: float) -> None:
+        """The fade-out follows the loop's step (no temperature: the indicators are not sampled)."""
+        self.set_step(step)
+
     def set_step(self, step: int):
         self.current_step.fill_(int(step))
 

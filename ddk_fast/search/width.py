@@ -140,6 +140,10 @@ class GumbelWidthSearch(RankedUnitsMixin, StructureSearch):
             getattr(self, f"{kind}_logits").copy_(logits.masked_fill(~valid, 0.0))
 
     # --- sampling -----------------------------------------------------------------------------------
+    def on_step(self, step: int, temperature: float) -> None:
+        """The Gumbel samples of this step are drawn at the annealed ``temperature``."""
+        self.set_temperature(temperature)
+
     def set_temperature(self, tau: float):
         if not tau > 0:
             raise ValueError(f"tau={tau}: expected a positive temperature")

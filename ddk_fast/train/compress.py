@@ -18,6 +18,7 @@ killed during distillation rebuilds the pruned student from the recorded structu
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import shutil
@@ -27,27 +28,28 @@ import time
 import torch
 from safetensors import SafetensorError
 
+from ddk_fast.distill.objectives import DEFAULTS, FUSION_KINDS, LAYER_WEIGHTINGS, KDObjective
 from ddk_fast.errors import UserError
 from ddk_fast.train import ddp
 from ddk_fast.train.batching import eval_loader, train_loader
 from ddk_fast.train.checkpoint import (latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state,
                                       weights_digest)
-from ddk_fast.train.config import CompressConfig, config_dict, resume_mismatches
+from ddk_fast.train.config import CompressConfig, config_dict, parse_kd, resume_mismatches
 from ddk_fast.train.deploy import add_deployment, check_deployment_flags
 from ddk_fast.data.custom import TASK_FILE, model_task_type, task_files
 from ddk_fast.train.evaluation import encode_split, evaluate, load_split, resolve_task, to_device
 from ddk_fast._io import atomic_write_json, read_json
-from ddk_fast.train.kd import FUSIONS, DistillObjective, KDWeights
 from ddk_fast.train.logging import RunLogger
 from ddk_fast.train.threads import apply_threads
 from ddk_fast.train.loop import FiniteWatch, run_epochs
 from ddk_fast.train.optim import adamw, linear_schedule
+from ddk_fast.train.report import Report, build_report, write_plots
 from ddk_fast.train.rundir import copy_logs, finalize, finished_result, prepare, run_dirs, stage_dir
+from ddk_fast.train.run_state import DISTILL, SEARCH, RunState
 from ddk_fast.train import teacher_cache
 from ddk_fast.train.stages import DistillModule, SearchModule, initial_importance, teacher_outputs, weight_parameters
 from ddk_fast.train.validate import check_non_negative, check_positive, check_seq_len, parse_target
 
-SEARCH, DISTILL = "search", "distill"
 INITS = ("oneshot", "weights")
 FIXED_KINDS = ("uniform", "oneshot")
 
@@ -92,8 +94,10 @@ def validate(cfg: CompressConfig) -> tuple[str, float]:
                         "JSON file (no such file)")
     if cfg.path not in ("auto", "compact", "reference", "triton"):
         raise UserError(f"--path {cfg.path!r}: expected auto, compact, reference or triton")
-    if cfg.fusion not in FUSIONS:
-        raise UserError(f"--fusion {cfg.fusion!r}: expected one of {', '.join(FUSIONS)}")
+    if cfg.fusion not in FUSION_KINDS:
+        raise UserError(f"--fusion {cfg.fusion!r}: expected one of {', '.join(FUSION_KINDS)}")
+    if cfg.layer_weighting not in LAYER_WEIGHTINGS:
+        raise UserError(f"--layer-weighting {cfg.layer_weighting!r}: expected one of {', '.join(LAYER_WEIGHTINGS)}")
     if cfg.hidden_loss not in ("mse", "cosine"):
         raise UserError(f"--hidden-loss {cfg.hidden_loss!r}: expected mse or cosine")
     if cfg.teacher_cache not in teacher_cache.MODES:
@@ -103,33 +107,62 @@ def validate(cfg: CompressConfig) -> tuple[str, float]:
                         f"{', '.join(teacher_cache.DTYPES)}")
     if cfg.budget_kind not in ("lagrangian", "one_sided"):
         raise UserError(f"budget_kind {cfg.budget_kind!r}: expected lagrangian or one_sided")
-    catalog_options(cfg)  # a malformed --kd is refused here, before any work
+    objective_options(cfg)  # a malformed --kd is refused here, before any work
     return metric, ratio
 
 
-def catalog_options(cfg: CompressConfig):
-    """Options for ``KDObjective.from_config`` when the run asks for terms beyond the DDK objective
-    (``--kd`` or an attention weight), else None. DDK's settings map onto the catalog's names: the
-    hidden term uses the recursive-fusion mapping unless ``--fusion none``."""
-    from ddk_fast.train.config import parse_kd
-
+def objective_options(cfg: CompressConfig) -> dict:
+    """Options of the run's objective over the ``ddk`` preset of ``KDObjective``: DDK's hidden term, prediction
+    KD and task loss at the run's settings, plus the catalog terms ``--kd`` / ``--attention-weight`` add. The
+    DDK hidden term is the same with or without them."""
     extra = parse_kd(cfg.kd)
-    if not extra and not cfg.attention_weight:
-        return None
-    from ddk_fast.distill.objectives import DEFAULTS
-
     unknown = sorted(set(extra) - set(DEFAULTS))
     if unknown:
         raise UserError(f"--kd {cfg.kd!r}: unknown option(s) {', '.join(unknown)}; expected some of "
                         f"{', '.join(sorted(DEFAULTS))}")
-    opts = {"temperature": cfg.temperature, "pred_weight": cfg.pred_weight, "task_weight": cfg.task_weight,
-            "hidden_weight": cfg.hidden_weight, "hidden_loss": cfg.hidden_loss,
-            "mapping": "uniform" if cfg.fusion == "none" else "fusion",
-            "fusion": "param_free" if cfg.fusion == "none" else cfg.fusion,
-            "layer_weighting": cfg.layer_weighting, "attention_weight": cfg.attention_weight,
-            "path": "reference" if cfg.path == "reference" else "auto"}
+    opts = {"ddk_hidden_weight": cfg.hidden_weight, "hidden_loss": cfg.hidden_loss, "fusion": cfg.fusion,
+            "layer_weighting": cfg.layer_weighting, "pred_weight": cfg.pred_weight, "task_weight": cfg.task_weight,
+            "temperature": cfg.temperature, "attention_weight": cfg.attention_weight, "path": cfg.path}
     opts.update(extra)
     return opts
+
+
+def has_catalog_terms(cfg: CompressConfig) -> bool:
+    """Whether the run adds catalog terms to the DDK objective (``--kd`` or an attention weight)."""
+    return bool(parse_kd(cfg.kd)) or bool(cfg.attention_weight)
+
+
+# the DDK objective's state before it became a term of KDObjective, and where that term keeps it now
+LEGACY_OBJECTIVE_STATE = ("objective.layer_weights.", "objective.fusion.")
+
+
+def checkpoint_tensors(tensors: dict, meta: dict, objective, cfg: CompressConfig, work: str) -> dict:
+    """A checkpoint's module tensors, ready for ``load_state_dict`` of a module holding ``objective``.
+
+    Checkpoints record the objective's term names (``meta["objective"]``). Ones without that record were
+    written when the DDK objective was a module of its own: alone, it computed what the ``ddk_hidden`` term
+    computes, so its state (adaptive weights, learned fusion gate) is loaded through a key map,
+    ``objective.X`` -> ``objective.terms.<i>.X``; with catalog terms, the hidden term was the catalog's
+    (no embedding state, this step's weights), so those runs are refused rather than switched mid-run."""
+    names = [term.name for term in objective.terms]
+    recorded = meta.get("objective")
+    if recorded is not None:
+        if list(recorded) != names:
+            raise UserError(f"--resume: the checkpoint in {work!r} was trained with the terms {recorded}, this run "
+                            f"builds {names}")
+        return tensors
+    if has_catalog_terms(cfg):
+        raise UserError(f"--resume: the checkpoint in {work!r} comes from an earlier version whose --kd objective "
+                        "matched hidden states differently; start the run again with --overwrite")
+    index = names.index("ddk_hidden") if "ddk_hidden" in names else None
+    out = {}
+    for key, value in tensors.items():
+        if key.startswith(LEGACY_OBJECTIVE_STATE):
+            if index is None:  # state of a hidden term of weight 0: never read
+                continue
+            key = f"objective.terms.{index}.{key[len('objective.'):]}"
+        out[key] = value
+    return out
 
 
 def load_teacher(path: str, spec):
@@ -289,7 +322,7 @@ def _load_data(cfg, spec, tokenizer):
 
 
 class _Compression:
-    """One compression run; the state that a checkpoint must restore lives in ``self.state``."""
+    """One compression run; what a checkpoint must restore besides tensors lives in ``self.state`` (a RunState)."""
 
     def __init__(self, cfg, spec, metric, ratio, teacher, tokenizer, teacher_path, cost_model, dirs, ctx, mode,
                  data):
@@ -302,17 +335,15 @@ class _Compression:
         self.teacher = teacher.to(self.device).eval().requires_grad_(False)
         self.log = RunLogger(dirs.logs, enabled=ctx.is_main, console=cfg.progress)
         self.t_start = time.time()
-        self.state = {"stage": SEARCH if cfg.fixed_structure is None else DISTILL, "epoch": 0, "batch": 0,
-                      "global_step": 0, "stage_start_step": 0, "best_score": -math.inf, "best_metrics": None,
-                      "teacher_dev": None, "pruned_dev": None, "history": [], "structure": None,
-                      "search_summary": None, "oneshot": None, "wall_before_s": 0.0,
-                      "times_s": {"oneshot": 0.0, "search": 0.0, "distill": 0.0, "evaluation": 0.0}}
+        self.state = RunState(stage=SEARCH if cfg.fixed_structure is None else DISTILL)
         self.teacher_cache = None  # ddk_fast.train.teacher_cache.TeacherCache, built at the first stage
         self._teacher_cache_decided = False  # built (or found off) once: a cache that is off stays off
         self.teacher_cache_summary = {"mode": "off"}
         self._oneshot = None  # (OneShotResult, full-size student holding the tuned weights), fresh runs only
         self.file_structure = None  # the --fixed-structure FILE.json structure, read before any output
         self.threads = None  # what ddk_fast.train.threads.apply_threads set at the run's start
+        self._pruned_cache = None  # (pruned student, module, optimizers, schedulers) built at the stage boundary
+        self.final_digest = None  # sha256 of the in-memory student after the last step
 
     # --- data -----------------------------------------------------------------------------------------
     def _data(self):
@@ -332,33 +363,26 @@ class _Compression:
         try:
             return evaluate(model, logits, self.dev_loader, self.device, self.spec)
         finally:
-            self.state["times_s"]["evaluation"] += time.perf_counter() - t0
+            self.state.times_s["evaluation"] += time.perf_counter() - t0
 
     def _timed(self, stage: str, fn):
         """Run ``fn()`` and add its wall time, less the dev evaluations inside it, to ``times_s[stage]``."""
-        t0, eval0 = time.perf_counter(), self.state["times_s"]["evaluation"]
+        t0, eval0 = time.perf_counter(), self.state.times_s["evaluation"]
         try:
             return fn()
         finally:
-            spent = time.perf_counter() - t0 - (self.state["times_s"]["evaluation"] - eval0)
-            self.state["times_s"][stage] += spent
+            spent = time.perf_counter() - t0 - (self.state.times_s["evaluation"] - eval0)
+            self.state.times_s[stage] += spent
 
     def _objective(self, student):
-        """The DDK objective (recursive adaptive hidden KD + prediction KD + task loss), or, with
-        ``--kd`` / an attention weight, the KD catalog's objective with the same settings plus those terms."""
+        """The ``ddk`` preset of ``KDObjective`` (recursive adaptive hidden KD + prediction KD + task loss) at the
+        run's settings, with the catalog terms of ``--kd`` / an attention weight."""
         cfg = self.cfg
-        if catalog_options(cfg) is not None:
-            from ddk_fast.distill.objectives import KDObjective
-
-            task_type = model_task_type(self.spec)
-            try:
-                return KDObjective.from_config(catalog_options(cfg), student, self.teacher, task_type).to(self.device)
-            except ValueError as exc:
-                raise UserError(f"--kd {cfg.kd!r}: {exc}") from None
-        return DistillObjective(self.teacher.num_layers + 1, self.teacher.hidden_size, self.spec.is_regression,
-                                KDWeights(cfg.hidden_weight, cfg.pred_weight, cfg.task_weight, cfg.temperature),
-                                fusion=cfg.fusion, layer_weighting=cfg.layer_weighting, hidden_loss=cfg.hidden_loss,
-                                path=cfg.path, multilabel=model_task_type(self.spec) == "multilabel").to(self.device)
+        try:
+            return KDObjective.from_config(objective_options(cfg), student, self.teacher, model_task_type(self.spec),
+                                           preset="ddk").to(self.device)
+        except ValueError as exc:
+            raise UserError(f"{'--kd ' + repr(cfg.kd) if cfg.kd else 'the KD objective'}: {exc}") from None
 
     def info(self, msg):
         if self.ctx.is_main:
@@ -372,27 +396,27 @@ class _Compression:
             resumed = self._resume_if_any() if self.mode == "resume" else None
             if resumed is None:
                 torch.manual_seed(self.cfg.seed + 1000 * self.ctx.rank)
-            self.log.log("start", step=self.state["global_step"], mode=self.mode, task=self.spec.name,
+            self.log.log("start", step=self.state.global_step, mode=self.mode, task=self.spec.name,
                          teacher=self.teacher_path, target=self.cfg.target, train_examples=len(self.train_ds),
                          dev_examples=len(self.dev_ds), steps_per_epoch=self.steps_per_epoch,
                          world_size=self.ctx.world_size, threads=self.threads, config=config_dict(self.cfg))
             self.info(f"compress {self.spec.name} to {self.cfg.target}: {len(self.train_ds)} train / "
                       f"{len(self.dev_ds)} dev examples, {self.steps_per_epoch} steps per epoch, {self.mode} run, "
                       f"work folder {self.dirs.work}")
-            if self.state["teacher_dev"] is None:
-                self.state["teacher_dev"] = self._evaluate(self.teacher)
-                self.info("teacher dev: " + _fmt(self.state["teacher_dev"]))
+            if self.state.teacher_dev is None:
+                self.state.teacher_dev = self._evaluate(self.teacher)
+                self.info("teacher dev: " + _fmt(self.state.teacher_dev))
             if resumed is None and self._wants_one_shot():
                 self._timed("oneshot", self._run_one_shot)
-            if self.state["stage"] == SEARCH:
+            if self.state.stage == SEARCH:
                 self._timed("search", lambda: self._search_stage(resumed))
                 self._log_teacher_cache(SEARCH)
                 resumed = None
-            if self.state["stage"] == DISTILL:
+            if self.state.stage == DISTILL:
                 self._timed("distill", lambda: self._distill_stage(resumed))
                 self._log_teacher_cache(DISTILL)
             self._close_teacher_cache()  # before the export: a disk cache lives in the work folder
-            times = self.state["times_s"]
+            times = self.state.times_s
             self.info("time: " + ", ".join(f"{k} {v:.1f} s" for k, v in times.items()))
             return self._finish()
         finally:
@@ -403,8 +427,8 @@ class _Compression:
     def _wants_one_shot(self) -> bool:
         cfg = self.cfg
         if cfg.fixed_structure is None:
-            return cfg.init == "oneshot" and self.state["stage"] == SEARCH
-        return cfg.fixed_structure == "oneshot" and self.state["structure"] is None
+            return cfg.init == "oneshot" and self.state.stage == SEARCH
+        return cfg.fixed_structure == "oneshot" and self.state.structure is None
 
     def _calibration_batches(self) -> list[dict]:
         return calibration_batches(self.train_ds, self.cfg, self.device)
@@ -431,12 +455,12 @@ class _Compression:
         student = write_back(copy.deepcopy(self.teacher), result.student).requires_grad_(True).train()
         self._oneshot = (result, student)
         timings = {k: round(v, 2) for k, v in result.timings.items()}
-        self.state["oneshot"] = {"dev": dev, "calibration_examples": sum(len(b["labels"]) for b in calib),
-                                 "heads": result.structure.head_counts, "ffn": result.structure.ffn_counts,
-                                 "ratio": result.structure.ratio(self.cost_model, self.metric), "timings_s": timings,
-                                 "tuning_kept": None if result.tuning is None else result.tuning.kept}
-        self.state["history"].append({"stage": "oneshot", "epoch": 0, "step": self.state["global_step"], **dev})
-        self.log.log("oneshot", step=self.state["global_step"], **self.state["oneshot"])
+        self.state.oneshot = {"dev": dev, "calibration_examples": sum(len(b["labels"]) for b in calib),
+                              "heads": result.structure.head_counts, "ffn": result.structure.ffn_counts,
+                              "ratio": result.structure.ratio(self.cost_model, self.metric), "timings_s": timings,
+                              "tuning_kept": None if result.tuning is None else result.tuning.kept}
+        self.state.history.append({"stage": "oneshot", "epoch": 0, "step": self.state.global_step, **dev})
+        self.log.log("oneshot", step=self.state.global_step, **self.state.oneshot)
         self.info(f"one-shot structure heads {result.structure.head_counts}, FFN {result.structure.ffn_counts} "
                   f"({', '.join(f'{k[:-2]} {v:.1f} s' for k, v in timings.items())}); dev " + _fmt(dev))
 
@@ -458,14 +482,15 @@ class _Compression:
     def _save(self, module, optimizers: dict, schedulers: dict):
         rng = ddp.gather_objects(self.ctx, rng_state())
         if self.ctx.is_main:
-            loop = dict(self.state, best_score=float(self.state["best_score"]),
-                        wall_before_s=self.state["wall_before_s"] + (time.time() - self.t_start))
+            wall = self.state.wall_before_s + (time.time() - self.t_start)
+            loop = dataclasses.replace(self.state, wall_before_s=wall)
             payload = {"optimizers": {k: o.state_dict() for k, o in optimizers.items()},
                        "schedulers": {k: s.state_dict() for k, s in schedulers.items()},
-                       "loop": _plain(loop), "rng": rng}
-            save_checkpoint(self.dirs.checkpoints, self.state["global_step"], module, payload,
-                            meta={"stage": self.state["stage"], "epoch": self.state["epoch"],
-                                  "batch": self.state["batch"], "config": config_dict(self.cfg), "kind": "compress"})
+                       "loop": loop.to_dict(), "rng": rng}
+            save_checkpoint(self.dirs.checkpoints, self.state.global_step, module, payload,
+                            meta={"stage": self.state.stage, "epoch": self.state.epoch,
+                                  "batch": self.state.batch, "config": config_dict(self.cfg), "kind": "compress",
+                                  "objective": [term.name for term in module.objective.terms]})
         ddp.barrier(self.ctx)
 
     def _resume_if_any(self):
@@ -481,17 +506,26 @@ class _Compression:
         if len(payload["rng"]) != self.ctx.world_size:
             raise UserError(f"--resume: checkpoint was written by {len(payload['rng'])} process(es), now "
                             f"{self.ctx.world_size}; resume with the same number of processes")
-        self.state.update(payload["loop"])
-        self.info(f"resumed from {path} ({self.state['stage']} stage, step {self.state['global_step']}, "
-                  f"epoch {self.state['epoch'] + 1}, batch {self.state['batch']})")
-        self.log.log("resume", step=self.state["global_step"], checkpoint=path)
-        return {"tensors": tensors, "payload": payload}
+        try:
+            self.state = RunState.from_dict(payload["loop"])
+        except (TypeError, ValueError) as exc:
+            raise UserError(f"--resume: the checkpoint {path!r} holds no compress run state ({exc})") from None
+        self.info(f"resumed from {path} ({self.state.stage} stage, step {self.state.global_step}, "
+                  f"epoch {self.state.epoch + 1}, batch {self.state.batch})")
+        self.log.log("resume", step=self.state.global_step, checkpoint=path)
+        return {"tensors": tensors, "payload": payload, "meta": meta}
 
     def _restore(self, resumed, module, optimizers, schedulers):
         """Load a checkpoint into freshly built objects, then the RNG states (last: building consumes RNG)."""
-        module.load_state_dict(resumed["tensors"])
-        for k, o in optimizers.items():
-            o.load_state_dict(resumed["payload"]["optimizers"][k])
+        tensors = checkpoint_tensors(resumed["tensors"], resumed["meta"], module.objective, self.cfg, self.dirs.work)
+        try:
+            module.load_state_dict(tensors)
+            for k, o in optimizers.items():
+                o.load_state_dict(resumed["payload"]["optimizers"][k])
+        except (RuntimeError, ValueError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise UserError(f"--resume: the checkpoint in {self.dirs.work!r} does not fit this run ({first}); "
+                            "start it again with --overwrite") from None
         for k, s in schedulers.items():
             s.load_state_dict(resumed["payload"]["schedulers"][k])
         set_rng_state(resumed["payload"]["rng"][self.ctx.rank])
@@ -529,10 +563,10 @@ class _Compression:
         sampler, st = self.loader.batch_sampler, self.state
         plan = []  # (sampler epoch, batches of it)
         if self.cfg.fixed_structure is None:
-            done = self.cfg.search_epochs if st["stage"] == DISTILL else st["epoch"]
-            plan += [(e, None) for e in range(done)] + ([(st["epoch"], st["batch"])] if st["stage"] == SEARCH else [])
-        if st["stage"] == DISTILL:
-            plan += [(1000 + e, None) for e in range(st["epoch"])] + [(1000 + st["epoch"], st["batch"])]
+            done = self.cfg.search_epochs if st.stage == DISTILL else st.epoch
+            plan += [(e, None) for e in range(done)] + ([(st.epoch, st.batch)] if st.stage == SEARCH else [])
+        if st.stage == DISTILL:
+            plan += [(1000 + e, None) for e in range(st.epoch)] + [(1000 + st.epoch, st.batch)]
         for epoch, count in plan:
             sampler.set_epoch(epoch, 0)
             for b, indices in enumerate(list(iter(sampler))):
@@ -550,7 +584,7 @@ class _Compression:
     def _log_teacher_cache(self, stage: str):
         if self.teacher_cache is not None:
             summary = self.teacher_cache_summary = self.teacher_cache.summary()
-            self.log.log("teacher_cache", step=self.state["global_step"], stage=stage, **summary)
+            self.log.log("teacher_cache", step=self.state.global_step, stage=stage, **summary)
             self.info(f"teacher cache after {stage}: {summary['mib']} MiB {summary['mode']} ({summary['dtype']}), "
                       f"{summary['cached_examples']}/{summary['examples']} examples, batches hit "
                       f"{summary['hit_batches']} / missed {summary['miss_batches']} (hit rate {summary['hit_rate']:.1%})")
@@ -621,7 +655,7 @@ class _Compression:
         student = module.student
         # a data-driven ranking (one-shot start) is kept: one batch's Taylor scores are noisier than the
         # Fisher of thousands of calibration examples
-        update_ranking = getattr(search, "needs_importance", False) and self.state["oneshot"] is None
+        update_ranking = search.needs_importance and self.state.oneshot is None
         self.info(f"search: {cfg.search} over heads {student.num_heads} and FFN widths {student.intermediate_sizes}, "
                   f"{cfg.search_epochs} epoch(s), target {self.metric} ratio {self.ratio}")
         watch = FiniteWatch(ctx, self.dirs.checkpoints, self.log)
@@ -632,12 +666,9 @@ class _Compression:
         def step(batch, gstep, epoch):
             ids = batch["example_ids"]  # on the host: the cache looks rows up without a device read
             batch = to_device(batch, self.device)
-            stage_step = gstep - 1 - self.state["stage_start_step"]
+            stage_step = gstep - 1 - self.state.stage_start_step
             tau = tau_schedule(stage_step)
-            if hasattr(search, "set_temperature"):
-                search.set_temperature(tau)
-            if hasattr(search, "set_step"):
-                search.set_step(stage_step)
+            search.on_step(stage_step, tau)
             t_out = self._teacher_outputs(batch, ids, kwargs)
             loss, parts, ratio, hg, fg = train_module(batch, t_out, stage_step)
             if cfg.fault_nan_at_step is not None and gstep == cfg.fault_nan_at_step:
@@ -673,10 +704,10 @@ class _Compression:
             hg, fg = derived.gates(student.num_heads, student.intermediate_sizes, device=self.device)
             metrics = self._evaluate(student, head_gates=hg, ffn_gates=fg)
             exp_ratio = float(search.expected_ratio(self.cost_model, self.metric).detach())
-            entry = {"stage": SEARCH, "epoch": epoch + 1, "step": self.state["global_step"], **metrics,
+            entry = {"stage": SEARCH, "epoch": epoch + 1, "step": self.state.global_step, **metrics,
                      "derived_ratio": derived.ratio(self.cost_model, self.metric), "expected_ratio": exp_ratio,
                      "heads": derived.head_counts, "ffn": derived.ffn_counts}
-            self.state["history"].append(entry)
+            self.state.history.append(entry)
             self.log.log("eval", **entry)
             self.info(f"search epoch {epoch + 1}: derived structure {self.metric} ratio "
                       f"{entry['derived_ratio']:.3f} (expected {exp_ratio:.3f}), dev " + _fmt(metrics))
@@ -689,7 +720,7 @@ class _Compression:
         from ddk_fast.model import Structure
 
         structure = Structure.from_indices(derived.heads, derived.ffn, student)
-        self.state["search_summary"] = {
+        self.state.search_summary = {
             "kind": cfg.search, "expected_ratio": float(search.expected_ratio(self.cost_model, self.metric).detach()),
             "derived_ratio": derived.ratio(self.cost_model, self.metric)}
         self._enter_distill(structure, student)
@@ -724,18 +755,17 @@ class _Compression:
 
     def _enter_distill(self, structure, student):
         """Prune, record the structure, checkpoint at the stage boundary (resume never redoes the search)."""
-        self.state.update(stage=DISTILL, epoch=0, batch=0, stage_start_step=self.state["global_step"],
-                          structure=structure.to_dict())
+        self.state.enter_distill(structure.to_dict())
         pruned = self._pruned_student(structure, student)
-        self.state["pruned_dev"] = self._evaluate(pruned)
+        self.state.pruned_dev = self._evaluate(pruned)
         self.info(f"pruned to heads {pruned.num_heads}, FFN {pruned.intermediate_sizes}; before distillation dev "
-                  + _fmt(self.state["pruned_dev"]))
-        self.log.log("pruned", step=self.state["global_step"], structure=self.state["structure"],
-                     dev=self.state["pruned_dev"])
+                  + _fmt(self.state.pruned_dev))
+        self.log.log("pruned", step=self.state.global_step, structure=self.state.structure,
+                     dev=self.state.pruned_dev)
         # the pruned student itself is the first candidate: distillation must improve on it to replace it
-        score = self.state["pruned_dev"][self.spec.main_metric]
-        self.state["best_score"] = score if math.isfinite(score) else -math.inf
-        self.state["best_metrics"] = dict(self.state["pruned_dev"], epoch=0)
+        score = self.state.pruned_dev[self.spec.main_metric]
+        self.state.best_score = score if math.isfinite(score) else -math.inf
+        self.state.best_metrics = dict(self.state.pruned_dev, epoch=0)
         if self.ctx.is_main:
             from ddk_fast.export import save_pruned
 
@@ -770,14 +800,14 @@ class _Compression:
     def _distill_stage(self, resumed):
         from ddk_fast.model import Structure
 
-        cache = getattr(self, "_pruned_cache", None)
-        if cache is None and self.state["structure"] is None:  # fixed-structure run, fresh start
+        cache = self._pruned_cache
+        if cache is None and self.state.structure is None:  # fixed-structure run, fresh start
             self._enter_distill(*self._fixed_structure())
             cache = self._pruned_cache
         if cache is not None:
             pruned, module, optimizers, schedulers = cache
         else:
-            pruned = self._pruned_student(Structure.from_dict(self.state["structure"]))
+            pruned = self._pruned_student(Structure.from_dict(self.state.structure))
             module, optimizers, schedulers, _ = self._build_distill(pruned)
             if resumed is not None:
                 self._restore(resumed, module, optimizers, schedulers)
@@ -817,13 +847,13 @@ class _Compression:
         def after_epoch(epoch):
             metrics = self._evaluate(pruned)
             score = metrics[self.spec.main_metric]
-            improved = score > self.state["best_score"]
-            entry = {"stage": DISTILL, "epoch": epoch + 1, "step": self.state["global_step"], **metrics, "best": improved}
-            self.state["history"].append(entry)
+            improved = score > self.state.best_score
+            entry = {"stage": DISTILL, "epoch": epoch + 1, "step": self.state.global_step, **metrics, "best": improved}
+            self.state.history.append(entry)
             self.log.log("eval", **entry)
             self.info(f"distill epoch {epoch + 1}: dev " + _fmt(metrics) + (" (best)" if improved else ""))
             if improved:
-                self.state["best_score"], self.state["best_metrics"] = score, dict(metrics, epoch=epoch + 1)
+                self.state.best_score, self.state.best_metrics = score, dict(metrics, epoch=epoch + 1)
                 if ctx.is_main:
                     save_pruned(pruned, self.dirs.best, overwrite=True)
                 ddp.barrier(ctx)
@@ -834,15 +864,24 @@ class _Compression:
         ddp.barrier(ctx)
 
     # --- stage 5: export ------------------------------------------------------------------------------
+    def _report_source(self) -> Report:
+        cfg, st = self.cfg, self.state
+        return Report(cfg=cfg, spec=self.spec, teacher=self.teacher, teacher_path=self.teacher_path,
+                      cost_model=self.cost_model, metric=self.metric, ratio=self.ratio, method=method_name(cfg),
+                      init=cfg.init if cfg.fixed_structure is None else None, train_ds=self.train_ds,
+                      dev_ds=self.dev_ds, world_size=self.ctx.world_size,
+                      wall_time_s=st.wall_before_s + (time.time() - self.t_start), teacher_dev=st.teacher_dev,
+                      student_dev=st.best_metrics, pruned_dev=st.pruned_dev, history=st.history, oneshot=st.oneshot,
+                      search_summary=st.search_summary, times_s=st.times_s, threads=self.threads)
+
     def _finish(self) -> dict:
         from ddk_fast.export import load_pruned, save_pruned
-        from ddk_fast.train.report import build_report, write_plots
 
         ctx, cfg = self.ctx, self.cfg
         report = None
         if ctx.is_main:
             student = load_pruned(self.dirs.best)
-            report = build_report(self, student)
+            report = build_report(self._report_source(), student)
             report["teacher_cache"] = self.teacher_cache_summary
             staged = stage_dir(self.dirs)
             try:
@@ -850,7 +889,7 @@ class _Compression:
                 add_deployment(report, staged, cfg, self.teacher_path, self.spec, self.dev_ds, self.info)
                 atomic_write_json(os.path.join(staged, "report.json"), report)
                 write_plots(report, staged, log_path=os.path.join(self.dirs.logs, "log.jsonl"))
-                self.log.log("done", step=self.state["global_step"], student_dev=report["student_dev"])
+                self.log.log("done", step=self.state.global_step, student_dev=report["student_dev"])
                 self.log.close()
                 copy_logs(self.dirs, staged)
             except BaseException:
@@ -865,20 +904,17 @@ class _Compression:
                 self.info("warning: " + report["latency"]["warning"])
         report = ddp.broadcast_object(ctx, report)
         # the in-memory student after the last step, on this rank (ranks must agree under DDP)
-        return dict(report, output=self.dirs.output, final_weights_sha256=getattr(self, "final_digest", None),
+        return dict(report, output=self.dirs.output, final_weights_sha256=self.final_digest,
                     rank=ctx.rank)
+
+
+def method_name(cfg: CompressConfig) -> str:
+    """The report's name of what the run did: ``ddk-<search>``, or the kind of fixed structure."""
+    fixed = cfg.fixed_structure
+    if fixed is None:
+        return f"ddk-{cfg.search}"
+    return fixed if fixed == "uniform" else ("fixed-oneshot" if fixed == "oneshot" else "fixed-file")
 
 
 def _fmt(metrics: dict) -> str:
     return ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float))
-
-
-def _plain(obj):
-    """Loop state made of plain python values (what torch.load(weights_only=True) accepts)."""
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, torch.Tensor):
-        return obj.tolist()
-    return obj

@@ -17,6 +17,7 @@ from ddk_fast.train import ddp
 from ddk_fast.train.checkpoint import latest_checkpoint
 from ddk_fast.train.errors import RunInterrupted, TrainingDiverged
 from ddk_fast.train.logging import progress
+from ddk_fast.train.run_state import RunState
 
 
 class FirstNonFinite:
@@ -96,25 +97,26 @@ def host_scalars(values: dict) -> dict:
     return out
 
 
-def run_epochs(*, ctx, cfg, log, loader, epochs: int, state: dict, stage: str, epoch_offset: int,
+def run_epochs(*, ctx, cfg, log, loader, epochs: int, state: RunState, stage: str, epoch_offset: int,
                step: Callable[[dict, int, int], dict], after_epoch: Callable[[int], None],
                save_ckpt: Callable[[], None], watch: FiniteWatch) -> None:
-    """Train ``epochs`` epochs from ``state['epoch']`` / ``state['batch']`` (a resumed position).
+    """Train ``epochs`` epochs from ``state.epoch`` / ``state.batch`` (a resumed position), counting
+    ``state.global_step``.
 
     ``watch``: the FiniteWatch the step observes; checked at log steps, before checkpoints and
     before ``after_epoch``."""
     steps_per_epoch = loader.batch_sampler.batches_per_epoch()
-    for epoch in range(state["epoch"], epochs):
-        loader.batch_sampler.set_epoch(epoch_offset + epoch, state["batch"])
-        bar = progress(loader, total=steps_per_epoch, initial=state["batch"],
+    for epoch in range(state.epoch, epochs):
+        loader.batch_sampler.set_epoch(epoch_offset + epoch, state.batch)
+        bar = progress(loader, total=steps_per_epoch, initial=state.batch,
                        desc=f"{stage} {epoch + 1}/{epochs}", enabled=ctx.is_main and cfg.progress)
         for batch in bar:
-            gstep = state["global_step"] + 1
+            gstep = state.global_step + 1
             parts = step(batch, gstep, epoch)
-            state["global_step"] = gstep
-            state["batch"] += 1
-            log_now = gstep % cfg.log_steps == 0 or state["batch"] == steps_per_epoch
-            save_now = gstep % cfg.save_steps == 0 and state["batch"] < steps_per_epoch
+            state.global_step = gstep
+            state.batch += 1
+            log_now = gstep % cfg.log_steps == 0 or state.batch == steps_per_epoch
+            save_now = gstep % cfg.save_steps == 0 and state.batch < steps_per_epoch
             if log_now or save_now:  # the only host reads of the step's values
                 watch.check()
             if log_now:
@@ -129,5 +131,5 @@ def run_epochs(*, ctx, cfg, log, loader, epochs: int, state: dict, stage: str, e
         bar.close()
         watch.check()
         after_epoch(epoch)
-        state["epoch"], state["batch"] = epoch + 1, 0
+        state.epoch, state.batch = epoch + 1, 0
         save_ckpt()

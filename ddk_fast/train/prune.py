@@ -29,7 +29,7 @@ from ddk_fast._io import atomic_write_json
 from ddk_fast.train.logging import RunLogger
 from ddk_fast.train.threads import apply_threads
 from ddk_fast.train.oneshot import IMPORTANCE_KINDS, one_shot
-from ddk_fast.train.report import build_report, write_plots
+from ddk_fast.train.report import Report, build_report, write_plots
 from ddk_fast.train.rundir import copy_logs, finalize, prepare, run_dirs, stage_dir
 from ddk_fast.train.validate import check_non_negative, check_positive, check_seq_len, parse_target
 
@@ -88,21 +88,24 @@ def gated_logits(model, gates, path):
 
 
 class _PruneRun:
-    """What ``build_report`` reads (the same fields a compression run offers)."""
+    """One pruning run: its inputs, and in ``state`` what it measures for the report."""
 
     def __init__(self, cfg, spec, metric, ratio, teacher, teacher_path, cost_model, train_ds, dev_ds, threads):
         self.cfg, self.spec, self.metric, self.ratio, self.threads = cfg, spec, metric, ratio, threads
         self.teacher, self.teacher_path, self.cost_model = teacher, teacher_path, cost_model
         self.train_ds, self.dev_ds = train_ds, dev_ds
-        self.ctx = _SingleProcess()
-        self.method = f"oneshot-{cfg.importance}"
         self.t_start = time.time()
         self.state = {"teacher_dev": None, "best_metrics": None, "pruned_dev": None, "history": [],
-                      "search_summary": None, "wall_before_s": 0.0}
+                      "search_summary": None, "times_s": {}}
 
-
-class _SingleProcess:
-    world_size = 1
+    def report_source(self) -> Report:
+        st = self.state
+        return Report(cfg=self.cfg, spec=self.spec, teacher=self.teacher, teacher_path=self.teacher_path,
+                      cost_model=self.cost_model, metric=self.metric, ratio=self.ratio,
+                      method=f"oneshot-{self.cfg.importance}", train_ds=self.train_ds, dev_ds=self.dev_ds,
+                      world_size=1, wall_time_s=time.time() - self.t_start, teacher_dev=st["teacher_dev"],
+                      student_dev=st["best_metrics"], pruned_dev=st["pruned_dev"], history=st["history"],
+                      search_summary=st["search_summary"], times_s=st["times_s"], threads=self.threads)
 
 
 def run_prune(cfg: PruneConfig) -> dict:
@@ -203,7 +206,7 @@ def _export(run, student, tokenizer, dirs, log) -> dict:
     student.eval()
     save_pruned(student, dirs.best, overwrite=True)
     exported = load_pruned(dirs.best)
-    report = build_report(run, exported)
+    report = build_report(run.report_source(), exported)
     staged = stage_dir(dirs)
     try:
         save_pruned(exported, staged, tokenizer=tokenizer, overwrite=True, extra_files=task_files(run.spec))

@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 import platform
 import sys
-import time
+from dataclasses import dataclass, field
+from typing import Any, Optional
 
 
 def versions() -> dict:
@@ -37,47 +38,81 @@ def versions() -> dict:
     return out
 
 
-def build_report(run, student) -> dict:
-    """``run``: the compression run (teacher, cost model, state, config); ``student``: the exported model."""
+@dataclass
+class Report:
+    """What report.json is built from besides the exported student, handed over by the run (``compress``,
+    ``prune``) instead of read from its attributes.
+
+    cfg: the run's config (latency shape, seq_len, seed, target; recorded whole). metric / ratio: the
+    budget. method: e.g. "ddk-gumbel", "uniform", "oneshot-fisher"; init: where a search started (None
+    without a search). train_ds / dev_ds: the encoded splits (counts, the majority baseline).
+    student_dev: the exported student's dev scores; pruned_dev: right after pruning; wall_time_s: all
+    attempts of the run together; times_s: seconds per part of the run; threads: the intra-op threads.
+    """
+
+    cfg: Any
+    spec: Any
+    teacher: Any
+    teacher_path: str
+    cost_model: Any
+    metric: str
+    ratio: float
+    method: str
+    train_ds: Any
+    dev_ds: Any
+    world_size: int
+    wall_time_s: float
+    teacher_dev: dict
+    student_dev: dict
+    pruned_dev: Optional[dict]
+    history: list
+    init: Optional[str] = None
+    oneshot: Optional[dict] = None
+    search_summary: Optional[dict] = None
+    times_s: dict = field(default_factory=dict)
+    threads: Optional[dict] = None  # what ddk_fast.train.threads.apply_threads set at the run's start
+
+
+def build_report(source: Report, student) -> dict:
+    """report.json's content for the run ``source`` describes and ``student``, the exported model."""
     from ddk_fast.model import encoder_param_count
     from ddk_fast.train.config import config_dict
     from ddk_fast.train.evaluation import majority_baseline
     from ddk_fast.train.latency import compare
 
-    cfg, spec, teacher, state = run.cfg, run.spec, run.teacher, run.state
+    cfg, spec, teacher = source.cfg, source.spec, source.teacher
     t_params, s_params = encoder_param_count(teacher), encoder_param_count(student)
-    t_flops = run.cost_model.full_cost("flops")
-    s_flops = run.cost_model.structure_cost(student.num_heads, student.intermediate_sizes, "flops")
+    t_flops = source.cost_model.full_cost("flops")
+    s_flops = source.cost_model.structure_cost(student.num_heads, student.intermediate_sizes, "flops")
     structure = student.pruned_from
     latency = compare(teacher, student.to("cpu"), cfg.latency_batch_size, cfg.latency_seq_len,
                       teacher.config.vocab_size, cfg.latency_repeats, path="auto", threads=cfg.latency_threads)
     latency["ratio"] = latency["ratio_student_over_teacher"]
-    if run.metric == "latency":  # the budget was measured latency: predicted (the fit) beside measured
-        predicted = (run.cost_model.structure_cost(student.num_heads, student.intermediate_sizes, "latency")
-                     / run.cost_model.full_cost("latency"))
-        latency.update(target_ratio=run.ratio, predicted_ratio=round(predicted, 4),
-                       target_met=latency["ratio"] <= run.ratio + 0.05, fit=run.cost_model.latency.to_dict())
+    if source.metric == "latency":  # the budget was measured latency: predicted (the fit) beside measured
+        predicted = (source.cost_model.structure_cost(student.num_heads, student.intermediate_sizes, "latency")
+                     / source.cost_model.full_cost("latency"))
+        latency.update(target_ratio=source.ratio, predicted_ratio=round(predicted, 4),
+                       target_met=latency["ratio"] <= source.ratio + 0.05, fit=source.cost_model.latency.to_dict())
     per_layer = []
     for l in range(teacher.num_layers):
         per_layer.append({"layer": l, "heads": student.num_heads[l], "heads_total": teacher.num_heads[l],
                           "ffn": student.intermediate_sizes[l], "ffn_total": teacher.intermediate_sizes[l],
                           "kept_heads": list(structure.heads[l]) if structure is not None else None})
-    wall = state.get("wall_before_s", 0.0) + (time.time() - run.t_start)
     return {
         "task": spec.name,
         "main_metric": spec.main_metric,
         "metric_names": list(spec.metric_names),
-        "method": getattr(run, "method", None) or _method(cfg),
-        "init": getattr(cfg, "init", None) if not getattr(cfg, "fixed_structure", None) else None,
+        "method": source.method,
+        "init": source.init,
         "target": cfg.target,
-        "target_metric": run.metric,
-        "target_ratio": run.ratio,
-        "teacher": run.teacher_path,
-        "teacher_dev": state["teacher_dev"],
-        "majority_dev": majority_baseline(spec, run.train_ds.labels, run.dev_ds.labels),
-        "student_dev": state["best_metrics"],
-        "pruned_before_distillation_dev": state["pruned_dev"],
-        "oneshot": state.get("oneshot"),
+        "target_metric": source.metric,
+        "target_ratio": source.ratio,
+        "teacher": source.teacher_path,
+        "teacher_dev": source.teacher_dev,
+        "majority_dev": majority_baseline(spec, source.train_ds.labels, source.dev_ds.labels),
+        "student_dev": source.student_dev,
+        "pruned_before_distillation_dev": source.pruned_dev,
+        "oneshot": source.oneshot,
         "params": {"what": "encoder (transformer layers; no embeddings, pooler, classifier)", "teacher": t_params,
                    "student": s_params, "ratio": s_params / t_params},
         "flops": {"what": "encoder forward FLOPs per sequence", "seq_len": cfg.seq_len, "teacher": t_flops,
@@ -86,25 +121,18 @@ def build_report(run, student) -> dict:
         "structure": {"heads": list(student.num_heads), "ffn": list(student.intermediate_sizes),
                       "heads_total": list(teacher.num_heads), "ffn_total": list(teacher.intermediate_sizes),
                       "per_layer": per_layer},
-        "search": state.get("search_summary"),
-        "history": state["history"],
-        "train_examples": len(run.train_ds),
-        "dev_examples": len(run.dev_ds),
+        "search": source.search_summary,
+        "history": source.history,
+        "train_examples": len(source.train_ds),
+        "dev_examples": len(source.dev_ds),
         "seed": cfg.seed,
-        "world_size": run.ctx.world_size,
-        "threads": run.threads,
+        "world_size": source.world_size,
+        "threads": source.threads,
         "versions": versions(),
-        "wall_time_s": round(wall, 1),
-        "times_s": {k: round(v, 3) for k, v in state.get("times_s", {}).items()},
+        "wall_time_s": round(source.wall_time_s, 1),
+        "times_s": {k: round(v, 3) for k, v in source.times_s.items()},
         "config": config_dict(cfg),
     }
-
-
-def _method(cfg) -> str:
-    fixed = cfg.fixed_structure
-    if fixed is None:
-        return f"ddk-{cfg.search}"
-    return fixed if fixed == "uniform" else ("fixed-oneshot" if fixed == "oneshot" else "fixed-file")
 
 
 def write_plots(report: dict, folder: str, log_path: str | None = None) -> None:

@@ -26,7 +26,7 @@ class SearchModule(nn.Module):
 
     def forward(self, batch: dict, teacher_out, step: int):
         head_gates, ffn_gates = self.search.sample()
-        if self.training and getattr(self.search, "needs_importance", False):
+        if self.training and self.search.needs_importance:
             # Taylor scores need dL/dgate: keep it on the gates (leaf copies when nothing else needs them)
             if head_gates.requires_grad:
                 head_gates.retain_grad()
@@ -37,7 +37,7 @@ class SearchModule(nn.Module):
         out = self.student(batch["input_ids"], attention_mask=batch["attention_mask"],
                            token_type_ids=batch.get("token_type_ids"), head_gates=head_gates, ffn_gates=ffn_gates,
                            path=self.path, **self.objective.forward_kwargs())
-        kd, parts = self.objective(out, teacher_out, batch["labels"], batch["attention_mask"])
+        kd, parts = self.objective(out, teacher_out, batch)
         ratio = self.search.expected_ratio(self.cost_model, self.metric)
         if self.budget is None:  # the search follows its own schedule
             return kd, parts, ratio, head_gates, ffn_gates
@@ -55,7 +55,7 @@ class DistillModule(nn.Module):
         out = self.student(batch["input_ids"], attention_mask=batch["attention_mask"],
                            token_type_ids=batch.get("token_type_ids"), path=self.path,
                            **self.objective.forward_kwargs())
-        return self.objective(out, teacher_out, batch["labels"], batch["attention_mask"])
+        return self.objective(out, teacher_out, batch)
 
 
 def weight_parameters(module: nn.Module, exclude: list[nn.Parameter]) -> list[tuple[str, nn.Parameter]]:
