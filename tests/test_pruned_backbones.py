@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from ddk_fast.export import load_causal_lm, load_pruned, save_causal_lm, save_pruned
-from ddk_fast.model import MaskedGPT2, MaskedTransformer, Structure, TransformerConfig, prune, prune_gpt2
+from ddk_fast.model import MaskedGPT2, MaskedTransformer, Structure, TransformerConfig, prune, prune_gpt2, write_back
 
 HIDDEN, HEAD_DIM, HEADS, WIDTH, VOCAB = 24, 6, 4, 20, 53
 # layer 0: heads out of order with gaps; layer 1: no heads; layer 2: one channel; layer 3: no channels
@@ -118,3 +118,28 @@ def test_export_holds_exactly_the_pruned_tensors_and_loads_back_identical(family
     ids, mask = _batch()
     with torch.no_grad():
         assert torch.equal(back(ids, mask).logits, small(ids, mask).logits)
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2"])
+def test_layer_cuts_name_exactly_the_tensors_whose_shape_follows_the_kept_units(family):
+    model = _random_model(family)
+    narrower = type(model)(model.config.with_widths([1] * 4, [1] * 4))
+    full, small = model.state_dict(), narrower.state_dict()
+    width_dependent = {k for k in full if k.startswith("layers.0.") and full[k].shape != small[k].shape}
+    assert {f"layers.0.{cut.name}" for cut in model.layer_cuts} == width_dependent
+    assert prune_gpt2 is prune  # the older GPT-2 name is the same function
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2"])
+def test_write_back_is_the_inverse_of_prune_on_the_kept_units(family):
+    small = prune(_random_model(family), STRUCTURE)
+    with torch.no_grad():
+        for p in small.parameters():
+            p.mul_(1.5)
+    full = _random_model(family)
+    untouched = full.layers[1].attention.query.weight.clone()  # layer 1 keeps no heads
+    again = prune(write_back(full, small), STRUCTURE).state_dict()
+    for key, value in small.state_dict().items():
+        assert torch.equal(again[key], value), key
+    assert torch.equal(full.layers[1].attention.query.weight, untouched)
+
