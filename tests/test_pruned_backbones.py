@@ -143,3 +143,13 @@ def test_write_back_is_the_inverse_of_prune_on_the_kept_units(family):
         assert torch.equal(again[key], value), key
     assert torch.equal(full.layers[1].attention.query.weight, untouched)
 
+
+@pytest.mark.parametrize("family", ["bert", "gpt2"])
+def test_export_refuses_extra_files_named_like_its_own(family, tmp_path):
+    model = _random_model(family)
+    save, modeling_file = (save_causal_lm, "modeling_ddk_gpt2.py") if family == "gpt2" else \
+        (save_pruned, "modeling_ddk_bert.py")
+    for name in ("config.json", modeling_file, "structure.json"):
+        with pytest.raises(ValueError, match="would overwrite a file the export writes itself"):
+            save(model, tmp_path / "out", extra_files={name: "x"})
+    assert list(tmp_path.iterdir()) == []
