@@ -146,6 +146,21 @@ def atomic_directory(path: str) -> Iterator[str]:
     replace_directory(tmp, path)
 
 
+def write_directory(path: str | os.PathLike, fill: Callable[[str], None], overwrite: bool = False) -> str:
+    """Build the folder ``path`` with ``fill(tmp)`` and swap it in (``atomic_directory``); returns the
+    absolute path. An existing non-empty folder is refused unless ``overwrite`` (then replaced whole),
+    and an existing file always: what every exported model folder needs."""
+    path = os.path.abspath(os.fspath(path))
+    if output_dir_state(path) == "nonempty":
+        if not os.path.isdir(path):
+            raise FileExistsError(f"out_dir {path!r} exists and is not a folder")
+        if not overwrite:
+            raise FileExistsError(f"out_dir {path!r} exists and is not empty; pass overwrite=True to replace it")
+    with atomic_directory(path) as tmp:
+        fill(tmp)
+    return path
+
+
 def make_temp_sibling(path: str) -> str:
     """An empty folder beside ``path`` (same filesystem, so it can be renamed onto it)."""
     path = os.path.abspath(path)

@@ -15,9 +15,8 @@ from typing import Any, Mapping
 import torch
 
 from ddk_fast._version import __version__
-from ddk_fast.export.save import STRUCTURE_FILE, write_export, write_model_files
+from ddk_fast.export.save import restore_pruned_from, write_model_folder
 from ddk_fast.model.gpt2 import EXPORT_MODEL_TYPE, MaskedGPT2
-from ddk_fast.model.structure import Structure
 
 MODELING_FILE = "modeling_ddk_gpt2.py"
 AUTO_MAP = {
@@ -57,18 +56,14 @@ def save_causal_lm(model: MaskedGPT2, out_dir: str | os.PathLike, tokenizer=None
     if not isinstance(model, MaskedGPT2):
         raise TypeError(f"model: expected a ddk_fast MaskedGPT2, got {type(model).__name__}")
     weights = {"model." + k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
-    return write_export(out_dir, overwrite, lambda tmp: write_model_files(
-        tmp, _config_json(model), MODELING_FILE, weights, model.pruned_from, tokenizer, extra_files))
+    return write_model_folder(out_dir, overwrite, _config_json(model), MODELING_FILE, weights, model.pruned_from,
+                              tokenizer, extra_files)
 
 
 def load_causal_lm(folder: str | os.PathLike, dtype: torch.dtype = torch.float32) -> MaskedGPT2:
     """The MaskedGPT2 in ``folder`` (an export, or a stock GPT-2 checkpoint), ``pruned_from`` restored."""
     folder = os.fspath(folder)
-    model = MaskedGPT2.from_pretrained(folder, dtype=dtype)
-    structure_path = os.path.join(folder, STRUCTURE_FILE)
-    if os.path.isfile(structure_path):
-        model.pruned_from = Structure.load(structure_path)
-    return model
+    return restore_pruned_from(MaskedGPT2.from_pretrained(folder, dtype=dtype), folder)
 
 
 __all__ = ["save_causal_lm", "load_causal_lm", "MODELING_FILE"]

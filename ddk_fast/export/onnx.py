@@ -38,12 +38,12 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoModelForTokenClassification
 
-from ddk_fast._io import atomic_write_json, read_json
+from ddk_fast._io import atomic_write_json, read_json, write_directory
 from ddk_fast._version import __version__
 from ddk_fast.errors import UserError
 from ddk_fast.export.modeling_ddk_bert import DdkBertForSequenceClassification, DdkBertForTokenClassification
 from ddk_fast.export.modeling_ddk_gpt2 import DdkGPT2ForCausalLM
-from ddk_fast.export.save import TOKENIZER_FILES, write_export
+from ddk_fast.export.save import TOKENIZER_FILES
 
 ONNX_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
@@ -318,7 +318,7 @@ def export_onnx(model_dir: str | os.PathLike, out_dir: str | os.PathLike, opset:
         report["export_s"] = round(time.perf_counter() - t0, 2)
         atomic_write_json(os.path.join(tmp, REPORT_FILE), report)
 
-    write_export(out_dir, overwrite, fill)
+    write_directory(out_dir, fill, overwrite)
     return report
 
 

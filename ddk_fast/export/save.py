@@ -10,11 +10,11 @@ import json
 import os
 import pathlib
 import shutil
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import torch
 
-from ddk_fast._io import atomic_directory
+from ddk_fast._io import write_directory
 from ddk_fast._version import __version__
 from ddk_fast.model.masked_transformer import DDK_MODEL_TYPE, MaskedTransformer
 from ddk_fast.model.structure import Structure
@@ -33,7 +33,6 @@ TOKEN_AUTO_MAP = {"AutoConfig": AUTO_MAP["AutoConfig"], "AutoModel": AUTO_MAP["A
                   "AutoModelForTokenClassification": "modeling_ddk_bert.DdkBertForTokenClassification"}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
                    "vocab.txt", "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model")
-_RESERVED = ("config.json", MODELING_FILE, "model.safetensors", STRUCTURE_FILE)
 
 
 # task_type of the engine -> transformers' problem_type (which loss a stock model applies to labels)
@@ -86,11 +85,11 @@ def _write_tokenizer(tokenizer, folder: str) -> None:
         shutil.copy2(os.path.join(src, name), os.path.join(folder, name))
 
 
-def _write_extra(folder: str, name: str, content) -> None:
+def _write_extra(folder: str, name: str, content, reserved: tuple[str, ...]) -> None:
     rel = pathlib.PurePosixPath(name)
     if rel.is_absolute() or ".." in rel.parts or not rel.parts:
         raise ValueError(f"extra_files: name {name!r} must be a relative path inside the folder")
-    if str(rel) in _RESERVED:
+    if str(rel) in reserved:
         raise ValueError(f"extra_files: {name!r} would overwrite a file the export writes itself")
     path = os.path.join(folder, *rel.parts)
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -110,37 +109,37 @@ def _write_extra(folder: str, name: str, content) -> None:
                         f"got {type(content).__name__}")
 
 
-def write_export(out_dir: str | os.PathLike, overwrite: bool, fill: Callable[[str], None]) -> str:
-    """Refuse a non-empty ``out_dir`` without ``overwrite``, then let ``fill(tmp)`` write the export into
-    a temporary sibling that replaces ``out_dir`` in one swap (``ddk_fast._io.atomic_directory``)."""
-    out_dir = os.path.abspath(os.fspath(out_dir))
-    if os.path.exists(out_dir):
-        if not os.path.isdir(out_dir):
-            raise FileExistsError(f"out_dir {out_dir!r} exists and is not a folder")
-        if os.listdir(out_dir) and not overwrite:
-            raise FileExistsError(f"out_dir {out_dir!r} exists and is not empty; pass overwrite=True to replace it")
-    with atomic_directory(out_dir) as tmp:
-        fill(tmp)
-    return out_dir
-
-
-def write_model_files(tmp: str, config: dict, modeling_file: str, weights: dict, structure, tokenizer,
-                      extra_files: Mapping[str, Any] | None) -> None:
-    """What every export folder holds: config.json, the standalone modeling file, model.safetensors,
-    structure.json (pruned models), the tokenizer and any extra files."""
+def write_model_folder(out_dir: str | os.PathLike, overwrite: bool, config: dict, modeling_file: str,
+                       weights: dict[str, torch.Tensor], structure: Structure | None, tokenizer,
+                       extra_files: Mapping[str, Any] | None) -> str:
+    """The one way an export folder is written (``ddk_fast._io.write_directory``: atomic, a non-empty
+    ``out_dir`` refused without ``overwrite``): config.json, the standalone modeling file,
+    model.safetensors, structure.json (pruned models), the tokenizer and any extra files."""
     from safetensors.torch import save_file
 
-    with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
-        json.dump(config, f, indent=2)
-    shutil.copy2(os.path.join(os.path.dirname(os.path.abspath(__file__)), modeling_file),
-                 os.path.join(tmp, modeling_file))
-    save_file(weights, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
-    if structure is not None:
-        structure.save(os.path.join(tmp, STRUCTURE_FILE))
-    if tokenizer is not None:
-        _write_tokenizer(tokenizer, tmp)
-    for name, content in (extra_files or {}).items():
-        _write_extra(tmp, name, content)
+    def fill(tmp: str) -> None:
+        with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
+            json.dump(config, f, indent=2)
+        shutil.copy2(os.path.join(os.path.dirname(os.path.abspath(__file__)), modeling_file),
+                     os.path.join(tmp, modeling_file))
+        save_file(weights, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+        if structure is not None:
+            structure.save(os.path.join(tmp, STRUCTURE_FILE))
+        if tokenizer is not None:
+            _write_tokenizer(tokenizer, tmp)
+        reserved = ("config.json", modeling_file, "model.safetensors", STRUCTURE_FILE)
+        for name, content in (extra_files or {}).items():
+            _write_extra(tmp, name, content, reserved)
+
+    return write_directory(out_dir, fill, overwrite)
+
+
+def restore_pruned_from(model, folder: str):
+    """``model`` with ``pruned_from`` read from the folder's structure.json, when the export has one."""
+    structure_path = os.path.join(folder, STRUCTURE_FILE)
+    if os.path.isfile(structure_path):
+        model.pruned_from = Structure.load(structure_path)
+    return model
 
 
 def save_pruned(model: MaskedTransformer, out_dir: str | os.PathLike, tokenizer=None,
@@ -148,8 +147,8 @@ def save_pruned(model: MaskedTransformer, out_dir: str | os.PathLike, tokenizer=
     """Write ``model`` to ``out_dir`` atomically (see ddk_fast.export). Returns the folder path."""
     if not isinstance(model, MaskedTransformer):
         raise TypeError(f"model: expected a ddk_fast MaskedTransformer, got {type(model).__name__}")
-    return write_export(out_dir, overwrite, lambda tmp: write_model_files(
-        tmp, _config_json(model), MODELING_FILE, _hf_state_dict(model), model.pruned_from, tokenizer, extra_files))
+    return write_model_folder(out_dir, overwrite, _config_json(model), MODELING_FILE, _hf_state_dict(model),
+                              model.pruned_from, tokenizer, extra_files)
 
 
 def load_pruned(folder: str | os.PathLike, dtype: torch.dtype = torch.float32) -> MaskedTransformer:
@@ -163,8 +162,4 @@ def load_pruned(folder: str | os.PathLike, dtype: torch.dtype = torch.float32) -
     if model_type != MODEL_TYPE:
         raise ValueError(f"load_pruned: {folder!r} has model_type {model_type!r}, expected {MODEL_TYPE!r} "
                          f"(for a stock checkpoint use MaskedTransformer.from_pretrained)")
-    model = MaskedTransformer.from_pretrained(folder, dtype=dtype)
-    structure_path = os.path.join(folder, STRUCTURE_FILE)
-    if os.path.isfile(structure_path):
-        model.pruned_from = Structure.load(structure_path)
-    return model
+    return restore_pruned_from(MaskedTransformer.from_pretrained(folder, dtype=dtype), folder)

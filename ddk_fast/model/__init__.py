@@ -55,8 +55,14 @@ Structure (``structure.py``)
         ``.total_kept_channels``, ``.is_full()``, ``.compose(inner)``, ``.to_json()`` /
         ``.from_json()``, ``.save(path)`` / ``.load(path)``, ``.summary()``.
 
-Pruning (``pruning.py``)
-    ``prune(model, structure) -> MaskedTransformer``: a new, smaller model with sliced weights (all
+Backbone (``backbone.py``)
+    ``MaskedBackbone``: the base of MaskedTransformer and MaskedGPT2 -- the shape properties, ``structure``,
+        ``active_units``, ``full_gates`` and ``layer_cuts`` (per layer, which tensors lose which slices:
+        Q/K/V rows and output-projection columns by head_dim blocks, FFN up rows and down columns by
+        channel).
+
+Pruning (``pruning.py``), for either model
+    ``prune(model, structure)``: a new, smaller model of the same class with sliced weights (all
         gates ones) that computes what ``model`` computes with ``structure.to_gates()``. A layer with no
         heads (channels) keeps only that block's output bias + LayerNorm. ``pruned.pruned_from`` is the
         structure relative to the original (composed when pruning twice).
@@ -82,11 +88,12 @@ Checkpoint families (``adapters/``): "bert", "roberta", "xlm-roberta", "electra"
 
 GPT-2 (``gpt2.py``): ``MaskedGPT2.from_pretrained(folder_or_GPT2LMHeadModel)`` -- pre-LN causal decoder with
     the same gates, optional outputs (``.logits`` [B, S, vocab]), Structure and parameter names;
-    ``prune_gpt2(model, structure)``; export with ``ddk_fast.export.save_causal_lm``.
+    pruned with ``prune`` (``prune_gpt2`` is the same function); export with ``ddk_fast.export.save_causal_lm``.
 """
 import importlib
 
 _WHERE = {
+    "MaskedBackbone": "ddk_fast.model.backbone",
     "MaskedTransformer": "ddk_fast.model.masked_transformer",
     "MaskedTransformerOutput": "ddk_fast.model.masked_transformer",
     "TransformerConfig": "ddk_fast.model.config",

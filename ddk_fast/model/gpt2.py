@@ -12,7 +12,7 @@ activations), so losses, searches, cost models and pruning read both alike.
     model = MaskedGPT2.from_pretrained(folder_or_GPT2LMHeadModel)
     out = model(input_ids, attention_mask=None, head_gates=None, ffn_gates=None, ...)
     out.logits  # [B, S, vocab]; with every gate 1 equal to stock GPT2LMHeadModel's logits
-    small = prune_gpt2(model, structure)
+    small = prune(model, structure)  # ddk_fast.model.prune
 
 Hidden states follow transformers' convention: ``hidden_states[0]`` is the embedding output,
 ``hidden_states[l]`` the residual stream after block l, and the last entry has the final LayerNorm
@@ -35,8 +35,10 @@ from ddk_fast import _runtime
 from ddk_fast.ops.gated_attention import masked_self_attention
 from ddk_fast.ops.masked_ffn import masked_ffn
 from ddk_fast.model.active import ActiveUnits, check_active_units, find_active_units
+from ddk_fast.model.backbone import MaskedBackbone, per_layer_gates
 from ddk_fast.model.config import TransformerConfig
 from ddk_fast.model.layers import BlockOutput, linear
+from ddk_fast.model.pruning import prune
 from ddk_fast.model.structure import Structure
 
 FAMILY = "gpt2"
@@ -254,13 +256,7 @@ class GPT2Layer(nn.Module):
         return y, attn
 
 
-def _per_layer(gates, sizes, name):
-    from ddk_fast.model.masked_transformer import _per_layer as normalise
-
-    return normalise(gates, sizes, name)
-
-
-class MaskedGPT2(nn.Module):
+class MaskedGPT2(MaskedBackbone):
     """Embeddings -> L pre-LN gated blocks -> final LayerNorm -> LM head tied to the token embeddings."""
 
     def __init__(self, config: TransformerConfig):
@@ -289,51 +285,14 @@ class MaskedGPT2(nn.Module):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
 
-    # ---- shape (same names as MaskedTransformer) --------------------------------------------------
+    # ---- shape (the per-layer sizes and gates come from MaskedBackbone) ---------------------------
     @property
-    def num_layers(self) -> int:
-        return self.config.num_layers
-
-    @property
-    def num_heads(self) -> list[int]:
-        return list(self.config.num_heads)
-
-    @property
-    def intermediate_sizes(self) -> list[int]:
-        return list(self.config.intermediate_sizes)
-
-    @property
-    def head_dim(self) -> int:
-        return self.config.head_dim
-
-    @property
-    def hidden_size(self) -> int:
-        return self.config.hidden_size
+    def anchor_weight(self) -> torch.Tensor:
+        return self.final_norm.weight
 
     @property
     def lm_head_weight(self) -> torch.Tensor:
         return self.embeddings.word_embeddings.weight
-
-    def structure(self, head_gates=None, ffn_gates=None) -> Structure:
-        if head_gates is None and ffn_gates is None:
-            return Structure.full(self)
-        hg = [torch.ones(h) if g is None else g for g, h in
-              zip(_per_layer(head_gates, self.num_heads, "head_gates"), self.num_heads)]
-        fg = [torch.ones(i) if g is None else g for g, i in
-              zip(_per_layer(ffn_gates, self.intermediate_sizes, "ffn_gates"), self.intermediate_sizes)]
-        return Structure.from_gates(hg, fg)
-
-    def active_units(self, head_gates=None, ffn_gates=None) -> ActiveUnits:
-        """As ``MaskedTransformer.active_units``: the non-zero gates' indices per layer, one host read."""
-        return find_active_units(_per_layer(head_gates, self.num_heads, "head_gates"),
-                                 _per_layer(ffn_gates, self.intermediate_sizes, "ffn_gates"),
-                                 self.num_heads, self.intermediate_sizes, self.final_norm.weight.device)
-
-    def full_gates(self, dtype=None, device=None):
-        p = self.final_norm.weight
-        dtype, device = dtype or p.dtype, device or p.device
-        return ([torch.ones(h, dtype=dtype, device=device) for h in self.num_heads],
-                [torch.ones(i, dtype=dtype, device=device) for i in self.intermediate_sizes])
 
     # ---- forward ----------------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
@@ -346,8 +305,8 @@ class MaskedGPT2(nn.Module):
         ``MaskedTransformer.forward``."""
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}")
-        hgates = _per_layer(head_gates, self.num_heads, "head_gates")
-        fgates = _per_layer(ffn_gates, self.intermediate_sizes, "ffn_gates")
+        hgates = per_layer_gates(head_gates, self.num_heads, "head_gates")
+        fgates = per_layer_gates(ffn_gates, self.intermediate_sizes, "ffn_gates")
         if active_units is None:
             active_units = find_active_units(hgates, fgates, self.num_heads, self.intermediate_sizes, input_ids.device)
         units = check_active_units(active_units, self.num_layers)
@@ -428,48 +387,8 @@ def is_gpt2_checkpoint(path_or_model) -> bool:
         return json.load(f).get("model_type") in GPT2.model_types + (EXPORT_MODEL_TYPE,)
 
 
-# ----------------------------------------------------------------------------------------------------
-# physical pruning
-# ----------------------------------------------------------------------------------------------------
-
-@torch.no_grad()
-def prune_gpt2(model: MaskedGPT2, structure: Structure) -> MaskedGPT2:
-    """A smaller MaskedGPT2 with only ``structure``'s units; equals ``model`` run with ``structure.to_gates()``.
-
-    Same rule as ``ddk_fast.model.prune``: a head reaches the residual stream only through its columns
-    of the output projection (a channel through its column of the down projection), so slicing the
-    matching rows/columns is exact; biases and LayerNorms are unchanged.
-    """
-    from ddk_fast.model.pruning import _head_rows
-
-    if list(structure.total_heads) != model.num_heads or list(structure.total_channels) != model.intermediate_sizes:
-        raise ValueError(
-            f"prune_gpt2: structure sizes (heads {list(structure.total_heads)}, channels "
-            f"{list(structure.total_channels)}) do not match the model (heads {model.num_heads}, "
-            f"channels {model.intermediate_sizes})")
-    ref = model.final_norm.weight
-    new = MaskedGPT2(model.config.with_widths(structure.num_heads, structure.intermediate_sizes))
-    new.to(device=ref.device, dtype=ref.dtype)
-    old = model.state_dict()
-    sd = {k: v.clone() for k, v in old.items() if not k.startswith("layers.")}
-    for i, (heads, channels) in enumerate(zip(structure.heads, structure.channels)):
-        rows = _head_rows(heads, model.head_dim, ref.device)
-        chans = torch.tensor(channels, dtype=torch.long, device=ref.device)
-        p = f"layers.{i}."
-        for name in ("query", "key", "value"):
-            for kind in ("weight", "bias"):
-                sd[p + f"attention.{name}.{kind}"] = old[p + f"attention.{name}.{kind}"].index_select(0, rows)
-        sd[p + "attention.output.weight"] = old[p + "attention.output.weight"].index_select(1, rows)
-        sd[p + "ffn.up.weight"] = old[p + "ffn.up.weight"].index_select(0, chans)
-        sd[p + "ffn.up.bias"] = old[p + "ffn.up.bias"].index_select(0, chans)
-        sd[p + "ffn.down.weight"] = old[p + "ffn.down.weight"].index_select(1, chans)
-        for name in ("attention.output.bias", "attention.norm.weight", "attention.norm.bias", "ffn.down.bias",
-                     "ffn.norm.weight", "ffn.norm.bias"):
-            sd[p + name] = old[p + name].clone()
-    new.load_state_dict(sd, strict=True)
-    new.pruned_from = structure if model.pruned_from is None else model.pruned_from.compose(structure)
-    new.train(model.training)
-    return new
+# the name GPT-2 callers have used: ``prune`` slices every MaskedBackbone alike
+prune_gpt2 = prune
 
 
 def stock_gpt2_config(vocab_size: int, n_embd: int = 64, n_layer: int = 4, n_head: int = 4, n_positions: int = 128,

@@ -19,6 +19,7 @@ from torch import nn
 from ddk_fast.model.active import ActiveUnits, check_active_units, find_active_units
 from ddk_fast.model.adapters import adapter_for
 from ddk_fast.model.adapters.base import HEAD_KEYS
+from ddk_fast.model.backbone import MaskedBackbone, per_layer_gates
 from ddk_fast.model.config import TOKEN_CLASSIFICATION, TransformerConfig
 from ddk_fast.model.layers import Embeddings, MaskedLayer, linear
 from ddk_fast.model.structure import Structure
@@ -45,26 +46,7 @@ class MaskedTransformerOutput:
     ffn_output: tuple[torch.Tensor, ...] | None = None
 
 
-def _per_layer(gates, sizes: Sequence[int], name: str) -> list[torch.Tensor | None]:
-    """Normalise gates to one entry per layer: None, a list of [size_l] tensors, or a [L, >= max size] tensor."""
-    n = len(sizes)
-    if gates is None:
-        return [None] * n
-    if isinstance(gates, torch.Tensor):
-        if gates.dim() != 2 or gates.shape[0] != n or gates.shape[1] < max(sizes, default=0):
-            raise ValueError(f"{name}: a tensor must be [num_layers={n}, >= {max(sizes, default=0)}], "
-                             f"got shape {tuple(gates.shape)}")
-        return [gates[i, :s] for i, s in enumerate(sizes)]
-    gates = list(gates)
-    if len(gates) != n:
-        raise ValueError(f"{name}: expected {n} per-layer entries, got {len(gates)}")
-    for i, (g, s) in enumerate(zip(gates, sizes)):
-        if g is not None and (g.dim() != 1 or g.shape[0] != s):
-            raise ValueError(f"{name}[{i}]: expected shape [{s}], got {tuple(g.shape)}")
-    return gates
-
-
-class MaskedTransformer(nn.Module):
+class MaskedTransformer(MaskedBackbone):
     """Embeddings -> L masked post-LN layers -> first-token head (pooler + tanh/relu/gelu) -> classifier;
     with ``task_type="token_classification"`` the classifier reads every token instead (logits [B, S, C])."""
 
@@ -79,58 +61,16 @@ class MaskedTransformer(nn.Module):
         self.pruned_from: Structure | None = None
         self.apply(self._init_module)
 
-    # ---- shape ----------------------------------------------------------------------------------
+    # ---- shape (the per-layer sizes and gates come from MaskedBackbone) ---------------------------
     @property
-    def num_layers(self) -> int:
-        return self.config.num_layers
-
-    @property
-    def num_heads(self) -> list[int]:
-        return list(self.config.num_heads)
+    def anchor_weight(self) -> torch.Tensor:
+        return self.classifier.weight
 
     @property
     def head_reads_first_token_only(self) -> bool:
         """Whether the task head reads only the first token's last hidden state (sequence tasks), not
         every token's (token classification): what a reconstruction of the last layer has to match."""
         return self.config.task_type != TOKEN_CLASSIFICATION
-
-    @property
-    def intermediate_sizes(self) -> list[int]:
-        return list(self.config.intermediate_sizes)
-
-    @property
-    def head_dim(self) -> int:
-        return self.config.head_dim
-
-    @property
-    def hidden_size(self) -> int:
-        return self.config.hidden_size
-
-    def structure(self, head_gates=None, ffn_gates=None) -> Structure:
-        """All units (no gates), or the units whose gate is 1 (gates must be exactly 0/1)."""
-        if head_gates is None and ffn_gates is None:
-            return Structure.full(self)
-        hg = [torch.ones(h) if g is None else g for g, h in
-              zip(_per_layer(head_gates, self.num_heads, "head_gates"), self.num_heads)]
-        fg = [torch.ones(i) if g is None else g for g, i in
-              zip(_per_layer(ffn_gates, self.intermediate_sizes, "ffn_gates"), self.intermediate_sizes)]
-        return Structure.from_gates(hg, fg)
-
-    def active_units(self, head_gates=None, ffn_gates=None) -> ActiveUnits:
-        """Indices of the units whose gate is non-zero, per layer (one host read for all layers).
-
-        Pass the result as ``active_units=`` to forward calls with the same gates: they then read
-        nothing back from the device (and ``torch.compile(fullgraph=True)`` can trace them)."""
-        return find_active_units(_per_layer(head_gates, self.num_heads, "head_gates"),
-                                 _per_layer(ffn_gates, self.intermediate_sizes, "ffn_gates"),
-                                 self.num_heads, self.intermediate_sizes, self.classifier.weight.device)
-
-    def full_gates(self, dtype=None, device=None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Per-layer gates of ones (a starting point for soft gates)."""
-        p = self.classifier.weight
-        dtype, device = dtype or p.dtype, device or p.device
-        return ([torch.ones(h, dtype=dtype, device=device) for h in self.num_heads],
-                [torch.ones(i, dtype=dtype, device=device) for i in self.intermediate_sizes])
 
     # ---- init -----------------------------------------------------------------------------------
     def _init_module(self, module: nn.Module) -> None:
@@ -162,8 +102,8 @@ class MaskedTransformer(nn.Module):
         """
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}")
-        hgates = _per_layer(head_gates, self.num_heads, "head_gates")
-        fgates = _per_layer(ffn_gates, self.intermediate_sizes, "ffn_gates")
+        hgates = per_layer_gates(head_gates, self.num_heads, "head_gates")
+        fgates = per_layer_gates(ffn_gates, self.intermediate_sizes, "ffn_gates")
         if active_units is None:
             active_units = find_active_units(hgates, fgates, self.num_heads, self.intermediate_sizes, input_ids.device)
         units = check_active_units(active_units, self.num_layers)

@@ -6,7 +6,7 @@ The same engine as the GLUE pipeline, with the causal pieces swapped in:
     loss = KD objective (``KDObjective``, task type "lm": token-level soft CE on the LM logits over real
     tokens, recursive-fusion hidden MSE, next-token CE, plus any hidden / attention / MaKD aspects) +
     budget loss (Lagrangian), architecture parameters on their own optimizer, Taylor importance;
-(3) derive the structure within the budget, prune physically (``prune_gpt2``);
+(3) derive the structure within the budget, prune physically (``ddk_fast.model.prune``);
 (4) distill the pruned student with the same objective;
 (5) evaluate perplexity (teacher, pruned before distillation, student, and an untrained model of the
     student's shape), export with ``save_causal_lm`` (loads with AutoModelForCausalLM +
@@ -27,6 +27,7 @@ import torch
 
 from ddk_fast.distill.objectives import kd_options_help
 from ddk_fast.errors import UserError
+from ddk_fast.model.pruning import prune
 from ddk_fast.train.config import config_dict
 from ddk_fast.train.loop import FirstNonFinite, host_scalars
 from ddk_fast.train.resumable import StepCheckpoints, publish, skip_batches, stop_if_asked
@@ -288,9 +289,7 @@ class _LMCompression:
 
     def _enter_distill(self, structure, student) -> None:
         """Prune physically, measure, and checkpoint the boundary (a resumed run never redoes the search)."""
-        from ddk_fast.model.gpt2 import prune_gpt2
-
-        pruned = prune_gpt2(student, structure).to(self.device)
+        pruned = prune(student, structure).to(self.device)
         self.state.update(stage=DISTILL, step=0, structure=structure.to_dict(),
                           pruned_dev=self.data.evaluate(pruned))
         self.log.log("pruned", step=self._global_step(), heads=pruned.num_heads, ffn=pruned.intermediate_sizes,
@@ -302,11 +301,10 @@ class _LMCompression:
     # --- distill, evaluate, export --------------------------------------------------------------------
     def _pruned_from_state(self):
         from ddk_fast.model import Structure
-        from ddk_fast.model.gpt2 import prune_gpt2
 
         pruned = getattr(self, "_pruned", None)
         if pruned is None:
-            pruned = prune_gpt2(copy.deepcopy(self.teacher), Structure.from_dict(self.state["structure"]))
+            pruned = prune(copy.deepcopy(self.teacher), Structure.from_dict(self.state["structure"]))
             pruned = pruned.to(self.device)
         return pruned.requires_grad_(True).train()
 
