@@ -72,13 +72,18 @@ LAYER_WEIGHTINGS = ("uniform", "adaptive")
 FUSION_KINDS = ("param_free", "learned", "none")
 
 
+def kd_choices() -> dict[str, tuple]:
+    """The options that take one of a fixed set of values, and the set (``--kd`` help and checks read it)."""
+    from ddk_fast.distill.mappings import MAPPINGS
+
+    return {"hidden_loss": HIDDEN_LOSSES, "mapping": tuple(MAPPINGS), "fusion": FUSION_KINDS,
+            "layer_weighting": LAYER_WEIGHTINGS, "attention_loss": ATTENTION_LOSSES}
+
+
 def kd_options_help() -> str:
     """Every ``--kd KEY=VALUE`` option with its default, and the allowed values where there is a fixed
     set: what ``--help`` shows, so the catalog is discoverable without reading the docs."""
-    from ddk_fast.distill.mappings import MAPPINGS
-
-    choices = {"hidden_loss": HIDDEN_LOSSES, "mapping": tuple(MAPPINGS), "fusion": FUSION_KINDS,
-               "layer_weighting": LAYER_WEIGHTINGS, "attention_loss": ATTENTION_LOSSES}
+    choices = kd_choices()
     parts = []
     for key, default in DEFAULTS.items():
         if key == "path":
@@ -626,6 +631,6 @@ def _check_choice(name: str, value, choices):
     return value
 
 
-__all__ = ["DEFAULTS", "OUTPUTS", "kd_options_help", "KDObjective", "KDTerm", "EmbeddingTerm", "HiddenTerm", "AttentionTerm",
+__all__ = ["DEFAULTS", "OUTPUTS", "kd_choices", "kd_options_help", "KDObjective", "KDTerm", "EmbeddingTerm", "HiddenTerm", "AttentionTerm",
            "PredictionTerm", "TaskTerm", "RelationTerm", "FFNTerm", "ModelShape", "layer_groups",
            "build_objective_mapping", "next_token_loss", "tinybert_attention_mse"]

@@ -32,7 +32,7 @@ from ddk_fast.train import ddp
 from ddk_fast.train.batching import eval_loader, train_loader
 from ddk_fast.train.checkpoint import (latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state,
                                       weights_digest)
-from ddk_fast.train.config import CompressConfig, config_dict, resume_mismatches
+from ddk_fast.train.config import INITS, CompressConfig, config_dict, resume_mismatches
 from ddk_fast.train.deploy import add_deployment, check_deployment_flags, check_onnx_task
 from ddk_fast.data.custom import TASK_FILE, model_task_type, task_files
 from ddk_fast.train.evaluation import encode_split, evaluate, load_split, resolve_task, to_device
@@ -47,7 +47,6 @@ from ddk_fast.train.stages import DistillModule, SearchModule, initial_importanc
 from ddk_fast.train.validate import check_positive, check_seq_len, parse_target
 
 SEARCH, DISTILL = "search", "distill"
-INITS = ("oneshot", "weights")
 FIXED_KINDS = ("uniform", "oneshot")
 
 
