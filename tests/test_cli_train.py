@@ -58,7 +58,7 @@ def test_unknown_config_key_is_refused(tmp_path, capsys):
 
 
 def test_console_script_runs(tmp_path):
-    # (``python -m ddk_fast.cli`` would define a second UserError class in __main__; use the entry point)
+    # the console entry point itself (``python -m ddk_fast.cli``: tests/test_cli_parser.py)
     proc = subprocess.run([sys.executable, "-c", "import sys; from ddk_fast.cli import main; sys.exit(main())",
                            "evaluate", "--model", str(tmp_path / "missing"),
                            "--task", "mrpc"], capture_output=True, text=True, timeout=120)

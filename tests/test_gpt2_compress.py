@@ -1,7 +1,6 @@
 """GPT-2 end to end: a small GPT-2 trained briefly on real text (SST-2 sentences) is compressed through
 the CLI (search + prune + distill with token-level KD); the export reloads with AutoModelForCausalLM and
 generates; its perplexity beats an untrained model of the same shape."""
-import argparse
 import json
 import os
 
@@ -24,19 +23,10 @@ def one_thread():
 
 
 def _cli(argv):
+    """Run a command through the package parser (the exceptions propagate, unlike ``main``)."""
     from ddk_fast.cli import build_parser
-    from ddk_fast.train import lm, lm_teacher
 
     parser = build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    if argv[0] not in sub.choices:
-        parser = argparse.ArgumentParser(prog="ddk-fast")
-        sub = parser.add_subparsers(dest="command")
-        lm.register(sub)
-        lm_teacher.register(sub)
-        from ddk_fast.train import sweep
-
-        sweep.register(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 

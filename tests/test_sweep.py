@@ -1,6 +1,5 @@
 """`ddk-fast sweep` on a tiny grid: every point runs, results sorted by dev score, heat map, resume skips
 finished points, a different grid is refused; grid parsing; `ddk-fast distill` end to end."""
-import argparse
 import csv
 import json
 import os
@@ -23,17 +22,10 @@ def one_thread():
 
 
 def _cli(argv):
-    """Run a command through the package CLI when it registers it, else through the commands' own parser."""
+    """Run a command through the package parser (the exceptions propagate, unlike ``main``)."""
     from ddk_fast.cli import build_parser
-    from ddk_fast.train import student_kd, sweep
 
     parser = build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    if argv[0] not in sub.choices:
-        parser = argparse.ArgumentParser(prog="ddk-fast")
-        sub = parser.add_subparsers(dest="command")
-        sweep.register(sub)
-        student_kd.register(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -96,11 +96,16 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def kd_choices() -> dict[str, tuple]:
+    """The options that take one of a fixed set of values, and the set (``--kd`` help and checks read it)."""
+    return {"hidden_loss": HIDDEN_LOSSES, "mapping": tuple(MAPPINGS), "fusion": FUSION_KINDS,
+            "layer_weighting": LAYER_WEIGHTINGS, "attention_loss": ATTENTION_LOSSES}
+
+
 def kd_options_help() -> str:
     """Every ``--kd KEY=VALUE`` option with its default, and the allowed values where there is a fixed
     set: what ``--help`` shows, so the catalog is discoverable without reading the docs."""
-    choices = {"hidden_loss": HIDDEN_LOSSES, "mapping": tuple(MAPPINGS), "fusion": FUSION_KINDS,
-               "layer_weighting": LAYER_WEIGHTINGS, "attention_loss": ATTENTION_LOSSES}
+    choices = kd_choices()
     parts = []
     for key, default in DEFAULTS.items():
         if key == "path":
@@ -710,6 +715,6 @@ def _check_choice(name: str, value, choices):
     return value
 
 
-__all__ = ["DEFAULTS", "OUTPUTS", "PRESETS", "kd_options_help", "KDObjective", "KDTerm", "EmbeddingTerm", "HiddenTerm",
-           "DDKHiddenTerm", "AttentionTerm", "PredictionTerm", "TaskTerm", "RelationTerm", "FFNTerm", "ModelShape",
-           "layer_groups", "build_objective_mapping", "next_token_loss", "tinybert_attention_mse"]
+__all__ = ["DEFAULTS", "OUTPUTS", "PRESETS", "kd_choices", "kd_options_help", "KDObjective", "KDTerm", "EmbeddingTerm",
+           "HiddenTerm", "DDKHiddenTerm", "AttentionTerm", "PredictionTerm", "TaskTerm", "RelationTerm", "FFNTerm",
+           "ModelShape", "layer_groups", "build_objective_mapping", "next_token_loss", "tinybert_attention_mse"]

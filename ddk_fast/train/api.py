@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from ddk_fast.train.config import CompressConfig, FinetuneConfig, PruneConfig, build_config
+from ddk_fast.train.config import CompressConfig, EvaluateConfig, FinetuneConfig, PruneConfig, build_config
 
 
 def finetune(task: Optional[str], output: str, model: Optional[str] = None, data_dir: Optional[str] = None, *,
@@ -59,8 +59,9 @@ def prune(teacher: str, task: Optional[str], output: str, target: Optional[str] 
 
 
 def evaluate(model: str, task: Optional[str] = None, data_dir: Optional[str] = None, *, output: Optional[str] = None,
-             batch_size: int = 64, max_seq_len: Optional[int] = None, max_eval_examples: Optional[int] = None,
-             split: str = "validation", device: str = "auto", path: str = "auto", force: bool = False,
+             batch_size: int = EvaluateConfig.batch_size, max_seq_len: Optional[int] = None,
+             max_eval_examples: Optional[int] = None, split: str = EvaluateConfig.split,
+             device: str = EvaluateConfig.device, path: str = EvaluateConfig.path, force: bool = False,
              **data) -> dict:
     """Dev-set metrics of a teacher folder or a pruned export; written as JSON to ``output`` if given.
 

@@ -34,7 +34,7 @@ from ddk_fast.train import ddp
 from ddk_fast.train.batching import eval_loader, train_loader
 from ddk_fast.train.checkpoint import (latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state,
                                       weights_digest)
-from ddk_fast.train.config import CompressConfig, config_dict, parse_kd, resume_mismatches
+from ddk_fast.train.config import INITS, CompressConfig, config_dict, parse_kd, resume_mismatches
 from ddk_fast.train.deploy import add_deployment, check_deployment_flags
 from ddk_fast.data.custom import TASK_FILE, model_task_type, task_files
 from ddk_fast.train.evaluation import encode_split, evaluate, load_split, resolve_task, to_device
@@ -50,7 +50,6 @@ from ddk_fast.train import teacher_cache
 from ddk_fast.train.stages import DistillModule, SearchModule, initial_importance, teacher_outputs, weight_parameters
 from ddk_fast.train.validate import check_non_negative, check_positive, check_seq_len, parse_target
 
-INITS = ("oneshot", "weights")
 FIXED_KINDS = ("uniform", "oneshot")
 
 

@@ -6,22 +6,38 @@ how long the inputs are (percentiles) and what share ``--max-seq-len`` would cut
 """
 from __future__ import annotations
 
-import json
 from collections import Counter
+from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
 from ddk_fast.data.custom import HOLDOUT_SHARE, KINDS, open_split
+from ddk_fast.train import shared_options as shared
 from ddk_fast.train.config import DataOptions, packaged_model_dir
-from ddk_fast.train.data_flags import add_task_flags, data_options
 from ddk_fast.train.evaluation import load_split, resolve_task
 from ddk_fast.train.hf import load_tokenizer, quiet_transformers
+from ddk_fast.train.options import option
 from ddk_fast.train.validate import check_positive
 
 PERCENTILES = (50, 90, 95, 99)
 
 
-def check_data(task=None, data: DataOptions | None = None, data_dir=None, model=None, max_seq_len: int = 128) -> dict:
+@dataclass
+class DataCheckConfig(DataOptions):
+    """``ddk-fast data check``: a GLUE task or the user's data, the tokenizer that measures lengths."""
+
+    task: Optional[str] = shared.task("GLUE task, or a name for your own data", None)
+    data_dir: Optional[str] = shared.data_dir("folder of GLUE TSVs (with a GLUE --task)")
+    model: Optional[str] = option(None, group="task", help="model whose tokenizer measures lengths (default: the "
+                                                           "packaged MiniLM); a model trained on your data also "
+                                                           "supplies its task")
+    max_seq_len: int = shared.max_seq_len(128, help="length whose truncation share is reported")
+    json: bool = option(False, group="run", help="print the findings as JSON")
+
+
+def check_data(task=None, data: DataOptions | None = None, data_dir=None, model=None,
+               max_seq_len: int = DataCheckConfig.max_seq_len) -> dict:
     """The check's findings as a dict (what ``data check --json`` prints)."""
     check_positive("max_seq_len", max_seq_len)
     spec = resolve_task(task, data, model, kinds=KINDS)
@@ -108,27 +124,3 @@ def format_check(report: dict) -> str:
     lines += [f"warning: {w}" for w in report["warnings"]]
     lines.append("ok: every row has its text and a label the task knows")
     return "\n".join(lines)
-
-
-def _cmd_check(args) -> int:
-    report = check_data(args.task, DataOptions(**data_options(args)), args.data_dir, args.model,
-                        128 if args.max_seq_len is None else args.max_seq_len)
-    print(json.dumps(report, indent=2) if args.json else format_check(report))
-    return 0
-
-
-def register(sub) -> None:
-    data = sub.add_parser("data", help="check a dataset before training (`ddk-fast data check ...`)")
-    data_sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
-    p = data_sub.add_parser("check", help="validate a dataset against the task and print what it holds",
-                            description="Read a dataset exactly as training would (every row checked: columns, "
-                                        "empty text, labels) and print rows, columns, the label set and counts, "
-                                        "token length percentiles and the share --max-seq-len truncates.")
-    add_task_flags(p)
-    p.add_argument("--model", default=None, help="model whose tokenizer measures lengths (default: the packaged "
-                                                 "MiniLM); a model trained on your data also supplies its task")
-    p.add_argument("--max-seq-len", type=int, default=None, help="length whose truncation share is reported "
-                                                                 "(default 128)")
-    p.add_argument("--json", action="store_true", help="print the findings as JSON")
-    p.set_defaults(func=_cmd_check)
-    data.set_defaults(func=lambda args: data.print_help() or 0)

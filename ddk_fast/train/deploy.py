@@ -19,6 +19,8 @@ import re
 import tempfile
 import time
 import warnings
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch import nn
@@ -27,16 +29,46 @@ from ddk_fast._io import atomic_write_json, json_value
 from ddk_fast.data import DataError
 from ddk_fast.data.custom import read_task_file, write_task_file
 from ddk_fast.errors import UserError
-from ddk_fast.export.onnx import (INT8_FILE, ONNX_FILE, OnnxModel, export_onnx, example_inputs, is_onnx_folder,
-                                  load_for_export, quantize_int8)
+from ddk_fast.export.onnx import (DEFAULT_OPSET, INT8_FILE, ONNX_FILE, OnnxModel, export_onnx, example_inputs,
+                                  is_onnx_folder, load_for_export, quantize_int8)
 from ddk_fast.train.batching import eval_loader
+from ddk_fast.train.config import LATENCY_RUNTIMES
 from ddk_fast.train.evaluation import evaluate_logits, predict
 from ddk_fast.train.hf import quiet_transformers
 from ddk_fast.train.latency import compare_runners, pinned_threads, timed
+from ddk_fast.train.options import option
 
 RUNTIMES = ("torch", "torch-int8", "onnx", "onnx-int8")
 DEFAULT_RUNTIMES = ("torch", "onnx", "onnx-int8")
 ONNX_SUBDIR = "onnx"
+
+
+@dataclass
+class ExportOnnxConfig:
+    """``ddk-fast export-onnx MODEL --output DIR``: a model folder as ONNX, checked against PyTorch."""
+
+    model: str = option("", group="task", positional=True,
+                        help="a `ddk-fast compress`/`prune` output or a `finetune` teacher")
+    output: str = option("", group="run", required=True,
+                         help="folder for model.onnx, the tokenizer and onnx_report.json")
+    opset: int = option(DEFAULT_OPSET, group="deploy", help="ONNX opset")
+    int8: bool = option(False, group="deploy", help="also write model.int8.onnx (dynamic int8 quantisation)")
+    overwrite: bool = option(False, group="run", help="replace an existing --output")
+
+
+@dataclass
+class LatencyConfig:
+    """``ddk-fast latency MODEL``: a compressed folder against its teacher in each runtime at each shape."""
+
+    model: str = option("", group="task", positional=True, help="a `ddk-fast compress`/`prune` output")
+    teacher: Optional[str] = option(None, group="task",
+                                    help="teacher folder (default: the one named in MODEL/report.json)")
+    latency_shapes: str = option("1x128,32x128", group="deploy", metavar="BxS[,BxS]",
+                                 help="batch x sequence length shapes")
+    runtimes: str = option(",".join(DEFAULT_RUNTIMES), group="deploy", help=f"comma list of {', '.join(RUNTIMES)}")
+    latency_threads: int = option(1, group="deploy", help="intra-op threads of every runtime")
+    latency_repeats: int = option(10, group="deploy", help="timed pairs per row, at least")
+    output: Optional[str] = option(None, group="run", help="write the table as JSON here (a file path)")
 
 
 def parse_shapes(text: str, flag: str = "--latency-shapes") -> list[tuple[int, int]]:
@@ -186,9 +218,9 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def run_latency(model: str, teacher: str | None = None, shapes: str = "1x128,32x128",
-                runtimes: str = ",".join(DEFAULT_RUNTIMES), threads: int = 1, repeats: int = 10,
-                output: str | None = None) -> dict:
+def run_latency(model: str, teacher: str | None = None, shapes: str = LatencyConfig.latency_shapes,
+                runtimes: str = LatencyConfig.runtimes, threads: int = LatencyConfig.latency_threads,
+                repeats: int = LatencyConfig.latency_repeats, output: str | None = None) -> dict:
     """Student (a compressed folder) vs its teacher in each runtime at each shape; JSON to ``output``."""
     if not model or not os.path.isdir(model):
         raise UserError(f"latency: {model!r} is not a model folder")
@@ -260,8 +292,8 @@ def check_deployment_flags(cfg, metric: str) -> None:
     (the budget is checked on the ONNX export's measured latency)."""
     if cfg.latency_shapes:
         parse_shapes(cfg.latency_shapes)
-    if cfg.latency_runtime not in ("torch", "onnx"):
-        raise UserError(f"--latency-runtime {cfg.latency_runtime!r}: expected torch or onnx")
+    if cfg.latency_runtime not in LATENCY_RUNTIMES:
+        raise UserError(f"--latency-runtime {cfg.latency_runtime!r}: expected one of {', '.join(LATENCY_RUNTIMES)}")
     if cfg.latency_runtime == "onnx":
         if metric != "latency":
             raise UserError("--latency-runtime onnx applies to --target latency=RATIO")
@@ -316,5 +348,5 @@ def deployment_section(student_dir: str, teacher_dir: str, task, dev_ds, shapes,
             "time_s": round(time.perf_counter() - t0, 1)}
 
 
-__all__ = ["run_export_onnx", "run_latency", "format_table", "deployment_section", "onnx_dev_scores", "score_onnx", "parse_shapes",
+__all__ = ["ExportOnnxConfig", "LatencyConfig", "run_export_onnx", "run_latency", "format_table", "deployment_section", "onnx_dev_scores", "score_onnx", "parse_shapes",
            "parse_runtimes", "torch_int8", "add_deployment", "deployment_shapes", "check_deployment_flags", "RUNTIMES", "ONNX_SUBDIR"]

@@ -13,7 +13,7 @@ from ddk_fast.train import ddp
 from ddk_fast.train.batching import eval_loader
 from ddk_fast.data import GLUE_TASKS
 from ddk_fast.data.custom import KINDS, read_task_file
-from ddk_fast.train.config import DataOptions
+from ddk_fast.train.config import DataOptions, EvaluateConfig
 from ddk_fast.train.evaluation import encode_split, evaluate, has_own_data, load_split, resolve_task, task_spec
 from ddk_fast.train.threads import apply_threads
 from ddk_fast._io import atomic_write_json, json_value, read_json
@@ -118,10 +118,10 @@ def check_task(folder: str, spec, force: bool) -> None:
                         f"pass --force to evaluate it on {spec.name} anyway")
 
 
-def run_evaluate(model: str, task: str, data_dir=None, output=None, batch_size: int = 64, max_seq_len=None,
-                 max_eval_examples=None, split: str = "validation", device: str = "auto", path: str = "auto",
-                 force: bool = False, int8: bool = False, threads: Optional[int] = None,
-                 data: Optional[DataOptions] = None) -> dict:
+def run_evaluate(model: str, task: str, data_dir=None, output=None, batch_size: int = EvaluateConfig.batch_size,
+                 max_seq_len=None, max_eval_examples=None, split: str = EvaluateConfig.split,
+                 device: str = EvaluateConfig.device, path: str = EvaluateConfig.path, force: bool = False,
+                 int8: bool = False, threads: Optional[int] = None, data: Optional[DataOptions] = None) -> dict:
     """Metrics of ``model`` on a split of a GLUE task, or of the user's data (``data``: files, columns;
     a model trained on the user's data needs none of it: its task.json names the files and labels).
     ``threads``: intra-op CPU threads of PyTorch and of ONNX Runtime (``ddk_fast.train.threads``)."""

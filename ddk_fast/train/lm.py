@@ -20,16 +20,18 @@ import copy
 import dataclasses
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
 
-from ddk_fast.distill.objectives import kd_options_help
+from ddk_fast.distill.objectives import DEFAULTS as KD_DEFAULTS
 from ddk_fast.errors import UserError
 from ddk_fast.model.pruning import prune
-from ddk_fast.train.config import config_dict
+from ddk_fast.train import shared_options as shared
+from ddk_fast.train.config import CompressConfig, config_dict, parse_kd
 from ddk_fast.train.loop import FirstNonFinite, host_scalars
+from ddk_fast.train.options import check_choices, flag_of, like, option
 from ddk_fast.train.resumable import StepCheckpoints, publish, skip_batches, stop_if_asked
 from ddk_fast.train.threads import apply_threads
 
@@ -37,45 +39,52 @@ DEFAULT_KD = {"pred_weight": 1.0, "temperature": 2.0, "hidden_weight": 1.0, "map
               "layer_weighting": "adaptive", "task_weight": 0.5}
 
 
+def _compress(name: str, default=dataclasses.MISSING, default_factory=dataclasses.MISSING):
+    """``compress``'s option ``name`` with the LM run's default: one flag for both pipelines."""
+    return like(CompressConfig, name, default, default_factory)
+
+
 @dataclass
 class LMCompressConfig:
-    teacher: str = ""
-    output: str = ""
-    train_file: str = ""
-    eval_file: str = ""
-    task: str = "lm"
-    target: str = "params=0.5"
-    preset: str = "full"
-    block_size: int = 128
-    batch_size: int = 16
-    eval_batch_size: int = 32
-    max_train_examples: Optional[int] = None  # blocks
-    max_eval_examples: Optional[int] = None
-    search_steps: int = 1000
-    distill_steps: int = 2000
-    lr: float = 1e-4
-    arch_lr: float = 0.05
-    lambda_lr: float = 0.05
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.05
-    max_grad_norm: float = 1.0
-    tau_start: float = 5.0
-    tau_end: float = 0.5
-    channel_granularity: int = 64
-    importance_momentum: float = 0.9
-    budget_kind: str = "lagrangian"
-    seed: int = 42
-    device: str = "auto"
-    threads: Optional[int] = None  # intra-op CPU threads (ddk_fast.train.threads)
-    path: str = "auto"
-    log_steps: int = 50
-    save_steps: int = 200
-    overwrite: bool = False
-    resume: bool = False
-    keep_checkpoints: bool = False
-    progress: bool = True
-    stop_after_steps: Optional[int] = None  # testing hook: stop as if killed after this global step
-    kd: dict = field(default_factory=lambda: dict(DEFAULT_KD))
+    """``compress --task lm``: the flags are ``compress``'s (with these defaults) plus the LM-only ones."""
+
+    teacher: str = _compress("teacher", "")
+    output: str = _compress("output", "")
+    train_file: str = _compress("train_file", "")
+    eval_file: str = option("", group="lm", help="--task lm: plain-text evaluation file (perplexity)")
+    task: str = _compress("task", "lm")
+    target: str = _compress("target", "params=0.5")
+    preset: str = _compress("preset", "full")
+    block_size: int = option(128, group="lm", help="--task lm: tokens per training block")
+    batch_size: int = _compress("batch_size", 16)
+    eval_batch_size: int = _compress("eval_batch_size", 32)
+    max_train_examples: Optional[int] = _compress("max_train_examples", None)  # blocks
+    max_eval_examples: Optional[int] = _compress("max_eval_examples", None)
+    search_steps: int = option(1000, group="lm", help="--task lm: optimizer steps of the structure search")
+    distill_steps: int = option(2000, group="lm", help="--task lm: optimizer steps of distillation after pruning")
+    lr: float = _compress("lr", 1e-4)
+    arch_lr: float = _compress("arch_lr", 0.05)
+    lambda_lr: float = _compress("lambda_lr", 0.05)
+    weight_decay: float = _compress("weight_decay", 0.01)
+    warmup_ratio: float = _compress("warmup_ratio", 0.05)
+    max_grad_norm: float = _compress("max_grad_norm", 1.0)
+    tau_start: float = _compress("tau_start", 5.0)
+    tau_end: float = _compress("tau_end", 0.5)
+    channel_granularity: int = _compress("channel_granularity", 64)
+    importance_momentum: float = _compress("importance_momentum", 0.9)
+    budget_kind: str = _compress("budget_kind", "lagrangian")
+    seed: int = _compress("seed", 42)
+    device: str = _compress("device", "auto")
+    threads: Optional[int] = _compress("threads", None)
+    path: str = _compress("path", "auto")
+    log_steps: int = _compress("log_steps", 50)
+    save_steps: int = _compress("save_steps", 200)
+    overwrite: bool = _compress("overwrite", False)
+    resume: bool = _compress("resume", False)
+    keep_checkpoints: bool = _compress("keep_checkpoints", False)
+    progress: bool = _compress("progress", True)
+    stop_after_steps: Optional[int] = shared.stop_after_steps()
+    kd: dict = _compress("kd", default_factory=lambda: dict(DEFAULT_KD))
 
 
 PRESETS = {
@@ -88,7 +97,6 @@ PRESETS = {
 def build_lm_config(flags: dict, config_file: Optional[str] = None) -> LMCompressConfig:
     """defaults < preset < YAML file < flags given (None = not given). ``kd`` merges key by key."""
     from ddk_fast.train.config import _coerce, load_yaml
-    from ddk_fast.train.config import parse_kd
 
     names = {f.name for f in dataclasses.fields(LMCompressConfig)}
     file_values = load_yaml(config_file) if config_file else {}
@@ -105,7 +113,9 @@ def build_lm_config(flags: dict, config_file: Optional[str] = None) -> LMCompres
             elif key in names and key != "config":
                 merged[key] = _coerce(LMCompressConfig, key, value, source)
     merged["preset"] = preset
-    return LMCompressConfig(**merged)
+    cfg = LMCompressConfig(**merged)
+    check_choices(cfg)
+    return cfg
 
 
 def validate(cfg: LMCompressConfig) -> tuple[str, float]:
@@ -399,88 +409,30 @@ def run_compress_lm(cfg: LMCompressConfig) -> dict:
         return finished_result(dirs, "report.json", config_dict(cfg), announce=cfg.progress)
     return _LMCompression(cfg, metric, ratio, teacher, tokenizer, data, cost_model, dirs, device, mode, threads).run()
 
-# -------------------------------------------------------------------------------------------- CLI
-LM_FLAGS = (("--train-file", str, "--task lm: plain-text training file (one document or sentence a line)"),
-            ("--eval-file", str, "--task lm: plain-text evaluation file (perplexity)"),
-            ("--block-size", int, "--task lm: tokens per training block (default 128, quick 64)"),
-            ("--search-steps", int, "--task lm: optimizer steps of the structure search"),
-            ("--distill-steps", int, "--task lm: optimizer steps of distillation after pruning"),
-            ("--kd", str, kd_options_help()),
-            ("--channel-granularity", int, "FFN width step of the search (default 64; the quick LM preset 16)"))
+# ------------------------------------------------------------------------------ compress --task lm
+# how to say what a GLUE-only flag of ``compress`` is for a causal LM, where there is a counterpart
+_LM_HINTS = {"max_seq_len": " (use --block-size)", "seq_len": " (the cost length of --task lm is --block-size)"}
 
 
-def add_lm_flags(parser) -> None:
-    """The flags ``ddk-fast compress`` needs for ``--task lm`` (only those it does not have already)."""
-    have = set(parser._option_string_actions)
-    for flag, typ, help_text in LM_FLAGS:
-        if flag not in have:
-            parser.add_argument(flag, type=typ, default=None, help=help_text)
+def compress_lm(flags: dict, config_file: Optional[str] = None) -> dict:
+    """``ddk-fast compress --task lm ...``: build the config from the flags given and run.
 
-
-# compress flags that mean nothing for --task lm (epochs are GLUE-sized; LM runs count steps)
-_NOT_FOR_LM = {"data_dir": "--data-dir", "search_epochs": "--search-epochs", "distill_epochs": "--distill-epochs",
-               "fixed_structure": "--fixed-structure", "max_seq_len": "--max-seq-len (use --block-size)",
-               "latency_batch_size": "--latency-batch-size", "latency_seq_len": "--latency-seq-len",
-               "seq_len": "--seq-len (the cost length of --task lm is --block-size)"}
-
-
-def compress_lm_from_args(args) -> dict:
-    """``ddk-fast compress --task lm ...``: build the config from the parsed flags and run.
-
-    KD flags of ``compress`` (``--temperature``, ``--hidden-loss``, ``--fusion``...) go into the objective
-    options, like ``--kd``; flags without a meaning for LM runs are refused rather than ignored."""
-    from ddk_fast.distill.objectives import DEFAULTS
-    from ddk_fast.train.config import parse_kd
-
-    flags = {k: v for k, v in vars(args).items() if k not in ("command", "func", "config") and v is not None}
-    for key, flag in _NOT_FOR_LM.items():
-        if key in flags:
-            raise UserError(f"{flag} is not an option of --task lm")
+    ``flags``: ``compress``'s options that were given (None: not given). Its KD flags (``--temperature``,
+    ``--hidden-loss``, ``--fusion``...) go into the objective options, like ``--kd``; the options an LM run
+    has no use for are refused rather than ignored."""
+    flags = {k: v for k, v in flags.items() if v is not None}
     if flags.get("search") not in (None, "gumbel"):
         raise UserError(f"--search {flags['search']!r}: --task lm supports the gumbel search only")
-    kd = {}
-    for key in list(flags):
-        if key in DEFAULTS and key != "path":
-            kd[key] = flags.pop(key)
+    flags.pop("search", None)
+    lm_fields = {f.name for f in dataclasses.fields(LMCompressConfig)}
+    for fld in dataclasses.fields(CompressConfig):
+        if fld.name in flags and fld.name not in lm_fields and fld.name not in KD_DEFAULTS:
+            raise UserError(f"{flag_of(fld)}{_LM_HINTS.get(fld.name, '')} is not an option of --task lm")
+    kd = {key: flags.pop(key) for key in list(flags) if key in KD_DEFAULTS and key != "path"}
     kd.update(parse_kd(flags.pop("kd", None)))
     if kd:
         flags["kd"] = kd
-    return run_compress_lm(build_lm_config(flags, getattr(args, "config", None)))
+    return run_compress_lm(build_lm_config(flags, config_file))
 
 
-def _cmd_compress_lm(args) -> int:
-    import json
-
-    report = compress_lm_from_args(args)
-    keys = ("output", "target", "teacher_dev", "student_dev", "untrained_same_shape_dev", "num_parameters", "structure")
-    print(json.dumps({k: report[k] for k in keys if k in report}, indent=2))
-    return 0
-
-
-def register(sub) -> None:
-    """A standalone ``compress-lm`` command (the same as ``compress --task lm``)."""
-    p = sub.add_parser("compress-lm", help="DDK compression of a GPT-2 causal LM on plain text (perplexity)")
-    p.add_argument("--teacher", default=None, help="GPT-2 checkpoint folder (GPT2LMHeadModel + tokenizer)")
-    p.add_argument("--output", default=None)
-    p.add_argument("--target", default=None, help="params=RATIO or flops=RATIO")
-    p.add_argument("--preset", default=None, choices=tuple(PRESETS))
-    p.add_argument("--config", default=None)
-    add_lm_flags(p)
-    for flag, typ in (("--lr", float), ("--arch-lr", float), ("--batch-size", int), ("--eval-batch-size", int),
-                      ("--max-train-examples", int), ("--max-eval-examples", int), ("--seed", int),
-                      ("--channel-granularity", int)):
-        p.add_argument(flag, type=typ, default=None)
-    p.add_argument("--device", default=None)
-    p.add_argument("--path", default=None, choices=("auto", "compact", "reference", "triton"))
-    p.add_argument("--overwrite", action="store_const", const=True, default=None)
-    p.add_argument("--save-steps", type=int, default=None, help="write a resumable checkpoint every N steps")
-    p.add_argument("--resume", action="store_const", const=True, default=None,
-                   help="continue the unfinished run of --output from its last checkpoint")
-    p.add_argument("--keep-checkpoints", action="store_const", const=True, default=None,
-                   help="keep OUTPUT.inprogress/ (checkpoints) after the run finishes")
-    p.add_argument("--no-progress", dest="progress", action="store_const", const=False, default=None)
-    p.set_defaults(func=_cmd_compress_lm, task="lm")
-
-
-__all__ = ["LMCompressConfig", "build_lm_config", "run_compress_lm", "add_lm_flags", "compress_lm_from_args",
-           "register"]
+__all__ = ["LMCompressConfig", "build_lm_config", "compress_lm", "run_compress_lm"]

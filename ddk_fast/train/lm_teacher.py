@@ -10,16 +10,39 @@ from __future__ import annotations
 import math
 import os
 import time
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
 from ddk_fast.errors import UserError
+from ddk_fast.train import shared_options as shared
+from ddk_fast.train.options import option
 
 EOS = "<|endoftext|>"
 
 
-def train_tokenizer(text_file: str, vocab_size: int = 512):
+@dataclass
+class PretrainLMConfig:
+    """``ddk-fast pretrain-lm``: the text, the size of the GPT-2 and its schedule (``pretrain_gpt2``'s defaults)."""
+
+    train_file: str = option("", group="task", required=True, help="plain-text training file")
+    eval_file: Optional[str] = option(None, group="task", help="plain-text file whose perplexity is reported")
+    output: str = option("", group="run", required=True, help="folder for the GPT-2 teacher and its tokenizer")
+    vocab_size: int = option(512, group="shape", help="byte-level BPE vocabulary size (at least 258)")
+    n_layer: int = option(4, group="shape", help="transformer layers")
+    n_embd: int = option(128, group="shape", help="hidden size")
+    n_head: int = option(4, group="shape", help="attention heads")
+    block_size: int = option(64, group="train", help="tokens per training block")
+    steps: int = option(1000, group="train", help="optimizer steps")
+    batch_size: int = shared.batch_size(16, help="training batch size")
+    lr: float = shared.lr(1e-3, help="peak learning rate (warmup, then cosine decay)")
+    seed: int = shared.seed(0)
+    max_blocks: Optional[int] = option(None, group="train", help="train on at most this many blocks")
+    overwrite: bool = shared.overwrite("replace an existing --output")
+
+
+def train_tokenizer(text_file: str, vocab_size: int = PretrainLMConfig.vocab_size):
     """Byte-level BPE on ``text_file`` (GPT-2's scheme, a small vocabulary) as a PreTrainedTokenizerFast."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -35,10 +58,14 @@ def train_tokenizer(text_file: str, vocab_size: int = 512):
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, bos_token=EOS, unk_token=EOS, pad_token=EOS)
 
 
-def pretrain_gpt2(train_file: str, output: str, vocab_size: int = 512, n_layer: int = 4, n_embd: int = 128,
-                  n_head: int = 4, block_size: int = 64, steps: int = 1000, batch_size: int = 16, lr: float = 1e-3,
-                  seed: int = 0, max_blocks: Optional[int] = None, eval_file: Optional[str] = None,
-                  overwrite: bool = False, log=print) -> dict:
+_D = PretrainLMConfig  # the defaults
+
+
+def pretrain_gpt2(train_file: str, output: str, vocab_size: int = _D.vocab_size, n_layer: int = _D.n_layer,
+                  n_embd: int = _D.n_embd, n_head: int = _D.n_head, block_size: int = _D.block_size,
+                  steps: int = _D.steps, batch_size: int = _D.batch_size, lr: float = _D.lr, seed: int = _D.seed,
+                  max_blocks: Optional[int] = None, eval_file: Optional[str] = None, overwrite: bool = False,
+                  log=print) -> dict:
     """Tokenizer + GPT2LMHeadModel trained ``steps`` steps with AdamW (warmup + cosine) -> ``output``."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -102,28 +129,4 @@ def pretrain_gpt2(train_file: str, output: str, vocab_size: int = 512, n_layer: 
     return dict(result, output=out)
 
 
-def _cmd_pretrain(args) -> int:
-    import json
-
-    kw = {k: v for k, v in vars(args).items() if k not in ("command", "func") and v is not None}
-    result = pretrain_gpt2(**kw)
-    print(json.dumps(result, indent=2))
-    return 0
-
-
-def register(sub) -> None:
-    p = sub.add_parser("pretrain-lm", help="train a small GPT-2 teacher from scratch on a text file",
-                       description="Train a byte-level BPE tokenizer and a small GPT2LMHeadModel on a plain-text "
-                                   "file; writes a stock transformers folder usable as --teacher for --task lm.")
-    p.add_argument("--train-file", required=True)
-    p.add_argument("--eval-file", default=None, help="report its perplexity")
-    p.add_argument("--output", required=True)
-    for flag, typ in (("--vocab-size", int), ("--n-layer", int), ("--n-embd", int), ("--n-head", int),
-                      ("--block-size", int), ("--steps", int), ("--batch-size", int), ("--lr", float),
-                      ("--seed", int), ("--max-blocks", int)):
-        p.add_argument(flag, type=typ, default=None)
-    p.add_argument("--overwrite", action="store_const", const=True, default=None)
-    p.set_defaults(func=_cmd_pretrain)
-
-
-__all__ = ["pretrain_gpt2", "train_tokenizer", "register"]
+__all__ = ["PretrainLMConfig", "pretrain_gpt2", "train_tokenizer"]

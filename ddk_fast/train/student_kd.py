@@ -17,77 +17,75 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import islice
 from typing import Any, Callable, Iterator, Optional
 
 import torch
 
 from ddk_fast.data.custom import model_task_type, task_files
-from ddk_fast.distill.objectives import kd_options_help
+from ddk_fast.distill.tinybert import LAYER_INITS, RECIPES
 from ddk_fast.errors import UserError
+from ddk_fast.train import shared_options as shared
 from ddk_fast.train import teacher_cache
-from ddk_fast.train.config import DataOptions, config_dict, parse_kd
-from ddk_fast.train.data_flags import add_data_flags, add_task_flags
+from ddk_fast.train.config import BatchOptions, DataOptions, OptimizerOptions, config_dict, parse_kd
 from ddk_fast.train.evaluation import to_device
 from ddk_fast.train.loop import FirstNonFinite, host_scalars
-from ddk_fast.train.threads import add_threads_flag, apply_threads
+from ddk_fast.train.options import api_only, check_choices, option
+from ddk_fast.train.threads import apply_threads
 
 LM_TASK = "lm"
 
 
 # ------------------------------------------------------------------------------------------ config
-@dataclass
-class DistillConfig(DataOptions):
-    """A fixed-student distillation run (see the module docstring). ``train_file`` is plain text for
-    ``--task lm`` and a table (``DataOptions``) otherwise."""
-
-    teacher: str = ""
-    task: str = ""
-    output: str = ""
-    data_dir: Optional[str] = None
-    train_file: Optional[str] = None
-    eval_file: Optional[str] = None
-    preset: str = "full"
-    recipe: str = "tinybert"
-    student_layers: int = 3
-    layer_init: str = "uniform"
-    student_heads: Optional[int] = None
-    student_intermediate: Optional[int] = None
-    student_hidden: Optional[int] = None
-    steps: int = 2000
-    lr: float = 5e-5
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    max_grad_norm: float = 1.0
-    batch_size: int = 32
-    eval_batch_size: int = 64
-    max_seq_len: int = 128
-    block_size: int = 64
-    max_train_examples: Optional[int] = None
-    max_eval_examples: Optional[int] = None
-    seed: int = 42
-    device: str = "auto"
-    threads: Optional[int] = None  # intra-op CPU threads (ddk_fast.train.threads)
-    path: str = "auto"
-    log_steps: int = 50
-    save_model: bool = True
-    save_steps: int = 200
-    overwrite: bool = False
-    resume: bool = False
-    keep_checkpoints: bool = False
-    progress: bool = True
-    stop_after_steps: Optional[int] = None  # testing hook: stop as if killed after this global step
-    kd: dict = field(default_factory=dict)
-    teacher_cache: str = "auto"  # auto | memory | disk | off (GLUE tasks; ddk_fast.train.teacher_cache)
-    teacher_cache_dtype: str = "bf16"
-
-
 PRESETS = {
     "full": {},
     "quick": {"steps": 200, "max_train_examples": 2000, "max_eval_examples": 400, "max_seq_len": 64,
               "batch_size": 16, "lr": 1e-4, "block_size": 64},
 }
+
+
+@dataclass
+class DistillConfig(OptimizerOptions, BatchOptions, DataOptions):
+    """A fixed-student distillation run (see the module docstring). ``train_file`` is plain text for
+    ``--task lm`` and a table (``DataOptions``) otherwise."""
+
+    teacher: str = shared.teacher("teacher folder (fine-tuned classifier, or GPT-2 for --task lm)")
+    task: str = shared.task(shared.LM_TASK_HELP)
+    output: str = shared.output("folder for the student + metrics.json")
+    data_dir: Optional[str] = shared.data_dir("folder of GLUE TSVs (with a GLUE --task)")
+    eval_file: Optional[str] = option(None, group="lm", help="--task lm: plain-text evaluation file")
+    preset: str = shared.preset(PRESETS)
+    recipe: str = option("tinybert", group="distill", choices=tuple(RECIPES),
+                         help="tinybert (two stages), joint, makd or ddk (docs/distillation.md)")
+    student_layers: int = option(3, group="shape", help="student depth")
+    layer_init: str = option("uniform", group="shape", choices=LAYER_INITS,
+                             help="which teacher layers the student starts from (scratch: none)")
+    student_heads: Optional[int] = option(None, group="shape", help="heads per student layer (default: the "
+                                                                      "teacher's)")
+    student_intermediate: Optional[int] = option(None, group="shape", help="FFN width per student layer "
+                                                                             "(default: the teacher's)")
+    student_hidden: Optional[int] = option(None, group="shape", help="hidden size (needs --layer-init scratch)")
+    steps: int = option(2000, group="train", help="optimizer steps in all (split across stages)")
+    lr: float = shared.lr(5e-5)
+    block_size: int = option(64, group="lm", help="--task lm: tokens per block")
+    max_train_examples: Optional[int] = shared.max_train_examples()
+    max_eval_examples: Optional[int] = shared.max_eval_examples()
+    seed: int = shared.seed()
+    device: str = shared.device()
+    threads: Optional[int] = shared.threads()
+    path: str = shared.kernel_path()
+    log_steps: int = shared.log_steps(50)
+    save_model: bool = api_only(True, why="sweep points: the metrics only, nothing written")
+    save_steps: int = shared.save_steps(200)
+    overwrite: bool = shared.overwrite()
+    resume: bool = shared.resume()
+    keep_checkpoints: bool = shared.keep_checkpoints()
+    progress: bool = shared.progress()
+    stop_after_steps: Optional[int] = shared.stop_after_steps()
+    kd: dict = shared.kd(default_factory=dict)
+    teacher_cache: str = shared.teacher_cache()  # GLUE tasks and the user's data (ddk_fast.train.teacher_cache)
+    teacher_cache_dtype: str = shared.teacher_cache_dtype()
 
 
 def build_distill_config(flags: dict, config_file: Optional[str] = None) -> DistillConfig:
@@ -112,7 +110,9 @@ def build_distill_config(flags: dict, config_file: Optional[str] = None) -> Dist
             elif key in names and key != "config":
                 merged[key] = _coerce(DistillConfig, key, value, source)
     merged["preset"] = preset
-    return DistillConfig(**merged)
+    cfg = DistillConfig(**merged)
+    check_choices(cfg)
+    return cfg
 
 
 # --------------------------------------------------------------------------------------- teachers
@@ -317,7 +317,6 @@ def _resolve_device(name: str):
 
 
 def validate(cfg: DistillConfig) -> None:
-    from ddk_fast.distill.tinybert import LAYER_INITS, RECIPES
     from ddk_fast.train.validate import check_positive
 
     for flag, value in (("--teacher", cfg.teacher),) + ((("--output", cfg.output),)
@@ -509,61 +508,5 @@ class _DistillRun:
         return dict(report, output=self.dirs.output)
 
 
-# -------------------------------------------------------------------------------------------- CLI
-def _cmd_distill(args) -> int:
-    import json
-
-    flags = {k: v for k, v in vars(args).items() if k not in ("command", "func", "config")}
-    result = run_distill(build_distill_config(flags, args.config))
-    keys = ("output", "task", "recipe", "teacher_dev", "student_dev")
-    print(json.dumps({k: result[k] for k in keys}, indent=2))
-    return 0
-
-
-def add_student_flags(p) -> None:
-    """Student and recipe flags shared by ``distill`` and ``sweep``."""
-    p.add_argument("--recipe", default=None, help="tinybert (two-stage) | joint | makd | ddk (default tinybert)")
-    p.add_argument("--student-layers", type=int, default=None, help="student depth (default 3)")
-    p.add_argument("--layer-init", default=None, help="uniform | first | last | scratch (default uniform)")
-    p.add_argument("--student-heads", type=int, default=None, help="heads per student layer (default: teacher's)")
-    p.add_argument("--student-intermediate", type=int, default=None, help="FFN width per student layer")
-    p.add_argument("--student-hidden", type=int, default=None, help="hidden size (needs --layer-init scratch)")
-    p.add_argument("--steps", type=int, default=None, help="optimizer steps in all (split across stages)")
-    p.add_argument("--kd", default=None, help=kd_options_help())
-    p.add_argument("--eval-file", default=None, help="--task lm: plain-text evaluation file")
-    p.add_argument("--block-size", type=int, default=None, help="--task lm: tokens per block (default 64)")
-    add_data_flags(p)  # --train-file (a table, or plain text for --task lm), --validation-file, --dataset, ...
-
-
-def register(sub) -> None:
-    p = sub.add_parser("distill", help="distil a fixed smaller student (TinyBERT / MaKD / fusion recipes)",
-                       description="Distil a TinyBERT-style student (fewer layers, optionally narrower) from a "
-                                   "teacher with a recipe of the KD catalog; GLUE task or --task lm.")
-    p.add_argument("--teacher", default=None, help="teacher folder (fine-tuned classifier, or GPT-2 for --task lm)")
-    add_task_flags(p, "GLUE task, or lm (or a name for your --train-file/--dataset task)")
-    p.add_argument("--output", default=None, help="folder for the student + metrics.json")
-    p.add_argument("--preset", default=None, choices=tuple(PRESETS), help="quick | full")
-    p.add_argument("--config", default=None, help="YAML file of options")
-    add_student_flags(p)
-    for flag, typ in (("--lr", float), ("--batch-size", int), ("--eval-batch-size", int), ("--max-seq-len", int),
-                      ("--max-train-examples", int), ("--max-eval-examples", int), ("--seed", int)):
-        p.add_argument(flag, type=typ, default=None)
-    p.add_argument("--device", default=None)
-    add_threads_flag(p)
-    p.add_argument("--path", default=None, choices=("auto", "compact", "reference", "triton"))
-    p.add_argument("--teacher-cache", default=None, choices=teacher_cache.MODES,
-                   help="teacher outputs computed once per example and reused: auto (default), memory, disk, off")
-    p.add_argument("--teacher-cache-dtype", default=None, choices=tuple(teacher_cache.DTYPES),
-                   help="storage precision of the teacher cache (default bf16)")
-    p.add_argument("--overwrite", action="store_const", const=True, default=None)
-    p.add_argument("--save-steps", type=int, default=None, help="write a resumable checkpoint every N steps")
-    p.add_argument("--resume", action="store_const", const=True, default=None,
-                   help="continue the unfinished run of --output from its last checkpoint")
-    p.add_argument("--keep-checkpoints", action="store_const", const=True, default=None,
-                   help="keep OUTPUT.inprogress/ (checkpoints) after the run finishes")
-    p.add_argument("--no-progress", dest="progress", action="store_const", const=False, default=None)
-    p.set_defaults(func=_cmd_distill)
-
-
 __all__ = ["DistillConfig", "TaskData", "build_distill_config", "kd_train", "load_teacher_for",
-           "perplexity", "register", "run_distill", "task_data"]
+           "perplexity", "run_distill", "task_data"]

@@ -20,23 +20,46 @@ on resume), ``results.csv`` and ``results.md`` (sorted by dev score, best first)
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import itertools
 import json
 import math
 import os
 import time
+from dataclasses import dataclass
 from typing import Any, Optional
 
 from ddk_fast.errors import UserError
-from ddk_fast.train.data_flags import add_task_flags
+from ddk_fast.train import shared_options as shared
+from ddk_fast.train.config import load_yaml, parse_kd
 from ddk_fast.train.evaluation import resolve_task
+from ddk_fast.train.options import option
 from ddk_fast.train.student_kd import is_lm_task
-from ddk_fast.train.threads import add_threads_flag, apply_threads
+from ddk_fast.train.threads import apply_threads
 
 ALIASES = {"attn_weight": "attention_weight", "attn_loss": "attention_loss", "embd_weight": "embedding_weight",
            "T": "temperature"}
 MODES = ("student", "ddk")
+
+
+@dataclass
+class SweepConfig:
+    """The sweep's own options; the run options of every point (``--recipe``, ``--lr``, ``--target``...) are
+    the distill / compress options given beside them (``sweep_from_flags``)."""
+
+    teacher: str = shared.teacher("teacher folder")
+    task: str = shared.task(shared.LM_TASK_HELP)
+    grid: Optional[str] = option(None, group="distill",
+                                 help='e.g. "attn_weight=0.5,1;hidden_weight=1,2;temperature=1,4"')
+    grid_file: Optional[str] = option(None, group="distill", help="YAML mapping key: [values]")
+    output: str = shared.output("sweep folder")
+    mode: str = option("student", group="distill", choices=MODES,
+                       help="student (a fixed student per point, `distill`) or ddk (a `compress` run per point)")
+    heatmap: Optional[str] = option(None, group="run", help="two grid keys X,Y for heatmap.png (default: the first "
+                                                            "two)")
+    resume: bool = shared.resume("skip finished points")
+    overwrite: bool = shared.overwrite("start the sweep again")
 
 
 # ------------------------------------------------------------------------------------------- grid
@@ -56,8 +79,6 @@ def parse_grid(text: Optional[str] = None, grid_file: Optional[str] = None) -> d
         raise UserError("give exactly one of --grid or --grid-file")
     grid: dict[str, list] = {}
     if grid_file is not None:
-        from ddk_fast.train.config import load_yaml
-
         raw = load_yaml(grid_file)
         for key, values in raw.items():
             grid[key] = list(values) if isinstance(values, (list, tuple)) else [values]
@@ -90,10 +111,6 @@ def grid_points(grid: dict[str, list]) -> list[dict[str, Any]]:
 
 
 def _run_keys(mode: str, task: str) -> set:
-    import dataclasses
-
-    from ddk_fast.train.student_kd import is_lm_task
-
     if mode == "student":
         from ddk_fast.train.student_kd import DistillConfig as cls
     elif is_lm_task(task):
@@ -106,7 +123,6 @@ def _run_keys(mode: str, task: str) -> set:
 def check_grid_keys(grid: dict[str, list], mode: str, task: str = "") -> None:
     """Grid keys must be objective options (student runs, LM compression) or run options of the mode."""
     from ddk_fast.distill.objectives import DEFAULTS
-    from ddk_fast.train.student_kd import is_lm_task
 
     objective_keys = set(DEFAULTS) if (mode == "student" or is_lm_task(task)) else set()
     valid = _run_keys(mode, task) | objective_keys
@@ -128,8 +144,6 @@ def _label(point: dict) -> str:
 def run_point(mode: str, base: dict, point: dict, folder: str) -> dict:
     """One grid point -> {"dev": metrics, "teacher_dev": metrics, "main_metric", "higher_is_better", ...}."""
     if mode == "student":
-        import dataclasses
-
         from ddk_fast.distill.objectives import DEFAULTS
         from ddk_fast.train.student_kd import DistillConfig, build_distill_config, run_distill
 
@@ -147,8 +161,6 @@ def run_point(mode: str, base: dict, point: dict, folder: str) -> dict:
         return {"dev": report["student_dev"], "teacher_dev": report["teacher_dev"],
                 "main_metric": report["main_metric"], "higher_is_better": report["higher_is_better"],
                 "student": report["student"], "steps": cfg.steps, "history": report["history"][-3:]}
-    from ddk_fast.train.student_kd import is_lm_task
-
     if is_lm_task(base["task"]):
         from ddk_fast.distill.objectives import DEFAULTS
         from ddk_fast.train.lm import build_lm_config, run_compress_lm
@@ -328,78 +340,38 @@ def _heatmap(out: str, grid: dict, ranked: list[dict], axes) -> Optional[str]:
     return path
 
 
-# -------------------------------------------------------------------------------------------- CLI
-def _cmd_sweep(args) -> int:
-    from ddk_fast.train.config import parse_kd
-
-    grid = parse_grid(args.grid, args.grid_file)
-    base = {}
-    skip = {"command", "func", "grid", "grid_file", "output", "resume", "overwrite", "mode", "heatmap", "teacher",
-            "task", "config"}
-    for key, value in vars(args).items():
-        if key in skip or value is None:
-            continue
-        base[key] = parse_kd(value) if key == "kd" else value
-    if args.config:
-        from ddk_fast.train.config import load_yaml
-
-        base = dict(load_yaml(args.config), **base)
+# --------------------------------------------------------------------------------- from the flags
+def sweep_from_flags(flags: dict, config_file: Optional[str] = None) -> dict:
+    """``ddk-fast sweep ...``: ``flags`` are the ones given (None: not given), the sweep's own
+    (``SweepConfig``) and the run options every point shares; ``config_file`` holds more of the latter."""
+    own = {f.name for f in dataclasses.fields(SweepConfig)}
+    opts = {k: v for k, v in flags.items() if k in own}
+    grid = parse_grid(opts.get("grid"), opts.get("grid_file"))
+    base = {k: parse_kd(v) if k == "kd" else v for k, v in flags.items() if k not in own and v is not None}
+    if config_file:
+        base = dict(load_yaml(config_file), **base)
     heatmap = None
-    if args.heatmap:
-        parts = [ALIASES.get(p.strip(), p.strip()) for p in args.heatmap.split(",")]
+    if opts.get("heatmap"):
+        parts = [ALIASES.get(p.strip(), p.strip()) for p in opts["heatmap"].split(",")]
         if len(parts) != 2:
-            raise UserError(f"--heatmap {args.heatmap!r}: expected two grid keys X,Y")
+            raise UserError(f"--heatmap {opts['heatmap']!r}: expected two grid keys X,Y")
         heatmap = tuple(parts)
-    if args.mode == "ddk":
-        from ddk_fast.train.student_kd import is_lm_task
-
+    task = opts.get("task")
+    if opts.get("mode") == "ddk":
         lm_only = ("eval_file", "block_size", "kd", "search_steps", "distill_steps")
         for key in [k for k in base if k in ("recipe", "student_layers", "layer_init", "student_heads",
                                              "student_intermediate", "student_hidden", "steps")
-                    or (k in lm_only and not is_lm_task(args.task or ""))]:
+                    or (k in lm_only and not is_lm_task(task or ""))]:
             raise UserError(f"--{key.replace('_', '-')} is not an option of --mode ddk"
                             + ("" if key in lm_only else " (it belongs to --mode student)"))
     else:
         for key in ("target", "search_steps", "distill_steps"):
             if key in base:
                 raise UserError(f"--{key.replace('_', '-')} is an option of --mode ddk")
-    summary = run_sweep(args.teacher, args.task, args.output, grid, mode=args.mode or "student", base=base,
-                        resume=bool(args.resume), overwrite=bool(args.overwrite), heatmap=heatmap)
-    best = summary["best"]
-    print(json.dumps({"output": summary["output"], "points": summary["points"], "heatmap": summary["heatmap"],
-                      "best": {"point": best["point"], "dev": best["dev"]} if best else None}, indent=2))
-    return 0
+    return run_sweep(opts.get("teacher"), task, opts.get("output"), grid, mode=opts.get("mode") or "student",
+                     base=base, resume=bool(opts.get("resume")), overwrite=bool(opts.get("overwrite")),
+                     heatmap=heatmap)
 
 
-def register(sub) -> None:
-    from ddk_fast.train.student_kd import PRESETS, add_student_flags
-
-    p = sub.add_parser("sweep", help="grid of KD settings (loss weights, temperature, mapping...), resumable",
-                       description="Run a grid of distillation settings: each point a TinyBERT-style student "
-                                   "(--mode student) or a DDK compression (--mode ddk); results.md/.csv sorted by "
-                                   "dev score and a heat map over two axes.")
-    p.add_argument("--teacher", default=None, help="teacher folder")
-    add_task_flags(p, "GLUE task, or lm (or a name for your --train-file/--dataset task)")
-    p.add_argument("--grid", default=None, help='e.g. "attn_weight=0.5,1;hidden_weight=1,2;temperature=1,4"')
-    p.add_argument("--grid-file", default=None, help="YAML mapping key: [values]")
-    p.add_argument("--output", default=None, help="sweep folder")
-    p.add_argument("--mode", default=None, choices=MODES, help="student (default) or ddk")
-    p.add_argument("--heatmap", default=None, help="two grid keys X,Y for heatmap.png (default: the first two)")
-    p.add_argument("--preset", default=None, choices=tuple(PRESETS), help="quick | full")
-    p.add_argument("--config", default=None, help="YAML file of base options for every point")
-    add_student_flags(p)
-    for flag, typ in (("--lr", float), ("--batch-size", int), ("--eval-batch-size", int), ("--max-seq-len", int),
-                      ("--max-train-examples", int), ("--max-eval-examples", int), ("--seed", int)):
-        p.add_argument(flag, type=typ, default=None)
-    p.add_argument("--target", default=None, help="--mode ddk: budget, e.g. params=0.5")
-    p.add_argument("--search-steps", type=int, default=None, help="--mode ddk --task lm: search steps")
-    p.add_argument("--distill-steps", type=int, default=None, help="--mode ddk --task lm: distillation steps")
-    p.add_argument("--device", default=None)
-    add_threads_flag(p)
-    p.add_argument("--path", default=None, choices=("auto", "compact", "reference", "triton"))
-    p.add_argument("--resume", action="store_const", const=True, default=None, help="skip finished points")
-    p.add_argument("--overwrite", action="store_const", const=True, default=None, help="start the sweep again")
-    p.set_defaults(func=_cmd_sweep)
-
-
-__all__ = ["ALIASES", "MODES", "grid_points", "parse_grid", "register", "run_sweep", "write_results"]
+__all__ = ["ALIASES", "MODES", "SweepConfig", "grid_points", "parse_grid", "run_sweep", "sweep_from_flags",
+           "write_results"]

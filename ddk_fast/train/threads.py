@@ -28,11 +28,6 @@ THREADS_HELP = ("intra-op CPU threads (default: OMP_NUM_THREADS if set, else the
 _CPU_SYS = "/sys/devices/system/cpu"
 
 
-def add_threads_flag(parser) -> None:
-    """``--threads N`` on a command's parser (default None: the rule above)."""
-    parser.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
-
-
 def usable_cpus() -> list[int]:
     """The logical CPUs this process may run on (its affinity; every CPU where that is unknown)."""
     if hasattr(os, "sched_getaffinity"):
@@ -111,5 +106,5 @@ def _positive_int(text: str) -> Optional[int]:
     return value if value >= 1 else None
 
 
-__all__ = ["MAX_DEFAULT_THREADS", "add_threads_flag", "apply_threads", "cgroup_cpu_limit", "default_threads",
+__all__ = ["MAX_DEFAULT_THREADS", "THREADS_HELP", "apply_threads", "cgroup_cpu_limit", "default_threads",
            "physical_cores", "resolve_threads", "usable_cpus"]

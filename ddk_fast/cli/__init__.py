@@ -1,4 +1,9 @@
-"""`ddk-fast` command line. Each subcommand parses flags and calls the Python API; no logic lives here."""
+"""`ddk-fast` command line. Each subcommand parses flags and calls the Python API; no logic lives here.
+
+``parser``: sub-command parsers generated from the config dataclasses (grouped ``--help`` with defaults
+and choices, one-line errors); ``commands``: the training and deployment commands. ``benchmark``
+registers itself from ``ddk_fast.bench``.
+"""
 from __future__ import annotations
 
 import argparse
@@ -7,6 +12,9 @@ import sys
 import traceback
 
 from ddk_fast._version import __version__
+from ddk_fast.bench import commands as bench_commands
+from ddk_fast.cli import commands
+from ddk_fast.cli.parser import Parser
 from ddk_fast.errors import UserError
 
 
@@ -20,7 +28,7 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="ddk-fast",
         description="Compress fine-tuned BERT-family models by structured pruning + knowledge distillation.",
     )
@@ -29,22 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     doctor = sub.add_parser("doctor", help="versions, built extension, and which fast path each op uses")
     doctor.add_argument("--json", action="store_true", help="print the report as JSON")
     doctor.set_defaults(func=_cmd_doctor)
-    _register_optional(sub)
+    commands.register(sub)
+    bench_commands.register(sub)
     return parser
-
-
-def _register_optional(sub) -> None:
-    """Subcommands that live in their own modules register themselves here."""
-    import importlib
-
-    for module in ("ddk_fast.train.commands", "ddk_fast.bench.commands"):
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-            continue
-        mod.register(sub)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,10 +75,3 @@ def _run_position() -> tuple:
     if logger is None:
         return None, None
     return logger.last_step, logger.jsonl_path
-
-
-if __name__ == "__main__":  # pragma: no cover
-    # Run through the package module so UserError is the class subcommands raise.
-    from ddk_fast.cli import main as _package_main
-
-    sys.exit(_package_main())
