@@ -89,6 +89,9 @@ def load_for_export(folder: str) -> tuple[_Logits, list[str]]:
     if any(str(a).endswith("ForTokenClassification") for a in architectures):
         raise OnnxExportError(f"{folder!r} holds a token classification model; ONNX export supports sequence "
                               f"classifiers and causal LMs")
+    if any(str(a).endswith("ForQuestionAnswering") for a in architectures):
+        raise OnnxExportError(f"{folder!r} holds a question answering model; ONNX export supports sequence "
+                              f"classifiers and causal LMs")
     auto = {"ddk_bert": DdkBertForSequenceClassification, "ddk_gpt2": DdkGPT2ForCausalLM}.get(
         kind, AutoModelForCausalLM if causal else AutoModelForSequenceClassification)
     try:

@@ -1,4 +1,4 @@
-"""MaskedTransformer: a BERT-family encoder + sequence classifier whose heads and FFN channels are gated.
+"""MaskedTransformer: a BERT-family encoder + task head whose heads and FFN channels are gated.
 
 Why: the search and the distillation need one model that (a) reproduces the stock checkpoint exactly
 when every gate is 1, (b) takes per-layer gates that the fused ops use to skip pruned units, and
@@ -19,7 +19,7 @@ from torch import nn
 from ddk_fast.model.active import ActiveUnits, check_active_units, find_active_units
 from ddk_fast.model.adapters import adapter_for
 from ddk_fast.model.adapters.base import HEAD_KEYS
-from ddk_fast.model.config import TOKEN_CLASSIFICATION, TransformerConfig
+from ddk_fast.model.config import QUESTION_ANSWERING, TOKEN_CLASSIFICATION, TransformerConfig
 from ddk_fast.model.layers import Embeddings, MaskedLayer, linear
 from ddk_fast.model.structure import Structure
 
@@ -66,7 +66,8 @@ def _per_layer(gates, sizes: Sequence[int], name: str) -> list[torch.Tensor | No
 
 class MaskedTransformer(nn.Module):
     """Embeddings -> L masked post-LN layers -> first-token head (pooler + tanh/relu/gelu) -> classifier;
-    with ``task_type="token_classification"`` the classifier reads every token instead (logits [B, S, C])."""
+    with ``task_type="token_classification"`` the classifier reads every token instead (logits [B, S, C]),
+    with ``task_type="qa"`` it is the span head: a start and an end logit per token (logits [B, S, 2])."""
 
     def __init__(self, config: TransformerConfig):
         super().__init__()
@@ -185,6 +186,10 @@ class MaskedTransformer(nn.Module):
             # BertForTokenClassification: dropout + linear on every token's last hidden state [B, S, C];
             # the pooler is unused (kept so every task type has the same parameters)
             pooled, logits = first, self.classifier(self.classifier_dropout(x))
+        elif self.config.task_type == QUESTION_ANSWERING:
+            # BertForQuestionAnswering's qa_outputs: a linear layer on every token, no dropout (DistilBERT's
+            # QA head has dropout before it: the same in eval mode); [..., 0] start logits, [..., 1] end
+            pooled, logits = first, self.classifier(x)
         else:
             if self.config.head_dropout_first:
                 first = self.classifier_dropout(first)
@@ -204,7 +209,8 @@ class MaskedTransformer(nn.Module):
 
         num_labels: default = the checkpoint's classifier rows, else 1 for regression, else 2.
         task_type: default = "regression" when num_labels is 1 (or the config says so), "token_classification"
-        for a ``...ForTokenClassification`` checkpoint, else "classification".
+        for a ``...ForTokenClassification`` checkpoint, "qa" (2 labels: start, end) for a
+        ``...ForQuestionAnswering`` one, else "classification".
         A checkpoint classifier whose row count differs from num_labels is replaced by a fresh one.
         """
         hf_config, state_dict = _read_checkpoint(path_or_model)
@@ -216,6 +222,8 @@ class MaskedTransformer(nn.Module):
             [type(path_or_model).__name__] if isinstance(path_or_model, nn.Module) else [])
         if task_type is None and any(str(a).endswith("ForTokenClassification") for a in architectures):
             task_type = TOKEN_CLASSIFICATION
+        if task_type is None and any(str(a).endswith("ForQuestionAnswering") for a in architectures):
+            task_type = QUESTION_ANSWERING
         if task_type is None:
             regression = (num_labels == 1 or hf_config.get("problem_type") == "regression"
                           or (num_labels is None and ckpt_labels == 1))

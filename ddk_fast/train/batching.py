@@ -121,10 +121,12 @@ def train_loader(encoded, batch_size: int, seed: int, rank: int = 0, world_size:
 
 
 def eval_loader(encoded, batch_size: int) -> DataLoader:
-    """All examples once, longest first (metrics do not depend on the order; padding is minimal)."""
+    """All examples once, longest first (metrics do not depend on the order; padding is minimal), or in
+    dataset order when the dataset says ``keep_order`` (QA windows: answers are read off by position)."""
     from ddk_fast.data import collate
 
-    sampler = ResumableBatchSampler(len(encoded), batch_size, shuffle=False, seed=0, lengths=encoded.lengths)
+    lengths = None if getattr(encoded, "keep_order", False) else encoded.lengths
+    sampler = ResumableBatchSampler(len(encoded), batch_size, shuffle=False, seed=0, lengths=lengths)
     pad = encoded.pad_token_id
     return DataLoader(encoded, batch_sampler=sampler, collate_fn=lambda feats: collate(feats, pad_token_id=pad),
                       generator=torch.Generator().manual_seed(0), num_workers=0)

@@ -36,6 +36,8 @@ from ddk_fast.train.config import CompressConfig, config_dict, resume_mismatches
 from ddk_fast.train.deploy import add_deployment, check_deployment_flags, check_onnx_task
 from ddk_fast.data.custom import TASK_FILE, model_task_type, task_files
 from ddk_fast.train.evaluation import encode_split, evaluate, load_split, resolve_task, to_device
+from ddk_fast.train.hf import (check_head_kind, check_label_count, has_classifier_head, head_kind_of, load_tokenizer,
+                               read_config)
 from ddk_fast._io import atomic_write_json, read_json
 from ddk_fast.train.kd import FUSIONS, DistillObjective, KDWeights
 from ddk_fast.train.logging import RunLogger
@@ -134,7 +136,6 @@ def load_teacher(path: str, spec):
     """The fine-tuned teacher as a MaskedTransformer (+ its tokenizer); one-line errors otherwise."""
     from ddk_fast.model import MaskedTransformer, refusal
     from ddk_fast.model.masked_transformer import DDK_MODEL_TYPE
-    from ddk_fast.train.hf import check_head_kind, check_label_count, has_classifier_head, load_tokenizer, read_config
 
     if not os.path.isdir(path):
         raise UserError(f"--teacher {path!r} is not a folder")
@@ -146,7 +147,7 @@ def load_teacher(path: str, spec):
     if refused is not None:
         raise UserError(f"--teacher {path!r}: architecture {model_type!r} is not supported{refused}")
     if not has_classifier_head(config):
-        raise UserError(f"--teacher {path!r} has no sequence-classification head (architectures="
+        raise UserError(f"--teacher {path!r} has no {head_kind_of(spec)} head (architectures="
                         f"{config.get('architectures')}); fine-tune it first with `ddk-fast finetune`")
     check_label_count(path, config, spec)
     check_head_kind(path, config, spec)
@@ -355,7 +356,8 @@ class _Compression:
         return DistillObjective(self.teacher.num_layers + 1, self.teacher.hidden_size, self.spec.is_regression,
                                 KDWeights(cfg.hidden_weight, cfg.pred_weight, cfg.task_weight, cfg.temperature),
                                 fusion=cfg.fusion, layer_weighting=cfg.layer_weighting, hidden_loss=cfg.hidden_loss,
-                                path=cfg.path, multilabel=model_task_type(self.spec) == "multilabel").to(self.device)
+                                path=cfg.path, multilabel=model_task_type(self.spec) == "multilabel",
+                                qa=model_task_type(self.spec) == "qa").to(self.device)
 
     def info(self, msg):
         if self.ctx.is_main:

@@ -7,15 +7,16 @@ from ddk_fast.data.custom import EXTENSIONS, KINDS
 _FORMATS = "/".join(e[1:] for e in EXTENSIONS)
 
 DATA_FLAGS = (
-    ("--train-file", f"your own training data ({_FORMATS}); the label set comes from it "
-                     "(--task lm: a plain-text file)"),
+    ("--train-file", f"your own training data ({_FORMATS}; a SQuAD v1.1/v2.0 .json for QA); the label set "
+                     "comes from it (--task lm: a plain-text file)"),
     ("--validation-file", f"your own validation data ({_FORMATS}); default: a seeded 10%% of --train-file"),
     ("--dataset", "a hub dataset NAME[:CONFIG], a datasets.save_to_disk folder or a folder of data files"),
     ("--text-columns", "the text column, or two for sentence pairs: a[,b] (default: text, sentence, "
-                       "sentence1,sentence2, ..., tokens)"),
-    ("--label-column", "the label column (default: label, labels, score, ner_tags or tags)"),
+                       "sentence1,sentence2, ..., tokens; QA: question,context)"),
+    ("--label-column", "the label column (default: label, labels, score, ner_tags, tags or answers)"),
     ("--task-kind", f"{' | '.join(KINDS)} (default: inferred: a text column of word lists (or a .conll file) -> "
-                    "token_classification, label lists -> multilabel, floats -> regression, else classification)"),
+                    "token_classification, SQuAD answers ({text, answer_start}) -> qa, label lists -> multilabel, "
+                    "floats -> regression, else classification)"),
 )
 
 

@@ -259,11 +259,14 @@ def check_deployment_flags(cfg, metric: str) -> None:
 
 
 def check_onnx_task(cfg, spec) -> None:
-    """ONNX export covers sequence classifiers and causal LMs; a token classification run asking for it
-    is refused before any work, not after training."""
+    """ONNX export covers sequence classifiers and causal LMs; a token classification or QA run asking for
+    it is refused before any work, not after training."""
     if getattr(cfg, "onnx", False) and getattr(spec, "is_token_classification", False):
         raise UserError(f"--onnx: ONNX export supports sequence classification; task {spec.name} is token "
                         f"classification (use the PyTorch export, loaded with AutoModelForTokenClassification)")
+    if getattr(cfg, "onnx", False) and getattr(spec, "is_qa", False):
+        raise UserError(f"--onnx: ONNX export supports sequence classification; task {spec.name} is question "
+                        f"answering (use the PyTorch export, loaded with AutoModelForQuestionAnswering)")
 
 
 def add_deployment(report: dict, staged: str, cfg, teacher_dir: str, task, dev_ds, info) -> None:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ddk_fast.distill.objectives import sigmoid_kd_loss
-from ddk_fast.ops.label_losses import task_loss, token_rows
+from ddk_fast.ops.label_losses import span_rows, task_loss, token_rows
 
 FUSIONS = ("param_free", "learned", "none")
 WEIGHTINGS = ("adaptive", "uniform")
@@ -40,7 +40,7 @@ class DistillObjective(nn.Module):
 
     def __init__(self, num_states: int, hidden_size: int, is_regression: bool, weights: KDWeights,
                  fusion: str = "param_free", layer_weighting: str = "adaptive", hidden_loss: str = "mse",
-                 path: str = "auto", multilabel: bool = False):
+                 path: str = "auto", multilabel: bool = False, qa: bool = False):
         super().__init__()
         if fusion not in FUSIONS:
             raise ValueError(f"fusion={fusion!r}: expected one of {FUSIONS}")
@@ -48,6 +48,7 @@ class DistillObjective(nn.Module):
             raise ValueError(f"layer_weighting={layer_weighting!r}: expected one of {WEIGHTINGS}")
         self.num_states, self.is_regression, self.weights = num_states, is_regression, weights
         self.multilabel = bool(multilabel)  # multi-hot labels: sigmoid KD and BCE instead of softmax
+        self.qa = bool(qa)  # [B, S, 2] span logits: KD on the start and end distributions over tokens
         self.fusion_kind, self.weighting, self.hidden_loss = fusion, layer_weighting, hidden_loss
         # the model's kernel paths (compact/triton/reference) vs the loss ops' paths (fused/reference)
         self.loss_path = "reference" if path == "reference" else "auto"
@@ -128,6 +129,9 @@ class DistillObjective(nn.Module):
                 pred = F.mse_loss(s_logits.float(), t_logits.float())
             elif self.multilabel:
                 pred = sigmoid_kd_loss(s_logits, t_logits, w.temperature)
+            elif self.qa:  # extractive QA: soft CE of the start and the end distributions over real tokens
+                rows = span_rows(s_logits, t_logits, token_mask)
+                pred = soft_cross_entropy(*rows, w.temperature, path=self.loss_path, check_finite=False)
             else:  # per-token logits (NER): one soft CE row per real token
                 rows = token_rows(s_logits, t_logits, token_mask)
                 pred = soft_cross_entropy(*rows, w.temperature, path=self.loss_path, check_finite=False)

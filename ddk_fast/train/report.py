@@ -41,7 +41,7 @@ def build_report(run, student) -> dict:
     """``run``: the compression run (teacher, cost model, state, config); ``student``: the exported model."""
     from ddk_fast.model import encoder_param_count
     from ddk_fast.train.config import config_dict
-    from ddk_fast.train.evaluation import majority_baseline
+    from ddk_fast.train.evaluation import constant_baseline
     from ddk_fast.train.latency import compare
 
     cfg, spec, teacher, state = run.cfg, run.spec, run.teacher, run.state
@@ -74,7 +74,7 @@ def build_report(run, student) -> dict:
         "target_ratio": run.ratio,
         "teacher": run.teacher_path,
         "teacher_dev": state["teacher_dev"],
-        "majority_dev": majority_baseline(spec, run.train_ds.labels, run.dev_ds.labels),
+        "majority_dev": constant_baseline(spec, run.train_ds, run.dev_ds),
         "student_dev": state["best_metrics"],
         "pruned_before_distillation_dev": state["pruned_dev"],
         "oneshot": state.get("oneshot"),
