@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from seqeval import metrics as seqeval_metrics
 from transformers import (AutoModelForTokenClassification, AutoTokenizer, BertConfig, BertForTokenClassification)
 
-from train_support import make_tiny_bert, packaged_dir
+from train_support import make_tiny_bert, packaged_dir, padded_batch
 
 from ddk_fast.cli import main
 from ddk_fast.data import DataError, collate, compute_metrics, encode, load_task
@@ -177,11 +177,7 @@ def stock():
 
 
 def _batch(seed=1):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(1, 120, (3, 10), generator=g)
-    mask = torch.ones_like(ids)
-    mask[1, 7:] = 0
-    mask[2, 4:] = 0
+    ids, mask, g = padded_batch(seed)
     labels = torch.randint(0, len(TAGS), (3, 10), generator=g).masked_fill(mask == 0, -100)
     labels[:, 0] = -100
     return ids, mask, labels

@@ -30,6 +30,16 @@ def make_tiny_bert(folder, num_labels: int = 2, layers: int = 2, heads: int = 4,
     return folder
 
 
+def padded_batch(seed: int = 1, vocab_size: int = 120):
+    """Random token ids [3, 10] and their attention mask: row 1 padded after 7 tokens, row 2 after 4."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, vocab_size, (3, 10), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, 7:] = 0
+    mask[2, 4:] = 0
+    return ids, mask, g
+
+
 def safetensors_equal(a: str, b: str) -> tuple[bool, str]:
     from safetensors.torch import load_file
 

@@ -15,7 +15,8 @@ Users' own data (``ddk_fast.data.custom``; docs/data.md)
 - ``DataSource(train_file=None, validation_file=None, dataset=None)``: csv/tsv/json/jsonl/parquet files, or
   a hub ``NAME[:CONFIG]`` / ``save_to_disk`` folder; no validation: a seeded 10 % of train is held out.
 - ``build_task(source, text_columns=None, label_column=None, kind=None, name=None) -> CustomTask``: columns
-  given or found, kind inferred (lists: multilabel, floats: regression, else classification), label set
+  given or found, kind inferred (word lists: token_classification, SQuAD answers: qa, lists: multilabel,
+  floats: regression, else classification), label set
   from the train split. ``CustomTask`` answers what ``TaskSpec`` does (name, num_labels, is_regression,
   is_multilabel, label_names, metric_names, main_metric, splits) and works wherever a task name does
   (``load_task``, ``compute_metrics``, ``get_task``). ``to_dict``/``from_dict``; ``write_task_file`` /
@@ -31,6 +32,16 @@ Loading
   task subfolders (``data_dir/MRPC/dev.tsv``) or the task folder itself. "validation" reads dev.tsv
   (mnli: "validation" means validation_matched). ``max_examples`` keeps a seeded random subset in file order.
   Lower level: ``find_task_file(task, split, data_dir) -> str``, ``read_glue_tsv(path, task, split) -> list``.
+
+Extractive QA (kind ``qa``: a SQuAD v1.1/v2.0 ``.json`` or rows with question, context, answers)
+- ``load_task`` gives ``QAExample(id, question, context, answers: ((text, answer_start), ...))``.
+- ``encode_qa(examples, tokenizer, max_length=384, doc_stride=None) -> QAFeatures``: question + context
+  windows (``truncation="only_second"``, overlapping by ``doc_stride`` tokens, default max_length / 3),
+  labels ``SpanPositions(start, end)`` ([CLS] twice when the window holds no answer), per-token context
+  offsets; ``.examples``, ``.example_index``, ``.references`` (id -> gold texts).
+- ``best_answers(features, logits [W, T, 2], allow_no_answer=False, n_best=20, max_answer_tokens=30)
+  -> {id: text}`` (``ddk_fast.data.qa_answers``; ``answer_candidates`` for the n-best lists);
+  ``compute_metrics(task, {id: text}, {id: [gold texts]})`` -> SQuAD ``exact_match`` and ``f1``.
 
 Tokenisation and batching
 - ``encode(examples, tokenizer, max_length=128) -> EncodedDataset`` (a torch Dataset of unpadded
@@ -57,7 +68,10 @@ Plain-text LM data
 - ``load_text_lm(path, tokenizer, block_size, max_blocks=None) -> Tensor`` [n_blocks, block_size] long.
 """
 from ddk_fast.data.custom import CustomTask, DataSource, build_task, read_task_file, write_task_file
-from ddk_fast.data.encoding import BATCH_KEYS, EncodedDataset, collate, encode, pad_token_id_of
+from ddk_fast.data.encoding import BATCH_KEYS, EncodedDataset, SpanPositions, collate, encode, pad_token_id_of
+from ddk_fast.data.examples import QAExample
+from ddk_fast.data.qa_answers import best_answers
+from ddk_fast.data.qa_encoding import QAFeatures, encode_qa
 from ddk_fast.data.glue import HUB_DATASET, Example, find_task_file, load_task, read_glue_tsv
 from ddk_fast.data.loader import LengthGroupedBatchSampler, SeededShuffleSampler, make_dataloader, set_loader_epoch
 from ddk_fast.data.metrics import compute_metrics
@@ -65,7 +79,7 @@ from ddk_fast.data.tasks import GLUE_TASKS, DataError, TaskSpec, get_task
 from ddk_fast.data.text_lm import load_text_lm
 
 __all__ = [
-    "BATCH_KEYS", "CustomTask", "DataError", "DataSource", "build_task", "read_task_file", "write_task_file", "EncodedDataset", "Example", "GLUE_TASKS", "HUB_DATASET", "LengthGroupedBatchSampler",
+    "BATCH_KEYS", "CustomTask", "DataError", "QAExample", "QAFeatures", "SpanPositions", "best_answers", "encode_qa", "DataSource", "build_task", "read_task_file", "write_task_file", "EncodedDataset", "Example", "GLUE_TASKS", "HUB_DATASET", "LengthGroupedBatchSampler",
     "SeededShuffleSampler", "TaskSpec", "collate", "compute_metrics", "encode", "find_task_file", "get_task",
     "load_task", "load_text_lm", "make_dataloader", "pad_token_id_of", "read_glue_tsv", "set_loader_epoch",
 ]

@@ -12,7 +12,10 @@ and split), the 1-based data row (the header is not a row) and the column.
 Task kinds: ``classification`` (string, integer or boolean labels), ``regression`` (float labels),
 ``multilabel`` (a list of labels per row) and ``token_classification`` (NER: a list of words and a
 list of tags of the same length per row, from JSON/JSONL/parquet/``datasets`` rows or a CoNLL file,
-see ``ddk_fast.data.conll``). For CoNLL files a row is a sentence, and errors name its first line too.
+see ``ddk_fast.data.conll``) and ``qa`` (extractive question answering: a question, a context and the
+gold answers as ``{"text": [...], "answer_start": [...]}`` per row, from a SQuAD v1.1/v2.0 file -- see
+``ddk_fast.data.squad`` -- or rows in the hub's SQuAD layout). For CoNLL files a row is a sentence, and
+errors name its first line too; for QA a row is a question, and errors name its id too.
 """
 from __future__ import annotations
 
@@ -20,23 +23,27 @@ import codecs
 import math
 import os
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import ClassVar, List, Optional, Tuple
 
 from ddk_fast._io import atomic_write_json, read_json
-from ddk_fast.data import conll
-from ddk_fast.data.examples import Example, subsample_indices
+from ddk_fast.data import conll, squad
+from ddk_fast.data.examples import Example, QAExample, subsample_indices
 from ddk_fast.data.tasks import DataError
 
 TOKEN_KIND = "token_classification"
-KINDS = ("classification", "regression", "multilabel", TOKEN_KIND)
+QA_KIND = "qa"
+KINDS = ("classification", "regression", "multilabel", TOKEN_KIND, QA_KIND)
+# a QA model's two output rows per token: the start and the end logit of the answer span
+QA_LABELS = ("start", "end")
 # file extension -> datasets packaged builder ("conll": ddk_fast.data.conll's reader)
 EXTENSIONS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet",
               **{ext: "conll" for ext in conll.EXTENSIONS}}
 # text columns tried in order when --text-columns is not given
 DEFAULT_TEXT_COLUMNS = (("text",), ("sentence",), ("sentence1", "sentence2"), ("premise", "hypothesis"),
-                        ("question1", "question2"), ("question", "sentence"), ("text_a", "text_b"), ("tokens",))
-DEFAULT_LABEL_COLUMNS = ("label", "labels", "score", "ner_tags", "tags")
+                        ("question1", "question2"), ("question", "sentence"), ("text_a", "text_b"), ("tokens",),
+                        (squad.QUESTION, squad.CONTEXT))
+DEFAULT_LABEL_COLUMNS = ("label", "labels", "score", "ner_tags", "tags", squad.ANSWERS)
 # a validation split held out of the train file when none is given: this share, seeded
 HOLDOUT_SHARE, HOLDOUT_SEED = 0.1, 0
 TASK_FILE = "task.json"
@@ -44,7 +51,8 @@ TASK_FILE = "task.json"
 _METRICS = {"classification": (("accuracy", "f1_macro"), "accuracy"),
             "regression": (("pearson", "spearman"), "pearson"),
             "multilabel": (("f1_micro",), "f1_micro"),
-            TOKEN_KIND: (("entity_f1",), "entity_f1")}
+            TOKEN_KIND: (("entity_f1",), "entity_f1"),
+            QA_KIND: (("exact_match", "f1"), "f1")}
 
 
 @dataclass(frozen=True)
@@ -74,6 +82,8 @@ class CustomTask:
     label_column: str
     label_names: Tuple[str, ...]
     source: DataSource = field(default_factory=DataSource)
+    # QA: the train split has unanswerable questions (SQuAD 2.0), so "no answer" may be predicted
+    allow_no_answer: bool = False
 
     is_custom: ClassVar[bool] = True
 
@@ -88,6 +98,10 @@ class CustomTask:
     @property
     def is_token_classification(self) -> bool:
         return self.kind == TOKEN_KIND
+
+    @property
+    def is_qa(self) -> bool:
+        return self.kind == QA_KIND
 
     @property
     def num_labels(self) -> int:
@@ -126,7 +140,8 @@ class CustomTask:
         return {"name": self.name, "kind": self.kind, "text_columns": list(self.text_columns),
                 "label_column": self.label_column, "label_names": list(self.label_names),
                 "source": {"train_file": self.source.train_file, "validation_file": self.source.validation_file,
-                           "dataset": self.source.dataset}}
+                           "dataset": self.source.dataset},
+                "allow_no_answer": self.allow_no_answer}
 
     @classmethod
     def from_dict(cls, data: dict, where: str = "task description") -> "CustomTask":
@@ -135,18 +150,21 @@ class CustomTask:
             if kind not in KINDS:
                 raise ValueError(kind)
             return cls(str(data["name"]), kind, tuple(data["text_columns"]), str(data["label_column"]),
-                       tuple(str(n) for n in data["label_names"]), DataSource(**(data.get("source") or {})))
+                       tuple(str(n) for n in data["label_names"]), DataSource(**(data.get("source") or {})),
+                       bool(data.get("allow_no_answer", False)))
         except (KeyError, TypeError, ValueError) as exc:
             raise DataError(f"{where}: not a valid task description ({type(exc).__name__}: {exc})") from None
 
 
 def model_task_type(spec) -> str:
     """The engine's ``task_type`` (head and losses) for a GLUE or custom task: regression, multilabel,
-    token_classification (the model config's name for this kind) or classification."""
+    token_classification, qa (the model config's names for these kinds) or classification."""
     if spec.is_regression:
         return "regression"
     if getattr(spec, "is_multilabel", False):
         return "multilabel"
+    if getattr(spec, "is_qa", False):
+        return QA_KIND
     return TOKEN_KIND if getattr(spec, "is_token_classification", False) else "classification"
 
 
@@ -188,6 +206,11 @@ def read_file(path: str, flag: str = "--train-file"):
     if builder == "conll":
         _check_utf8(path)
         return conll.read_conll(path)[0]
+    if ext == ".json":
+        _check_utf8(path)
+        parsed = squad.nested_layout(path)
+        if parsed is not None:
+            return squad.read_squad(path, parsed)
     kwargs = {}
     if ext == ".tsv":
         kwargs = {"delimiter": "\t", "quoting": 3}  # csv.QUOTE_NONE: quotes are text in TSVs
@@ -319,6 +342,8 @@ def build_task(source: DataSource, text_columns=None, label_column: Optional[str
     kind = kind or (TOKEN_KIND if _is_list(train.table.features[texts[0]]) else infer_kind(feature))
     if kind == TOKEN_KIND and len(texts) != 1:
         raise DataError(f"--text-columns {','.join(texts)}: token classification takes one column of word lists")
+    if kind == QA_KIND:
+        return _qa_task(train, source, texts, label, name)
     names = _class_names(feature)
     if kind == "regression":
         label_names: Tuple[str, ...] = (label,)
@@ -334,6 +359,17 @@ def build_task(source: DataSource, text_columns=None, label_column: Optional[str
         raise DataError(f"{train.where}, column {label!r}: only one label ({label_names[0]!r}) in the train rows' "
                         f"lists; multi-label needs at least two (for one yes/no label use a classification column)")
     return task
+
+
+def _qa_task(train: _Split, source: DataSource, texts, label: str, name: Optional[str]) -> CustomTask:
+    """Extractive QA: a question and a context column, gold answers in ``label``; "no answer" is a
+    prediction when some train question has no answer."""
+    if len(texts) != 2:
+        raise DataError(f"{train.where}: QA takes two text columns, the question and the context "
+                        f"(--text-columns question,context); got {','.join(texts)}")
+    answers = [_answer_list(value, train.where, row, label) for row, value in zip(train.rows, train.table[label])]
+    return CustomTask(name or "custom", QA_KIND, tuple(texts), label, QA_LABELS, source,
+                      allow_no_answer=any(not a for a in answers))
 
 
 def _text_columns(given, columns, where) -> List[str]:
@@ -369,9 +405,12 @@ def _label_column(given, columns, where, texts) -> str:
 
 
 def infer_kind(feature) -> str:
-    """multilabel for list columns, regression for float columns, classification otherwise."""
+    """qa for SQuAD answer columns (``{"text", "answer_start"}``), multilabel for list columns, regression
+    for float columns, classification otherwise."""
     import datasets
 
+    if _is_answers(feature):
+        return QA_KIND
     if _is_list(feature):
         return "multilabel"
     dtype = getattr(feature, "dtype", "")
@@ -384,6 +423,12 @@ def _is_list(feature) -> bool:
     import datasets
 
     return isinstance(feature, (list, datasets.Sequence)) or type(feature).__name__ in ("List", "LargeList")
+
+
+def _is_answers(feature) -> bool:
+    """A SQuAD answers column: a ``{"text", "answer_start"}`` struct of lists (or a list of such structs)."""
+    inner = getattr(feature, "feature", feature) if _is_list(feature) else feature
+    return isinstance(inner, dict) and {"text", "answer_start"} <= set(inner)
 
 
 def _class_names(feature) -> Optional[List[str]]:
@@ -448,6 +493,8 @@ def load_examples(task: CustomTask, split: str, max_examples: Optional[int] = No
     keep = subsample_indices(len(part.table), max_examples, seed)
     table = part.table if keep is None else part.table.select(keep)
     rows = part.rows if keep is None else [part.rows[i] for i in keep]
+    if task.is_qa:
+        return _qa_examples(task, table, rows, part.where)
     data = table.select_columns([*task.text_columns, task.label_column]).to_dict()
     names = _class_names(part.table.features[task.label_column])
     parse = _label_parser(task, part.where, names)
@@ -478,6 +525,60 @@ def _token_examples(task: CustomTask, data: dict, rows, where: str, parse) -> Li
                             f"(column {words_column!r}); every word needs exactly one tag")
         out.append(Example(tuple(words), None, ids))
     return out
+
+
+def _qa_examples(task: CustomTask, table, rows, where: str) -> List[QAExample]:
+    """One ``QAExample`` per question: texts present, every answer found at its ``answer_start`` in the
+    context, ids unique (the row number when the table has no ``id`` column)."""
+    question_column, context_column = task.text_columns
+    answers_column = task.label_column
+    has_ids = squad.ID in table.column_names
+    data = table.select_columns([question_column, context_column, answers_column]
+                                + ([squad.ID] if has_ids else [])).to_dict()
+    ids = [str(i) for i in data[squad.ID]] if has_ids else [str(r) for r in rows]
+    out, seen = [], {}
+    for qid, row, question, context, value in zip(ids, rows, data[question_column], data[context_column],
+                                                   data[answers_column]):
+        at = f"{where}, row {row} (id {qid!r})"
+        if qid in seen:
+            raise DataError(f"{at}, column {squad.ID!r}: the id of row {seen[qid]} too; question ids must be unique")
+        seen[qid] = row
+        for text, column in ((question, question_column), (context, context_column)):
+            if not isinstance(text, str) or not text.strip():
+                raise DataError(f"{at}, column {column!r}: empty {'question' if column == question_column else 'context'}")
+        answers = _answer_list(value, where, f"{row} (id {qid!r})", answers_column)
+        for i, (text, start) in enumerate(answers, 1):
+            found = context[start:start + len(text)] if 0 <= start < len(context) else None
+            if found != text:
+                where_found = (f"found {found!r} there" if found is not None
+                               else f"outside the context of {len(context)} characters")
+                raise DataError(f"{at}, column {answers_column!r}: answer {i} {text!r} is not at its answer_start "
+                                f"{start} in the context ({where_found})")
+        out.append(QAExample(qid, question, context, tuple(answers)))
+    return out
+
+
+def _answer_list(value, where, row, column) -> List[Tuple[str, int]]:
+    """``(text, answer_start)`` pairs of an answers cell: ``{"text": [...], "answer_start": [...]}`` (the
+    hub's SQuAD layout) or a list of ``{"text", "answer_start"}`` objects; empty: no answer."""
+    expected = '{"text": [...], "answer_start": [...]}'
+    if isinstance(value, dict) and {"text", "answer_start"} <= set(value):
+        texts, starts = value["text"], value["answer_start"]
+        if not isinstance(texts, list) or not isinstance(starts, list) or len(texts) != len(starts):
+            raise DataError(f"{where}, row {row}, column {column!r}: expected {expected} with one answer_start "
+                            f"per text, found {value!r}")
+        pairs = list(zip(texts, starts))
+    elif isinstance(value, list) and all(isinstance(a, dict) and {"text", "answer_start"} <= set(a) for a in value):
+        pairs = [(a["text"], a["answer_start"]) for a in value]
+    else:
+        raise DataError(f"{where}, row {row}, column {column!r}: expected answers as {expected}, found {value!r}")
+    for i, (text, start) in enumerate(pairs, 1):
+        if not isinstance(text, str) or not text.strip():
+            raise DataError(f"{where}, row {row}, column {column!r}: answer {i} has an empty text")
+        if not isinstance(start, int) or isinstance(start, bool):
+            raise DataError(f"{where}, row {row}, column {column!r}: answer {i} has answer_start {start!r}; "
+                            f"expected a character offset (an integer)")
+    return [(text, int(start)) for text, start in pairs]
 
 
 def _texts(values, rows, where, column) -> List[str]:
@@ -561,5 +662,4 @@ def read_task_file(folder: str) -> Optional[CustomTask]:
 
 def with_source(task: CustomTask, source: DataSource) -> CustomTask:
     """The same task (columns, kind, label set) read from other files, e.g. a new evaluation file."""
-    return CustomTask(task.name, task.kind, task.text_columns, task.label_column, task.label_names,
-                      source.absolute())
+    return replace(task, source=source.absolute())

@@ -4,7 +4,7 @@ Padding to the batch's longest sequence instead of ``max_length`` is most of the
 SST-2 sentences average ~13 tokens against a usual max_length of 128.
 """
 import json
-from typing import Iterator, List, Optional, Sequence
+from typing import Iterator, List, NamedTuple, Optional, Sequence
 
 import torch
 from torch.utils.data import Dataset
@@ -13,6 +13,14 @@ from ddk_fast.data.tasks import DataError
 from ddk_fast.ops.label_losses import IGNORE_INDEX  # word pieces no loss or metric looks at
 
 BATCH_KEYS = ("input_ids", "attention_mask", "token_type_ids", "labels")
+
+
+class SpanPositions(NamedTuple):
+    """An extractive-QA window's label: the token positions of the answer's first and last character
+    (both the ``[CLS]`` position when the window holds no answer). Batched as a ``[B, 2]`` int64 row."""
+
+    start: int
+    end: int
 
 
 class EncodedDataset(Dataset):
@@ -155,7 +163,8 @@ def collate(features, pad_token_id: int = 0, pad_to_multiple_of: Optional[int] =
 
     Returns ``input_ids``, ``attention_mask``, ``token_type_ids`` ([B, T] int64, T = longest row,
     rounded up to ``pad_to_multiple_of`` if given) and ``labels`` ([B] int64 class ids, [B] float32 scores,
-    [B, C] float32 multi-hot rows, or [B, T] int64 per-piece tags padded with ``IGNORE_INDEX``).
+    [B, C] float32 multi-hot rows, [B, T] int64 per-piece tags padded with ``IGNORE_INDEX``, or [B, 2] int64
+    answer start/end positions of QA windows).
     """
     if not features:
         raise DataError("collate() got an empty batch")
@@ -171,8 +180,9 @@ def collate(features, pad_token_id: int = 0, pad_to_multiple_of: Optional[int] =
     labels = [f["labels"] for f in features]
     if isinstance(labels[0], list):  # token classification: one label per piece, padding not scored
         labels = [row + [IGNORE_INDEX] * (longest - len(row)) for row in labels]
-    # float scores (regression) and multi-hot rows (multi-label) are float32; class ids int64
-    label_dtype = torch.float32 if isinstance(labels[0], (float, tuple)) else torch.long
+    # float scores (regression) and multi-hot rows (multi-label) are float32; class ids and QA positions int64
+    span = isinstance(labels[0], SpanPositions)
+    label_dtype = torch.float32 if isinstance(labels[0], (float, tuple)) and not span else torch.long
     return {"input_ids": torch.tensor(ids, dtype=torch.long), "attention_mask": torch.tensor(mask, dtype=torch.long),
             "token_type_ids": torch.tensor(segments, dtype=torch.long),
             "labels": torch.tensor(labels, dtype=label_dtype)}

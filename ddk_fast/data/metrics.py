@@ -1,5 +1,6 @@
-"""Task metrics through scikit-learn and scipy (the libraries the GLUE scorer itself builds on), and
-seqeval's entity-level scores for token classification (the CoNLL-2003 shared task's conlleval measure).
+"""Task metrics through scikit-learn and scipy (the libraries the GLUE scorer itself builds on),
+seqeval's entity-level scores for token classification (the CoNLL-2003 shared task's conlleval measure)
+and SQuAD's exact match / F1 for extractive QA (``ddk_fast.data.qa_metrics``).
 
 The only convention of our own: a correlation with a constant input (or an MCC that is undefined) is
 reported as 0.0 instead of NaN, so a collapsed model still gets a comparable score and checkpoint
@@ -14,6 +15,7 @@ from seqeval import metrics as seqeval_metrics
 from sklearn import metrics as skm
 
 from ddk_fast.data.encoding import IGNORE_INDEX
+from ddk_fast.data.qa_metrics import squad_scores
 from ddk_fast.data.tasks import DataError, get_task
 
 
@@ -135,9 +137,18 @@ def compute_metrics(task, predictions, labels) -> Dict[str, float]:
     for multi-label the logits [N, C]. ``labels``: [N] class ids or gold scores ([N, C] multi-hot for
     multi-label). Token classification: logits [N, T, C] or tag ids [N, T] against [N, T] tag ids
     (``IGNORE_INDEX`` where not scored); the results are seqeval's entity scores. numpy arrays, lists
-    or tensors.
+    or tensors. Extractive QA: ``predictions`` maps question id -> predicted text ("" = no answer, see
+    ``ddk_fast.data.qa_answers.best_answers``), ``labels`` question id -> gold answer texts; the
+    results are SQuAD's ``exact_match`` and ``f1``.
     """
     spec = get_task(task)
+    if getattr(spec, "is_qa", False):
+        if not isinstance(predictions, dict) or not isinstance(labels, dict):
+            raise DataError(f"QA predictions and labels are dicts question id -> text / gold texts; got "
+                            f"{type(predictions).__name__} and {type(labels).__name__}")
+        results = squad_scores(predictions, labels)
+        results["score"] = float(np.mean([results[name] for name in spec.metric_names]))
+        return results
     predictions, labels = _to_numpy(predictions, "predictions"), _to_numpy(labels, "labels")
     if getattr(spec, "is_token_classification", False):
         results = entity_scores(*tag_sequences(spec.label_names, predictions, labels))

@@ -30,7 +30,8 @@ Terms (option prefix -> class; weights are ``<prefix>_weight``):
     attention       AttentionTerm       per-head attention: "kl" on distributions (fused op) or "mse" on raw scores
                                         with padded (and, causal, future) keys zeroed -- TinyBERT's formula --
                                         or "prob_mse" on distributions (``attention_loss``)
-    pred            PredictionTerm      soft CE at temperature T (MSE for regression; per token for LMs and NER)
+    pred            PredictionTerm      soft CE at temperature T (MSE for regression; per token for LMs and NER;
+                                        QA: the start and the end distributions over the real tokens)
     task            TaskTerm            hard labels: CE / MSE / next-token CE
     query/key/value_relation RelationTerm   MiniLMv2 / MaKD relations of Q, K, V (KL, R relation heads)
     ffn_intermediate FFNTerm            FFN activations, MSE through a learned low-rank map when widths differ
@@ -61,12 +62,12 @@ from ddk_fast.distill.makd import LowRankProjection, concat_heads, relation_scor
 from ddk_fast.distill.mappings import MAPPINGS, MeanMapping, UniformMapping, _IndexMapping, build_mapping
 from ddk_fast.distill.projection import HiddenProjection
 from ddk_fast.ops.distill_losses import hidden_distill_loss_reference
-from ddk_fast.ops.label_losses import task_loss, token_rows
+from ddk_fast.ops.label_losses import span_rows, task_loss, token_rows
 
 OUTPUTS = ("hidden_states", "attention_scores", "attention_probs", "qkv", "ffn", "logits")
 _FLAGS = {"hidden_states": "output_hidden_states", "attention_scores": "output_attention_scores",
           "attention_probs": "output_attention_probs", "qkv": "output_qkv", "ffn": "output_ffn"}
-TASK_TYPES = ("classification", "regression", "multilabel", "lm", "token_classification")
+TASK_TYPES = ("classification", "regression", "multilabel", "lm", "token_classification", "qa")
 ATTENTION_LOSSES = ("kl", "mse", "prob_mse")
 _NEG = -1.0e4  # "minus infinity" for scores that must get zero probability but stay finite (no 0 * inf)
 
@@ -477,7 +478,9 @@ class PredictionTerm(KDTerm):
             return F.mse_loss(s_logits.float(), t_logits.float())
         if self.task_type == "multilabel":
             return sigmoid_kd_loss(s_logits, t_logits, self.temperature)
-        if s_logits.dim() == 3:
+        if self.task_type == "qa":  # one row per start / end distribution over the sequence
+            s_logits, t_logits = span_rows(s_logits, t_logits, _token_mask(batch, s_logits[..., 0]))
+        elif s_logits.dim() == 3:
             s_logits, t_logits = token_rows(s_logits, t_logits, _token_mask(batch, s_logits[..., 0]))
         return _ops().soft_cross_entropy(s_logits, t_logits, self.temperature, path=self.path, check_finite=False)
 

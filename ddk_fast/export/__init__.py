@@ -3,7 +3,8 @@
 ``save_pruned(model, out_dir, tokenizer=None, extra_files=None, overwrite=False) -> str``
     Writes config.json (model_type "ddk_bert", per-layer ``num_heads`` / ``intermediate_sizes``,
     ``auto_map`` for AutoConfig / AutoModel / AutoModelForSequenceClassification, or
-    AutoModelForTokenClassification for a token classification model), the standalone
+    AutoModelForTokenClassification for a token classification model, AutoModelForQuestionAnswering for
+    an extractive-QA one: ``start_logits`` / ``end_logits``), the standalone
     modeling file ``modeling_ddk_bert.py`` (plain torch + transformers, no ddk_fast import; attention
     through torch SDPA; uneven heads and widths, 0-unit blocks), model.safetensors, the tokenizer files
     (``tokenizer``: an object with ``save_pretrained`` or a folder to copy tokenizer files from),
@@ -27,7 +28,8 @@ The folder also loads without ddk_fast:
     first, and without the flag transformers stops to ask (stdin prompt, 15 s) because it names custom code.
 
 ``register_auto_classes()``: registers ddk_bert / ddk_gpt2 with AutoConfig / AutoModel /
-    AutoModelForSequenceClassification / AutoModelForTokenClassification / AutoModelForCausalLM, so those and AutoTokenizer load exports
+    AutoModelForSequenceClassification / AutoModelForTokenClassification / AutoModelForQuestionAnswering /
+    AutoModelForCausalLM, so those and AutoTokenizer load exports
     without ``trust_remote_code`` and with the packaged classes (no folder code runs).
 """
 import importlib

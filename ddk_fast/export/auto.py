@@ -12,8 +12,8 @@ Registration imports transformers' modeling code (seconds), so ``import ddk_fast
 call ``ddk_fast.register_auto_classes()`` once per process. A process that never imports ddk_fast
 (a serving stack with stock transformers only) passes ``trust_remote_code=True`` to the tokenizer too.
 """
-from transformers import (AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification,
-                          AutoModelForTokenClassification)
+from transformers import (AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForQuestionAnswering,
+                          AutoModelForSequenceClassification, AutoModelForTokenClassification)
 
 from ddk_fast.export import modeling_ddk_bert, modeling_ddk_gpt2
 
@@ -22,6 +22,7 @@ _REGISTRATIONS = (
         (AutoModel, modeling_ddk_bert.DdkBertModel),
         (AutoModelForSequenceClassification, modeling_ddk_bert.DdkBertForSequenceClassification),
         (AutoModelForTokenClassification, modeling_ddk_bert.DdkBertForTokenClassification),
+        (AutoModelForQuestionAnswering, modeling_ddk_bert.DdkBertForQuestionAnswering),
     )),
     (modeling_ddk_gpt2.DdkGPT2Config, (
         (AutoModel, modeling_ddk_gpt2.DdkGPT2Model),

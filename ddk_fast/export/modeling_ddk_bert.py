@@ -7,8 +7,8 @@ Shipped beside config.json by ``ddk_fast.export.save_pruned`` and loaded by tran
     from transformers import AutoModelForSequenceClassification
     model = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True)
 
-(``AutoModelForTokenClassification`` for a token classification export: config.json's architecture
-says which).
+(``AutoModelForTokenClassification`` for a token classification export, ``AutoModelForQuestionAnswering``
+for an extractive-QA one: config.json's architecture says which).
 
 Each layer is post-LayerNorm BERT: attention (torch scaled_dot_product_attention) then FFN. A layer
 with 0 heads (or 0 FFN channels) keeps only that block's output bias and LayerNorm: the block
@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
-from transformers.modeling_outputs import BaseModelOutputWithPooling, SequenceClassifierOutput, TokenClassifierOutput
+from transformers.modeling_outputs import (BaseModelOutputWithPooling, QuestionAnsweringModelOutput,
+                                           SequenceClassifierOutput, TokenClassifierOutput)
 
 ACTIVATIONS = {
     "gelu": F.gelu,
@@ -269,3 +270,33 @@ class DdkBertForTokenClassification(_DdkBertWithClassifier):
 
     def _loss(self, logits, labels):
         return F.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1), ignore_index=-100)
+
+
+class DdkBertForQuestionAnswering(DdkBertPreTrainedModel):
+    """DdkBertModel + a linear span head on every token (BertForQuestionAnswering's qa_outputs, no dropout),
+    stored as ``classifier`` with 2 rows: start and end logits. The loss is the mean of the start and end
+    cross entropies; positions outside the sequence are ignored, as in transformers."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.model = DdkBertModel(config)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, start_positions=None,
+                end_positions=None, output_hidden_states=None, return_dict=None, **kwargs):
+        base = self.model(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                          output_hidden_states=output_hidden_states, return_dict=True)
+        logits = self.classifier(base.last_hidden_state)
+        start_logits, end_logits = (t.squeeze(-1).contiguous() for t in logits.split(1, dim=-1))
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            ignored = start_logits.size(1)
+            start = start_positions.view(-1).clamp(0, ignored)
+            end = end_positions.view(-1).clamp(0, ignored)
+            loss = (F.cross_entropy(start_logits, start, ignore_index=ignored)
+                    + F.cross_entropy(end_logits, end, ignore_index=ignored)) / 2
+        out = QuestionAnsweringModelOutput(loss=loss, start_logits=start_logits, end_logits=end_logits,
+                                           hidden_states=base.hidden_states)
+        return out if return_dict is not False else out.to_tuple()

@@ -31,14 +31,21 @@ AUTO_MAP = {
 # other kind would load silently and mean something else
 TOKEN_AUTO_MAP = {"AutoConfig": AUTO_MAP["AutoConfig"], "AutoModel": AUTO_MAP["AutoModel"],
                   "AutoModelForTokenClassification": "modeling_ddk_bert.DdkBertForTokenClassification"}
+QA_AUTO_MAP = {"AutoConfig": AUTO_MAP["AutoConfig"], "AutoModel": AUTO_MAP["AutoModel"],
+               "AutoModelForQuestionAnswering": "modeling_ddk_bert.DdkBertForQuestionAnswering"}
+# task_type of the engine -> (architecture, auto_map) of its export
+HEADS = {"token_classification": ("DdkBertForTokenClassification", TOKEN_AUTO_MAP),
+         "qa": ("DdkBertForQuestionAnswering", QA_AUTO_MAP)}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
                    "vocab.txt", "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model")
 
 
-# task_type of the engine -> transformers' problem_type (which loss a stock model applies to labels)
+# task_type of the engine -> transformers' problem_type (which loss a stock model applies to labels);
+# QA models have none (their loss is the span loss whatever the config says)
 PROBLEM_TYPES = {"classification": "single_label_classification", "regression": "regression",
                  "multilabel": "multi_label_classification",
-                 "token_classification": "single_label_classification"}  # one label per token
+                 "token_classification": "single_label_classification",  # one label per token
+                 "qa": None}
 
 
 def _config_json(model: MaskedTransformer) -> dict[str, Any]:
@@ -47,11 +54,11 @@ def _config_json(model: MaskedTransformer) -> dict[str, Any]:
         cfg.pop(key)
     id2label = model.config.id2label or {i: f"LABEL_{i}" for i in range(model.config.num_labels)}
     dtype = str(model.classifier.weight.dtype).replace("torch.", "")
-    token = model.config.task_type == "token_classification"
+    architecture, auto_map = HEADS.get(model.config.task_type, ("DdkBertForSequenceClassification", AUTO_MAP))
     return {
         "model_type": MODEL_TYPE,
-        "architectures": ["DdkBertForTokenClassification" if token else "DdkBertForSequenceClassification"],
-        "auto_map": dict(TOKEN_AUTO_MAP if token else AUTO_MAP),
+        "architectures": [architecture],
+        "auto_map": dict(auto_map),
         **cfg,
         "num_hidden_layers": model.num_layers,
         "num_attention_heads": max(model.num_heads, default=0),

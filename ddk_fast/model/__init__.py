@@ -3,7 +3,7 @@ built from a stock transformers checkpoint, plus Structure (units kept) and phys
 
 Model (``masked_transformer.py``)
     ``model = MaskedTransformer.from_pretrained(path_or_hf_model, num_labels=None,
-    task_type=None|"classification"|"regression"|"multilabel"|"token_classification", dtype=torch.float32)``
+    task_type=None|"classification"|"regression"|"multilabel"|"token_classification"|"qa", dtype=torch.float32)``
         path: a folder with config.json + model.safetensors (or pytorch_model.bin, read with
         weights_only=True), a stock BertModel / BertForSequenceClassification / RobertaModel /
         RobertaForSequenceClassification object (or the XLM-RoBERTa, ELECTRA and DistilBERT
@@ -16,7 +16,8 @@ Model (``masked_transformer.py``)
         output_attention_probs=False, output_qkv=False, output_ffn=False, active_units=None)``
         -> ``MaskedTransformerOutput``:
         .logits [B, num_labels] ([B, S, num_labels] for token_classification: the classifier on every
-        token, no pooler); .pooled [B, d]; .last_hidden_state [B, S, d];
+        token, no pooler; [B, S, 2] for qa: each token's start and end logit, BertForQuestionAnswering's
+        qa_outputs); .pooled [B, d]; .last_hidden_state [B, S, d];
         .hidden_states: tuple of L+1 [B, S, d] (embeddings first);
         .attention_scores: per layer [B, H_l, S, S] raw q.k/sqrt(D), *no* padding mask added;
         .attention_probs: per layer [B, H_l, S, S] softmax with the padding mask (what stock

@@ -12,7 +12,9 @@ from typing import Any
 
 # token_classification: one logit row per token from the last hidden state (NER), no pooler
 TOKEN_CLASSIFICATION = "token_classification"
-TASK_TYPES = ("classification", "regression", "multilabel", TOKEN_CLASSIFICATION)
+# qa: extractive question answering, a start and an end logit per token (num_labels 2), no pooler
+QUESTION_ANSWERING = "qa"
+TASK_TYPES = ("classification", "regression", "multilabel", TOKEN_CLASSIFICATION, QUESTION_ANSWERING)
 POSITION_STYLES = ("absolute", "padding_offset")
 # head_style -> (dropout before the dense layer too, activation after it). Why a table: the four stock
 # sequence-classification heads differ only in these two choices (see TransformerConfig.head_style).
@@ -93,6 +95,8 @@ class TransformerConfig:
             raise ValueError(f"task_type must be one of {TASK_TYPES}, got {self.task_type!r}")
         if self.task_type == "regression" and self.num_labels != 1:
             raise ValueError(f"task_type='regression' needs num_labels=1, got {self.num_labels}")
+        if self.task_type == QUESTION_ANSWERING and self.num_labels != 2:
+            raise ValueError(f"task_type='qa' needs num_labels=2 (start, end), got {self.num_labels}")
         if self.num_labels < 1:
             raise ValueError(f"num_labels must be >= 1, got {self.num_labels}")
         if self.id2label is not None:

@@ -1,4 +1,4 @@
-"""MaskedTransformer: a BERT-family encoder + sequence classifier whose heads and FFN channels are gated.
+"""MaskedTransformer: a BERT-family encoder + task head whose heads and FFN channels are gated.
 
 Why: the search and the distillation need one model that (a) reproduces the stock checkpoint exactly
 when every gate is 1, (b) takes per-layer gates that the fused ops use to skip pruned units, and
@@ -20,7 +20,7 @@ from ddk_fast.model.active import ActiveUnits, check_active_units, find_active_u
 from ddk_fast.model.adapters import adapter_for
 from ddk_fast.model.adapters.base import HEAD_KEYS
 from ddk_fast.model.backbone import MaskedBackbone, per_layer_gates
-from ddk_fast.model.config import TOKEN_CLASSIFICATION, TransformerConfig
+from ddk_fast.model.config import QUESTION_ANSWERING, TOKEN_CLASSIFICATION, TransformerConfig
 from ddk_fast.model.layers import Embeddings, MaskedLayer, linear
 from ddk_fast.model.structure import Structure
 
@@ -48,7 +48,8 @@ class MaskedTransformerOutput:
 
 class MaskedTransformer(MaskedBackbone):
     """Embeddings -> L masked post-LN layers -> first-token head (pooler + tanh/relu/gelu) -> classifier;
-    with ``task_type="token_classification"`` the classifier reads every token instead (logits [B, S, C])."""
+    with ``task_type="token_classification"`` the classifier reads every token instead (logits [B, S, C]),
+    with ``task_type="qa"`` it is the span head: a start and an end logit per token (logits [B, S, 2])."""
 
     def __init__(self, config: TransformerConfig):
         super().__init__()
@@ -69,8 +70,8 @@ class MaskedTransformer(MaskedBackbone):
     @property
     def head_reads_first_token_only(self) -> bool:
         """Whether the task head reads only the first token's last hidden state (sequence tasks), not
-        every token's (token classification): what a reconstruction of the last layer has to match."""
-        return self.config.task_type != TOKEN_CLASSIFICATION
+        every token's (token classification, QA spans): what a reconstruction of the last layer has to match."""
+        return self.config.task_type not in (TOKEN_CLASSIFICATION, QUESTION_ANSWERING)
 
     # ---- init -----------------------------------------------------------------------------------
     def _init_module(self, module: nn.Module) -> None:
@@ -131,6 +132,10 @@ class MaskedTransformer(MaskedBackbone):
             # BertForTokenClassification: dropout + linear on every token's last hidden state [B, S, C];
             # the pooler is unused (kept so every task type has the same parameters)
             pooled, logits = first, self.classifier(self.classifier_dropout(x))
+        elif self.config.task_type == QUESTION_ANSWERING:
+            # BertForQuestionAnswering's qa_outputs: a linear layer on every token, no dropout (DistilBERT's
+            # QA head has dropout before it: the same in eval mode); [..., 0] start logits, [..., 1] end
+            pooled, logits = first, self.classifier(x)
         else:
             if self.config.head_dropout_first:
                 first = self.classifier_dropout(first)
@@ -150,7 +155,8 @@ class MaskedTransformer(MaskedBackbone):
 
         num_labels: default = the checkpoint's classifier rows, else 1 for regression, else 2.
         task_type: default = "regression" when num_labels is 1 (or the config says so), "token_classification"
-        for a ``...ForTokenClassification`` checkpoint, else "classification".
+        for a ``...ForTokenClassification`` checkpoint, "qa" (2 labels: start, end) for a
+        ``...ForQuestionAnswering`` one, else "classification".
         A checkpoint classifier whose row count differs from num_labels is replaced by a fresh one.
         """
         hf_config, state_dict = _read_checkpoint(path_or_model)
@@ -162,6 +168,8 @@ class MaskedTransformer(MaskedBackbone):
             [type(path_or_model).__name__] if isinstance(path_or_model, nn.Module) else [])
         if task_type is None and any(str(a).endswith("ForTokenClassification") for a in architectures):
             task_type = TOKEN_CLASSIFICATION
+        if task_type is None and any(str(a).endswith("ForQuestionAnswering") for a in architectures):
+            task_type = QUESTION_ANSWERING
         if task_type is None:
             regression = (num_labels == 1 or hf_config.get("problem_type") == "regression"
                           or (num_labels is None and ckpt_labels == 1))

@@ -124,7 +124,9 @@ def eval_loader(encoded, batch_size: int, by_length: bool = True) -> DataLoader:
     """All examples once, longest first: each batch is padded to its own longest row, and rows of
     similar length share a batch, so far fewer padding positions run through the model than in
     input order (``by_length=False``). Batches carry ``example_ids``, with which
-    ``evaluation.predict`` returns its rows in example order again."""
+    ``evaluation.predict`` returns its rows in example order again. A dataset that says ``keep_order``
+    (QA windows: answers are read off by position) is batched in its own order."""
+    by_length = by_length and not getattr(encoded, "keep_order", False)
     sampler = ResumableBatchSampler(len(encoded), batch_size, shuffle=False, seed=0,
                                     lengths=encoded.lengths if by_length else None)
     pad = encoded.pad_token_id

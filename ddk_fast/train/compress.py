@@ -35,9 +35,11 @@ from ddk_fast.train.batching import eval_loader, train_loader
 from ddk_fast.train.checkpoint import (latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state,
                                       weights_digest)
 from ddk_fast.train.config import INITS, CompressConfig, config_dict, parse_kd, resume_mismatches
-from ddk_fast.train.deploy import add_deployment, check_deployment_flags
+from ddk_fast.train.deploy import add_deployment, check_deployment_flags, check_onnx_task
 from ddk_fast.data.custom import TASK_FILE, model_task_type, task_files
 from ddk_fast.train.evaluation import encode_split, evaluate, load_split, resolve_task, to_device
+from ddk_fast.train.hf import (check_head_kind, check_label_count, has_classifier_head, head_kind_of, load_tokenizer,
+                               read_config)
 from ddk_fast._io import atomic_write_json, read_json
 from ddk_fast.train.logging import RunLogger
 from ddk_fast.train.threads import apply_threads
@@ -168,7 +170,6 @@ def load_teacher(path: str, spec):
     """The fine-tuned teacher as a MaskedTransformer (+ its tokenizer); one-line errors otherwise."""
     from ddk_fast.model import MaskedTransformer, refusal
     from ddk_fast.model.masked_transformer import DDK_MODEL_TYPE
-    from ddk_fast.train.hf import check_head_kind, check_label_count, has_classifier_head, load_tokenizer, read_config
 
     if not os.path.isdir(path):
         raise UserError(f"--teacher {path!r} is not a folder")
@@ -180,7 +181,7 @@ def load_teacher(path: str, spec):
     if refused is not None:
         raise UserError(f"--teacher {path!r}: architecture {model_type!r} is not supported{refused}")
     if not has_classifier_head(config):
-        raise UserError(f"--teacher {path!r} has no sequence-classification head (architectures="
+        raise UserError(f"--teacher {path!r} has no {head_kind_of(spec)} head (architectures="
                         f"{config.get('architectures')}); fine-tune it first with `ddk-fast finetune`")
     check_label_count(path, config, spec)
     check_head_kind(path, config, spec)
@@ -260,6 +261,7 @@ def run_compress(cfg: CompressConfig) -> dict:
     threads = apply_threads(cfg.threads)
     teacher_path = os.path.abspath(cfg.teacher)
     spec = resolve_task(cfg.task, cfg, teacher_path)
+    check_onnx_task(cfg, spec)
     teacher, tokenizer = load_teacher(teacher_path, spec)
     check_seq_len(cfg.seq_len, teacher.config, "--seq-len")
     check_seq_len(cfg.max_seq_len, teacher.config, "--max-seq-len")

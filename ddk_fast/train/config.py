@@ -44,21 +44,22 @@ class DataOptions:
     which columns hold the text and the label, and the task kind when the label column's type is not
     what is meant (e.g. integer scores for regression)."""
 
-    train_file: Optional[str] = option(None, group="data", help=f"your own training data ({_FORMATS}); the label "
-                                                                "set comes from it (--task lm: a plain-text file)")
+    train_file: Optional[str] = option(None, group="data", help=f"your own training data ({_FORMATS}; a SQuAD "
+                                                                "v1.1/v2.0 .json for QA); the label set comes from "
+                                                                "it (--task lm: a plain-text file)")
     validation_file: Optional[str] = option(None, group="data", help=f"your own validation data ({_FORMATS}); "
                                                                      "default: a seeded 10% of --train-file")
     dataset: Optional[str] = option(None, group="data", help="a hub dataset NAME[:CONFIG], a datasets.save_to_disk "
                                                              "folder or a folder of data files")
     text_columns: Optional[str] = option(None, group="data", help="the text column, or two for sentence pairs: a[,b] "
                                                                   "(default: text, sentence, sentence1,sentence2, ..., "
-                                                                  "tokens)")
+                                                                  "tokens; QA: question,context)")
     label_column: Optional[str] = option(None, group="data", help="the label column (default: label, labels, score, "
-                                                                  "ner_tags or tags)")
+                                                                  "ner_tags, tags or answers)")
     task_kind: Optional[str] = option(None, group="data", choices=KINDS,
                                       help="default: inferred: a text column of word lists (or a .conll file) -> "
-                                           "token_classification, label lists -> multilabel, floats -> regression, "
-                                           "else classification")
+                                           "token_classification, SQuAD answers ({text, answer_start}) -> qa, label "
+                                           "lists -> multilabel, floats -> regression, else classification")
 
 
 @dataclass

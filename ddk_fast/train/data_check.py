@@ -2,7 +2,8 @@
 
 Every row goes through the same loader and checks as ``finetune``/``compress`` (so a bad row fails here
 with the same one-line error), then the tokenizer of the model that will be trained measures lengths:
-how long the inputs are (percentiles) and what share ``--max-seq-len`` would cut.
+how long the inputs are (percentiles) and what share ``--max-seq-len`` would cut (for extractive QA:
+which questions' contexts it splits into several windows, and how many windows there are).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Optional
 import numpy as np
 
 from ddk_fast.data.custom import HOLDOUT_SHARE, KINDS, open_split
+from ddk_fast.data.qa_encoding import encode_qa
 from ddk_fast.train import shared_options as shared
 from ddk_fast.train.config import DataOptions, packaged_model_dir
 from ddk_fast.train.evaluation import load_split, resolve_task
@@ -60,6 +62,8 @@ def check_data(task=None, data: DataOptions | None = None, data_dir=None, model=
 
 
 def _split_summary(spec, split, examples, tokenizer, max_seq_len) -> dict:
+    if getattr(spec, "is_qa", False):
+        return _qa_summary(examples, tokenizer, max_seq_len)
     labels = [ex.label for ex in examples]
     words = getattr(spec, "is_token_classification", False)  # rows are word lists, labels a tag per word
     out = {"rows": len(examples)}
@@ -87,6 +91,23 @@ def _split_summary(spec, split, examples, tokenizer, max_seq_len) -> dict:
     return out
 
 
+def _qa_summary(examples, tokenizer, max_seq_len) -> dict:
+    """Questions with and without answers, question + context lengths, and the windows ``max_seq_len``
+    cuts the contexts into (a long context is split, not truncated)."""
+    unanswerable = sum(not ex.answers for ex in examples)
+    with quiet_transformers():
+        encoded = tokenizer([ex.question for ex in examples], [ex.context for ex in examples], truncation=False,
+                            padding=False, return_attention_mask=False, return_token_type_ids=False)
+        windows = encode_qa(examples, tokenizer, max_seq_len)
+    lengths = np.asarray([len(ids) for ids in encoded["input_ids"]])
+    tokens = {f"p{p}": int(np.percentile(lengths, p)) for p in PERCENTILES}
+    tokens["max"] = int(lengths.max())
+    return {"rows": len(examples), "answers": {"answerable": len(examples) - unanswerable, "unanswerable": unanswerable},
+            "tokens": tokens, "split_rows": int(np.sum(lengths > max_seq_len)),
+            "split_share": round(float(np.mean(lengths > max_seq_len)), 6), "windows": len(windows),
+            "doc_stride": windows.doc_stride}
+
+
 def _warnings(spec, splits) -> list:
     out = []
     train, dev = splits.get("train", {}), next((v for k, v in splits.items() if k != "train"), {})
@@ -97,7 +118,7 @@ def _warnings(spec, splits) -> list:
     if missing and len(missing) < len(spec.label_names):
         out.append(f"validation has no rows of label(s) {missing}")
     for split, summary in splits.items():
-        if summary["truncated_share"] > 0.05:
+        if summary.get("truncated_share", 0.0) > 0.05:
             out.append(f"{split}: {summary['truncated_share']:.0%} of rows are longer than --max-seq-len "
                        f"(p95 {summary['tokens']['p95']} tokens); raise --max-seq-len to keep them whole")
     return out
@@ -118,9 +139,16 @@ def format_check(report: dict) -> str:
             lines.append("  label counts: " + ", ".join(f"{k} {v}" for k, v in list(s["label_counts"].items())[:30]))
         if "label_stats" in s:
             lines.append("  label " + ", ".join(f"{k} {v:.4g}" for k, v in s["label_stats"].items()))
+        if "answers" in s:
+            lines.append("  questions: " + ", ".join(f"{k} {v}" for k, v in s["answers"].items()))
         t = s["tokens"]
-        lines.append(f"  tokens: p50 {t['p50']}, p90 {t['p90']}, p95 {t['p95']}, p99 {t['p99']}, max {t['max']}; "
-                     f"{s['truncated_rows']} rows ({s['truncated_share']:.2%}) truncated at {report['max_seq_len']}")
+        size = f"  tokens: p50 {t['p50']}, p90 {t['p90']}, p95 {t['p95']}, p99 {t['p99']}, max {t['max']}; "
+        if "windows" in s:
+            lines.append(size + f"{s['split_rows']} questions ({s['split_share']:.2%}) longer than "
+                                f"{report['max_seq_len']}: {s['windows']} windows in all (stride {s['doc_stride']})")
+        else:
+            lines.append(size + f"{s['truncated_rows']} rows ({s['truncated_share']:.2%}) truncated at "
+                                f"{report['max_seq_len']}")
     lines += [f"warning: {w}" for w in report["warnings"]]
     lines.append("ok: every row has its text and a label the task knows")
     return "\n".join(lines)

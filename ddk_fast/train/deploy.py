@@ -300,6 +300,14 @@ def check_deployment_flags(cfg, metric: str) -> None:
         cfg.onnx = True
 
 
+def check_onnx_task(cfg, spec) -> None:
+    """ONNX export covers sequence and token classifiers and causal LMs; a QA run asking for it is refused
+    before any work, not after training."""
+    if getattr(cfg, "onnx", False) and getattr(spec, "is_qa", False):
+        raise UserError(f"--onnx: ONNX export does not cover question answering (task {spec.name}); use the "
+                        f"PyTorch export, loaded with AutoModelForQuestionAnswering")
+
+
 def add_deployment(report: dict, staged: str, cfg, teacher_dir: str, task, dev_ds, info) -> None:
     """``report["onnx"]`` for ``--onnx`` runs (the ONNX files land in ``staged/onnx``); a no-op otherwise.
     A budget on ONNX Runtime latency is checked here, on the exported student's measured ratio."""

@@ -2,6 +2,7 @@
 splits as one-line-error-checked examples, a model run over a loader, the task's metrics."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import sys
@@ -11,6 +12,9 @@ import torch
 
 from ddk_fast.data import GLUE_TASKS, DataError, get_task, load_task
 from ddk_fast.data.custom import CustomTask, DataSource, build_task, read_task_file
+from ddk_fast.data.examples import QAExample
+from ddk_fast.data.qa_answers import best_answers
+from ddk_fast.data.qa_encoding import encode_qa
 from ddk_fast.errors import UserError
 from ddk_fast.ops.label_losses import IGNORE_INDEX
 
@@ -54,9 +58,16 @@ def _cat_padded(parts, value) -> torch.Tensor:
     return out
 
 
-def evaluate_logits(task, logits: torch.Tensor, labels: torch.Tensor) -> dict:
+def evaluate_logits(task, logits: torch.Tensor, labels: torch.Tensor, dataset=None) -> dict:
+    """The task's metrics of ``predict``'s output. Extractive QA reads its answers off the windows of
+    ``dataset`` (the ``QAFeatures`` the loader ran over, in their order) and scores the texts."""
     from ddk_fast.data import compute_metrics
 
+    if getattr(get_task(task), "is_qa", False):
+        if not hasattr(dataset, "references"):
+            raise ValueError("QA metrics need the QAFeatures the logits were computed on (dataset=...)")
+        answers = best_answers(dataset, logits, allow_no_answer=get_task(task).allow_no_answer)
+        return {k: float(v) for k, v in compute_metrics(task, answers, dataset.references).items()}
     preds = logits.squeeze(-1) if logits.shape[-1] == 1 else logits
     return {k: float(v) for k, v in compute_metrics(task, preds.numpy(), labels.numpy()).items()}
 
@@ -68,7 +79,16 @@ def evaluate(model, logits_fn, loader, device, task: str) -> dict:
         logits, labels = predict(logits_fn, loader, device)
     finally:
         model.train(was_training)
-    return evaluate_logits(task, logits, labels)
+    # the loader's dataset wraps the encoded examples with their ids (``batching._WithIds``)
+    return evaluate_logits(task, logits, labels, getattr(loader.dataset, "encoded", loader.dataset))
+
+
+def constant_baseline(task, train_ds, dev_ds) -> dict:
+    """Dev metrics of the constant predictor of ``majority_baseline``; for extractive QA, "no answer"
+    for every question (what a model predicting nothing scores: the share of unanswerable ones)."""
+    if getattr(get_task(task), "is_qa", False):
+        return _constant_metrics(task, {qid: "" for qid in dev_ds.references}, dev_ds.references)
+    return majority_baseline(task, train_ds.labels, dev_ds.labels)
 
 
 def majority_baseline(task: str, train_labels, dev_labels) -> dict:
@@ -124,10 +144,13 @@ def load_split(task, split: str, data_dir, max_examples=None, seed: int = 0):
 
 
 def encode_split(examples, tokenizer, max_seq_len: int):
-    """``ddk_fast.data.encode`` with its errors as one-line user errors naming ``--max-seq-len``."""
+    """``ddk_fast.data.encode`` (``encode_qa`` for QA questions: windows of ``max_seq_len`` tokens) with
+    its errors as one-line user errors naming ``--max-seq-len``."""
     from ddk_fast.data import encode
 
     try:
+        if examples and isinstance(examples[0], QAExample):
+            return encode_qa(examples, tokenizer, max_length=max_seq_len)
         return encode(examples, tokenizer, max_length=max_seq_len)
     except DataError as exc:
         raise UserError(f"--max-seq-len {max_seq_len!r}: {exc}") from None
@@ -142,8 +165,8 @@ def task_spec(task):
 
 DATA_FLAGS = {"train_file": "--train-file", "validation_file": "--validation-file", "dataset": "--dataset"}
 COLUMN_FLAGS = {"text_columns": "--text-columns", "label_column": "--label-column", "task_kind": "--task-kind"}
-# kinds every command trains and scores (extractive QA would be a further kind)
-TRAINED_KINDS = ("classification", "regression", "multilabel", "token_classification")
+# kinds every command trains and scores
+TRAINED_KINDS = ("classification", "regression", "multilabel", "token_classification", "qa")
 
 
 def has_own_data(options) -> bool:
@@ -216,12 +239,13 @@ def _reuse(saved: CustomTask, source: DataSource, options) -> CustomTask:
     if len(texts) != len(saved.text_columns):
         raise UserError(f"--text-columns {','.join(texts)}: the model was trained on {len(saved.text_columns)} "
                         f"text column(s) ({','.join(saved.text_columns)})")
-    return CustomTask(saved.name, saved.kind, texts, _option(options, "label_column") or saved.label_column,
-                      saved.label_names, source.absolute())
+    return dataclasses.replace(saved, text_columns=texts,
+                               label_column=_option(options, "label_column") or saved.label_column,
+                               source=source.absolute())
 
 
 def _labels_in_model_order(spec: CustomTask, model_dir) -> CustomTask:
-    if spec.is_regression or not model_dir:
+    if spec.is_regression or spec.is_qa or not model_dir:  # QA's two rows are start and end, whatever named
         return spec
     from ddk_fast._io import read_json
 
@@ -235,7 +259,7 @@ def _labels_in_model_order(spec: CustomTask, model_dir) -> CustomTask:
         names = tuple(by_lower[n.lower()] for n in names)  # the model's order, the data's spelling
         if names == spec.label_names:
             return spec
-        return CustomTask(spec.name, spec.kind, spec.text_columns, spec.label_column, names, spec.source)
+        return dataclasses.replace(spec, label_names=names)
     if not all(re.fullmatch(r"LABEL_\d+", n) for n in names):
         # named classifier rows that the data does not name: their order cannot be matched to the labels
         print(f"warning: {model_dir}: its classes {list(names)} are not the data's labels {list(spec.label_names)}; "

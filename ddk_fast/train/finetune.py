@@ -1,8 +1,9 @@
-"""Teacher fine-tuning: a stock transformers sequence (or token) classifier, AdamW with linear warmup/decay,
-dynamic padding, dev evaluation each epoch, the best epoch kept, checkpoints and exact resume.
+"""Teacher fine-tuning: a stock transformers sequence (or token) classifier or QA model, AdamW with linear
+warmup/decay, dynamic padding, dev evaluation each epoch, the best epoch kept, checkpoints and exact resume.
 
 The teacher is a plain ``AutoModelForSequenceClassification`` (``AutoModelForTokenClassification`` for
-token classification) on purpose: it is what users already have, and what ``compress`` consumes.
+token classification, ``AutoModelForQuestionAnswering`` for extractive QA) on purpose: it is what users
+already have, and what ``compress`` consumes.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from ddk_fast.train.errors import RunInterrupted
 from ddk_fast.train.loop import FiniteWatch, host_scalars
 from ddk_fast.data.custom import KINDS, write_task_file
 from ddk_fast.train.evaluation import encode_split, evaluate, load_split, resolve_task, to_device
-from ddk_fast.train.hf import load_classifier, logits_of, save_classifier
+from ddk_fast.train.hf import label_arguments, load_classifier, logits_of, save_classifier
 from ddk_fast._io import atomic_directory, atomic_write_json
 from ddk_fast.train.logging import RunLogger, progress
 from ddk_fast.train.threads import apply_threads
@@ -119,7 +120,7 @@ def _train(cfg, spec, model_path, model, tokenizer, train_ds, dev_ds, dirs, ctx,
                 step = state["global_step"] + 1
                 batch = to_device(batch, ctx.device)
                 out = train_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                  token_type_ids=batch.get("token_type_ids"), labels=batch["labels"])
+                                  token_type_ids=batch.get("token_type_ids"), **label_arguments(spec, batch["labels"]))
                 loss = out.loss
                 if cfg.fault_nan_at_step is not None and step == cfg.fault_nan_at_step:
                     loss = loss * float("nan")

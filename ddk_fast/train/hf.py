@@ -1,4 +1,5 @@
-"""Stock transformers sequence classifiers (the teacher): load with checks, save as a standard folder.
+"""Stock transformers sequence / token classifiers and extractive-QA models (the teacher): load with
+checks, save as a standard folder.
 
 Only safetensors weights are read (``use_safetensors=True``): a folder with pickled weights only is
 refused rather than unpickled.
@@ -52,11 +53,14 @@ def read_config(path: str) -> dict:
         raise UserError(f"{cfg!r}: not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc})") from None
 
 
-HEAD_SUFFIXES = ("ForSequenceClassification", "ForTokenClassification")
+# architecture suffix -> the kind of head it names (what check_head_kind compares with the task's)
+HEAD_KINDS = {"ForSequenceClassification": "sequence-classification", "ForTokenClassification": "token-classification",
+              "ForQuestionAnswering": "question-answering"}
+HEAD_SUFFIXES = tuple(HEAD_KINDS)
 
 
 def has_classifier_head(config: dict) -> bool:
-    """A sequence or token classification head (``check_label_count`` then checks its rows)."""
+    """A sequence or token classification or a QA span head (``check_label_count`` then checks its rows)."""
     return any(a.endswith(HEAD_SUFFIXES) for a in (config.get("architectures") or []))
 
 
@@ -64,20 +68,37 @@ def is_token_task(spec) -> bool:
     return bool(getattr(spec, "is_token_classification", False))
 
 
+def is_qa_task(spec) -> bool:
+    return bool(getattr(spec, "is_qa", False))
+
+
+def head_kind_of(spec) -> str:
+    """The head kind ``spec`` needs (a value of ``HEAD_KINDS``)."""
+    if is_qa_task(spec):
+        return "question-answering"
+    return "token-classification" if is_token_task(spec) else "sequence-classification"
+
+
+def head_kind(config: dict) -> str:
+    """The kind of head a checkpoint config's architecture names (sequence classification when none)."""
+    return next((kind for a in (config.get("architectures") or []) for suffix, kind in HEAD_KINDS.items()
+                 if a.endswith(suffix)), "sequence-classification")
+
+
 def check_head_kind(path: str, config: dict, spec) -> None:
-    """A teacher's head must be the task's kind: per token for token classification, per sequence otherwise
-    (the other kind's classifier has the right shape but means something else)."""
-    token_head = any(a.endswith("ForTokenClassification") for a in (config.get("architectures") or []))
-    if token_head != is_token_task(spec):
-        have, need = ("token", "sequence") if token_head else ("sequence", "token")
-        raise UserError(f"{path!r} has a {have}-classification head (architectures={config.get('architectures')}) "
-                        f"but task {spec.name} needs a {need}-classification one; fine-tune it for the task "
+    """A teacher's head must be the task's kind: per token for token classification, a span head for QA,
+    per sequence otherwise (another kind's head may have the right shape but means something else)."""
+    have, need = head_kind(config), head_kind_of(spec)
+    if have != need:
+        raise UserError(f"{path!r} has a {have} head (architectures={config.get('architectures')}) "
+                        f"but task {spec.name} needs a {need} one; fine-tune it for the task "
                         f"with `ddk-fast finetune`")
 
 
 def check_label_count(path: str, config: dict, spec) -> None:
-    """A folder that already has a classifier head must have the task's number of labels."""
-    if not has_classifier_head(config):
+    """A folder that already has a head of the task's kind must have the task's number of labels (a head
+    of another kind is not used: fine-tuning starts a fresh one)."""
+    if not has_classifier_head(config) or head_kind(config) != head_kind_of(spec):
         return
     n = config.get("num_labels")
     if n is None and config.get("id2label"):
@@ -141,17 +162,20 @@ def load_classifier(path: str, spec, require_head: bool = False):
     else:
         config = _hub_config(path)
     if require_head and not has_classifier_head(config):
-        raise UserError(f"{path!r} has no sequence-classification head (architectures="
+        raise UserError(f"{path!r} has no {head_kind_of(spec)} head (architectures="
                         f"{config.get('architectures')}); fine-tune it first with `ddk-fast finetune`")
     if require_head:
         check_head_kind(path, config, spec)
     check_label_count(path, config, spec)
-    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+    from transformers import (AutoModelForQuestionAnswering, AutoModelForSequenceClassification,
+                              AutoModelForTokenClassification)
 
-    auto_class = AutoModelForTokenClassification if is_token_task(spec) else AutoModelForSequenceClassification
+    auto_class = {"token-classification": AutoModelForTokenClassification,
+                  "question-answering": AutoModelForQuestionAnswering}.get(head_kind_of(spec),
+                                                                          AutoModelForSequenceClassification)
     kwargs = {"num_labels": spec.num_labels}
-    if is_token_task(spec):
-        pass  # cross entropy per token; labels of -100 (later word pieces) are skipped by the model's loss
+    if is_token_task(spec) or is_qa_task(spec):
+        pass  # cross entropy per token (-100 labels skipped) / the span loss of the start and end positions
     elif spec.is_regression:
         kwargs["problem_type"] = "regression"
     elif getattr(spec, "is_multilabel", False):
@@ -164,8 +188,7 @@ def load_classifier(path: str, spec, require_head: bool = False):
         with quiet_transformers():
             model = auto_class.from_pretrained(path, use_safetensors=True, **kwargs)
     except Exception as exc:  # noqa: BLE001
-        kind = "token" if is_token_task(spec) else "sequence"
-        raise UserError(f"cannot load a {kind} classifier from {path!r}: {_one_line(exc)}") from None
+        raise UserError(f"cannot load a {head_kind_of(spec)} model from {path!r}: {_one_line(exc)}") from None
     model.config.finetuning_task = spec.name
     return model, load_tokenizer(path, spec)
 
@@ -196,9 +219,20 @@ def save_classifier(model, tokenizer, folder: str) -> None:
 
 
 def logits_of(model, batch: dict) -> torch.Tensor:
+    """The model's logits; a QA model's start and end logits stacked as ``[B, S, 2]`` (the engine's layout)."""
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                 token_type_ids=batch.get("token_type_ids"))
+    if hasattr(out, "start_logits"):
+        return torch.stack([out.start_logits, out.end_logits], dim=-1)
     return out.logits if hasattr(out, "logits") else out
+
+
+def label_arguments(spec, labels: torch.Tensor) -> dict:
+    """The keyword arguments that hand a batch's labels to a stock model's own loss: ``labels``, or a QA
+    model's ``start_positions`` / ``end_positions`` (the columns of the ``[B, 2]`` labels)."""
+    if is_qa_task(spec):
+        return {"start_positions": labels[:, 0], "end_positions": labels[:, 1]}
+    return {"labels": labels}
 
 
 def _one_line(exc: BaseException) -> str:

@@ -20,7 +20,7 @@ from ddk_fast.data.custom import task_files
 from ddk_fast.data.glue import subsample_indices
 from ddk_fast.errors import UserError
 from ddk_fast.export import load_pruned, save_pruned
-from ddk_fast.train.deploy import add_deployment, check_deployment_flags
+from ddk_fast.train.deploy import add_deployment, check_deployment_flags, check_onnx_task
 from ddk_fast.train.batching import eval_loader
 from ddk_fast.train.compress import _console, check_budget, cost_model_for, load_teacher
 from ddk_fast.train.config import PruneConfig, config_dict
@@ -113,6 +113,7 @@ def run_prune(cfg: PruneConfig) -> dict:
     threads = apply_threads(cfg.threads)
     teacher_path = os.path.abspath(cfg.teacher)
     spec = resolve_task(cfg.task, cfg, teacher_path)
+    check_onnx_task(cfg, spec)
     teacher, tokenizer = load_teacher(teacher_path, spec)
     for value, flag in ((cfg.seq_len, "--seq-len"), (cfg.max_seq_len, "--max-seq-len"),
                         (cfg.latency_seq_len, "--latency-seq-len")):

@@ -77,7 +77,7 @@ def build_report(source: Report, student) -> dict:
     """report.json's content for the run ``source`` describes and ``student``, the exported model."""
     from ddk_fast.model import encoder_param_count
     from ddk_fast.train.config import config_dict
-    from ddk_fast.train.evaluation import majority_baseline
+    from ddk_fast.train.evaluation import constant_baseline
     from ddk_fast.train.latency import compare
 
     cfg, spec, teacher = source.cfg, source.spec, source.teacher
@@ -109,7 +109,7 @@ def build_report(source: Report, student) -> dict:
         "target_ratio": source.ratio,
         "teacher": source.teacher_path,
         "teacher_dev": source.teacher_dev,
-        "majority_dev": majority_baseline(spec, source.train_ds.labels, source.dev_ds.labels),
+        "majority_dev": constant_baseline(spec, source.train_ds, source.dev_ds),
         "student_dev": source.student_dev,
         "pruned_before_distillation_dev": source.pruned_dev,
         "oneshot": source.oneshot,

@@ -34,6 +34,9 @@ _LEGACY = {"gamma": "weight", "beta": "bias"}
 _IGNORED_PREFIXES = ("embeddings.position_ids", "embeddings.token_type_ids", "cls.", "lm_head.",
                      "discriminator_predictions.", "generator_predictions.", "generator_lm_head.",
                      "vocab_transform.", "vocab_layer_norm.", "vocab_projector.")
+# the span head of every *ForQuestionAnswering class (start and end logit per token); the engine's
+# classifier plays its part when task_type is "qa"
+QA_HEAD = ("qa_outputs", "classifier")
 # head_style -> (stock module, MaskedTransformer module) pairs of the sequence-classification head.
 _HEAD_MAP = {"bert": (("pooler.dense", "pooler"), ("classifier", "classifier")),
              "roberta": (("classifier.dense", "pooler"), ("classifier.out_proj", "classifier")),
@@ -111,7 +114,7 @@ class BertFamilyAdapter:
 
     def checkpoint_num_labels(self, state_dict: dict[str, torch.Tensor]) -> int | None:
         sd = self._strip(state_dict)
-        for key in ("classifier.out_proj.weight", "classifier.weight"):
+        for key in ("classifier.out_proj.weight", "classifier.weight", "qa_outputs.weight"):
             if key in sd:
                 return int(sd[key].shape[0])
         return None
@@ -142,7 +145,7 @@ class BertFamilyAdapter:
                     take(src, src)
             elif src.startswith("embeddings_project."):  # ELECTRA with embedding_size != hidden_size
                 take(src, "embeddings.project." + src.split(".", 1)[1])
-        head = list(_HEAD_MAP[self.head_style])
+        head = list(_HEAD_MAP[self.head_style]) + [QA_HEAD]
         if self.head_style == "roberta" and "classifier.dense.weight" not in sd:
             # a bare RobertaModel's pretrained pooler is a better start than a random dense layer
             head.append(("pooler.dense", "pooler"))
