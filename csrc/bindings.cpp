@@ -13,6 +13,7 @@
 
 #include "cpu_buffer_pool.h"
 #include "distill_loss.h"
+#include "fused_layer.h"
 #if __has_include(<torch/headeronly/version.h>)
 #include <torch/headeronly/version.h>
 #elif __has_include(<torch/version.h>)
@@ -276,6 +277,17 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cpu_pool_set_limit", &ddk::pool_set_limit,
         "bytes the CPU gradient-buffer pool may cache (0 disables caching; empties the pool)",
         py::arg("bytes"));
+  m.def("gelu_bias_forward", &ddk::gelu_bias_forward,
+        "erf GELU of z + bias; z is updated in place to z + bias (CPU, float32/float64)", py::arg("z"),
+        py::arg("bias") = py::none());
+  m.def("gelu_bias_backward", &ddk::gelu_bias_backward, "{grad * gelu'(z), row sum of it (if asked)}",
+        py::arg("grad"), py::arg("z"), py::arg("want_bias_grad"), py::arg("in_place") = false);
+  m.def("residual_layer_norm_forward", &ddk::residual_layer_norm_forward,
+        "{LayerNorm(x + y), x + y, mean, rstd} over the last dim (CPU)", py::arg("x"), py::arg("y"),
+        py::arg("weight"), py::arg("bias"), py::arg("eps"));
+  m.def("layer_norm_backward", &ddk::layer_norm_backward, "{dh, dweight, dbias} of LayerNorm(h) (CPU)",
+        py::arg("grad"), py::arg("h"), py::arg("mean"), py::arg("rstd"), py::arg("weight"),
+        py::arg("want_affine_grads"));
   m.def("cpu_isa", &ddk::cpu_isa, "instruction set the CPU kernels use: avx512, avx2 or base");
   m.def("set_cpu_isa", &ddk::set_cpu_isa, "use a lower instruction set for the CPU kernels (testing)",
         py::arg("name"));

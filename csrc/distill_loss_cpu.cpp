@@ -11,16 +11,9 @@
 #include <cstdlib>
 #include <vector>
 
+#include "cpu_isa.h"
 #include "cpu_rows.h"
 #include "distill_loss.h"
-
-#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
-#define DDK_X86_MULTIVERSION 1
-#define DDK_TARGET_AVX2 __attribute__((target("avx2,fma")))
-#define DDK_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,prefer-vector-width=512")))
-#else
-#define DDK_X86_MULTIVERSION 0
-#endif
 
 namespace ddk {
 namespace {
@@ -95,10 +88,8 @@ DDK_TARGET_AVX512 void rows_chunk_avx512(const RowsArgs& a, int64_t begin, int64
 
 // ---- instruction-set choice -----------------------------------------------------------------------
 
-enum Isa : int { kBase = 0, kAvx2 = 1, kAvx512 = 2 };
-
 const char* isa_name(int isa) {
-  return isa == kAvx512 ? "avx512" : (isa == kAvx2 ? "avx2" : "base");
+  return isa == kIsaAvx512 ? "avx512" : (isa == kIsaAvx2 ? "avx2" : "base");
 }
 
 int detected_isa() {
@@ -106,16 +97,16 @@ int detected_isa() {
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
       __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
-    return kAvx512;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return kAvx2;
+    return kIsaAvx512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return kIsaAvx2;
 #endif
-  return kBase;
+  return kIsaBase;
 }
 
 int parse_isa(const std::string& name) {
-  if (name == "avx512") return kAvx512;
-  if (name == "avx2") return kAvx2;
-  if (name == "base") return kBase;
+  if (name == "avx512") return kIsaAvx512;
+  if (name == "avx2") return kIsaAvx2;
+  if (name == "base") return kIsaBase;
   TORCH_CHECK(false, "CPU ISA must be one of 'avx512', 'avx2', 'base', got '", name, "'");
 }
 
@@ -134,9 +125,9 @@ template <typename T, int OP>
 ChunkFn pick_chunk() {
 #if DDK_X86_MULTIVERSION
   switch (active_isa().load()) {
-    case kAvx512:
+    case kIsaAvx512:
       return &rows_chunk_avx512<T, OP>;
-    case kAvx2:
+    case kIsaAvx2:
       return &rows_chunk_avx2<T, OP>;
     default:
       break;
@@ -201,6 +192,8 @@ void rows_cpu(at::ScalarType dtype, RowOp op, const RowsArgs& args) {
     }
   });
 }
+
+int cpu_isa_level() { return active_isa().load(); }
 
 std::string cpu_isa() { return isa_name(active_isa().load()); }
 

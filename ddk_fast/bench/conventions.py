@@ -4,7 +4,7 @@ Each timed case calls :func:`tag` with the subject (op or workload), the provide
 timed), the mode (fwd, fwd+bwd, step, infer), the keep ratio and a shape string. Cases that share
 everything but the provider form one comparison row; the baseline provider of the row is the
 pure-PyTorch path ("reference", or stock "transformers" for inference; "uncached" for whole runs with
-the teacher cache off).
+the teacher cache off; "sgemm" for a rate goal against square fp32 matmuls timed in the same run).
 A case that has a performance goal passes ``target_ratio=`` (its time / the baseline's time must not
 exceed it, e.g. 0.625 for "1.6x faster"); the report lists those rows under "Targets".
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 
-BASELINES = ("reference", "transformers", "eager", "uncached")
+BASELINES = ("reference", "transformers", "eager", "uncached", "sgemm")
 QUICK_ENV = "DDK_BENCH_QUICK"
 DEVICE_ENV = "DDK_BENCH_DEVICE"
 

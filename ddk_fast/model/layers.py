@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ddk_fast.ops.fused_cpu import residual_layer_norm
 
 
 def linear(in_features: int, out_features: int) -> nn.Linear:
@@ -113,7 +114,12 @@ class MaskedSelfAttention(nn.Module):
                 return_qkv=want_qkv, return_scores=want_scores, return_probs=want_probs, active=active)
             out = res.out
             extras = BlockOutput(q=res.q, k=res.k, v=res.v, scores=res.scores, probs=res.probs)
-        return self.norm(x + self.dropout(out)), extras
+        return _residual_norm(self.norm, x, self.dropout(out), path), extras
+
+
+def _residual_norm(norm: nn.LayerNorm, x: torch.Tensor, y: torch.Tensor, path: str) -> torch.Tensor:
+    """``norm(x + y)``, fused into one pass on the compact CPU path (ddk_fast.ops.fused_cpu)."""
+    return residual_layer_norm(x, y, norm.weight, norm.bias, norm.eps, path)
 
 
 class MaskedFFN(nn.Module):
@@ -148,7 +154,7 @@ class MaskedFFN(nn.Module):
                 extras.intermediate = inter.full()
         if want_output:
             extras.output = y
-        return self.norm(x + self.dropout(y)), extras
+        return _residual_norm(self.norm, x, self.dropout(y), path), extras
 
 
 # transformers' activation names -> the fused ops' names.

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from ddk_fast.ops._dispatch import resolve_path
 from ddk_fast.ops.activations import activation, activation_backward, check_activation
+from ddk_fast.ops.fused_cpu import gelu_kernels
 
 __all__ = ["masked_ffn", "masked_ffn_reference", "FFNIntermediate"]
 
@@ -111,6 +112,8 @@ class _MaskedFFNCompact(torch.autograd.Function):
     Saves x, the compact pre-activation z and the gathered weights; act(z) is recomputed in the backward
     (one pass) rather than kept, so activation memory is one [M, K] tensor instead of torch's three [M, I].
     The gated intermediate h = a * g is only materialised when asked for (``want_h``).
+    Erf GELU on float32 CPU tensors: bias + GELU and GELU' + bias gradient are one pass each
+    (``ddk_fast.ops.fused_cpu``) instead of torch's bias copy, GELU, slope and column-sum passes.
     """
 
     @staticmethod
@@ -120,15 +123,19 @@ class _MaskedFFNCompact(torch.autograd.Function):
         w_in_a = w_in if all_on else w_in.index_select(0, active)
         w_out_a = w_out if all_on else w_out.index_select(1, active)
         g_a = (gate if all_on else gate.index_select(0, active)).to(x2d.dtype)
-        if b_in is None:
+        b_in_a = None if b_in is None else (b_in if all_on else b_in.index_select(0, active))
+        kernels = gelu_kernels(act_name, x2d, w_in_a, b_in_a)
+        if kernels is not None:  # z = x W^T, then z += b and a = gelu(z) in one pass
             z = x2d @ w_in_a.t()
+            a = kernels.gelu_bias_forward(z, b_in_a)
         else:
-            z = torch.addmm(b_in if all_on else b_in.index_select(0, active), x2d, w_in_a.t())
-        a = activation(z, act_name)
+            z = x2d @ w_in_a.t() if b_in_a is None else torch.addmm(b_in_a, x2d, w_in_a.t())
+            a = activation(z, act_name)
         w_out_g = w_out_a * g_a
         y = a @ w_out_g.t() if b_out is None else torch.addmm(b_out, a, w_out_g.t())
         ctx.save_for_backward(x2d, z, w_in_a, w_out_a, g_a, active)
         ctx.meta = (act_name, n_ch, b_in is not None, b_out is not None, gate.dtype)
+        ctx.kernels = kernels
         ctx.set_materialize_grads(False)
         if want_h:
             return y, a.mul_(g_a)
@@ -143,7 +150,8 @@ class _MaskedFFNCompact(torch.autograd.Function):
         dx = dw_in = db_in = dw_out = db_out = dgate = None
         if grad_y is None and grad_h is None:
             return None, None, None, None, None, None, None, None, None
-        a = activation(z, act_name)
+        kernels = ctx.kernels
+        a = activation(z, act_name) if kernels is None else kernels.gelu_bias_forward(z, None)
         da = None
         dgate_a = None
         if grad_y is not None:
@@ -164,13 +172,18 @@ class _MaskedFFNCompact(torch.autograd.Function):
         if need_gate:
             dgate = _scatter(dgate_a.to(gate_dtype), active, n_ch, 0)
         del a
-        dz = activation_backward(da, z, act_name)
+        want_db_in = has_b_in and need_b_in
+        if kernels is not None:  # dz = da * gelu'(z) in place, and its row sum, in one pass
+            dz, db_in_a = kernels.gelu_bias_backward(da.contiguous(), z, want_db_in, True)
+        else:
+            dz = activation_backward(da, z, act_name)
+            db_in_a = dz.sum(0) if want_db_in else None
         if need_x:
             dx = dz @ w_in_a
         if need_w_in:
             dw_in = _scatter(dz.t() @ x2d, active, n_ch, 0)
-        if has_b_in and need_b_in:
-            db_in = _scatter(dz.sum(0), active, n_ch, 0)
+        if want_db_in:
+            db_in = _scatter(db_in_a, active, n_ch, 0)
         return dx, dw_in, db_in, dw_out, db_out, dgate, None, None, None
 
 
