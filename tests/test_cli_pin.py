@@ -2,7 +2,8 @@
 command lines of every command hand to its pipeline (the config dataclass, or the call's arguments).
 
 The expected values in tests/data/cli_pin.json were recorded from the hand-written parser that the
-generated one replaced (``python tests/test_cli_pin.py --write`` records them again). A flag may gain
+generated one replaced; the lines of options added since (``--threads``, ``--tuning-check-examples``)
+were recorded from the generated one (``python tests/test_cli_pin.py --write`` records them all again). A flag may gain
 aliases and choices it lacked; it may not lose its name, its destination, its type, its constant, its
 choices or whether it takes a value, and every pinned command line must reach its pipeline with the
 same values (defaults, presets, ``--config`` files and flags merged), or be refused as before.
@@ -116,6 +117,15 @@ LINES = {
                         "--vocab-size", "300", "--n-layer", "2", "--n-embd", "32", "--n-head", "2", "--block-size",
                         "16", "--steps", "10", "--batch-size", "4", "--lr", "0.01", "--seed", "1", "--max-blocks", "9",
                         "--overwrite"],
+    "compress-threads": ["compress", *TEACHER, "--task", "sst2", "--output", "o", "--threads", "3",
+                         "--tuning-check-examples", "7"],
+    "compress-lm-threads": ["compress", *LM, "--threads", "3"],
+    "prune-threads": ["prune", *TEACHER, "--task", "sst2", "--output", "o", "--threads", "3",
+                      "--tuning-check-examples", "0"],
+    "distill-threads": ["distill", *TEACHER, "--task", "mrpc", "--output", "o", "--threads", "3"],
+    "sweep-threads": ["sweep", *TEACHER, "--task", "mrpc", "--grid", "T=1,2", "--output", "o", "--threads", "3"],
+    "evaluate-threads": ["evaluate", "--model", "m", "--threads", "3"],
+    "finetune-threads": ["finetune", "--task", "sst2", "--output", "o", "--threads", "3"],
     "data-check-minimal": ["data", "check", "--task", "sst2"],
     "data-check-all": ["data", "check", "--data-dir", "g", "--model", "m", "--max-seq-len", "64", "--json"]
                       + OWN_DATA,

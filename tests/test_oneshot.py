@@ -368,3 +368,24 @@ def test_token_classification_tuning_reconstructs_every_token_of_the_last_layer(
     first_rows = [r for r in report.rows if r["layer"] == 0]
     assert [r["error_before"] for r in first_rows] == pytest.approx(
         [r["error_before"] for r in seq_report.rows if r["layer"] == 0])  # earlier layers: every token in both
+
+
+def test_held_out_loss_weights_token_batches_by_labelled_tokens_and_skips_empty_ones():
+    from transformers import BertForTokenClassification
+
+    from ddk_fast.ops.label_losses import IGNORE_INDEX
+    from ddk_fast.train.oneshot import held_out_loss
+
+    cfg = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=4, intermediate_size=12,
+                     max_position_embeddings=32, num_labels=3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    torch.manual_seed(0)
+    model = MaskedTransformer.from_pretrained(BertForTokenClassification(cfg)).eval()
+    g = torch.Generator().manual_seed(3)
+    ids = [torch.randint(1, 50, (2, 6), generator=g) for _ in range(3)]
+    labels = [torch.full((2, 6), IGNORE_INDEX) for _ in range(3)]
+    labels[0][0, 1:4] = torch.tensor([0, 1, 2])  # 3 labelled tokens
+    labels[1][:, 2] = 1  # 2 labelled tokens
+    batches = [{"input_ids": i, "labels": y} for i, y in zip(ids, labels)]  # the last one has none
+    per_batch = [float(task_loss(model(b["input_ids"], path="reference").logits, b["labels"])) for b in batches[:2]]
+    assert held_out_loss(model, batches, "reference") == pytest.approx((3 * per_batch[0] + 2 * per_batch[1]) / 5)
+    assert math.isnan(held_out_loss(model, batches[2:], "reference"))

@@ -7,6 +7,7 @@ import torch
 
 from train_support import make_tiny_bert
 
+import ddk_fast
 from ddk_fast.cli import build_parser, main
 from ddk_fast.errors import UserError
 from ddk_fast.train import threads as threads_mod
@@ -120,6 +121,9 @@ def test_evaluate_sets_torch_threads_from_the_flag_else_the_environment(sst2, mo
     assert json.loads(capsys.readouterr().out)["threads"]["source"] == "default"
     assert main(args + ["--threads", "0"]) == 2
     assert "--threads 0: expected a positive integer" in capsys.readouterr().err
+    # the Python API takes the same option
+    assert ddk_fast.evaluate(teacher, "sst2", data_dir, max_seq_len=16, threads=2)["threads"]["source"] == "--threads"
+    assert torch.get_num_threads() == 2
 
 
 def test_finetune_records_the_threads_in_its_log_and_metrics(sst2, tmp_path, monkeypatch, capsys):

@@ -62,7 +62,7 @@ def evaluate(model: str, task: Optional[str] = None, data_dir: Optional[str] = N
              batch_size: int = EvaluateConfig.batch_size, max_seq_len: Optional[int] = None,
              max_eval_examples: Optional[int] = None, split: str = EvaluateConfig.split,
              device: str = EvaluateConfig.device, path: str = EvaluateConfig.path, force: bool = False,
-             **data) -> dict:
+             int8: bool = EvaluateConfig.int8, threads: Optional[int] = EvaluateConfig.threads, **data) -> dict:
     """Dev-set metrics of a teacher folder or a pruned export; written as JSON to ``output`` if given.
 
     ``task=None``: the task saved with a model trained on your own data; ``data``: ``DataOptions``
@@ -76,4 +76,4 @@ def evaluate(model: str, task: Optional[str] = None, data_dir: Optional[str] = N
         raise TypeError(f"evaluate(): {exc}") from None
     return run_evaluate(model=model, task=task, data_dir=data_dir, output=output, batch_size=batch_size,
                         max_seq_len=max_seq_len, max_eval_examples=max_eval_examples, split=split, device=device,
-                        path=path, force=force, data=options)
+                        path=path, force=force, int8=int8, threads=threads, data=options)

@@ -108,7 +108,12 @@ def validate(cfg: CompressConfig) -> tuple[str, float]:
                         f"{', '.join(teacher_cache.DTYPES)}")
     if cfg.budget_kind not in ("lagrangian", "one_sided"):
         raise UserError(f"budget_kind {cfg.budget_kind!r}: expected lagrangian or one_sided")
-    objective_options(cfg)  # a malformed --kd is refused here, before any work
+    extra = objective_options(cfg) and parse_kd(cfg.kd)  # a malformed --kd is refused here, before any work
+    if extra.get("hidden_weight") and cfg.progress:
+        print(f"note: --kd hidden_weight={extra['hidden_weight']} adds a catalog hidden-state term beside DDK's "
+              f"own (weight --hidden-weight {cfg.hidden_weight}; --kd mapping= maps the catalog terms, not DDK's "
+              f"layer-to-layer one); use --hidden-weight to re-weight DDK's term",
+              file=sys.stderr, flush=True)
     return metric, ratio
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -16,7 +17,7 @@ import torch
 
 from ddk_fast.model import Structure, prune
 from ddk_fast.model.reconstruct import TuningReport, tune_unit_scales
-from ddk_fast.ops.label_losses import task_loss
+from ddk_fast.ops.label_losses import IGNORE_INDEX, task_loss
 from ddk_fast.search.base import DerivedStructure
 from ddk_fast.search.calibration import GateGradients, activation_importance, gate_gradients
 from ddk_fast.search.oneshot import fisher_mask_search, rearrange
@@ -92,9 +93,18 @@ def spread_subset(batches: list, examples: int) -> list:
     return [batches[int(i * stride)] for i in range(wanted)]
 
 
+def _scored_count(logits: torch.Tensor, labels: torch.Tensor) -> int:
+    """How many items ``task_loss`` averages over: labelled tokens for per-token labels (token
+    classification), examples otherwise."""
+    if logits.dim() == 3 and labels.dim() == 2 and tuple(labels.shape) == tuple(logits.shape[:2]):
+        return int((labels != IGNORE_INDEX).sum())
+    return len(labels)
+
+
 @torch.no_grad()
 def held_out_loss(model, batches: list[dict], path: str = "auto") -> float:
-    """Example-weighted mean task loss of ``model`` (eval mode, restored) over ``batches``."""
+    """Mean task loss of ``model`` (eval mode, restored) over ``batches``, each batch weighted by what
+    its loss averages over (examples, or labelled tokens); batches with nothing to score are skipped."""
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
@@ -102,21 +112,21 @@ def held_out_loss(model, batches: list[dict], path: str = "auto") -> float:
         for b in batches:
             out = model(b["input_ids"], attention_mask=b.get("attention_mask"),
                         token_type_ids=b.get("token_type_ids"), path=path)
-            n = len(b["input_ids"])
-            total += float(task_loss(out.logits, b["labels"])) * n
-            count += n
+            n = _scored_count(out.logits, b["labels"])
+            if n:
+                total += float(task_loss(out.logits, b["labels"])) * n
+                count += n
     finally:
         model.train(was_training)
-    return total / max(count, 1)
+    return total / count if count else float("nan")
 
 
 def _tune_checked(student, teacher, batches: list[dict], tuning_examples: int, check_examples: int,
                   path: str, ridge: float):
     """Least-squares tuning kept only when it lowers the task loss on calibration examples it did not
-    see. The least squares match each sublayer's output, not the prediction: on classification tasks
-    the matched hidden states can move the decision the wrong way (measured: a point lower on SST-2 and
-    CoLA after tuning, three higher on STS-B), so the held-out loss decides. No examples left over (the
-    tuning used them all): the tuned student is kept unchecked."""
+    see. The least squares match each sublayer's output, not the prediction, so nothing guarantees
+    that the prediction improves; the held-out loss decides. No examples left over (the tuning used
+    them all) or none with a label to score: the tuned student is kept unchecked."""
     tuning_batches = spread_subset(batches, tuning_examples)
     used = {id(b) for b in tuning_batches}
     rest = [b for b in batches if id(b) not in used]
@@ -125,9 +135,11 @@ def _tune_checked(student, teacher, batches: list[dict], tuning_examples: int, c
     if untuned is None:
         return student, tuning
     check = spread_subset(rest, check_examples)
-    tuning.held_out_loss_untuned = held_out_loss(untuned, check, path)
-    tuning.held_out_loss_tuned = held_out_loss(student, check, path)
-    tuning.kept = tuning.held_out_loss_tuned < tuning.held_out_loss_untuned
+    before, after = held_out_loss(untuned, check, path), held_out_loss(student, check, path)
+    if math.isnan(before) or math.isnan(after):
+        return student, tuning
+    tuning.held_out_loss_untuned, tuning.held_out_loss_tuned = before, after
+    tuning.kept = after < before
     return (student if tuning.kept else untuned), tuning
 
 
