@@ -15,12 +15,12 @@ from ddk_fast._version import __version__
 from ddk_fast.bench import commands as bench_commands
 from ddk_fast.cli import commands
 from ddk_fast.cli.parser import Parser
+from ddk_fast.doctor import format_report
 from ddk_fast.errors import UserError
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
     from ddk_fast.bench.environment import collect
-    from ddk_fast.doctor import format_report
 
     report = collect()
     print(json.dumps(report, indent=2) if args.json else format_report(report))

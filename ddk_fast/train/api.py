@@ -13,7 +13,11 @@ from __future__ import annotations
 
 from typing import Optional
 
-from ddk_fast.train.config import CompressConfig, EvaluateConfig, FinetuneConfig, PruneConfig, build_config
+from ddk_fast.train.compress import run_compress
+from ddk_fast.train.config import CompressConfig, EvaluateConfig, FinetuneConfig, PruneConfig, build_config, DataOptions
+from ddk_fast.train.evaluate import run_evaluate
+from ddk_fast.train.finetune import run_finetune
+from ddk_fast.train.prune import run_prune
 
 
 def finetune(task: Optional[str], output: str, model: Optional[str] = None, data_dir: Optional[str] = None, *,
@@ -26,8 +30,6 @@ def finetune(task: Optional[str], output: str, model: Optional[str] = None, data
     transformers folder (config.json, model.safetensors, tokenizer, metrics.json, log.jsonl) to
     ``output``. Returns the metrics dict (best dev metrics under ``"dev"``).
     """
-    from ddk_fast.train.finetune import run_finetune
-
     flags = dict(options, task=task, output=output, model=model, data_dir=data_dir)
     return run_finetune(build_config(FinetuneConfig, "finetune", flags, config))
 
@@ -39,8 +41,6 @@ def compress(teacher: str, task: Optional[str], output: str, target: Optional[st
     Searches the number of heads and FFN channels per layer with recursive adaptive KD, prunes
     physically, distills the pruned student, and exports it with report.json. Returns the report.
     """
-    from ddk_fast.train.compress import run_compress
-
     flags = dict(options, teacher=teacher, task=task, output=output, target=target, data_dir=data_dir)
     return run_compress(build_config(CompressConfig, "compress", flags, config))
 
@@ -52,8 +52,6 @@ def prune(teacher: str, task: Optional[str], output: str, target: Optional[str] 
     Fisher importance from ``calibration_examples`` train examples, global mask search, rearrangement,
     least-squares unit scales, physical pruning; exports like ``compress``. Returns the report.
     """
-    from ddk_fast.train.prune import run_prune
-
     flags = dict(options, teacher=teacher, task=task, output=output, target=target, data_dir=data_dir)
     return run_prune(build_config(PruneConfig, "prune", flags, config))
 
@@ -67,9 +65,6 @@ def evaluate(model: str, task: Optional[str] = None, data_dir: Optional[str] = N
 
     ``task=None``: the task saved with a model trained on your own data; ``data``: ``DataOptions``
     fields (``validation_file=``, ``text_columns=``...) to score it on other rows."""
-    from ddk_fast.train.config import DataOptions
-    from ddk_fast.train.evaluate import run_evaluate
-
     try:
         options = DataOptions(**data)
     except TypeError as exc:

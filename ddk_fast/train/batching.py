@@ -12,6 +12,7 @@ from typing import Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
+from ddk_fast.data import collate
 
 
 class ResumableBatchSampler(Sampler[list]):
@@ -101,8 +102,6 @@ class _WithIds(Dataset):
 def collate_with_ids(items, pad_token_id: int) -> dict:
     """``collate`` of ``(index, features)`` items plus ``example_ids`` ([B] int64, on the host): the key the
     teacher cache looks rows up by, whatever the batching and padding."""
-    from ddk_fast.data import collate
-
     batch = collate([f for _, f in items], pad_token_id=pad_token_id)
     batch["example_ids"] = torch.tensor([i for i, _ in items], dtype=torch.long)
     return batch

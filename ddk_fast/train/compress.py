@@ -28,28 +28,37 @@ import time
 import torch
 from safetensors import SafetensorError
 
+from ddk_fast._io import atomic_write_json, read_json
+from ddk_fast.data.custom import TASK_FILE, model_task_type, task_files
+from ddk_fast.data.glue import subsample_indices
 from ddk_fast.distill.objectives import DEFAULTS, FUSION_KINDS, LAYER_WEIGHTINGS, KDObjective
 from ddk_fast.errors import UserError
-from ddk_fast.train import ddp
+from ddk_fast.export import save_pruned, load_pruned
+from ddk_fast.model import MaskedTransformer, refusal, write_back, Structure, prune
+from ddk_fast.model.masked_transformer import DDK_MODEL_TYPE
+from ddk_fast.search import CostModel, LatencyFit, TemperatureSchedule, build_budget, build_search
+from ddk_fast.search.importance import taylor_importance
+from ddk_fast.train import ddp, teacher_cache
+from ddk_fast.train.baseline import keep_top, uniform_counts
 from ddk_fast.train.batching import eval_loader, train_loader
 from ddk_fast.train.checkpoint import (latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state,
-                                      weights_digest)
+                                       weights_digest)
 from ddk_fast.train.config import INITS, CompressConfig, config_dict, parse_kd, resume_mismatches
 from ddk_fast.train.deploy import add_deployment, check_deployment_flags, check_onnx_task
-from ddk_fast.data.custom import TASK_FILE, model_task_type, task_files
 from ddk_fast.train.evaluation import encode_split, evaluate, load_split, resolve_task, to_device
 from ddk_fast.train.hf import (check_head_kind, check_label_count, has_classifier_head, head_kind_of, load_tokenizer,
                                read_config)
-from ddk_fast._io import atomic_write_json, read_json
+from ddk_fast.train.latency_table import measure_latency_fit
 from ddk_fast.train.logging import RunLogger
-from ddk_fast.train.threads import apply_threads
 from ddk_fast.train.loop import FiniteWatch, run_epochs
+from ddk_fast.train.oneshot import one_shot
 from ddk_fast.train.optim import adamw, linear_schedule
 from ddk_fast.train.report import Report, build_report, write_plots
-from ddk_fast.train.rundir import copy_logs, finalize, finished_result, prepare, run_dirs, stage_dir
 from ddk_fast.train.run_state import DISTILL, SEARCH, RunState
-from ddk_fast.train import teacher_cache
+from ddk_fast.train.rundir import copy_logs, finalize, finished_result, prepare, run_dirs, stage_dir
 from ddk_fast.train.stages import DistillModule, SearchModule, initial_importance, teacher_outputs, weight_parameters
+from ddk_fast.train.structure_file import read_structure_file
+from ddk_fast.train.threads import apply_threads
 from ddk_fast.train.validate import check_non_negative, check_positive, check_seq_len, parse_target
 
 FIXED_KINDS = ("uniform", "oneshot")
@@ -173,9 +182,6 @@ def checkpoint_tensors(tensors: dict, meta: dict, objective, cfg: CompressConfig
 
 def load_teacher(path: str, spec):
     """The fine-tuned teacher as a MaskedTransformer (+ its tokenizer); one-line errors otherwise."""
-    from ddk_fast.model import MaskedTransformer, refusal
-    from ddk_fast.model.masked_transformer import DDK_MODEL_TYPE
-
     if not os.path.isdir(path):
         raise UserError(f"--teacher {path!r} is not a folder")
     config = read_config(path)
@@ -208,9 +214,6 @@ def load_teacher(path: str, spec):
 def cost_model_for(model, seq_len: int, metric: str, cfg=None, info=None):
     """The budget's cost model; for ``latency`` the teacher is timed at uniform widths on this machine
     (at --latency-batch-size x --latency-seq-len, --latency-threads: the shape the report measures)."""
-    from ddk_fast.search import CostModel
-    from ddk_fast.train.latency_table import measure_latency_fit
-
     latency = None
     if metric == "latency":
         if cfg is None:
@@ -228,8 +231,6 @@ LATENCY_FIT_FILE = "latency_fit.json"
 
 def saved_latency_fit(cfg):
     """The latency fit an unfinished run measured (``--resume`` keeps its budget), else None."""
-    from ddk_fast.search import LatencyFit
-
     if not getattr(cfg, "resume", False):
         return None
     path = os.path.join(run_dirs(cfg.output).work, LATENCY_FIT_FILE)
@@ -300,8 +301,6 @@ def run_compress(cfg: CompressConfig) -> dict:
 
 def calibration_batches(train_ds, cfg, device) -> list[dict]:
     """``cfg.calibration_examples`` seeded train examples (all when fewer) as batches on ``device``."""
-    from ddk_fast.data.glue import subsample_indices
-
     n = len(train_ds)
     keep = subsample_indices(n, min(cfg.calibration_examples, n), cfg.seed) or range(n)
     return [to_device(b, device) for b in eval_loader(train_ds.subset(keep), cfg.batch_size)]
@@ -309,8 +308,6 @@ def calibration_batches(train_ds, cfg, device) -> list[dict]:
 
 def structure_from_file(cfg, teacher, train_ds, cost_model, metric: str, ratio: float):
     """The ``--fixed-structure FILE.json`` structure, refused when it does not fit ``--target``."""
-    from ddk_fast.train.structure_file import read_structure_file
-
     structure = read_structure_file(cfg.fixed_structure, teacher, lambda: calibration_batches(train_ds, cfg, "cpu"),
                                     cfg.path)
     kept = cost_model.structure_cost(structure.num_heads, structure.intermediate_sizes, metric)
@@ -444,8 +441,6 @@ class _Compression:
         tuned weights are written back into a full-size student so the search can still grow units."""
         import copy
 
-        from ddk_fast.model import write_back
-        from ddk_fast.train.oneshot import one_shot
 
         cfg = self.cfg
         calib = self._calibration_batches()
@@ -599,7 +594,6 @@ class _Compression:
     def _build_search(self):
         import copy
 
-        from ddk_fast.search import TemperatureSchedule, build_budget, build_search
 
         cfg = self.cfg
         if self._oneshot is not None:
@@ -649,8 +643,6 @@ class _Compression:
         return module, search, budget, [p for _, p in named_weights], w_opt, a_opt, w_sched, tau
 
     def _search_stage(self, resumed):
-        from ddk_fast.search.importance import taylor_importance
-
         cfg, ctx = self.cfg, self.ctx
         module, search, budget, weights, w_opt, a_opt, w_sched, tau_schedule = self._build_search()
         optimizers = {"weights": w_opt, **({"arch": a_opt} if a_opt is not None else {})}
@@ -723,7 +715,6 @@ class _Compression:
                    save_ckpt=lambda: self._save(module, optimizers, schedulers), watch=watch)
 
         derived = self._derive(search)
-        from ddk_fast.model import Structure
 
         structure = Structure.from_indices(derived.heads, derived.ffn, student)
         self.state.search_summary = {
@@ -742,7 +733,6 @@ class _Compression:
     # --- stage 3: prune -------------------------------------------------------------------------------
     def _uniform_structure(self):
         from ddk_fast.model import Structure
-        from ddk_fast.train.baseline import keep_top, uniform_counts
 
         heads_n, ffn_n = uniform_counts(self.cost_model, self.ratio, self.metric, self.cfg.channel_granularity)
         heads_imp, ffn_imp = initial_importance(self.teacher)
@@ -784,7 +774,6 @@ class _Compression:
     def _pruned_student(self, structure, source=None):
         import copy
 
-        from ddk_fast.model import prune
 
         base = source if source is not None else copy.deepcopy(self.teacher)
         pruned = prune(base, structure).to(self.device)
@@ -822,8 +811,6 @@ class _Compression:
         self.final_digest = weights_digest(pruned)
 
     def _distill_loop(self, pruned, module, optimizers, schedulers, params):
-        from ddk_fast.export import save_pruned
-
         cfg, ctx = self.cfg, self.ctx
         opt, sched = optimizers["weights"], schedulers["weights"]
         train_module = ddp.wrap(module, ctx, find_unused_parameters=True)
@@ -881,8 +868,6 @@ class _Compression:
                       search_summary=st.search_summary, times_s=st.times_s, threads=self.threads)
 
     def _finish(self) -> dict:
-        from ddk_fast.export import load_pruned, save_pruned
-
         ctx, cfg = self.ctx, self.cfg
         report = None
         if ctx.is_main:

@@ -7,16 +7,18 @@ from typing import Optional
 
 import torch
 
+from ddk_fast._io import atomic_write_json, json_value, read_json
+from ddk_fast.data import GLUE_TASKS
+from ddk_fast.data.custom import KINDS, read_task_file
 from ddk_fast.errors import UserError
 from ddk_fast.export.onnx import is_onnx_folder
 from ddk_fast.train import ddp
 from ddk_fast.train.batching import eval_loader
-from ddk_fast.data import GLUE_TASKS
-from ddk_fast.data.custom import KINDS, read_task_file
 from ddk_fast.train.config import DataOptions, EvaluateConfig
 from ddk_fast.train.evaluation import encode_split, evaluate, has_own_data, load_split, resolve_task, task_spec
+from ddk_fast.train.hf import load_classifier, load_tokenizer, logits_of
 from ddk_fast.train.threads import apply_threads
-from ddk_fast._io import atomic_write_json, json_value, read_json
+from ddk_fast.train.validate import check_seq_len
 
 
 def is_pruned_export(folder: str) -> bool:
@@ -34,8 +36,6 @@ def is_pruned_export(folder: str) -> bool:
 
 def load_any(folder: str, spec, path: str = "auto"):
     """(model, tokenizer, logits_fn, kind) for a teacher folder or a pruned export."""
-    from ddk_fast.train.hf import load_classifier, load_tokenizer, logits_of
-
     if not os.path.isdir(folder):
         raise UserError(f"--model {folder!r} is not a folder")
     if is_pruned_export(folder):
@@ -145,7 +145,6 @@ def run_evaluate(model: str, task: str, data_dir=None, output=None, batch_size: 
     t0 = time.time()
     net, tokenizer, logits_fn, kind = load_any(model, spec, path)
     seq = max_seq_len or trained_seq_len(model) or 128
-    from ddk_fast.train.validate import check_seq_len
 
     check_seq_len(seq, getattr(net, "config", {}), "--max-seq-len")
     net.to(dev)
@@ -166,7 +165,6 @@ def _evaluate_torch_int8(folder, spec, data_dir, output, batch_size, max_seq_len
     """Dev metrics of a model folder after torch.ao dynamic int8 of its linear layers (CPU)."""
     from ddk_fast.export.onnx import OnnxExportError, load_for_export
     from ddk_fast.train.deploy import torch_int8
-    from ddk_fast.train.hf import load_tokenizer
 
     t0 = time.time()
     if not os.path.isdir(folder):

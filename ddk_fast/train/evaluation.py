@@ -10,7 +10,8 @@ from typing import Callable, Optional
 
 import torch
 
-from ddk_fast.data import GLUE_TASKS, DataError, get_task, load_task
+from ddk_fast._io import read_json
+from ddk_fast.data import GLUE_TASKS, DataError, get_task, load_task, compute_metrics, encode
 from ddk_fast.data.custom import CustomTask, DataSource, build_task, read_task_file
 from ddk_fast.data.examples import QAExample
 from ddk_fast.data.qa_answers import best_answers
@@ -61,8 +62,6 @@ def _cat_padded(parts, value) -> torch.Tensor:
 def evaluate_logits(task, logits: torch.Tensor, labels: torch.Tensor, dataset=None) -> dict:
     """The task's metrics of ``predict``'s output. Extractive QA reads its answers off the windows of
     ``dataset`` (the ``QAFeatures`` the loader ran over, in their order) and scores the texts."""
-    from ddk_fast.data import compute_metrics
-
     if getattr(get_task(task), "is_qa", False):
         if not hasattr(dataset, "references"):
             raise ValueError("QA metrics need the QAFeatures the logits were computed on (dataset=...)")
@@ -146,8 +145,6 @@ def load_split(task, split: str, data_dir, max_examples=None, seed: int = 0):
 def encode_split(examples, tokenizer, max_seq_len: int):
     """``ddk_fast.data.encode`` (``encode_qa`` for QA questions: windows of ``max_seq_len`` tokens) with
     its errors as one-line user errors naming ``--max-seq-len``."""
-    from ddk_fast.data import encode
-
     try:
         if examples and isinstance(examples[0], QAExample):
             return encode_qa(examples, tokenizer, max_length=max_seq_len)
@@ -247,7 +244,6 @@ def _reuse(saved: CustomTask, source: DataSource, options) -> CustomTask:
 def _labels_in_model_order(spec: CustomTask, model_dir) -> CustomTask:
     if spec.is_regression or spec.is_qa or not model_dir:  # QA's two rows are start and end, whatever named
         return spec
-    from ddk_fast._io import read_json
 
     try:
         id2label = read_json(os.path.join(model_dir, "config.json")).get("id2label") or {}

@@ -14,27 +14,26 @@ import time
 
 import torch
 
+from ddk_fast._io import atomic_directory, atomic_write_json
+from ddk_fast.data.custom import KINDS, write_task_file
+from ddk_fast.errors import UserError
 from ddk_fast.train import ddp
 from ddk_fast.train.batching import eval_loader, train_loader
 from ddk_fast.train.checkpoint import (latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state,
-                                      weights_digest)
+                                       weights_digest)
 from ddk_fast.train.config import FinetuneConfig, config_dict, packaged_model_dir, resume_mismatches
 from ddk_fast.train.errors import RunInterrupted
-from ddk_fast.train.loop import FiniteWatch, host_scalars
-from ddk_fast.data.custom import KINDS, write_task_file
 from ddk_fast.train.evaluation import encode_split, evaluate, load_split, resolve_task, to_device
 from ddk_fast.train.hf import label_arguments, load_classifier, logits_of, save_classifier
-from ddk_fast._io import atomic_directory, atomic_write_json
 from ddk_fast.train.logging import RunLogger, progress
-from ddk_fast.train.threads import apply_threads
+from ddk_fast.train.loop import FiniteWatch, host_scalars
 from ddk_fast.train.optim import adamw, linear_schedule
 from ddk_fast.train.rundir import copy_logs, finalize, finished_result, prepare, run_dirs, stage_dir
+from ddk_fast.train.threads import apply_threads
 from ddk_fast.train.validate import check_positive, check_seq_len
 
 
 def validate(cfg: FinetuneConfig) -> None:
-    from ddk_fast.errors import UserError
-
     if not cfg.output:
         raise UserError("--output is required")
     for name in ("epochs", "batch_size", "eval_batch_size", "max_seq_len", "save_steps", "log_steps"):

@@ -25,15 +25,28 @@ from typing import Any, Optional
 
 import torch
 
-from ddk_fast.distill.objectives import DEFAULTS as KD_DEFAULTS
+from ddk_fast.distill.objectives import DEFAULTS as KD_DEFAULTS, KDObjective
 from ddk_fast.errors import UserError
+from ddk_fast.model import Structure
+from ddk_fast.model.gpt2 import MaskedGPT2
 from ddk_fast.model.pruning import prune
+from ddk_fast.search import CostModel, TemperatureSchedule, build_budget, build_search
+from ddk_fast.search.importance import taylor_importance
 from ddk_fast.train import shared_options as shared
-from ddk_fast.train.config import CompressConfig, config_dict, parse_kd
+from ddk_fast.train.config import CompressConfig, config_dict, parse_kd, _coerce, load_yaml
+from ddk_fast.train.ddp import resolve_device
+from ddk_fast.train.errors import TrainingDiverged
+from ddk_fast.train.evaluation import to_device
+from ddk_fast.train.logging import RunLogger, progress
 from ddk_fast.train.loop import FirstNonFinite, host_scalars
+from ddk_fast.train.optim import adamw, linear_schedule
 from ddk_fast.train.options import check_choices, flag_of, like, option
 from ddk_fast.train.resumable import StepCheckpoints, publish, skip_batches, stop_if_asked
+from ddk_fast.train.rundir import finished_result, prepare, run_dirs
+from ddk_fast.train.stages import initial_importance
+from ddk_fast.train.student_kd import load_teacher_for, task_data, kd_train
 from ddk_fast.train.threads import apply_threads
+from ddk_fast.train.validate import check_positive, parse_target
 
 DEFAULT_KD = {"pred_weight": 1.0, "temperature": 2.0, "hidden_weight": 1.0, "mapping": "fusion",
               "layer_weighting": "adaptive", "task_weight": 0.5}
@@ -96,8 +109,6 @@ PRESETS = {
 
 def build_lm_config(flags: dict, config_file: Optional[str] = None) -> LMCompressConfig:
     """defaults < preset < YAML file < flags given (None = not given). ``kd`` merges key by key."""
-    from ddk_fast.train.config import _coerce, load_yaml
-
     names = {f.name for f in dataclasses.fields(LMCompressConfig)}
     file_values = load_yaml(config_file) if config_file else {}
     given = {k: v for k, v in flags.items() if v is not None and k in names}
@@ -119,8 +130,6 @@ def build_lm_config(flags: dict, config_file: Optional[str] = None) -> LMCompres
 
 
 def validate(cfg: LMCompressConfig) -> tuple[str, float]:
-    from ddk_fast.train.validate import check_positive, parse_target
-
     for flag, value in (("--teacher", cfg.teacher), ("--output", cfg.output), ("--train-file", cfg.train_file),
                         ("--eval-file", cfg.eval_file)):
         if not value:
@@ -157,8 +166,6 @@ class _LMCompression:
 
     def __init__(self, cfg: LMCompressConfig, metric: str, ratio: float, teacher, tokenizer, data, cost_model, dirs,
                  device, mode: str, threads: dict):
-        from ddk_fast.train.logging import RunLogger
-
         self.cfg, self.metric, self.ratio, self.threads = cfg, metric, ratio, threads
         self.teacher, self.tokenizer, self.data, self.cost_model = teacher, tokenizer, data, cost_model
         self.dirs, self.device, self.mode = dirs, device, mode
@@ -195,8 +202,6 @@ class _LMCompression:
         self.checkpoints.save(self._global_step(), self.state, module, optimizers, schedulers)
 
     def _objective(self, student):
-        from ddk_fast.distill.objectives import KDObjective
-
         try:
             return KDObjective.from_config(dict(self.cfg.kd, path=self.cfg.path), student, self.teacher,
                                            "lm").to(self.device)
@@ -206,15 +211,6 @@ class _LMCompression:
     # --- search ---------------------------------------------------------------------------------------
     def _search_stage(self, resumed) -> None:
         """Gumbel width search with KD + budget, then derive, prune and checkpoint the boundary."""
-        from ddk_fast.model import Structure
-        from ddk_fast.search import TemperatureSchedule, build_budget, build_search
-        from ddk_fast.search.importance import taylor_importance
-        from ddk_fast.train.errors import TrainingDiverged
-        from ddk_fast.train.evaluation import to_device
-        from ddk_fast.train.logging import progress
-        from ddk_fast.train.optim import adamw, linear_schedule
-        from ddk_fast.train.stages import initial_importance
-
         cfg, device, teacher = self.cfg, self.device, self.teacher
         student = copy.deepcopy(teacher).requires_grad_(True).train()
         heads_imp, ffn_imp = initial_importance(student)
@@ -319,9 +315,6 @@ class _LMCompression:
         return pruned.requires_grad_(True).train()
 
     def _distill_and_finish(self, resumed) -> dict:
-        from ddk_fast.model.gpt2 import MaskedGPT2
-        from ddk_fast.train.student_kd import kd_train
-
         cfg = self.cfg
         pruned = self._pruned_from_state()
         if resumed is not None and not resumed["payload"]["optimizers"]:
@@ -384,11 +377,6 @@ class _LMCompression:
 
 def run_compress_lm(cfg: LMCompressConfig) -> dict:
     """The whole LM pipeline (see the module docstring); returns the report (also written as report.json)."""
-    from ddk_fast.search import CostModel
-    from ddk_fast.train.ddp import resolve_device
-    from ddk_fast.train.rundir import finished_result, prepare, run_dirs
-    from ddk_fast.train.student_kd import load_teacher_for, task_data
-
     metric, ratio = validate(cfg)
     threads = apply_threads(cfg.threads)
     dirs = run_dirs(cfg.output)

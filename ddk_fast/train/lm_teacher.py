@@ -15,6 +15,9 @@ from typing import Optional
 
 import torch
 
+from ddk_fast._io import atomic_directory, atomic_write_json, output_dir_state
+from ddk_fast.data import DataError, load_text_lm
+from ddk_fast.distill.objectives import next_token_loss
 from ddk_fast.errors import UserError
 from ddk_fast.train import shared_options as shared
 from ddk_fast.train.options import option
@@ -69,9 +72,6 @@ def pretrain_gpt2(train_file: str, output: str, vocab_size: int = _D.vocab_size,
     """Tokenizer + GPT2LMHeadModel trained ``steps`` steps with AdamW (warmup + cosine) -> ``output``."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from ddk_fast.data import DataError, load_text_lm
-    from ddk_fast.distill.objectives import next_token_loss
-    from ddk_fast._io import atomic_directory, atomic_write_json, output_dir_state
 
     out = os.path.abspath(output)
     if output_dir_state(out) == "nonempty" and not overwrite:

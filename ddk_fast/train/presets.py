@@ -8,6 +8,7 @@ Precedence, lowest first: the config dataclass defaults < the preset < a ``--con
 flags given on the command line.
 """
 from __future__ import annotations
+from ddk_fast.errors import UserError
 
 PRESETS: dict[str, dict[str, dict]] = {
     "finetune": {
@@ -62,8 +63,6 @@ PRESETS: dict[str, dict[str, dict]] = {
 
 
 def preset_values(command: str, name: str) -> dict:
-    from ddk_fast.errors import UserError
-
     table = PRESETS[command]
     if name not in table:
         raise UserError(f"--preset {name!r} is not a preset; expected one of {', '.join(table)}")

@@ -11,6 +11,11 @@ import platform
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Optional
+from ddk_fast._io import atomic_write
+from ddk_fast.model import encoder_param_count
+from ddk_fast.train.config import config_dict
+from ddk_fast.train.evaluation import constant_baseline
+from ddk_fast.train.latency import compare
 
 
 def versions() -> dict:
@@ -75,11 +80,6 @@ class Report:
 
 def build_report(source: Report, student) -> dict:
     """report.json's content for the run ``source`` describes and ``student``, the exported model."""
-    from ddk_fast.model import encoder_param_count
-    from ddk_fast.train.config import config_dict
-    from ddk_fast.train.evaluation import constant_baseline
-    from ddk_fast.train.latency import compare
-
     cfg, spec, teacher = source.cfg, source.spec, source.teacher
     t_params, s_params = encoder_param_count(teacher), encoder_param_count(student)
     t_flops = source.cost_model.full_cost("flops")
@@ -142,7 +142,6 @@ def write_plots(report: dict, folder: str, log_path: str | None = None) -> None:
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
-    from ddk_fast._io import atomic_write
 
     st = report["structure"]
     layers = list(range(len(st["heads"])))

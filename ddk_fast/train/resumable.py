@@ -14,14 +14,15 @@ from typing import Optional
 
 import torch
 
+from ddk_fast._io import to_jsonable
 from ddk_fast.errors import UserError
 from ddk_fast.export.gpt2 import save_causal_lm
 from ddk_fast.export.save import save_pruned
 from ddk_fast.model.gpt2 import MaskedGPT2
 from ddk_fast.train.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from ddk_fast.train.config import config_dict, resume_mismatches
+from ddk_fast.train.errors import RunInterrupted
 from ddk_fast.train.rundir import copy_logs, finalize, stage_dir
-from ddk_fast._io import to_jsonable
 
 
 class StepCheckpoints:
@@ -102,8 +103,6 @@ def skip_batches(batches, count: int) -> None:
 
 def stop_if_asked(stop_after_steps: Optional[int], step: int) -> None:
     """The ``stop_after_steps`` testing hook: stop as if killed right after global step ``step``."""
-    from ddk_fast.train.errors import RunInterrupted
-
     if stop_after_steps is not None and step >= stop_after_steps:
         raise RunInterrupted(f"stopped after step {step} (stop_after_steps)")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from ddk_fast.search import ffn_importance_from_weights, head_importance_from_weights
 
 
 def teacher_outputs(teacher, batch: dict, path: str = "auto", outputs: dict | None = None):
@@ -66,8 +67,6 @@ def weight_parameters(module: nn.Module, exclude: list[nn.Parameter]) -> list[tu
 
 def initial_importance(model) -> tuple[torch.Tensor, torch.Tensor]:
     """Weight-norm rankings of heads and FFN channels (the search's ranking before any gradient)."""
-    from ddk_fast.search import ffn_importance_from_weights, head_importance_from_weights
-
     att = [layer.attention for layer in model.layers]
     heads = head_importance_from_weights([a.output.weight for a in att], model.head_dim,
                                          query_weights=[a.query.weight for a in att],

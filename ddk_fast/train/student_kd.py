@@ -24,15 +24,25 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 
 from ddk_fast.data.custom import model_task_type, task_files
-from ddk_fast.distill.tinybert import LAYER_INITS, RECIPES
+from ddk_fast.distill.objectives import next_token_loss, KDObjective
+from ddk_fast.distill.tinybert import LAYER_INITS, RECIPES, make_student, recipe_stages
 from ddk_fast.errors import UserError
-from ddk_fast.train import shared_options as shared
-from ddk_fast.train import teacher_cache
-from ddk_fast.train.config import BatchOptions, DataOptions, OptimizerOptions, config_dict, parse_kd
-from ddk_fast.train.evaluation import to_device
+from ddk_fast.train import shared_options as shared, teacher_cache
+from ddk_fast.train.batching import eval_loader, train_loader
+from ddk_fast.train.compress import load_teacher
+from ddk_fast.train.config import BatchOptions, DataOptions, OptimizerOptions, config_dict, parse_kd, _coerce, load_yaml
+from ddk_fast.train.ddp import resolve_device
+from ddk_fast.train.errors import TrainingDiverged
+from ddk_fast.train.evaluation import to_device, resolve_task, encode_split, evaluate, load_split
+from ddk_fast.train.hf import load_tokenizer, read_config
+from ddk_fast.train.logging import progress as bar_of, RunLogger
 from ddk_fast.train.loop import FirstNonFinite, host_scalars
+from ddk_fast.train.optim import adamw, linear_schedule
 from ddk_fast.train.options import api_only, check_choices, option
+from ddk_fast.train.resumable import StepCheckpoints, skip_batches, stop_if_asked, publish
+from ddk_fast.train.rundir import finished_result, prepare, run_dirs
 from ddk_fast.train.threads import apply_threads
+from ddk_fast.train.validate import check_positive
 
 LM_TASK = "lm"
 
@@ -90,8 +100,6 @@ class DistillConfig(OptimizerOptions, BatchOptions, DataOptions):
 
 def build_distill_config(flags: dict, config_file: Optional[str] = None) -> DistillConfig:
     """defaults < preset < YAML file < flags given (None = not given)."""
-    from ddk_fast.train.config import _coerce, load_yaml
-
     names = {f.name for f in dataclasses.fields(DistillConfig)}
     file_values = load_yaml(config_file) if config_file else {}
     unknown = sorted(set(file_values) - names - {"config"})
@@ -123,8 +131,6 @@ def is_lm_task(task: str) -> bool:
 def load_teacher_for(path: str, task: str, options=None):
     """(teacher, tokenizer, task_type): a MaskedTransformer classifier for a GLUE task or the user's data
     (``options``: their ``DataOptions``), a MaskedGPT2 for "lm"."""
-    from ddk_fast.train.hf import load_tokenizer, read_config
-
     if not path or not os.path.isdir(path):
         raise UserError(f"--teacher {path!r} is not a folder")
     config = read_config(path)
@@ -139,8 +145,6 @@ def load_teacher_for(path: str, task: str, options=None):
         except (ValueError, KeyError, FileNotFoundError) as exc:
             raise UserError(f"--teacher {path!r}: cannot build the masked GPT-2: {exc}") from None
         return teacher, load_tokenizer(path), "lm"
-    from ddk_fast.train.compress import load_teacher
-    from ddk_fast.train.evaluation import resolve_task
 
     spec = resolve_task(task, options, path)
     teacher, tokenizer = load_teacher(path, spec)
@@ -186,8 +190,6 @@ def _endless_blocks(blocks: torch.Tensor, batch_size: int, seed: int) -> Iterato
 @torch.no_grad()
 def perplexity(model, blocks: torch.Tensor, batch_size: int, device, path: str = "auto") -> dict:
     """exp(mean next-token NLL) over every prediction in ``blocks`` [N, S] (no padding)."""
-    from ddk_fast.distill.objectives import next_token_loss
-
     was = model.training
     model.eval()
     total, count = 0.0, 0
@@ -219,8 +221,6 @@ def task_data(cfg, tokenizer, task_type: str, device) -> TaskData:
         return TaskData(LM_TASK, "lm", _endless_blocks(train, cfg.batch_size, cfg.seed),
                         lambda m: perplexity(m, dev, cfg.eval_batch_size, device, cfg.path), "perplexity", False,
                         int(train.shape[0]), int(dev.shape[0]))
-    from ddk_fast.train.batching import eval_loader, train_loader
-    from ddk_fast.train.evaluation import encode_split, evaluate, load_split, resolve_task
 
     spec = resolve_task(cfg.task, cfg, cfg.teacher)
     train_ex = load_split(spec, "train", cfg.data_dir, cfg.max_train_examples, cfg.seed)
@@ -257,10 +257,6 @@ def kd_train(student, teacher, objective, batches: Iterator[dict], steps: int, *
     checkpoint is written after that step and there is no host read per step. ``cache``: a
     ``TeacherCache`` the teacher outputs are read from (batches must carry ``example_ids``).
     """
-    from ddk_fast.train.errors import TrainingDiverged
-    from ddk_fast.train.logging import progress as bar_of
-    from ddk_fast.train.optim import adamw, linear_schedule
-
     named = [(f"student.{n}", p) for n, p in student.named_parameters() if p.requires_grad]
     named += [(f"objective.{n}", p) for n, p in objective.named_parameters() if p.requires_grad]
     params = [p for _, p in named]
@@ -311,14 +307,10 @@ def kd_train(student, teacher, objective, batches: Iterator[dict], steps: int, *
 
 # -------------------------------------------------------------------------------------------- run
 def _resolve_device(name: str):
-    from ddk_fast.train.ddp import resolve_device
-
     return resolve_device(name)
 
 
 def validate(cfg: DistillConfig) -> None:
-    from ddk_fast.train.validate import check_positive
-
     for flag, value in (("--teacher", cfg.teacher),) + ((("--output", cfg.output),)
                                                                               if cfg.save_model else ()):
         if not value:
@@ -345,11 +337,6 @@ def run_distill(cfg: DistillConfig) -> dict:
 
     With an output the run works in ``OUTPUT.inprogress/`` (log, checkpoints every ``save_steps``) and
     ``--resume`` continues an interrupted run exactly where it stopped."""
-    from ddk_fast.distill.objectives import KDObjective
-    from ddk_fast.distill.tinybert import make_student, recipe_stages
-    from ddk_fast.train.logging import RunLogger
-    from ddk_fast.train.rundir import finished_result, prepare, run_dirs
-
     validate(cfg)
     threads = apply_threads(cfg.threads)
     dirs = run_dirs(cfg.output) if cfg.save_model else None
@@ -385,8 +372,6 @@ class _DistillRun:
     the tensors (student and every stage's objective), the optimizer, the scheduler and the RNG."""
 
     def __init__(self, cfg, dirs, mode, log, teacher, tokenizer, student, stages, objectives, data, device, threads):
-        from ddk_fast.train.resumable import StepCheckpoints
-
         self.cfg, self.dirs, self.mode, self.log, self.threads = cfg, dirs, mode, log, threads
         self.teacher, self.tokenizer, self.student, self.data, self.device = teacher, tokenizer, student, data, device
         self.stages, self.objectives = stages, objectives
@@ -401,8 +386,6 @@ class _DistillRun:
         return sum(steps for _, _, steps in self.stages[:self.state["stage_index"]]) + self.state["step"]
 
     def run(self) -> dict:
-        from ddk_fast.train.resumable import skip_batches
-
         resumed = None
         if self.mode == "resume":
             loaded = self.checkpoints.load()
@@ -454,8 +437,6 @@ class _DistillRun:
                                          reads_padded_queries=any(o.reads_padded_queries for o in self.objectives))
 
     def _run_stage(self, index: int, name: str, steps: int, objective, resumed) -> None:
-        from ddk_fast.train.resumable import StepCheckpoints, stop_if_asked
-
         cfg, held = self.cfg, {}
 
         def on_setup(opt, sched):
@@ -479,8 +460,6 @@ class _DistillRun:
                  after_step=after_step, check_every=cfg.save_steps, cache=self.cache)
 
     def _finish(self) -> dict:
-        from ddk_fast.train.resumable import publish
-
         cfg, student, data = self.cfg, self.student, self.data
         student_dev = data.evaluate(student)
         wall = (self.checkpoints.wall_time(self.state) if self.checkpoints is not None

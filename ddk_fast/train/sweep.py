@@ -30,9 +30,12 @@ import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from ddk_fast._io import atomic_write_json, output_dir_state, read_json, atomic_write_text
+from ddk_fast.distill.objectives import DEFAULTS
 from ddk_fast.errors import UserError
 from ddk_fast.train import shared_options as shared
-from ddk_fast.train.config import load_yaml, parse_kd
+from ddk_fast.train.compress import run_compress
+from ddk_fast.train.config import load_yaml, parse_kd, CompressConfig, build_config
 from ddk_fast.train.evaluation import resolve_task
 from ddk_fast.train.options import option
 from ddk_fast.train.student_kd import is_lm_task
@@ -122,8 +125,6 @@ def _run_keys(mode: str, task: str) -> set:
 
 def check_grid_keys(grid: dict[str, list], mode: str, task: str = "") -> None:
     """Grid keys must be objective options (student runs, LM compression) or run options of the mode."""
-    from ddk_fast.distill.objectives import DEFAULTS
-
     objective_keys = set(DEFAULTS) if (mode == "student" or is_lm_task(task)) else set()
     valid = _run_keys(mode, task) | objective_keys
     bad = sorted(k for k in grid if k not in valid)
@@ -173,8 +174,6 @@ def run_point(mode: str, base: dict, point: dict, folder: str) -> dict:
         report = run_compress_lm(build_lm_config(flags))
         return {"dev": report["student_dev"], "teacher_dev": report["teacher_dev"], "main_metric": "perplexity",
                 "higher_is_better": False, "structure": report["structure"]["heads"], "params": report["params"]}
-    from ddk_fast.train.compress import run_compress
-    from ddk_fast.train.config import CompressConfig, build_config
 
     flags = {k: v for k, v in dict(base, **point).items() if k not in ("kd",)}
     flags.update(output=os.path.join(folder, "model"), overwrite=True, progress=False)
@@ -193,8 +192,6 @@ def run_sweep(teacher: str, task: str, output: str, grid: dict[str, list], mode:
               base: Optional[dict] = None, resume: bool = False, overwrite: bool = False,
               heatmap: Optional[tuple[str, str]] = None, log=print) -> dict:
     """Run every grid point not finished yet, then write results.csv/.md and heatmap.png. Returns the summary."""
-    from ddk_fast._io import atomic_write_json, output_dir_state, read_json
-
     if mode not in MODES:
         raise UserError(f"--mode {mode!r}: expected one of {', '.join(MODES)}")
     for flag, value in (("--teacher", teacher), ("--output", output)):
@@ -256,8 +253,6 @@ def _sorted(results: list[dict]) -> list[dict]:
 
 def write_results(out: str, grid: dict[str, list], results: list[dict],
                   heatmap: Optional[tuple[str, str]] = None) -> dict:
-    from ddk_fast._io import atomic_write_text
-
     ranked = _sorted(results)
     keys = list(grid)
     main = ranked[0]["main_metric"] if ranked else "score"
