@@ -314,7 +314,11 @@ def test_a_jsonl_of_scored_pairs_goes_through_compress_prune_and_evaluate(tmp_pa
     gold = [e.label for e in examples]
     expected = stats.pearsonr(logits[:, 0], gold)[0]
     assert math.isfinite(expected)
-    assert evaluated["metrics"]["pearson"] == pytest.approx(expected, abs=1e-5)
+    # a logit moved by d moves Pearson's r by about d / std(logits): the tiny student's predictions can
+    # spread by only ~1e-4, so fp32 rounding differences (~1e-6) between the stock model and the engine
+    # allow that much
+    tolerance = 1e-5 + 2e-6 / max(float(logits[:, 0].std()), 1e-12)
+    assert evaluated["metrics"]["pearson"] == pytest.approx(expected, abs=tolerance)
 
 
 def test_sigmoid_prediction_kd_is_stationary_at_the_teacher_and_scaled_by_t_squared():
