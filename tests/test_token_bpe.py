@@ -117,3 +117,21 @@ def test_a_roberta_classifier_loads_for_words_and_keeps_the_setting_when_saved(b
     assert not needs_prefix_space(loaded)
     save_classifier(model, loaded, str(tmp_path / "saved"))
     assert not needs_prefix_space(AutoTokenizer.from_pretrained(tmp_path / "saved"))
+
+
+def test_a_plain_fast_tokenizer_gets_the_prefix_space_in_its_backend(bpe_folder, task, tmp_path):
+    """A folder holding only tokenizer.json loads as PreTrainedTokenizerFast, which ignores the
+    add_prefix_space keyword; the byte-level step of its backend is set instead."""
+    from transformers import PreTrainedTokenizerFast
+
+    plain = PreTrainedTokenizerFast(tokenizer_object=AutoTokenizer.from_pretrained(bpe_folder).backend_tokenizer,
+                                    pad_token="<pad>", unk_token="<unk>")
+    folder = tmp_path / "plain"
+    plain.save_pretrained(folder)
+    reloaded = AutoTokenizer.from_pretrained(folder, add_prefix_space=True)
+    assert needs_prefix_space(reloaded)  # the keyword alone does not take
+    fixed = load_tokenizer(str(folder), task)
+    assert not needs_prefix_space(fixed)
+    sentence = fixed("Porto Oslo", add_special_tokens=False)["input_ids"]
+    words = fixed(["Porto", "Oslo"], is_split_into_words=True, add_special_tokens=False)["input_ids"]
+    assert words == sentence  # each word split as it is after a space inside a sentence

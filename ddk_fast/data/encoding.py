@@ -7,6 +7,7 @@ import json
 from typing import Iterator, List, NamedTuple, Optional, Sequence
 
 import torch
+from tokenizers import Tokenizer
 from torch.utils.data import Dataset
 
 from ddk_fast.data.tasks import DataError
@@ -131,6 +132,24 @@ def needs_prefix_space(tokenizer) -> bool:
     except (AttributeError, TypeError, ValueError):  # a pre-tokenizer that does not serialise: not byte-level
         return False
     return any(not step.get("add_prefix_space", False) for step in _byte_level_steps(state))
+
+
+def with_prefix_space(tokenizer):
+    """``tokenizer`` with every ``ByteLevel`` step of its backend pre-tokenizer set to add the space.
+
+    For fast tokenizers that ignore ``add_prefix_space=True`` at load time (a plain
+    ``PreTrainedTokenizerFast`` read from a ``tokenizer.json``): the setting lives in the backend's
+    serialised pre-tokenizer, so it is set there and the backend rebuilt from it."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return tokenizer
+    state = json.loads(backend.to_str())
+    for step in _byte_level_steps(state.get("pre_tokenizer") or {}):
+        step["add_prefix_space"] = True
+    tokenizer._tokenizer = Tokenizer.from_str(json.dumps(state))
+    if hasattr(tokenizer, "add_prefix_space"):
+        tokenizer.add_prefix_space = True
+    return tokenizer
 
 
 def _byte_level_steps(state: dict) -> Iterator[dict]:

@@ -12,7 +12,7 @@ import os
 
 import torch
 
-from ddk_fast.data.encoding import needs_prefix_space
+from ddk_fast.data.encoding import needs_prefix_space, with_prefix_space
 from ddk_fast.errors import UserError
 
 
@@ -135,6 +135,11 @@ def load_tokenizer(path: str, spec=None):
     tokenizer = _tokenizer_from(path)
     if is_token_task(spec) and needs_prefix_space(tokenizer):
         tokenizer = _tokenizer_from(path, add_prefix_space=True)
+        if needs_prefix_space(tokenizer):  # a plain fast tokenizer ignores the keyword: set it in the backend
+            tokenizer = with_prefix_space(tokenizer)
+        if needs_prefix_space(tokenizer):
+            raise UserError(f"the tokenizer of {path!r} ({type(tokenizer).__name__}) is byte-level BPE and cannot be "
+                            f"set to add a space before each pre-split word, which token classification needs")
     return tokenizer
 
 
