@@ -277,9 +277,11 @@ def _size_mb(path: str) -> float:
 
 
 def export_onnx(model_dir: str | os.PathLike, out_dir: str | os.PathLike, opset: int = DEFAULT_OPSET,
-                int8: bool = False, overwrite: bool = False, atol: float = 1e-4, task: str | None = None) -> dict:
+                int8: bool = False, overwrite: bool = False, atol: float = 1e-4, task: str | None = None,
+                copy_files: tuple = ()) -> dict:
     """Export ``model_dir`` to ``out_dir`` (see the module docstring); returns onnx_report.json's content.
-    ``task`` overrides the task read from the source folder's report.json / metrics.json / config.json."""
+    ``task`` overrides the task read from the source folder's report.json / metrics.json / config.json;
+    ``copy_files`` are copied into the export before it is published (e.g. the source's task.json)."""
     model_dir, out_dir = os.path.abspath(os.fspath(model_dir)), os.path.abspath(os.fspath(out_dir))
     if not os.path.isdir(model_dir):
         raise OnnxExportError(f"{model_dir!r} is not a folder")
@@ -315,6 +317,8 @@ def export_onnx(model_dir: str | os.PathLike, out_dir: str | os.PathLike, opset:
             report["files"][INT8_FILE] = _size_mb(q8)
             report["int8_check"] = _int8_check(module, q8, names, vocab)
         report["tokenizer_files"] = _copy_tokenizer(model_dir, tmp)
+        for path in copy_files:
+            shutil.copy2(path, os.path.join(tmp, os.path.basename(path)))
         report["export_s"] = round(time.perf_counter() - t0, 2)
         atomic_write_json(os.path.join(tmp, REPORT_FILE), report)
 

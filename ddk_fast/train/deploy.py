@@ -27,7 +27,7 @@ from torch import nn
 
 from ddk_fast._io import atomic_write_json, json_value
 from ddk_fast.data import DataError
-from ddk_fast.data.custom import read_task_file, write_task_file
+from ddk_fast.data.custom import TASK_FILE, read_task_file, write_task_file
 from ddk_fast.errors import UserError
 from ddk_fast.export.onnx import (DEFAULT_OPSET, INT8_FILE, ONNX_FILE, OnnxModel, export_onnx, example_inputs,
                                   is_onnx_folder, load_for_export, quantize_int8)
@@ -99,11 +99,9 @@ def run_export_onnx(model: str, output: str, opset: int, int8: bool, overwrite: 
         task = read_task_file(model) if os.path.isdir(model) else None
     except DataError as exc:
         raise UserError(str(exc)) from None
+    copy = (os.path.join(model, TASK_FILE),) if task is not None else ()  # published with the export
     with _quiet():
-        report = export_onnx(model, output, opset=opset, int8=int8, overwrite=overwrite)
-    if task is not None:
-        write_task_file(task, output)
-    return report
+        return export_onnx(model, output, opset=opset, int8=int8, overwrite=overwrite, copy_files=copy)
 
 
 class _Models:
