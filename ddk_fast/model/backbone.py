@@ -15,7 +15,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ddk_fast.model.active import ActiveUnits, find_active_units
+from ddk_fast.model.active import ActiveUnits, check_active_units, find_active_units
 from ddk_fast.model.config import TransformerConfig
 from ddk_fast.model.structure import Structure
 
@@ -63,6 +63,22 @@ def per_layer_gates(gates, sizes: Sequence[int], name: str) -> list[torch.Tensor
         if g is not None and (g.dim() != 1 or g.shape[0] != s):
             raise ValueError(f"{name}[{i}]: expected shape [{s}], got {tuple(g.shape)}")
     return gates
+
+
+@dataclass
+class LayerTrace:
+    """What a pass through the layer stack collected besides its output, per layer (None: not asked)."""
+
+    hidden_states: list | None
+    attention_scores: list | None
+    attention_probs: list | None
+    qkv: list | None
+    ffn_intermediate: list | None
+    ffn_output: list | None
+
+    def as_tuples(self) -> dict:
+        """The output fields of the models' forward: tuples, or None where not asked for."""
+        return {name: None if v is None else tuple(v) for name, v in vars(self).items()}
 
 
 class MaskedBackbone(nn.Module):
@@ -128,3 +144,37 @@ class MaskedBackbone(nn.Module):
         dtype, device = dtype or p.dtype, device or p.device
         return ([torch.ones(h, dtype=dtype, device=device) for h in self.num_heads],
                 [torch.ones(i, dtype=dtype, device=device) for i in self.intermediate_sizes])
+
+    def run_layers(self, x: torch.Tensor, attention_mask, head_gates, ffn_gates, path: str,
+                   active_units: ActiveUnits | None, output_hidden_states: bool = False,
+                   output_attention_scores: bool = False, output_attention_probs: bool = False,
+                   output_qkv: bool = False, output_ffn: bool = False) -> tuple[torch.Tensor, LayerTrace]:
+        """The embedding output ``x`` through every layer with its gates; what the flags ask for is
+        collected on the way (hidden states start with ``x``). Shared by BERT and GPT-2: only the
+        embeddings before and the head after differ."""
+        hgates = per_layer_gates(head_gates, self.num_heads, "head_gates")
+        fgates = per_layer_gates(ffn_gates, self.intermediate_sizes, "ffn_gates")
+        if active_units is None:
+            active_units = find_active_units(hgates, fgates, self.num_heads, self.intermediate_sizes, x.device)
+        units = check_active_units(active_units, self.num_layers)
+        trace = LayerTrace(*([] if flag else None for flag in (
+            output_hidden_states, output_attention_scores, output_attention_probs, output_qkv, output_ffn,
+            output_ffn)))
+        if trace.hidden_states is not None:
+            trace.hidden_states.append(x)
+        for layer, hg, fg, h_act, f_act in zip(self.layers, hgates, fgates, units.heads, units.ffn):
+            x, extra = layer(x, attention_mask, hg, fg, path, want_qkv=output_qkv, want_scores=output_attention_scores,
+                             want_probs=output_attention_probs, want_ffn=output_ffn, head_active=h_act,
+                             ffn_active=f_act)
+            if trace.hidden_states is not None:
+                trace.hidden_states.append(x)
+            if trace.attention_scores is not None:
+                trace.attention_scores.append(extra.scores)
+            if trace.attention_probs is not None:
+                trace.attention_probs.append(extra.probs)
+            if trace.qkv is not None:
+                trace.qkv.append((extra.q, extra.k, extra.v))
+            if trace.ffn_intermediate is not None:
+                trace.ffn_intermediate.append(extra.intermediate)
+                trace.ffn_output.append(extra.output)
+        return x, trace

@@ -34,8 +34,8 @@ from torch import nn
 from ddk_fast import _runtime
 from ddk_fast.ops.gated_attention import masked_self_attention
 from ddk_fast.ops.masked_ffn import masked_ffn
-from ddk_fast.model.active import ActiveUnits, check_active_units, find_active_units
-from ddk_fast.model.backbone import MaskedBackbone, per_layer_gates
+from ddk_fast.model.active import ActiveUnits
+from ddk_fast.model.backbone import MaskedBackbone
 from ddk_fast.model.config import TransformerConfig
 from ddk_fast.model.layers import BlockOutput, linear
 from ddk_fast.model.pruning import prune
@@ -305,41 +305,17 @@ class MaskedGPT2(MaskedBackbone):
         ``MaskedTransformer.forward``."""
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}")
-        hgates = per_layer_gates(head_gates, self.num_heads, "head_gates")
-        fgates = per_layer_gates(ffn_gates, self.intermediate_sizes, "ffn_gates")
-        if active_units is None:
-            active_units = find_active_units(hgates, fgates, self.num_heads, self.intermediate_sizes, input_ids.device)
-        units = check_active_units(active_units, self.num_layers)
         if (attention_mask is not None and _runtime.may_read_on_host(attention_mask)
                 and bool((attention_mask != 0).all())):
             attention_mask = None  # no padding: the plain causal path is faster and identical
-        x = self.embeddings(input_ids, position_ids)
-        hidden = [x] if output_hidden_states else None
-        scores, probs, qkv, inter, ffn_out = ([] if flag else None for flag in (
-            output_attention_scores, output_attention_probs, output_qkv, output_ffn, output_ffn))
-        for layer, hg, fg, h_act, f_act in zip(self.layers, hgates, fgates, units.heads, units.ffn):
-            x, extra = layer(x, attention_mask, hg, fg, path, want_qkv=output_qkv, want_scores=output_attention_scores,
-                             want_probs=output_attention_probs, want_ffn=output_ffn, head_active=h_act,
-                             ffn_active=f_act)
-            if hidden is not None:
-                hidden.append(x)
-            if scores is not None:
-                scores.append(extra.scores)
-            if probs is not None:
-                probs.append(extra.probs)
-            if qkv is not None:
-                qkv.append((extra.q, extra.k, extra.v))
-            if inter is not None:
-                inter.append(extra.intermediate)
-                ffn_out.append(extra.output)
+        x, trace = self.run_layers(self.embeddings(input_ids, position_ids), attention_mask, head_gates, ffn_gates,
+                                   path, active_units, output_hidden_states, output_attention_scores,
+                                   output_attention_probs, output_qkv, output_ffn)
         x = self.final_norm(x)
-        if hidden is not None:
-            hidden[-1] = x
+        if trace.hidden_states is not None:
+            trace.hidden_states[-1] = x
         logits = F.linear(x, self.lm_head_weight)
-        as_tuple = (lambda v: None if v is None else tuple(v))
-        return CausalLMOutput(logits=logits, last_hidden_state=x, hidden_states=as_tuple(hidden),
-                              attention_scores=as_tuple(scores), attention_probs=as_tuple(probs),
-                              qkv=as_tuple(qkv), ffn_intermediate=as_tuple(inter), ffn_output=as_tuple(ffn_out))
+        return CausalLMOutput(logits=logits, last_hidden_state=x, **trace.as_tuples())
 
     # ---- loading ----------------------------------------------------------------------------------
     @classmethod
