@@ -25,7 +25,8 @@ from ddk_fast.train.api import compress
 PIN_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "compress_pin.json")
 FAST = dict(max_train_examples=32, max_eval_examples=16, batch_size=8, eval_batch_size=16, max_seq_len=32, seq_len=32,
             search_epochs=1, distill_epochs=1, channel_granularity=8, latency_batch_size=2, latency_seq_len=16,
-            latency_repeats=1, progress=False, save_steps=2, lr=1e-3, log_steps=1, device="cpu")
+            latency_repeats=1, progress=False, save_steps=2, lr=1e-3, log_steps=1, device="cpu",
+            threads=1)  # the run sets its own thread count; GEMM rounding depends on it
 # name -> (task, teacher labels, extra compress options): the default run, then the learned fusion gate
 # (a trained objective parameter) and the parameter-free fusion with uniform layer weights on regression
 RUNS = {
