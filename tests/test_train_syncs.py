@@ -18,11 +18,10 @@ import torch
 from train_support import make_tiny_bert
 
 import ddk_fast
-import ddk_fast.train.compress as compress_module
 from ddk_fast import _runtime
 from ddk_fast.train.api import compress
 from ddk_fast.train.errors import TrainingDiverged
-from ddk_fast.train.loop import FiniteWatch
+from ddk_fast.train.loop import FiniteWatch, TrainLoop
 
 PROJECT_DIRS = tuple(str(Path(p).resolve()) for p in (Path(ddk_fast.__file__).parent,
                                                      Path(ddk_fast.__file__).parent.parent / "kernels"))
@@ -73,13 +72,13 @@ class SyncCounter:
 
 def _label_steps(counter, monkeypatch):
     """Attribute every read between the start of step N and the start of the next step to N."""
-    real = compress_module.run_epochs
+    real = TrainLoop.run_epochs
 
-    def run_epochs(**kw):
-        step, after_epoch, save = kw["step"], kw["after_epoch"], kw["save_ckpt"]
+    def run_epochs(self, loader, state, epochs, after_epoch, epoch_offset=0):
+        step, save = self.step, self.save
 
         def labelled_step(batch, gstep, epoch):
-            counter.label = (kw["stage"], gstep)
+            counter.label = (self.stage, gstep)
             return step(batch, gstep, epoch)
 
         def unlabelled(fn):
@@ -91,13 +90,14 @@ def _label_steps(counter, monkeypatch):
                     counter.label = before
             return call
 
-        kw.update(step=labelled_step, after_epoch=unlabelled(after_epoch), save_ckpt=unlabelled(save))
+        self.step, self.save = labelled_step, unlabelled(save)
         try:
-            return real(**kw)
+            return real(self, loader, state, epochs, unlabelled(after_epoch), epoch_offset)
         finally:
             counter.label = None
+            self.step, self.save = step, save
 
-    monkeypatch.setattr(compress_module, "run_epochs", run_epochs)
+    monkeypatch.setattr(TrainLoop, "run_epochs", run_epochs)
 
 
 @pytest.fixture(scope="module")

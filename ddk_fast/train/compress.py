@@ -18,7 +18,6 @@ killed during distillation rebuilds the pruned student from the recorded structu
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import shutil
@@ -41,16 +40,16 @@ from ddk_fast.search.importance import taylor_importance
 from ddk_fast.train import ddp, teacher_cache
 from ddk_fast.train.baseline import keep_top, uniform_counts
 from ddk_fast.train.batching import eval_loader, train_loader
-from ddk_fast.train.checkpoint import (latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state,
-                                       weights_digest)
-from ddk_fast.train.config import INITS, CompressConfig, config_dict, parse_kd, resume_mismatches
+from ddk_fast.train.checkpoint import weights_digest
+from ddk_fast.train.checkpointer import Checkpointer
+from ddk_fast.train.config import INITS, CompressConfig, config_dict, parse_kd
 from ddk_fast.train.deploy import add_deployment, check_deployment_flags, check_onnx_task
 from ddk_fast.train.evaluation import encode_split, evaluate, load_split, resolve_task, to_device
 from ddk_fast.train.hf import (check_head_kind, check_label_count, has_classifier_head, head_kind_of, load_tokenizer,
                                read_config)
 from ddk_fast.train.latency_table import measure_latency_fit
 from ddk_fast.train.logging import RunLogger
-from ddk_fast.train.loop import FiniteWatch, run_epochs
+from ddk_fast.train.loop import FiniteWatch, RunHooks, TrainLoop
 from ddk_fast.train.oneshot import one_shot
 from ddk_fast.train.optim import adamw, linear_schedule
 from ddk_fast.train.report import Report, build_report, write_plots
@@ -337,7 +336,8 @@ class _Compression:
         self.device = ctx.device
         self.teacher = teacher.to(self.device).eval().requires_grad_(False)
         self.log = RunLogger(dirs.logs, enabled=ctx.is_main, console=cfg.progress)
-        self.t_start = time.time()
+        self.checkpoints = Checkpointer(dirs, "compress", cfg, self.log, ctx)
+        self.hooks = RunHooks.of(cfg)
         self.state = RunState(stage=SEARCH if cfg.fixed_structure is None else DISTILL)
         self.teacher_cache = None  # ddk_fast.train.teacher_cache.TeacherCache, built at the first stage
         self._teacher_cache_decided = False  # built (or found off) once: a cache that is off stays off
@@ -396,7 +396,7 @@ class _Compression:
         try:
             torch.manual_seed(self.cfg.seed)
             self._data()
-            resumed = self._resume_if_any() if self.mode == "resume" else None
+            resumed = self._resume() if self.mode == "resume" else None
             if resumed is None:
                 torch.manual_seed(self.cfg.seed + 1000 * self.ctx.rank)
             self.log.log("start", step=self.state.global_step, mode=self.mode, task=self.spec.name,
@@ -481,61 +481,35 @@ class _Compression:
 
     # --- checkpoints ----------------------------------------------------------------------------------
     def _save(self, module, optimizers: dict, schedulers: dict):
-        rng = ddp.gather_objects(self.ctx, rng_state())
-        if self.ctx.is_main:
-            wall = self.state.wall_before_s + (time.time() - self.t_start)
-            loop = dataclasses.replace(self.state, wall_before_s=wall)
-            payload = {"optimizers": {k: o.state_dict() for k, o in optimizers.items()},
-                       "schedulers": {k: s.state_dict() for k, s in schedulers.items()},
-                       "loop": loop.to_dict(), "rng": rng}
-            save_checkpoint(self.dirs.checkpoints, self.state.global_step, module, payload,
-                            meta={"stage": self.state.stage, "epoch": self.state.epoch,
-                                  "batch": self.state.batch, "config": config_dict(self.cfg), "kind": "compress",
-                                  "objective": [term.name for term in module.objective.terms]})
-        ddp.barrier(self.ctx)
+        st = self.state
+        self.checkpoints.save(st.global_step, st.to_dict(), module, optimizers, schedulers,
+                              meta={"stage": st.stage, "epoch": st.epoch, "batch": st.batch,
+                                    "objective": [term.name for term in module.objective.terms]})
 
-    def _resume_if_any(self):
-        path = latest_checkpoint(self.dirs.checkpoints, warn=self.info)
-        if path is None:
-            self.info(f"no complete checkpoint in {self.dirs.checkpoints}; starting from the beginning")
-            return None
-        tensors, payload, meta = load_checkpoint(path)
-        mism = resume_mismatches(meta.get("config", {}), config_dict(self.cfg))
-        if mism:
-            raise UserError(f"--resume: the run in {self.dirs.work!r} was started with different settings "
-                            f"({'; '.join(mism)})")
-        if len(payload["rng"]) != self.ctx.world_size:
-            raise UserError(f"--resume: checkpoint was written by {len(payload['rng'])} process(es), now "
-                            f"{self.ctx.world_size}; resume with the same number of processes")
-        try:
-            self.state = RunState.from_dict(payload["loop"])
-        except (TypeError, ValueError) as exc:
-            raise UserError(f"--resume: the checkpoint {path!r} holds no compress run state ({exc})") from None
-        self.info(f"resumed from {path} ({self.state.stage} stage, step {self.state.global_step}, "
-                  f"epoch {self.state.epoch + 1}, batch {self.state.batch})")
-        self.log.log("resume", step=self.state.global_step, checkpoint=path)
-        return {"tensors": tensors, "payload": payload, "meta": meta}
+    def _resume(self):
+        """The newest checkpoint (its run state becomes ``self.state``), or None."""
+        resumed = self.checkpoints.load()
+        if resumed is not None:
+            try:
+                self.state = RunState.from_dict(resumed.state)
+            except (TypeError, ValueError) as exc:
+                raise UserError(f"--resume: the checkpoint {resumed.path!r} holds no compress run state "
+                                f"({exc})") from None
+        return resumed
 
     def _restore(self, resumed, module, optimizers, schedulers):
-        """Load a checkpoint into freshly built objects, then the RNG states (last: building consumes RNG)."""
-        tensors = checkpoint_tensors(resumed["tensors"], resumed["meta"], module.objective, self.cfg, self.dirs.work)
-        try:
-            module.load_state_dict(tensors)
-            for k, o in optimizers.items():
-                o.load_state_dict(resumed["payload"]["optimizers"][k])
-        except (RuntimeError, ValueError) as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise UserError(f"--resume: the checkpoint in {self.dirs.work!r} does not fit this run ({first}); "
-                            "start it again with --overwrite") from None
-        for k, s in schedulers.items():
-            s.load_state_dict(resumed["payload"]["schedulers"][k])
-        set_rng_state(resumed["payload"]["rng"][self.ctx.rank])
+        """Load a checkpoint into freshly built objects (the objective's state of older checkpoints mapped)."""
+        tensors = checkpoint_tensors(resumed.tensors, resumed.meta, module.objective, self.cfg, self.dirs.work)
+        self.checkpoints.restore(resumed, module, optimizers, schedulers, tensors=tensors)
 
     # --- teacher cache ---------------------------------------------------------------------------------
-    def _teacher_outputs(self, batch, ids, kwargs):
+    def _on_device_with_teacher(self, batch, kwargs):
+        """(the host ``batch`` on the device, the teacher's outputs for it: from the cache when there is one)."""
+        ids = batch["example_ids"]  # on the host: the cache looks rows up without a device read
+        batch = to_device(batch, self.device)
         if self.teacher_cache is None:
-            return teacher_outputs(self.teacher, batch, self.cfg.path, kwargs)
-        return self.teacher_cache.outputs(self.teacher, batch, ids, self.cfg.path, kwargs)
+            return batch, teacher_outputs(self.teacher, batch, self.cfg.path, kwargs)
+        return batch, self.teacher_cache.outputs(self.teacher, batch, ids, self.cfg.path, kwargs)
 
     def _ensure_teacher_cache(self, kwargs, reads_padded_queries: bool = False):
         """Build the cache at the first stage (the distillation stage reuses it); on --resume, refill it
@@ -662,15 +636,12 @@ class _Compression:
         self._ensure_teacher_cache(kwargs, module.objective.reads_padded_queries)
 
         def step(batch, gstep, epoch):
-            ids = batch["example_ids"]  # on the host: the cache looks rows up without a device read
-            batch = to_device(batch, self.device)
             stage_step = gstep - 1 - self.state.stage_start_step
             tau = tau_schedule(stage_step)
             search.on_step(stage_step, tau)
-            t_out = self._teacher_outputs(batch, ids, kwargs)
+            batch, t_out = self._on_device_with_teacher(batch, kwargs)
             loss, parts, ratio, hg, fg = train_module(batch, t_out, stage_step)
-            if cfg.fault_nan_at_step is not None and gstep == cfg.fault_nan_at_step:
-                loss = loss * float("nan")
+            loss = self.hooks.loss(gstep, loss)
             watch.observe(gstep, epoch, "loss", loss)
             for o in optimizers.values():
                 o.zero_grad(set_to_none=True)
@@ -710,9 +681,8 @@ class _Compression:
             self.info(f"search epoch {epoch + 1}: derived structure {self.metric} ratio "
                       f"{entry['derived_ratio']:.3f} (expected {exp_ratio:.3f}), dev " + _fmt(metrics))
 
-        run_epochs(ctx=ctx, cfg=cfg, log=self.log, loader=self.loader, epochs=cfg.search_epochs, state=self.state,
-                   stage=SEARCH, epoch_offset=0, step=step, after_epoch=after_epoch,
-                   save_ckpt=lambda: self._save(module, optimizers, schedulers), watch=watch)
+        self._loop(SEARCH, step, watch, lambda: self._save(module, optimizers, schedulers)).run_epochs(
+            self.loader, self.state, cfg.search_epochs, after_epoch)
 
         derived = self._derive(search)
 
@@ -721,6 +691,12 @@ class _Compression:
             "kind": cfg.search, "expected_ratio": float(search.expected_ratio(self.cost_model, self.metric).detach()),
             "derived_ratio": derived.ratio(self.cost_model, self.metric)}
         self._enter_distill(structure, student)
+
+    def _loop(self, stage: str, step, watch, save) -> TrainLoop:
+        cfg = self.cfg
+        return TrainLoop(stage=stage, step=step, watch=watch, log=self.log, log_steps=cfg.log_steps,
+                         save_steps=cfg.save_steps, save=save, hooks=self.hooks,
+                         progress_bar=self.ctx.is_main and cfg.progress)
 
     def _derive(self, search):
         was = search.training
@@ -822,12 +798,9 @@ class _Compression:
         self._ensure_teacher_cache(kwargs, module.objective.reads_padded_queries)
 
         def step(batch, gstep, epoch):
-            ids = batch["example_ids"]  # on the host: the cache looks rows up without a device read
-            batch = to_device(batch, self.device)
-            t_out = self._teacher_outputs(batch, ids, kwargs)
+            batch, t_out = self._on_device_with_teacher(batch, kwargs)
             loss, parts = train_module(batch, t_out)
-            if cfg.fault_nan_at_step is not None and gstep == cfg.fault_nan_at_step:
-                loss = loss * float("nan")
+            loss = self.hooks.loss(gstep, loss)
             watch.observe(gstep, epoch, "loss", loss)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -851,9 +824,8 @@ class _Compression:
                     save_pruned(pruned, self.dirs.best, overwrite=True)
                 ddp.barrier(ctx)
 
-        run_epochs(ctx=ctx, cfg=cfg, log=self.log, loader=self.loader, epochs=epochs, state=self.state,
-                   stage=DISTILL, epoch_offset=1000, step=step, after_epoch=after_epoch,
-                   save_ckpt=lambda: self._save(module, optimizers, schedulers), watch=watch)
+        self._loop(DISTILL, step, watch, lambda: self._save(module, optimizers, schedulers)).run_epochs(
+            self.loader, self.state, epochs, after_epoch, epoch_offset=1000)
         ddp.barrier(ctx)
 
     # --- stage 5: export ------------------------------------------------------------------------------
@@ -863,7 +835,7 @@ class _Compression:
                       cost_model=self.cost_model, metric=self.metric, ratio=self.ratio, method=method_name(cfg),
                       init=cfg.init if cfg.fixed_structure is None else None, train_ds=self.train_ds,
                       dev_ds=self.dev_ds, world_size=self.ctx.world_size,
-                      wall_time_s=st.wall_before_s + (time.time() - self.t_start), teacher_dev=st.teacher_dev,
+                      wall_time_s=self.checkpoints.wall_time_s(), teacher_dev=st.teacher_dev,
                       student_dev=st.best_metrics, pruned_dev=st.pruned_dev, history=st.history, oneshot=st.oneshot,
                       search_summary=st.search_summary, times_s=st.times_s, threads=self.threads)
 

@@ -7,10 +7,13 @@ already have, and what ``compress`` consumes.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import shutil
 import time
+from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 
@@ -19,14 +22,13 @@ from ddk_fast.data.custom import KINDS, write_task_file
 from ddk_fast.errors import UserError
 from ddk_fast.train import ddp
 from ddk_fast.train.batching import eval_loader, train_loader
-from ddk_fast.train.checkpoint import (latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state,
-                                       weights_digest)
-from ddk_fast.train.config import FinetuneConfig, config_dict, packaged_model_dir, resume_mismatches
-from ddk_fast.train.errors import RunInterrupted
+from ddk_fast.train.checkpoint import weights_digest
+from ddk_fast.train.checkpointer import Checkpointer
+from ddk_fast.train.config import FinetuneConfig, config_dict, packaged_model_dir
 from ddk_fast.train.evaluation import encode_split, evaluate, load_split, resolve_task, to_device
 from ddk_fast.train.hf import label_arguments, load_classifier, logits_of, save_classifier
-from ddk_fast.train.logging import RunLogger, progress
-from ddk_fast.train.loop import FiniteWatch, host_scalars
+from ddk_fast.train.logging import RunLogger
+from ddk_fast.train.loop import FiniteWatch, RunHooks, TrainLoop
 from ddk_fast.train.optim import adamw, linear_schedule
 from ddk_fast.train.rundir import copy_logs, finalize, finished_result, prepare, run_dirs, stage_dir
 from ddk_fast.train.threads import apply_threads
@@ -73,6 +75,35 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
         ddp.teardown(ctx)
 
 
+@dataclass
+class FinetuneState:
+    """Position and measurements of one fine-tuning run (what a checkpoint holds besides tensors).
+
+    epoch / batch: where the run is (the batch is the next one of the epoch); global_step: steps done;
+    best_score / best_metrics: the best dev epoch so far; history: one entry per epoch; loss_sum: the
+    training losses of this epoch so far; wall_before_s: wall time of earlier attempts (the Checkpointer's).
+    """
+
+    epoch: int = 0
+    batch: int = 0
+    global_step: int = 0
+    best_score: float = -math.inf
+    best_metrics: Optional[dict] = None
+    history: list = field(default_factory=list)
+    loss_sum: float = 0.0
+    wall_before_s: float = 0.0
+
+    def to_dict(self) -> dict:
+        return dict(dataclasses.asdict(self), best_score=float(self.best_score))
+
+    @classmethod
+    def from_dict(cls, data: dict, path: str) -> "FinetuneState":
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise UserError(f"--resume: the checkpoint {path!r} holds no finetune run state ({exc})") from None
+
+
 def _train(cfg, spec, model_path, model, tokenizer, train_ds, dev_ds, dirs, ctx, mode, t_start, threads) -> dict:
     log = RunLogger(dirs.logs, enabled=ctx.is_main, console=cfg.progress)
     try:
@@ -84,96 +115,83 @@ def _train(cfg, spec, model_path, model, tokenizer, train_ds, dev_ds, dirs, ctx,
 
         optimizer = adamw(model, cfg.lr, cfg.weight_decay)
         scheduler = linear_schedule(optimizer, total_steps, cfg.warmup_ratio)
-        state = {"epoch": 0, "batch": 0, "global_step": 0, "best_score": -math.inf, "best_metrics": None,
-                 "history": [], "loss_sum": 0.0}
-        if mode == "resume":
-            state = _resume(cfg, dirs, ctx, model, optimizer, scheduler, log) or state
+        optimizers, schedulers = {"weights": optimizer}, {"weights": scheduler}
+        checkpoints = Checkpointer(dirs, "finetune", cfg, log, ctx, t_start=t_start)
+        state = FinetuneState()
+        resumed = checkpoints.load() if mode == "resume" else None
+        if resumed is not None:
+            state = FinetuneState.from_dict(resumed.state, resumed.path)
+            checkpoints.restore(resumed, model, optimizers, schedulers)
         else:
             torch.manual_seed(cfg.seed + 1000 * ctx.rank)
         train_model = ddp.wrap(model, ctx)
-        log.log("start", step=state["global_step"], mode=mode, task=spec.name, model=model_path,
+        log.log("start", step=state.global_step, mode=mode, task=spec.name, model=model_path,
                 train_examples=len(train_ds), dev_examples=len(dev_ds), steps_per_epoch=steps_per_epoch,
                 total_steps=total_steps, world_size=ctx.world_size, threads=threads, config=config_dict(cfg))
         if ctx.is_main:
             log.info(f"finetune {spec.name}: {len(train_ds)} train / {len(dev_ds)} dev examples, "
                      f"{cfg.epochs} epoch(s) x {steps_per_epoch} steps, {mode} run, work folder {dirs.work}")
 
-        def save_ckpt():
-            rng = ddp.gather_objects(ctx, rng_state())
-            if ctx.is_main:
-                payload = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                           "loop": dict(state, best_score=float(state["best_score"])), "rng": rng}
-                save_checkpoint(dirs.checkpoints, state["global_step"], model, payload,
-                                meta={"epoch": state["epoch"], "batch": state["batch"], "config": config_dict(cfg),
-                                      "kind": "finetune"})
-            ddp.barrier(ctx)
-
         model.train()
         watch = FiniteWatch(ctx, dirs.checkpoints, log)
-        loss_acc = None
-        for epoch in range(state["epoch"], cfg.epochs):
-            loader.batch_sampler.set_epoch(epoch, state["batch"])
-            bar = progress(loader, total=steps_per_epoch, initial=state["batch"], desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                           enabled=ctx.is_main and cfg.progress)
-            for batch in bar:
-                step = state["global_step"] + 1
-                batch = to_device(batch, ctx.device)
-                out = train_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                  token_type_ids=batch.get("token_type_ids"), **label_arguments(spec, batch["labels"]))
-                loss = out.loss
-                if cfg.fault_nan_at_step is not None and step == cfg.fault_nan_at_step:
-                    loss = loss * float("nan")
-                watch.observe(step, epoch, "loss", loss)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                watch.observe(step, epoch, "gradient norm", grad_norm)
-                optimizer.step()
-                scheduler.step()
-                state["global_step"] = step
-                state["batch"] += 1
-                # the losses are summed on the device and read with the log: no host read per step
-                loss_acc = loss.detach().double() if loss_acc is None else loss_acc + loss.detach()
-                log_now = step % cfg.log_steps == 0
-                save_now = step % cfg.save_steps == 0 and state["batch"] < steps_per_epoch
-                if log_now or save_now or state["batch"] == steps_per_epoch:
-                    watch.check()
-                    read = host_scalars({"loss": loss, "sum": loss_acc, "grad_norm": grad_norm})
-                    state["loss_sum"] += read["sum"]
-                    loss_acc = None
-                    if ctx.is_main and cfg.progress:
-                        bar.set_postfix(loss=f"{read['loss']:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-                    if log_now:
-                        log.log("train", step=step, epoch=epoch, loss=read["loss"], lr=scheduler.get_last_lr()[0],
-                                grad_norm=read["grad_norm"])
-                if save_now:
-                    save_ckpt()
-                if cfg.stop_after_steps is not None and step >= cfg.stop_after_steps:
-                    raise RunInterrupted(f"stopped after step {step} (stop_after_steps)")
-            bar.close()
+        hooks = RunHooks.of(cfg)
+        loss_acc = None  # the losses since the last checkpoint, summed on the device: no host read per step
+
+        def step(batch, gstep, epoch):
+            nonlocal loss_acc
+            batch = to_device(batch, ctx.device)
+            out = train_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                              token_type_ids=batch.get("token_type_ids"), **label_arguments(spec, batch["labels"]))
+            loss = hooks.loss(gstep, out.loss)
+            watch.observe(gstep, epoch, "loss", loss)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            watch.observe(gstep, epoch, "gradient norm", grad_norm)
+            optimizer.step()
+            scheduler.step()
+            loss_acc = loss.detach().double() if loss_acc is None else loss_acc + loss.detach()
+            return {"loss": loss.detach(), "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm.detach()}
+
+        def add_losses():  # one host read, at checkpoints and at the epoch's end
+            nonlocal loss_acc
+            if loss_acc is not None:
+                state.loss_sum += float(loss_acc)
+                loss_acc = None
+
+        def save():
+            add_losses()
+            checkpoints.save(state.global_step, state.to_dict(), model, optimizers, schedulers,
+                             meta={"epoch": state.epoch, "batch": state.batch})
+
+        def after_epoch(epoch):
+            add_losses()
             metrics = evaluate(model, lambda b: logits_of(model, b), dev_loader, ctx.device, spec)
             score = metrics[spec.main_metric]
-            improved = score > state["best_score"]
-            state["history"].append({"epoch": epoch + 1, "step": state["global_step"], **metrics,
-                                     "train_loss": state["loss_sum"] / steps_per_epoch})
-            log.log("eval", step=state["global_step"], epoch=epoch + 1, best=improved, **metrics)
+            improved = score > state.best_score
+            state.history.append({"epoch": epoch + 1, "step": state.global_step, **metrics,
+                                  "train_loss": state.loss_sum / steps_per_epoch})
+            log.log("eval", step=state.global_step, epoch=epoch + 1, best=improved, **metrics)
             if ctx.is_main:
                 log.info(f"epoch {epoch + 1}: dev " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items())
                          + (" (best)" if improved else ""))
             if improved:
-                state["best_score"], state["best_metrics"] = score, dict(metrics, epoch=epoch + 1)
+                state.best_score, state.best_metrics = score, dict(metrics, epoch=epoch + 1)
                 if ctx.is_main:
                     with atomic_directory(dirs.best) as tmp:
                         save_classifier(model, tokenizer, tmp)
-            state["epoch"], state["batch"], state["loss_sum"] = epoch + 1, 0, 0.0
-            save_ckpt()
+            state.loss_sum = 0.0
+
+        TrainLoop(stage="train", step=step, watch=watch, log=log, log_steps=cfg.log_steps, save_steps=cfg.save_steps,
+                  save=save, hooks=hooks, progress_bar=ctx.is_main and cfg.progress).run_epochs(
+            loader, state, cfg.epochs, after_epoch)
 
         result = {"task": spec.name, "main_metric": spec.main_metric, "metric_names": list(spec.metric_names),
-                  "dev": state["best_metrics"], "history": state["history"], "base_model": model_path,
+                  "dev": state.best_metrics, "history": state.history, "base_model": model_path,
                   "train_examples": len(train_ds), "dev_examples": len(dev_ds), "seed": cfg.seed,
-                  "world_size": ctx.world_size, "threads": threads, "wall_time_s": round(time.time() - t_start, 1),
+                  "world_size": ctx.world_size, "threads": threads, "wall_time_s": round(checkpoints.wall_time_s(), 1),
                   "config": config_dict(cfg)}
-        log.log("done", step=state["global_step"], dev=state["best_metrics"])
+        log.log("done", step=state.global_step, dev=state.best_metrics)
         log.close()
         if ctx.is_main:
             staged = stage_dir(dirs)
@@ -187,36 +205,9 @@ def _train(cfg, spec, model_path, model, tokenizer, train_ds, dev_ds, dirs, ctx,
                 shutil.rmtree(staged, ignore_errors=True)
                 raise
             finalize(dirs, staged, keep_work=cfg.keep_checkpoints)
-            log.info(f"teacher saved to {dirs.output}: dev {spec.main_metric}={state['best_score']:.4f}")
+            log.info(f"teacher saved to {dirs.output}: dev {spec.main_metric}={state.best_score:.4f}")
         ddp.barrier(ctx)
         # the in-memory weights after the last step, on this rank (ranks must agree under DDP)
         return dict(result, output=dirs.output, final_weights_sha256=weights_digest(model), rank=ctx.rank)
     finally:
         log.close()
-
-
-def _resume(cfg, dirs, ctx, model, optimizer, scheduler, log):
-    from ddk_fast.errors import UserError
-
-    path = latest_checkpoint(dirs.checkpoints, warn=log.info if ctx.is_main else None)
-    if path is None:
-        if ctx.is_main:
-            log.info(f"no complete checkpoint in {dirs.checkpoints}; starting from the beginning")
-        torch.manual_seed(cfg.seed + 1000 * ctx.rank)
-        return None
-    tensors, payload, meta = load_checkpoint(path)
-    mism = resume_mismatches(meta.get("config", {}), config_dict(cfg))
-    if mism:
-        raise UserError(f"--resume: the run in {dirs.work!r} was started with different settings ({'; '.join(mism)})")
-    if len(payload["rng"]) != ctx.world_size:
-        raise UserError(f"--resume: checkpoint was written by {len(payload['rng'])} process(es), now "
-                        f"{ctx.world_size}; resume with the same number of processes")
-    model.load_state_dict(tensors)
-    optimizer.load_state_dict(payload["optimizer"])
-    scheduler.load_state_dict(payload["scheduler"])
-    set_rng_state(payload["rng"][ctx.rank])
-    loop = dict(payload["loop"])
-    if ctx.is_main:
-        log.info(f"resumed from {path} (step {loop['global_step']}, epoch {loop['epoch'] + 1}, batch {loop['batch']})")
-    log.log("resume", step=loop["global_step"], checkpoint=path)
-    return loop

@@ -34,17 +34,17 @@ from ddk_fast.search import CostModel, TemperatureSchedule, build_budget, build_
 from ddk_fast.search.importance import taylor_importance
 from ddk_fast.train import shared_options as shared
 from ddk_fast.train.config import CompressConfig, config_dict, parse_kd, _coerce, load_yaml
-from ddk_fast.train.ddp import resolve_device
-from ddk_fast.train.errors import TrainingDiverged
+from ddk_fast.train.checkpointer import Checkpointer
+from ddk_fast.train.ddp import DistContext, resolve_device
 from ddk_fast.train.evaluation import to_device
-from ddk_fast.train.logging import RunLogger, progress
-from ddk_fast.train.loop import FirstNonFinite, host_scalars
+from ddk_fast.train.logging import RunLogger
+from ddk_fast.train.loop import FiniteWatch, RunHooks, TrainLoop, skip_batches
 from ddk_fast.train.optim import adamw, linear_schedule
 from ddk_fast.train.options import check_choices, flag_of, like, option
-from ddk_fast.train.resumable import StepCheckpoints, publish, skip_batches, stop_if_asked
+from ddk_fast.train.resumable import publish
 from ddk_fast.train.rundir import finished_result, prepare, run_dirs
 from ddk_fast.train.stages import initial_importance
-from ddk_fast.train.student_kd import load_teacher_for, task_data, kd_train
+from ddk_fast.train.student_kd import KDStage, load_teacher_for, task_data
 from ddk_fast.train.threads import apply_threads
 from ddk_fast.train.validate import check_positive, parse_target
 
@@ -170,18 +170,18 @@ class _LMCompression:
         self.teacher, self.tokenizer, self.data, self.cost_model = teacher, tokenizer, data, cost_model
         self.dirs, self.device, self.mode = dirs, device, mode
         self.log = RunLogger(dirs.logs, enabled=True, console=cfg.progress)
-        self.checkpoints = StepCheckpoints(dirs, "compress-lm", cfg, self.log)
+        self.ctx = DistContext(device=device)
+        self.checkpoints = Checkpointer(dirs, "compress-lm", cfg, self.log, self.ctx)
+        self.hooks = RunHooks.of(cfg)
         self.state: dict[str, Any] = {"stage": SEARCH, "step": 0, "teacher_dev": None, "pruned_dev": None,
-                                      "structure": None, "search_summary": None, "history": [], "wall_before_s": 0.0}
+                                      "structure": None, "search_summary": None, "history": []}
 
     # --- top level ------------------------------------------------------------------------------------
     def run(self) -> dict:
         try:
-            loaded = self.checkpoints.load() if self.mode == "resume" else None
-            resumed = None
-            if loaded is not None:
-                state, resumed = loaded
-                self.state.update(state)
+            resumed = self.checkpoints.load() if self.mode == "resume" else None
+            if resumed is not None:
+                self.state.update(resumed.state)
             self.log.log("start", step=self._global_step(), mode=self.mode, task="lm", teacher=self.cfg.teacher,
                          target=self.cfg.target, train_blocks=self.data.num_train, eval_blocks=self.data.num_dev,
                          threads=self.threads, config=config_dict(self.cfg))
@@ -237,16 +237,16 @@ class _LMCompression:
         w_sched = linear_schedule(w_opt, cfg.search_steps, cfg.warmup_ratio)
         optimizers, schedulers = {"weights": w_opt, "arch": a_opt}, {"weights": w_sched}
         if resumed is not None:
-            StepCheckpoints.restore(resumed, module, optimizers, schedulers)
+            self.checkpoints.restore(resumed, module, optimizers, schedulers)
         tau_of = TemperatureSchedule(cfg.tau_start, min(cfg.tau_end, cfg.tau_start), max(1, cfg.search_steps))
         kw = objective.forward_kwargs()
         search.train()
-        start = self.state["step"]
-        nonfinite = FirstNonFinite()
-        for step in progress(range(start, cfg.search_steps), total=cfg.search_steps, desc="search",
-                             enabled=cfg.progress, initial=start):
-            batch = to_device(next(self.data.batches), device)
-            search.set_temperature(tau_of(step))
+        watch = FiniteWatch(self.ctx, self.dirs.checkpoints, self.log, stage=SEARCH)
+
+        def step(batch, count, epoch):
+            batch = to_device(batch, device)
+            tau = tau_of(count - 1)
+            search.set_temperature(tau)
             hg, fg = search.sample()
             if hg.requires_grad:
                 hg.retain_grad()
@@ -257,41 +257,39 @@ class _LMCompression:
                             ffn_gates=fg, path=cfg.path, **kw)
             kd, parts = objective(s_out, t_out, batch)
             exp_ratio = search.expected_ratio(self.cost_model, self.metric)
-            loss = kd + budget(exp_ratio, step)
+            loss = kd + budget(exp_ratio, count - 1)
             w_opt.zero_grad(set_to_none=True)
             a_opt.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(weights, cfg.max_grad_norm)
-            nonfinite.observe(step + 1, 0, "loss", loss)
-            nonfinite.observe(step + 1, 0, "gradient norm", grad_norm)
+            watch.observe(count, epoch, "loss", loss)
+            watch.observe(count, epoch, "gradient norm", grad_norm)
             if hg.grad is not None and fg.grad is not None:
                 search.update_importance(taylor_importance(hg), taylor_importance(fg), head_active=hg.detach() > 0,
                                          ffn_active=fg.detach() > 0)
             w_opt.step()
             w_sched.step()
             a_opt.step()
-            self.state["step"] = step + 1
-            log_now = (step + 1) % cfg.log_steps == 0 or step + 1 == cfg.search_steps
-            if log_now or (step + 1) % cfg.save_steps == 0:  # read back only here: no host read per step
-                found = nonfinite.read()
-                if found is not None:
-                    raise TrainingDiverged(f"search: {found[1]} is {found[2]} (not finite) at step {found[0]}; "
-                                           f"lower --lr")
-            if log_now:
-                self.log.log("search", step=step + 1, tau=tau_of(step),
-                             **host_scalars({"loss": loss.detach(), "ratio": exp_ratio.detach(), **parts}))
-            if step + 1 < cfg.search_steps:  # the last step is checkpointed at the boundary
-                if (step + 1) % cfg.save_steps == 0:
-                    self._save(module, optimizers, schedulers)
-                stop_if_asked(self.cfg.stop_after_steps, self._global_step())
-        search.eval()
-        derived = search.derive(self.cost_model, self.ratio, self.metric)
-        structure = Structure.from_indices(derived.heads, derived.ffn, student)
-        self.state["search_summary"] = {
-            "expected_ratio": float(search.expected_ratio(self.cost_model, self.metric).detach()),
-            "derived_ratio": derived.ratio(self.cost_model, self.metric), "heads": derived.head_counts,
-            "ffn": derived.ffn_counts}
-        self._enter_distill(structure, student)
+            return {"tau": tau, "loss": loss.detach(), "ratio": exp_ratio.detach(), **parts}
+
+        def end_search():  # the last step is checkpointed at the stage boundary
+            search.eval()
+            derived = search.derive(self.cost_model, self.ratio, self.metric)
+            structure = Structure.from_indices(derived.heads, derived.ffn, student)
+            self.state["search_summary"] = {
+                "expected_ratio": float(search.expected_ratio(self.cost_model, self.metric).detach()),
+                "derived_ratio": derived.ratio(self.cost_model, self.metric), "heads": derived.head_counts,
+                "ffn": derived.ffn_counts}
+            self._enter_distill(structure, student)
+
+        self._loop(SEARCH, step, watch, lambda: self._save(module, optimizers, schedulers)).run_steps(
+            self.data.batches, self.state, cfg.search_steps, after_stage=end_search)
+
+    def _loop(self, stage: str, step, watch, save, on_log=None) -> TrainLoop:
+        cfg = self.cfg
+        return TrainLoop(stage=stage, step=step, watch=watch, log=self.log, log_steps=cfg.log_steps,
+                         save_steps=cfg.save_steps, save=save, hooks=self.hooks, progress_bar=cfg.progress,
+                         on_log=on_log)
 
     def _enter_distill(self, structure, student) -> None:
         """Prune physically, measure, and checkpoint the boundary (a resumed run never redoes the search)."""
@@ -302,7 +300,6 @@ class _LMCompression:
                      dev=self.state["pruned_dev"])
         self._pruned = pruned
         self._save(torch.nn.ModuleDict({"student": pruned}), {}, {})
-        stop_if_asked(self.cfg.stop_after_steps, self._global_step())
 
     # --- distill, evaluate, export --------------------------------------------------------------------
     def _pruned_from_state(self):
@@ -317,33 +314,25 @@ class _LMCompression:
     def _distill_and_finish(self, resumed) -> dict:
         cfg = self.cfg
         pruned = self._pruned_from_state()
-        if resumed is not None and not resumed["payload"]["optimizers"]:
+        if resumed is not None and not resumed.optimizers:
             # checkpointed at the boundary, before the objective existed: restore before building it
-            StepCheckpoints.restore(resumed, torch.nn.ModuleDict({"student": pruned}), {}, {})
+            self.checkpoints.restore(resumed, torch.nn.ModuleDict({"student": pruned}), {}, {})
             resumed = None
         if self.state["step"] < cfg.distill_steps:
             objective = self._objective(pruned)
             module = torch.nn.ModuleDict({"student": pruned, "objective": objective})
-            held: dict = {}
+            watch = FiniteWatch(self.ctx, self.dirs.checkpoints, self.log, stage=DISTILL)
+            kd = KDStage(pruned, self.teacher, objective, cfg.distill_steps, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                         warmup_ratio=cfg.warmup_ratio, max_grad_norm=cfg.max_grad_norm, device=self.device,
+                         watch=watch, path=cfg.path)
+            if resumed is not None:
+                self.checkpoints.restore(resumed, module, kd.optimizers, kd.schedulers)
 
-            def on_setup(opt, sched):
-                held.update(optimizers={"weights": opt}, schedulers={"weights": sched})
-                if resumed is not None:
-                    StepCheckpoints.restore(resumed, module, held["optimizers"], held["schedulers"])
+            def on_log(step, values):
+                self.state["history"].append({"stage": DISTILL, "step": step, **values})
 
-            def after_step(step, entry):
-                self.state["step"] = step
-                if entry is not None:
-                    self.state["history"].append(entry)
-                if step % cfg.save_steps == 0 and step < cfg.distill_steps:
-                    self._save(module, held["optimizers"], held["schedulers"])
-                stop_if_asked(self.cfg.stop_after_steps, self._global_step())
-
-            kd_train(pruned, self.teacher, objective, self.data.batches, cfg.distill_steps, lr=cfg.lr,
-                     weight_decay=cfg.weight_decay, warmup_ratio=cfg.warmup_ratio, max_grad_norm=cfg.max_grad_norm,
-                     device=self.device, path=cfg.path, log=self.log, stage="distill", log_steps=cfg.log_steps,
-                     progress=cfg.progress, start_step=self.state["step"], on_setup=on_setup,
-                     after_step=after_step, check_every=cfg.save_steps)
+            self._loop(DISTILL, kd.step, watch, lambda: self._save(module, kd.optimizers, kd.schedulers),
+                       on_log).run_steps(self.data.batches, self.state, cfg.distill_steps, offset=cfg.search_steps)
         student_dev = self.data.evaluate(pruned)
         torch.manual_seed(cfg.seed)
         untrained_dev = self.data.evaluate(MaskedGPT2(pruned.config).to(self.device))
@@ -365,7 +354,7 @@ class _LMCompression:
             "search": self.state["search_summary"], "history": self.state["history"], "kd": cfg.kd,
             "train_blocks": self.data.num_train, "eval_blocks": self.data.num_dev,
             "resumed": self.mode == "resume",
-            "wall_time_s": self.checkpoints.wall_time(self.state),
+            "wall_time_s": round(self.checkpoints.wall_time_s(), 1),
             "threads": self.threads,
             "config": config_dict(cfg),
         }

@@ -7,7 +7,7 @@ options. Runs are step-based (``--steps``): recipes compared at the same budget 
 of optimizer steps (a two-stage recipe splits them).
 
 Shared pieces used by the LM compression too: ``load_teacher_for``, ``TaskData`` (batches + dev metric),
-``kd_train`` (one stage of distillation), ``perplexity``.
+``KDStage`` (one stage of distillation), ``perplexity``.
 """
 from __future__ import annotations
 
@@ -31,15 +31,15 @@ from ddk_fast.train import shared_options as shared, teacher_cache
 from ddk_fast.train.batching import eval_loader, train_loader
 from ddk_fast.train.compress import load_teacher
 from ddk_fast.train.config import BatchOptions, DataOptions, OptimizerOptions, config_dict, parse_kd, _coerce, load_yaml
-from ddk_fast.train.ddp import resolve_device
-from ddk_fast.train.errors import TrainingDiverged
+from ddk_fast.train.checkpointer import Checkpointer
+from ddk_fast.train.ddp import DistContext, resolve_device
 from ddk_fast.train.evaluation import to_device, resolve_task, encode_split, evaluate, load_split
 from ddk_fast.train.hf import load_tokenizer, read_config
-from ddk_fast.train.logging import progress as bar_of, RunLogger
-from ddk_fast.train.loop import FirstNonFinite, host_scalars
+from ddk_fast.train.logging import RunLogger
+from ddk_fast.train.loop import FiniteWatch, RunHooks, TrainLoop, skip_batches
 from ddk_fast.train.optim import adamw, linear_schedule
 from ddk_fast.train.options import api_only, check_choices, option
-from ddk_fast.train.resumable import StepCheckpoints, skip_batches, stop_if_asked, publish
+from ddk_fast.train.resumable import publish
 from ddk_fast.train.rundir import finished_result, prepare, run_dirs
 from ddk_fast.train.threads import apply_threads
 from ddk_fast.train.validate import check_positive
@@ -241,68 +241,50 @@ def task_data(cfg, tokenizer, task_type: str, device) -> TaskData:
 
 
 # ------------------------------------------------------------------------------------------- loop
-def kd_train(student, teacher, objective, batches: Iterator[dict], steps: int, *, lr: float, weight_decay: float,
-             warmup_ratio: float, max_grad_norm: float, device, path: str = "auto", log=None, stage: str = "distill",
-             log_steps: int = 50, progress: bool = False, start_step: int = 0,
-             on_setup: Optional[Callable] = None, after_step: Optional[Callable[[int, Optional[dict]], None]] = None,
-             check_every: Optional[int] = None, cache=None) -> list[dict]:
-    """``steps`` optimizer steps of ``objective`` (student + objective parameters); returns logged parts.
+class KDStage:
+    """One stage of distillation: the optimizer and schedule over the student's and the objective's
+    parameters, and the ``step`` that :class:`TrainLoop` drives in step mode (``distill`` and the LM
+    compression's distillation).
 
-    Resumable runs pass ``on_setup(optimizer, scheduler)`` (restore their states, keep them for
-    checkpoints), ``start_step`` (steps already done; ``batches`` must already be past them),
-    ``after_step(step, entry)`` (``entry``: the history entry logged at this step, or None; checkpoint)
-    and ``check_every`` (their checkpoint interval). Raises ``TrainingDiverged`` naming the first step
-    whose loss or gradient norm was not finite; the check runs on the device and is read at log steps,
-    every ``check_every`` steps (before ``after_step`` can checkpoint) and at the last step, so no
-    checkpoint is written after that step and there is no host read per step. ``cache``: a
-    ``TeacherCache`` the teacher outputs are read from (batches must carry ``example_ids``).
-    """
-    named = [(f"student.{n}", p) for n, p in student.named_parameters() if p.requires_grad]
-    named += [(f"objective.{n}", p) for n, p in objective.named_parameters() if p.requires_grad]
-    params = [p for _, p in named]
-    opt = adamw(named, lr, weight_decay)
-    sched = linear_schedule(opt, steps, warmup_ratio)
-    if on_setup is not None:
-        on_setup(opt, sched)
-    kw = objective.forward_kwargs()
-    student.train()
-    objective.train()
-    history = []
-    nonfinite = FirstNonFinite()
-    bar = bar_of(range(start_step, steps), total=steps, desc=stage, enabled=progress, initial=start_step)
-    for step in bar:
-        entry = None
-        raw = next(batches)
-        batch = to_device(raw, device)
+    A resumed run restores ``optimizers`` / ``schedulers`` before the loop starts. ``watch``: the
+    FiniteWatch the step feeds (loss and gradient norm, on the device). ``cache``: a ``TeacherCache``
+    the teacher outputs are read from (batches must carry ``example_ids``)."""
+
+    def __init__(self, student, teacher, objective, steps: int, *, lr: float, weight_decay: float,
+                 warmup_ratio: float, max_grad_norm: float, device, watch, path: str = "auto", cache=None):
+        named = [(f"student.{n}", p) for n, p in student.named_parameters() if p.requires_grad]
+        named += [(f"objective.{n}", p) for n, p in objective.named_parameters() if p.requires_grad]
+        self.params = [p for _, p in named]
+        self.optimizer = adamw(named, lr, weight_decay)
+        self.scheduler = linear_schedule(self.optimizer, steps, warmup_ratio)
+        self.optimizers, self.schedulers = {"weights": self.optimizer}, {"weights": self.scheduler}
+        self.student, self.teacher, self.objective, self.watch, self.cache = student, teacher, objective, watch, cache
+        self.max_grad_norm, self.device, self.path = max_grad_norm, device, path
+        self.kw = objective.forward_kwargs()
+        student.train()
+        objective.train()
+
+    def step(self, raw: dict, step: int, epoch) -> dict:
+        """One optimizer step on the host batch ``raw``; the loss parts stay on the device."""
+        batch = to_device(raw, self.device)
         args = (batch["input_ids"],)
-        fwd = dict(attention_mask=batch["attention_mask"], token_type_ids=batch.get("token_type_ids"), path=path, **kw)
-        if cache is not None:  # example ids read from the host batch: no device read
-            t_out = cache.outputs(teacher, batch, raw["example_ids"], path, kw)
+        fwd = dict(attention_mask=batch["attention_mask"], token_type_ids=batch.get("token_type_ids"), path=self.path,
+                   **self.kw)
+        if self.cache is not None:  # example ids read from the host batch: no device read
+            t_out = self.cache.outputs(self.teacher, batch, raw["example_ids"], self.path, self.kw)
         else:
             with torch.no_grad():
-                t_out = teacher(*args, **fwd)
-        s_out = student(*args, **fwd)
-        loss, parts = objective(s_out, t_out, batch)
-        opt.zero_grad(set_to_none=True)
+                t_out = self.teacher(*args, **fwd)
+        s_out = self.student(*args, **fwd)
+        loss, parts = self.objective(s_out, t_out, batch)
+        self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-        nonfinite.observe(step + 1, 0, "loss", loss)
-        nonfinite.observe(step + 1, 0, "gradient norm", grad_norm)
-        opt.step()
-        sched.step()
-        if (step + 1) % log_steps == 0 or step + 1 == steps or (check_every and (step + 1) % check_every == 0):
-            found = nonfinite.read()
-            if found is not None:
-                raise TrainingDiverged(f"{stage}: {found[1]} is {found[2]} (not finite) at step {found[0]}; lower --lr")
-        if (step + 1) % log_steps == 0 or step + 1 == steps:
-            entry = {"stage": stage, "step": step + 1, **host_scalars({"loss": loss.detach(), **parts}),
-                     "lr": sched.get_last_lr()[0]}
-            history.append(entry)
-            if log is not None:
-                log.log(stage, **{k: v for k, v in entry.items() if k != "stage"})
-        if after_step is not None:
-            after_step(step + 1, entry)
-    return history
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
+        self.watch.observe(step, epoch, "loss", loss)
+        self.watch.observe(step, epoch, "gradient norm", grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        return {"loss": loss.detach(), **parts, "lr": self.scheduler.get_last_lr()[0]}
 
 
 # -------------------------------------------------------------------------------------------- run
@@ -376,22 +358,26 @@ class _DistillRun:
         self.teacher, self.tokenizer, self.student, self.data, self.device = teacher, tokenizer, student, data, device
         self.stages, self.objectives = stages, objectives
         self.module = torch.nn.ModuleDict({"student": student, "objectives": torch.nn.ModuleList(objectives)})
-        self.checkpoints = StepCheckpoints(dirs, "distill", cfg, log) if dirs is not None else None
-        self.state: dict[str, Any] = {"stage_index": 0, "step": 0, "teacher_dev": None, "history": [],
-                                      "wall_before_s": 0.0}
+        self.ctx = DistContext(device=device)
+        self.checkpoints = Checkpointer(dirs, "distill", cfg, log, self.ctx) if dirs is not None else None
+        self.hooks = RunHooks.of(cfg)
+        self.state: dict[str, Any] = {"stage_index": 0, "step": 0, "teacher_dev": None, "history": []}
         self.t_start = time.time()
+
+    def _steps_before(self, index: int) -> int:
+        """Optimizer steps of the stages before stage ``index``."""
+        return sum(steps for _, _, steps in self.stages[:index])
 
     def _consumed(self) -> int:
         """Batches drawn so far = optimizer steps over all stages."""
-        return sum(steps for _, _, steps in self.stages[:self.state["stage_index"]]) + self.state["step"]
+        return self._steps_before(self.state["stage_index"]) + self.state["step"]
 
     def run(self) -> dict:
         resumed = None
         if self.mode == "resume":
-            loaded = self.checkpoints.load()
-            if loaded is not None:
-                state, resumed = loaded
-                self.state.update(state)
+            resumed = self.checkpoints.load()
+            if resumed is not None:
+                self.state.update(resumed.state)
         self.log.log("start", step=self._consumed(), mode=self.mode, task=self.data.task, threads=self.threads,
                      config=config_dict(self.cfg))
         if self.state["teacher_dev"] is None:
@@ -437,33 +423,27 @@ class _DistillRun:
                                          reads_padded_queries=any(o.reads_padded_queries for o in self.objectives))
 
     def _run_stage(self, index: int, name: str, steps: int, objective, resumed) -> None:
-        cfg, held = self.cfg, {}
+        cfg, checkpoints = self.cfg, self.checkpoints
+        watch = FiniteWatch(self.ctx, self.dirs.checkpoints if self.dirs is not None else None, self.log, stage=name)
+        kd = KDStage(self.student, self.teacher, objective, steps, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                     warmup_ratio=cfg.warmup_ratio, max_grad_norm=cfg.max_grad_norm, device=self.device, watch=watch,
+                     path=cfg.path, cache=self.cache)
+        if resumed is not None:
+            checkpoints.restore(resumed, self.module, kd.optimizers, kd.schedulers)
+        save = None if checkpoints is None else (
+            lambda: checkpoints.save(self._consumed(), self.state, self.module, kd.optimizers, kd.schedulers))
 
-        def on_setup(opt, sched):
-            held.update(optimizers={"weights": opt}, schedulers={"weights": sched})
-            if resumed is not None:
-                StepCheckpoints.restore(resumed, self.module, held["optimizers"], held["schedulers"])
+        def on_log(step, values):
+            self.state["history"].append({"stage": name, "step": step, **values})
 
-        def after_step(step, entry):
-            self.state.update(stage_index=index, step=step)
-            if entry is not None:
-                self.state["history"].append(entry)
-            if self.checkpoints is not None and step % cfg.save_steps == 0 and step < steps:
-                self.checkpoints.save(self._consumed(), self.state, self.module, held["optimizers"],
-                                      held["schedulers"])
-            stop_if_asked(cfg.stop_after_steps, self._consumed())
-
-        kd_train(self.student, self.teacher, objective, self.data.batches, steps, lr=cfg.lr,
-                 weight_decay=cfg.weight_decay, warmup_ratio=cfg.warmup_ratio, max_grad_norm=cfg.max_grad_norm,
-                 device=self.device, path=cfg.path, log=self.log if self.dirs is not None else None, stage=name,
-                 log_steps=cfg.log_steps, progress=cfg.progress, start_step=self.state["step"], on_setup=on_setup,
-                 after_step=after_step, check_every=cfg.save_steps, cache=self.cache)
+        TrainLoop(stage=name, step=kd.step, watch=watch, log=self.log, log_steps=cfg.log_steps,
+                  save_steps=cfg.save_steps, save=save, hooks=self.hooks, progress_bar=cfg.progress,
+                  on_log=on_log).run_steps(self.data.batches, self.state, steps, offset=self._steps_before(index))
 
     def _finish(self) -> dict:
         cfg, student, data = self.cfg, self.student, self.data
         student_dev = data.evaluate(student)
-        wall = (self.checkpoints.wall_time(self.state) if self.checkpoints is not None
-                else round(time.time() - self.t_start, 1))
+        wall = round(self.checkpoints.wall_time_s() if self.checkpoints is not None else time.time() - self.t_start, 1)
         report = {
             "task": data.task, "recipe": cfg.recipe, "kd": cfg.kd, "main_metric": data.main_metric,
             "higher_is_better": data.higher_is_better, "teacher_dev": self.state["teacher_dev"],
@@ -487,5 +467,5 @@ class _DistillRun:
         return dict(report, output=self.dirs.output)
 
 
-__all__ = ["DistillConfig", "TaskData", "build_distill_config", "kd_train", "load_teacher_for",
+__all__ = ["DistillConfig", "TaskData", "build_distill_config", "KDStage", "load_teacher_for",
            "perplexity", "run_distill", "task_data"]
