@@ -47,6 +47,7 @@ from ddk_fast.train.deploy import add_deployment, check_deployment_flags, check_
 from ddk_fast.train.evaluation import encode_split, evaluate, load_split, resolve_task, to_device
 from ddk_fast.train.hf import (check_head_kind, check_label_count, has_classifier_head, head_kind_of, load_tokenizer,
                                read_config)
+from ddk_fast.train.host_memory import keep_freed_memory
 from ddk_fast.train.latency_table import measure_latency_fit
 from ddk_fast.train.logging import RunLogger
 from ddk_fast.train.loop import FiniteWatch, RunHooks, TrainLoop
@@ -293,7 +294,8 @@ def run_compress(cfg: CompressConfig) -> dict:
         run = _Compression(cfg, spec, metric, ratio, teacher, tokenizer, teacher_path, cost_model, dirs, ctx,
                            mode, data)
         run.file_structure, run.threads = file_structure, threads
-        return run.run()
+        with keep_freed_memory():  # exact: fewer page faults per step (ddk_fast.train.host_memory)
+            return run.run()
     finally:
         ddp.teardown(ctx)
 
