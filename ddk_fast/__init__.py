@@ -2,10 +2,9 @@
 
 Importing this package never touches a GPU or compiles a kernel; heavy submodules load on first use.
 """
-import importlib
-
 import torch as _torch  # noqa: F401 - loads libtorch before the compiled extension can be imported
 
+from ddk_fast._lazy import lazy_attributes
 from ddk_fast._version import __version__
 
 _LAZY = {
@@ -21,7 +20,4 @@ _LAZY = {
 __all__ = ["__version__", *sorted(_LAZY)]
 
 
-def __getattr__(name):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'ddk_fast' has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY)

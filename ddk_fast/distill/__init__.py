@@ -42,7 +42,7 @@ The KD catalog (``objectives.py``, ``makd.py``, ``tinybert.py``; see docs/distil
     ``make_student(teacher, num_layers, layer_init="uniform"|"first"|"last"|"scratch", ...)`` (TinyBERT-style
         fixed student), ``recipe_stages(name, overrides, total_steps)`` (tinybert / joint / makd / ddk).
 """
-import importlib
+from ddk_fast._lazy import lazy_attributes
 
 _WHERE = {
     "recursive_fusion": "ddk_fast.distill.fusion",
@@ -74,7 +74,4 @@ _WHERE = {
 __all__ = sorted(_WHERE)
 
 
-def __getattr__(name):
-    if name in _WHERE:
-        return getattr(importlib.import_module(_WHERE[name]), name)
-    raise AttributeError(f"module 'ddk_fast.distill' has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _WHERE)

@@ -32,7 +32,7 @@ The folder also loads without ddk_fast:
     AutoModelForCausalLM, so those and AutoTokenizer load exports
     without ``trust_remote_code`` and with the packaged classes (no folder code runs).
 """
-import importlib
+from ddk_fast._lazy import lazy_attributes
 
 _WHERE = {
     "save_pruned": "ddk_fast.export.save",
@@ -46,7 +46,4 @@ _WHERE = {
 __all__ = sorted(_WHERE)
 
 
-def __getattr__(name):
-    if name in _WHERE:
-        return getattr(importlib.import_module(_WHERE[name]), name)
-    raise AttributeError(f"module 'ddk_fast.export' has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _WHERE)

@@ -91,7 +91,7 @@ GPT-2 (``gpt2.py``): ``MaskedGPT2.from_pretrained(folder_or_GPT2LMHeadModel)`` -
     the same gates, optional outputs (``.logits`` [B, S, vocab]), Structure and parameter names;
     pruned with ``prune`` (``prune_gpt2`` is the same function); export with ``ddk_fast.export.save_causal_lm``.
 """
-import importlib
+from ddk_fast._lazy import lazy_attributes
 
 _WHERE = {
     "MaskedBackbone": "ddk_fast.model.backbone",
@@ -117,7 +117,4 @@ _WHERE = {
 __all__ = sorted(_WHERE)
 
 
-def __getattr__(name):
-    if name in _WHERE:
-        return getattr(importlib.import_module(_WHERE[name]), name)
-    raise AttributeError(f"module 'ddk_fast.model' has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _WHERE)

@@ -52,7 +52,7 @@ Budget (``budget.py``)
     ``build_budget(kind="lagrangian"|"one_sided", target, cost_model=None, **kw)``.
     Targets outside (0, 1] or below ``cost_model.min_cost()/full_cost()`` raise ValueError.
 """
-import importlib
+from ddk_fast._lazy import lazy_attributes
 
 _WHERE = {
     "CostModel": "ddk_fast.search.cost",
@@ -83,7 +83,4 @@ _WHERE = {
 __all__ = sorted(_WHERE)
 
 
-def __getattr__(name):
-    if name in _WHERE:
-        return getattr(importlib.import_module(_WHERE[name]), name)
-    raise AttributeError(f"module 'ddk_fast.search' has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _WHERE)
