@@ -12,7 +12,7 @@ from ddk_fast.train.run_state import DISTILL, SEARCH, RunState
 def test_a_run_state_survives_the_checkpoint_file():
     state = RunState(epoch=1, batch=3, global_step=11, stage_start_step=0, teacher_dev={"f1": 0.8},
                      history=[{"stage": SEARCH, "epoch": 1, "heads": (2, 3), "loss": torch.tensor(0.5)}],
-                     oneshot={"dev": {"f1": 0.7}, "heads": [2, 3]}, wall_before_s=12.5)
+                     oneshot={"dev": {"f1": 0.7}, "heads": [2, 3]})
     state.times_s["search"] += 4.0
     buffer = io.BytesIO()
     torch.save(state.to_dict(), buffer)

@@ -94,9 +94,9 @@ class Checkpointer:
             raise UserError(f"--resume: checkpoint was written by {len(payload['rng'])} process(es), now "
                             f"{self.ctx.world_size}; resume with the same number of processes")
         state = payload["loop"] if "loop" in payload else json.loads(meta["state_json"])
-        self.wall_before_s = float(state.get(WALL_KEY, 0.0))
-        where = ", ".join([f"step {meta.get('step')}"] + [f"{k} {meta[k]}" for k in ("stage", "epoch", "batch")
-                                                          if k in meta])
+        self.wall_before_s = float(state.pop(WALL_KEY, 0.0))  # the Checkpointer's, not the loop's
+        where = ", ".join([f"step {meta.get('step')}"] + [f"{k} {meta[k]}" for k in ("stage", "batch") if k in meta]
+                          + ([f"epoch {int(meta['epoch']) + 1}"] if "epoch" in meta else []))
         self.log.info(f"resumed from {path} ({where})")
         self.log.log("resume", step=meta.get("step"), checkpoint=path)
         return Resumed(path, state, meta, tensors, _named(payload, "optimizers", "optimizer"),
@@ -110,12 +110,12 @@ class Checkpointer:
             module.load_state_dict(resumed.tensors if tensors is None else tensors)
             for k, o in optimizers.items():
                 o.load_state_dict(resumed.optimizers[k])
+            for k, s in schedulers.items():
+                s.load_state_dict(resumed.schedulers[k])
         except (RuntimeError, ValueError, KeyError) as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise UserError(f"--resume: the checkpoint in {self.dirs.work!r} does not fit this run ({first}); "
                             "start it again with --overwrite") from None
-        for k, s in schedulers.items():
-            s.load_state_dict(resumed.schedulers[k])
         set_rng_state(resumed.rng[self.ctx.rank])
 
 

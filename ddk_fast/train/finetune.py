@@ -81,7 +81,7 @@ class FinetuneState:
 
     epoch / batch: where the run is (the batch is the next one of the epoch); global_step: steps done;
     best_score / best_metrics: the best dev epoch so far; history: one entry per epoch; loss_sum: the
-    training losses of this epoch so far; wall_before_s: wall time of earlier attempts (the Checkpointer's).
+    training losses of this epoch up to the last checkpoint (the rest is summed on the device until then).
     """
 
     epoch: int = 0
@@ -91,7 +91,6 @@ class FinetuneState:
     best_metrics: Optional[dict] = None
     history: list = field(default_factory=list)
     loss_sum: float = 0.0
-    wall_before_s: float = 0.0
 
     def to_dict(self) -> dict:
         return dict(dataclasses.asdict(self), best_score=float(self.best_score))

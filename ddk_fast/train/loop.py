@@ -87,7 +87,8 @@ class FiniteWatch(FirstNonFinite):
         last = latest_checkpoint(self.ckpt_root)
         where = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
         raise TrainingDiverged(f"{what} is {value} (not finite) at {at}; {where}; "
-                               f"lower the learning rate and rerun with --resume, or --overwrite to start again")
+                               "the weights on disk are from before the loss diverged; rerun with a lower --lr and --overwrite "
+                               "(--resume continues only with the same settings)")
 
 
 def host_scalars(values: dict) -> dict:

@@ -31,7 +31,8 @@ class RunState:
     best_score / best_metrics: the best dev score of the distillation so far (the pruned student before
     it is the first candidate). teacher_dev, pruned_dev, oneshot (the one-shot start's summary),
     history (one entry per evaluation), structure (``Structure.to_dict`` once pruned), search_summary:
-    what the report shows. wall_before_s: wall time of earlier attempts; times_s: seconds per part.
+    what the report shows. times_s: seconds per part. (The wall time of earlier attempts is the
+    Checkpointer's: it is saved beside this state, not in it.)
     """
 
     stage: str = SEARCH
@@ -47,7 +48,6 @@ class RunState:
     structure: Optional[dict] = None
     search_summary: Optional[dict] = None
     oneshot: Optional[dict] = None
-    wall_before_s: float = 0.0
     times_s: dict = field(default_factory=_stage_times)
 
     def __post_init__(self):
