@@ -18,6 +18,7 @@ killed during distillation rebuilds the pruned student from the recorded structu
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import os
@@ -439,9 +440,6 @@ class _Compression:
     def _run_one_shot(self):
         """Fisher importance, mask search, rearrangement and least-squares scales on the teacher; the
         tuned weights are written back into a full-size student so the search can still grow units."""
-        import copy
-
-
         cfg = self.cfg
         calib = self._calibration_batches()
         result = one_shot(self.teacher, calib, self.cost_model, self.metric, self.ratio,
@@ -592,9 +590,6 @@ class _Compression:
 
     # --- stage 2: search ------------------------------------------------------------------------------
     def _build_search(self):
-        import copy
-
-
         cfg = self.cfg
         if self._oneshot is not None:
             student = self._oneshot[1]
@@ -732,8 +727,6 @@ class _Compression:
 
     # --- stage 3: prune -------------------------------------------------------------------------------
     def _uniform_structure(self):
-        from ddk_fast.model import Structure
-
         heads_n, ffn_n = uniform_counts(self.cost_model, self.ratio, self.metric, self.cfg.channel_granularity)
         heads_imp, ffn_imp = initial_importance(self.teacher)
         return Structure.from_indices(keep_top(heads_imp, heads_n, self.teacher.num_heads),
@@ -763,8 +756,6 @@ class _Compression:
         self.state.best_score = score if math.isfinite(score) else -math.inf
         self.state.best_metrics = dict(self.state.pruned_dev, epoch=0)
         if self.ctx.is_main:
-            from ddk_fast.export import save_pruned
-
             save_pruned(pruned, self.dirs.best, overwrite=True)
         ddp.barrier(self.ctx)
         module, optimizers, schedulers, _ = self._build_distill(pruned)
@@ -772,9 +763,6 @@ class _Compression:
         self._pruned_cache = (pruned, module, optimizers, schedulers)
 
     def _pruned_student(self, structure, source=None):
-        import copy
-
-
         base = source if source is not None else copy.deepcopy(self.teacher)
         pruned = prune(base, structure).to(self.device)
         return pruned.requires_grad_(True).train()
@@ -793,8 +781,6 @@ class _Compression:
         return module, {"weights": opt}, {"weights": sched}, [p for _, p in named]
 
     def _distill_stage(self, resumed):
-        from ddk_fast.model import Structure
-
         cache = self._pruned_cache
         if cache is None and self.state.structure is None:  # fixed-structure run, fresh start
             self._enter_distill(*self._fixed_structure())

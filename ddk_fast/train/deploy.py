@@ -14,6 +14,7 @@ pruning and quantisation on sees.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import tempfile
@@ -246,8 +247,6 @@ def run_latency(model: str, teacher: str | None = None, shapes: str = LatencyCon
 @contextlib.contextmanager
 def _quiet():
     """The exporter's and quantiser's advice (FutureWarnings, root-logger notes) is not the user's business."""
-    import logging
-
     loggers = [logging.getLogger(), logging.getLogger("torch.onnx")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:

@@ -196,8 +196,6 @@ def _train(cfg, spec, model_path, model, tokenizer, train_ds, dev_ds, dirs, ctx,
 
 
 def _resume(cfg, dirs, ctx, model, optimizer, scheduler, log):
-    from ddk_fast.errors import UserError
-
     path = latest_checkpoint(dirs.checkpoints, warn=log.info if ctx.is_main else None)
     if path is None:
         if ctx.is_main:

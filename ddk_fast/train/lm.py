@@ -306,8 +306,6 @@ class _LMCompression:
 
     # --- distill, evaluate, export --------------------------------------------------------------------
     def _pruned_from_state(self):
-        from ddk_fast.model import Structure
-
         pruned = getattr(self, "_pruned", None)
         if pruned is None:
             pruned = prune(copy.deepcopy(self.teacher), Structure.from_dict(self.state["structure"]))

@@ -23,17 +23,19 @@ from typing import Any, Callable, Iterator, Optional
 
 import torch
 
+from ddk_fast.data import DataError, load_text_lm
 from ddk_fast.data.custom import model_task_type, task_files
-from ddk_fast.distill.objectives import next_token_loss, KDObjective
+from ddk_fast.distill.objectives import KDObjective
 from ddk_fast.distill.tinybert import LAYER_INITS, RECIPES, make_student, recipe_stages
 from ddk_fast.errors import UserError
+from ddk_fast.model.gpt2 import EXPORT_MODEL_TYPE, MaskedGPT2
 from ddk_fast.train import shared_options as shared, teacher_cache
 from ddk_fast.train.batching import eval_loader, train_loader
 from ddk_fast.train.compress import load_teacher
 from ddk_fast.train.config import BatchOptions, DataOptions, OptimizerOptions, config_dict, parse_kd, _coerce, load_yaml
 from ddk_fast.train.ddp import resolve_device
 from ddk_fast.train.errors import TrainingDiverged
-from ddk_fast.train.evaluation import to_device, resolve_task, encode_split, evaluate, load_split
+from ddk_fast.train.evaluation import to_device, resolve_task, encode_split, evaluate, load_split, perplexity
 from ddk_fast.train.hf import load_tokenizer, read_config
 from ddk_fast.train.logging import progress as bar_of, RunLogger
 from ddk_fast.train.loop import FirstNonFinite, host_scalars
@@ -135,8 +137,6 @@ def load_teacher_for(path: str, task: str, options=None):
         raise UserError(f"--teacher {path!r} is not a folder")
     config = read_config(path)
     if is_lm_task(task):
-        from ddk_fast.model.gpt2 import EXPORT_MODEL_TYPE, MaskedGPT2
-
         if config.get("model_type") not in ("gpt2", EXPORT_MODEL_TYPE):
             raise UserError(f"--teacher {path!r}: --task lm needs a GPT-2 checkpoint, got model_type "
                             f"{config.get('model_type')!r}")
@@ -187,29 +187,9 @@ def _endless_blocks(blocks: torch.Tensor, batch_size: int, seed: int) -> Iterato
             yield {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
 
 
-@torch.no_grad()
-def perplexity(model, blocks: torch.Tensor, batch_size: int, device, path: str = "auto") -> dict:
-    """exp(mean next-token NLL) over every prediction in ``blocks`` [N, S] (no padding)."""
-    was = model.training
-    model.eval()
-    total, count = 0.0, 0
-    try:
-        for i in range(0, blocks.shape[0], batch_size):
-            ids = blocks[i:i + batch_size].to(device)
-            logits = model(ids, path=path).logits
-            total += float(next_token_loss(logits, ids, reduction="sum"))
-            count += ids.numel() - ids.shape[0]
-    finally:
-        model.train(was)
-    nll = total / max(count, 1)
-    return {"perplexity": math.exp(min(nll, 50.0)), "nll": nll, "tokens": count}
-
-
 def task_data(cfg, tokenizer, task_type: str, device) -> TaskData:
     """Batches and evaluation for ``cfg.task`` (GLUE task, or "lm" with train_file / eval_file)."""
     if task_type == "lm":
-        from ddk_fast.data import DataError, load_text_lm
-
         for flag, value in (("--train-file", cfg.train_file), ("--eval-file", cfg.eval_file)):
             if not value:
                 raise UserError(f"{flag} is required with --task lm")
