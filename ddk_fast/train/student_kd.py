@@ -12,7 +12,6 @@ Shared pieces used by the LM compression too: ``load_teacher_for``, ``TaskData``
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import shutil
 import tempfile
@@ -40,11 +39,10 @@ from ddk_fast.train.hf import load_tokenizer, read_config
 from ddk_fast.train.logging import progress as bar_of, RunLogger
 from ddk_fast.train.loop import FirstNonFinite, host_scalars
 from ddk_fast.train.optim import adamw, linear_schedule
-from ddk_fast.train.options import api_only, check_choices, option
+from ddk_fast.train.options import POSITIVE, api_only, check_choices, check_fields, option
 from ddk_fast.train.resumable import StepCheckpoints, skip_batches, stop_if_asked, publish
 from ddk_fast.train.rundir import finished_result, prepare, run_dirs
 from ddk_fast.train.threads import apply_threads
-from ddk_fast.train.validate import check_positive
 
 LM_TASK = "lm"
 
@@ -70,7 +68,7 @@ class DistillConfig(OptimizerOptions, BatchOptions, DataOptions):
     preset: str = shared.preset(PRESETS)
     recipe: str = option("tinybert", group="distill", choices=tuple(RECIPES),
                          help="tinybert (two stages), joint, makd or ddk (docs/distillation.md)")
-    student_layers: int = option(3, group="shape", help="student depth")
+    student_layers: int = option(3, group="shape", minimum=POSITIVE, help="student depth")
     layer_init: str = option("uniform", group="shape", choices=LAYER_INITS,
                              help="which teacher layers the student starts from (scratch: none)")
     student_heads: Optional[int] = option(None, group="shape", help="heads per student layer (default: the "
@@ -78,9 +76,9 @@ class DistillConfig(OptimizerOptions, BatchOptions, DataOptions):
     student_intermediate: Optional[int] = option(None, group="shape", help="FFN width per student layer "
                                                                              "(default: the teacher's)")
     student_hidden: Optional[int] = option(None, group="shape", help="hidden size (needs --layer-init scratch)")
-    steps: int = option(2000, group="train", help="optimizer steps in all (split across stages)")
+    steps: int = option(2000, group="train", minimum=POSITIVE, help="optimizer steps in all (split across stages)")
     lr: float = shared.lr(5e-5)
-    block_size: int = option(64, group="lm", help="--task lm: tokens per block")
+    block_size: int = option(64, group="lm", minimum=POSITIVE, help="--task lm: tokens per block")
     max_train_examples: Optional[int] = shared.max_train_examples()
     max_eval_examples: Optional[int] = shared.max_eval_examples()
     seed: int = shared.seed()
@@ -295,20 +293,7 @@ def validate(cfg: DistillConfig) -> None:
                                                                               if cfg.save_model else ()):
         if not value:
             raise UserError(f"{flag} is required")
-    if cfg.recipe not in RECIPES:
-        raise UserError(f"--recipe {cfg.recipe!r}: expected one of {', '.join(sorted(RECIPES))}")
-    if cfg.layer_init not in LAYER_INITS:
-        raise UserError(f"--layer-init {cfg.layer_init!r}: expected one of {', '.join(LAYER_INITS)}")
-    for name in ("steps", "batch_size", "eval_batch_size", "max_seq_len", "block_size", "student_layers", "log_steps",
-                 "save_steps"):
-        check_positive(name, getattr(cfg, name))
-    if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
-        raise UserError(f"--lr {cfg.lr!r}: expected a positive finite number")
-    if cfg.teacher_cache not in teacher_cache.MODES:
-        raise UserError(f"--teacher-cache {cfg.teacher_cache!r}: expected one of {', '.join(teacher_cache.MODES)}")
-    if cfg.teacher_cache_dtype not in teacher_cache.DTYPES:
-        raise UserError(f"--teacher-cache-dtype {cfg.teacher_cache_dtype!r}: expected one of "
-                        f"{', '.join(teacher_cache.DTYPES)}")
+    check_fields(cfg)
 
 
 def run_distill(cfg: DistillConfig) -> dict:

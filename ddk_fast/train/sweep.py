@@ -39,7 +39,7 @@ from ddk_fast.train.compress import run_compress
 from ddk_fast.train.config import load_yaml, parse_kd, CompressConfig, build_config
 from ddk_fast.train.evaluation import resolve_task
 from ddk_fast.train.lm import LMCompressConfig, build_lm_config, run_compress_lm
-from ddk_fast.train.options import option
+from ddk_fast.train.options import check_value, option
 from ddk_fast.train.student_kd import DistillConfig, build_distill_config, is_lm_task, run_distill
 from ddk_fast.train.threads import apply_threads
 
@@ -183,8 +183,7 @@ def run_sweep(teacher: str, task: str, output: str, grid: dict[str, list], mode:
               base: Optional[dict] = None, resume: bool = False, overwrite: bool = False,
               heatmap: Optional[tuple[str, str]] = None, log=print) -> dict:
     """Run every grid point not finished yet, then write results.csv/.md and heatmap.png. Returns the summary."""
-    if mode not in MODES:
-        raise UserError(f"--mode {mode!r}: expected one of {', '.join(MODES)}")
+    check_value(SweepConfig, "mode", mode)
     for flag, value in (("--teacher", teacher), ("--output", output)):
         if not value:
             raise UserError(f"{flag} is required")
