@@ -55,11 +55,13 @@ def test_string_labels_give_a_sorted_label_set_and_ids_in_that_order(tmp_path):
 
 
 def test_kind_is_inferred_from_the_label_column_and_can_be_overridden(tmp_path):
-    ints = write_text(tmp_path / "i.jsonl", "".join(json.dumps({"text": f"t {i}", "label": i % 3}) + "\n" for i in range(9)))
+    ints = write_text(tmp_path / "i.jsonl",
+                      "".join(json.dumps({"text": f"t {i}", "label": i % 3}) + "\n" for i in range(9)))
     floats = write_text(tmp_path / "f.jsonl", "".join(json.dumps({"text": f"t {i}", "label": i / 2}) + "\n"
-                                                 for i in range(9)))
-    lists = write_text(tmp_path / "l.jsonl", "".join(json.dumps({"text": f"t {i}", "label": ["x", "y"][: 1 + i % 2]}) + "\n"
-                                                for i in range(9)))
+                                                      for i in range(9)))
+    lists = write_text(tmp_path / "l.jsonl",
+                       "".join(json.dumps({"text": f"t {i}", "label": ["x", "y"][: 1 + i % 2]}) + "\n"
+                               for i in range(9)))
     by_int = build_task(DataSource(ints, ints))
     assert by_int.kind == "classification" and by_int.label_names == ("0", "1", "2")
     assert [e.label for e in load_task(by_int, "train")] == [i % 3 for i in range(9)]

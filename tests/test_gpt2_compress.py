@@ -72,9 +72,9 @@ def test_sweep_of_lm_compressions(text_files, tmp_path):
                             block_size=16, steps=10, batch_size=8, log=None)["output"]
     out = str(tmp_path / "sweep")
     assert run_cli(["sweep", "--mode", "ddk", "--task", "lm", "--teacher", teacher, "--train-file", train,
-                 "--eval-file", dev, "--grid", "temperature=1,4", "--output", out, "--target", "params=0.6",
-                 "--search-steps", "3", "--distill-steps", "3", "--block-size", "16", "--max-train-examples", "64",
-                 "--max-eval-examples", "8", "--batch-size", "8"]) == 0
+                    "--eval-file", dev, "--grid", "temperature=1,4", "--output", out, "--target", "params=0.6",
+                    "--search-steps", "3", "--distill-steps", "3", "--block-size", "16", "--max-train-examples", "64",
+                    "--max-eval-examples", "8", "--batch-size", "8"]) == 0
     with open(os.path.join(out, "results.csv")) as fh:
         rows = list(csv.DictReader(fh))
     ppl = [float(r["perplexity"]) for r in rows]

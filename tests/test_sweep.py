@@ -46,7 +46,7 @@ def test_sweep_cli_runs_resumes_and_summarises(tiny_teacher, tmp_path, capsys):
     out = str(tmp_path / "sweep")
     grid = "attn_weight=0.5,2;temperature=1,4"
     assert run_cli(["sweep", "--teacher", tiny_teacher, "--task", "mrpc", "--grid", grid, "--output", out,
-                 "--preset", "quick", *SMALL]) == 0
+                    "--preset", "quick", *SMALL]) == 0
     printed = capsys.readouterr().out
     summary = json.loads(printed[printed.index("{\n"):])
     assert summary["points"] == 4 and summary["heatmap"].endswith("heatmap.png")
@@ -71,7 +71,7 @@ def test_sweep_cli_runs_resumes_and_summarises(tiny_teacher, tmp_path, capsys):
     os.remove(os.path.join(out, "points", "001.json"))
     capsys.readouterr()
     assert run_cli(["sweep", "--teacher", tiny_teacher, "--task", "mrpc", "--grid", grid, "--output", out,
-                 "--preset", "quick", "--resume", *SMALL]) == 0
+                    "--preset", "quick", "--resume", *SMALL]) == 0
     log = capsys.readouterr().out
     assert log.count("done already, skipped") == 3 and "[2/4] attention_weight=0.5, temperature=4: running" in log
     after = {p: os.path.getmtime(os.path.join(out, "points", p)) for p in points}
@@ -81,12 +81,12 @@ def test_sweep_cli_runs_resumes_and_summarises(tiny_teacher, tmp_path, capsys):
     from ddk_fast.errors import UserError
     with pytest.raises(UserError, match="grid.json differs"):
         run_cli(["sweep", "--teacher", tiny_teacher, "--task", "mrpc", "--grid", "attn_weight=1", "--output", out,
-              "--preset", "quick", "--resume", *SMALL])
+                 "--preset", "quick", "--resume", *SMALL])
     with pytest.raises(UserError, match="--resume"):
         run_cli(["sweep", "--teacher", tiny_teacher, "--task", "mrpc", "--grid", grid, "--output", out, *SMALL])
     with pytest.raises(UserError, match="not options of a student run"):
         run_cli(["sweep", "--teacher", tiny_teacher, "--task", "mrpc", "--grid", "atention_weight=1",
-              "--output", str(tmp_path / "other"), *SMALL])
+                 "--output", str(tmp_path / "other"), *SMALL])
 
 
 def test_distill_cli_exports_a_loadable_student(tiny_teacher, tmp_path, capsys):
@@ -96,9 +96,9 @@ def test_distill_cli_exports_a_loadable_student(tiny_teacher, tmp_path, capsys):
 
     out = str(tmp_path / "student")
     assert run_cli(["distill", "--teacher", tiny_teacher, "--task", "mrpc", "--output", out, "--recipe", "makd",
-                 "--student-layers", "2", "--student-heads", "2", "--kd",
-                 "relation_heads=4,ffn_rank=8,attention_weight=0",
-                 "--no-progress", *SMALL]) == 0
+                    "--student-layers", "2", "--student-heads", "2", "--kd",
+                    "relation_heads=4,ffn_rank=8,attention_weight=0",
+                    "--no-progress", *SMALL]) == 0
     report = json.load(open(os.path.join(out, "metrics.json")))
     assert report["student"]["layers"] == 2 and report["student"]["heads"] == [2, 2]
     assert report["student"]["teacher_layers"] == [2, 5]
@@ -113,9 +113,9 @@ def test_distill_cli_exports_a_loadable_student(tiny_teacher, tmp_path, capsys):
 def test_sweep_ddk_mode_runs_the_compression_per_point(tiny_teacher, tmp_path):
     out = str(tmp_path / "ddk")
     assert run_cli(["sweep", "--mode", "ddk", "--teacher", tiny_teacher, "--task", "mrpc", "--data-dir", GLUE,
-                 "--grid", "hidden_weight=0.5,1", "--output", out, "--preset", "quick", "--target", "params=0.5",
-                 "--max-train-examples", "16", "--max-eval-examples", "16", "--max-seq-len", "16",
-                 "--batch-size", "8"]) == 0
+                    "--grid", "hidden_weight=0.5,1", "--output", out, "--preset", "quick", "--target", "params=0.5",
+                    "--max-train-examples", "16", "--max-eval-examples", "16", "--max-seq-len", "16",
+                    "--batch-size", "8"]) == 0
     for index in ("000", "001"):
         result = json.load(open(os.path.join(out, "points", index + ".json")))
         assert result["params"]["ratio"] <= 0.5 + 1e-9 and "f1" in result["dev"]
@@ -126,7 +126,7 @@ def test_sweep_ddk_mode_runs_the_compression_per_point(tiny_teacher, tmp_path):
     from ddk_fast.errors import UserError
     with pytest.raises(UserError, match="--steps is not an option of --mode ddk"):
         run_cli(["sweep", "--mode", "ddk", "--teacher", tiny_teacher, "--task", "mrpc", "--grid", "hidden_weight=1",
-              "--output", str(tmp_path / "x"), "--steps", "3"])
+                 "--output", str(tmp_path / "x"), "--steps", "3"])
 
 
 def test_distill_stopped_in_each_stage_resumes_to_the_uninterrupted_student(tiny_teacher, tmp_path):

@@ -49,7 +49,7 @@ def test_the_sample_reads_as_300_sentences_with_docstarts_skipped():
 
 def test_conll_2003_columns_take_the_first_and_the_last_and_bad_lines_name_the_line(tmp_path):
     path = write_text(tmp_path / "four.conll", "-DOCSTART- -X- -X- O\n\nEU NNP B-NP B-ORG\nrejects VBZ B-VP O\n\n"
-                                          "Peter NNP B-NP B-PER\tBlackburn NNP I-NP I-PER\n")
+                                               "Peter NNP B-NP B-PER\tBlackburn NNP I-NP I-PER\n")
     tokens, tags, _ = parse_conll(path)
     assert tokens == [["EU", "rejects"], ["Peter"]] and tags == [["B-ORG", "O"], ["I-PER"]]
     bad = write_text(tmp_path / "bad.conll", "EU B-ORG\nrejects\n")

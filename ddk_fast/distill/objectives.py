@@ -246,7 +246,7 @@ class EmbeddingTerm(KDTerm):
         e_s = self.projection(s.hidden_states[0])
         e_t = t.hidden_states[0].detach()
         return distill_losses.hidden_distill_loss([e_s], [e_t], _mean_weights(1, e_s), _token_mask(batch, e_s),
-                                          kind=self.kind, path=self.path, check_finite=False)
+                                                  kind=self.kind, path=self.path, check_finite=False)
 
 
 class HiddenTerm(KDTerm):
@@ -289,7 +289,7 @@ class HiddenTerm(KDTerm):
             # purpose, so this (rare) case runs the plain reference, which lets them flow.
             return hidden_distill_loss_reference(students, targets, weights, mask, self.kind)[0]
         return distill_losses.hidden_distill_loss(students, targets, weights, mask, kind=self.kind, path=self.path,
-                                          check_finite=False)
+                                                  check_finite=False)
 
 
 class DDKHiddenTerm(KDTerm):
@@ -356,7 +356,8 @@ class DDKHiddenTerm(KDTerm):
             per_layer = per_layer.detach()
         else:
             value, per_layer = distill_losses.hidden_distill_loss(students, targets, weights, mask, kind=self.kind,
-                                                          path=self.path, return_per_layer=True, check_finite=False)
+                                                                  path=self.path, return_per_layer=True,
+                                                                  check_finite=False)
         if self.layer_weights is not None and self.training:
             self.layer_weights(per_layer)
         return value
@@ -477,7 +478,8 @@ class PredictionTerm(KDTerm):
             s_logits, t_logits = span_rows(s_logits, t_logits, _token_mask(batch, s_logits[..., 0]))
         elif s_logits.dim() == 3:
             s_logits, t_logits = token_rows(s_logits, t_logits, _token_mask(batch, s_logits[..., 0]))
-        return distill_losses.soft_cross_entropy(s_logits, t_logits, self.temperature, path=self.path, check_finite=False)
+        return distill_losses.soft_cross_entropy(s_logits, t_logits, self.temperature, path=self.path,
+                                                 check_finite=False)
 
 
 class TaskTerm(KDTerm):
@@ -541,7 +543,8 @@ class RelationTerm(KDTerm):
             teachers.append(torch.stack([self._scores(t.qkv[g]) for g in self.groups[m]]).mean(0).detach()
                             if len(self.groups[m]) > 1 else self._scores(t.qkv[self.groups[m][0]]).detach())
         mask = _token_mask(batch, students[0][:, 0, :, 0])
-        return _mean_over_layers(distill_losses.attention_distill_loss, students, teachers, mask, kind="kl", path=self.path)
+        return _mean_over_layers(distill_losses.attention_distill_loss, students, teachers, mask, kind="kl",
+                                 path=self.path)
 
 
 class FFNTerm(KDTerm):
@@ -581,7 +584,8 @@ class FFNTerm(KDTerm):
             students.append(proj(source[m]))
             teachers.append(_group_mean(target, self.groups[m]).detach())
         mask = _token_mask(batch, students[0][..., 0])
-        return _mean_over_layers(distill_losses.hidden_distill_loss, students, teachers, mask, kind="mse", path=self.path)
+        return _mean_over_layers(distill_losses.hidden_distill_loss, students, teachers, mask, kind="mse",
+                                 path=self.path)
 
 
 # ----------------------------------------------------------------------------------------------------

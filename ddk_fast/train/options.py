@@ -96,13 +96,15 @@ def check_fields(cfg) -> None:
     """Refuse a value outside its field's choices or under its minimum, naming the flag: the checks of
     one field alone, read from its declaration (a ``None`` value means "not given" and is left alone)."""
     for fld in dataclasses.fields(cfg):
-        _check_choice(fld, getattr(cfg, fld.name))
-        _check_minimum(fld, getattr(cfg, fld.name))
+        _check_field(fld, getattr(cfg, fld.name))
 
 
 def check_value(cfg_cls, name: str, value: Any) -> None:
     """``check_fields`` for one option of ``cfg_cls`` given on its own (a function argument, not a config)."""
-    fld = {f.name: f for f in dataclasses.fields(cfg_cls)}[name]
+    _check_field({f.name: f for f in dataclasses.fields(cfg_cls)}[name], value)
+
+
+def _check_field(fld: dataclasses.Field, value: Any) -> None:
     _check_choice(fld, value)
     _check_minimum(fld, value)
 
