@@ -6,6 +6,7 @@ import os
 
 import pytest
 import torch
+from train_support import packaged_tokenizer
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -30,6 +31,12 @@ def glue_dir():
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """The packaged MiniLM tokenizer, read once for the session (tests only read it)."""
+    return packaged_tokenizer()
 
 
 @pytest.fixture

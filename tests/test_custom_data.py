@@ -13,7 +13,7 @@ import torch
 from scipy import stats
 from sklearn import metrics as skm
 
-from train_support import make_tiny_bert, packaged_dir
+from train_support import make_tiny_bert, packaged_dir, write_text
 
 from ddk_fast.cli import main
 from ddk_fast.data import DataError, compute_metrics, load_task
@@ -25,11 +25,6 @@ TOPICS = {"billing": ["invoice", "refund", "charge", "payment"], "login": ["pass
 WORDS = ["cat", "dog", "car", "tree", "sun", "moon"]
 
 
-def write(path, text):
-    path.write_text(text, encoding="utf-8")
-    return str(path)
-
-
 def tickets_csv(path, n, seed):
     rng = np.random.default_rng(seed)
     lines = ["id,body,category"]
@@ -37,7 +32,7 @@ def tickets_csv(path, n, seed):
         topic = list(TOPICS)[i % 3]
         a, b = rng.choice(TOPICS[topic], 2, replace=False)
         lines.append(f'{i},"my {a} is {b}, please help",{topic}')
-    return write(path, "\n".join(lines) + "\n")
+    return write_text(path, "\n".join(lines) + "\n")
 
 
 def pairs_jsonl(path, n, seed):
@@ -46,7 +41,7 @@ def pairs_jsonl(path, n, seed):
     for _ in range(n):
         a, b = rng.choice(WORDS, 3, replace=False), rng.choice(WORDS, 3, replace=False)
         rows.append({"left": " ".join(a), "right": " ".join(b), "score": round(len(set(a) & set(b)) * 5 / 3, 3)})
-    return write(path, "".join(json.dumps(r) + "\n" for r in rows))
+    return write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 # ------------------------------------------------------------------------------------ loading, kinds
@@ -60,11 +55,13 @@ def test_string_labels_give_a_sorted_label_set_and_ids_in_that_order(tmp_path):
 
 
 def test_kind_is_inferred_from_the_label_column_and_can_be_overridden(tmp_path):
-    ints = write(tmp_path / "i.jsonl", "".join(json.dumps({"text": f"t {i}", "label": i % 3}) + "\n" for i in range(9)))
-    floats = write(tmp_path / "f.jsonl", "".join(json.dumps({"text": f"t {i}", "label": i / 2}) + "\n"
-                                                 for i in range(9)))
-    lists = write(tmp_path / "l.jsonl", "".join(json.dumps({"text": f"t {i}", "label": ["x", "y"][: 1 + i % 2]}) + "\n"
-                                                for i in range(9)))
+    ints = write_text(tmp_path / "i.jsonl",
+                      "".join(json.dumps({"text": f"t {i}", "label": i % 3}) + "\n" for i in range(9)))
+    floats = write_text(tmp_path / "f.jsonl", "".join(json.dumps({"text": f"t {i}", "label": i / 2}) + "\n"
+                                                      for i in range(9)))
+    lists = write_text(tmp_path / "l.jsonl",
+                       "".join(json.dumps({"text": f"t {i}", "label": ["x", "y"][: 1 + i % 2]}) + "\n"
+                               for i in range(9)))
     by_int = build_task(DataSource(ints, ints))
     assert by_int.kind == "classification" and by_int.label_names == ("0", "1", "2")
     assert [e.label for e in load_task(by_int, "train")] == [i % 3 for i in range(9)]
@@ -77,12 +74,12 @@ def test_kind_is_inferred_from_the_label_column_and_can_be_overridden(tmp_path):
 
 
 def test_tsv_keeps_quotes_and_parquet_and_json_arrays_read_the_same_rows(tmp_path):
-    tsv = write(tmp_path / "d.tsv", 'text\tlabel\nsaid "hi\tpos\n"quoted" word\tneg\n')
+    tsv = write_text(tmp_path / "d.tsv", 'text\tlabel\nsaid "hi\tpos\n"quoted" word\tneg\n')
     assert [e.text_a for e in load_task(build_task(DataSource(tsv, tsv)), "train")] == ['said "hi', '"quoted" word']
     rows = {"text": ["a b", "c d", "e f"], "label": ["x", "y", "x"]}
     parquet = str(tmp_path / "d.parquet")
     datasets.Dataset.from_dict(rows).to_parquet(parquet)
-    array = write(tmp_path / "d.json", json.dumps([{"text": t, "label": y} for t, y in zip(*rows.values())]))
+    array = write_text(tmp_path / "d.json", json.dumps([{"text": t, "label": y} for t, y in zip(*rows.values())]))
     for path in (parquet, array):
         examples = load_task(build_task(DataSource(path, path)), "train")
         assert [(e.text_a, e.label) for e in examples] == [("a b", 0), ("c d", 1), ("e f", 0)]
@@ -119,18 +116,18 @@ def test_a_dataset_without_validation_split_holds_out_rows_that_do_not_train(tmp
 
 
 def test_errors_name_the_file_row_and_column(tmp_path):
-    train = write(tmp_path / "t.csv", "text,label\na,x\nb,y\n")
-    dev = write(tmp_path / "v.csv", "text,label\nc,x\nd,z\n")
+    train = write_text(tmp_path / "t.csv", "text,label\na,x\nb,y\n")
+    dev = write_text(tmp_path / "v.csv", "text,label\nc,x\nd,z\n")
     with pytest.raises(DataError, match=r"v\.csv, row 2, column 'label': label 'z' is not in the training label set"):
         load_task(build_task(DataSource(train, dev)), "validation")
-    blank = write(tmp_path / "b.csv", "text,label\na,x\n,y\n")
+    blank = write_text(tmp_path / "b.csv", "text,label\na,x\n,y\n")
     with pytest.raises(DataError, match=r"b\.csv, row 2, column 'text': empty text"):
         load_task(build_task(DataSource(blank, blank)), "train")
     one_tag = tmp_path / "one.jsonl"
     one_tag.write_text("".join(json.dumps({"text": t, "label": l}) + "\n" for t, l in (("a", []), ("b", ["spam"]))))
     with pytest.raises(DataError, match="multi-label needs at least two"):
         build_task(DataSource(str(one_tag), str(one_tag)))
-    one_class = write(tmp_path / "o.csv", "text,label\na,x\nb,x\n")
+    one_class = write_text(tmp_path / "o.csv", "text,label\na,x\nb,x\n")
     with pytest.raises(DataError, match="only one label"):
         build_task(DataSource(one_class, one_class))
 
@@ -154,7 +151,7 @@ def test_custom_metrics_agree_with_scikit_learn_and_scipy(tmp_path):
 
 # ------------------------------------------------------------------------------- saved task, reuse
 def test_a_saved_task_fixes_the_label_order_for_later_files(tmp_path):
-    train = write(tmp_path / "t.csv", "text,label\na,x\nb,y\nc,z\n")
+    train = write_text(tmp_path / "t.csv", "text,label\na,x\nb,y\nc,z\n")
     saved = CustomTask("tickets", "classification", ("text",), "label", ("z", "x", "y"),
                        DataSource(train, train))
     model = tmp_path / "model"
@@ -162,13 +159,13 @@ def test_a_saved_task_fixes_the_label_order_for_later_files(tmp_path):
     (model / "task.json").write_text(json.dumps(saved.to_dict()))
     assert read_task_file(str(model)) == saved
     assert resolve_task(None, None, str(model)) == saved
-    new = write(tmp_path / "n.csv", "body,label\nq,y\nr,z\n")
+    new = write_text(tmp_path / "n.csv", "body,label\nq,y\nr,z\n")
     again = resolve_task(None, {"validation_file": new, "text_columns": "body"}, str(model))
     assert again.label_names == ("z", "x", "y") and [e.label for e in load_task(again, "validation")] == [2, 0]
 
 
 def test_a_model_config_naming_the_labels_orders_them(tmp_path):
-    train = write(tmp_path / "t.csv", "text,label\na,neg\nb,pos\n")
+    train = write_text(tmp_path / "t.csv", "text,label\na,neg\nb,pos\n")
     model = tmp_path / "model"
     model.mkdir()
     (model / "config.json").write_text(json.dumps({"id2label": {"0": "pos", "1": "neg"}}))
@@ -176,7 +173,7 @@ def test_a_model_config_naming_the_labels_orders_them(tmp_path):
 
 
 def test_model_label_names_match_case_insensitively_or_are_reported(tmp_path, capsys):
-    train = write(tmp_path / "t.csv", "text,label\na,neg\nb,pos\n")
+    train = write_text(tmp_path / "t.csv", "text,label\na,neg\nb,pos\n")
     data = {"train_file": train, "validation_file": train}
     model = tmp_path / "model"
     model.mkdir()
@@ -204,7 +201,7 @@ def test_data_check_reports_rows_labels_lengths_and_truncation(tmp_path, capsys)
     from transformers import AutoTokenizer
 
     long_text = " ".join(["word"] * 40)
-    train = write(tmp_path / "t.csv", "text,label\n" + "".join(
+    train = write_text(tmp_path / "t.csv", "text,label\n" + "".join(
         f"{long_text if i % 4 == 0 else 'short text'},{'a' if i % 2 else 'b'}\n" for i in range(20)))
     assert main(["data", "check", "--train-file", train, "--validation-file", train, "--max-seq-len", "16",
                  "--json"]) == 0
@@ -337,7 +334,7 @@ def test_sigmoid_prediction_kd_is_stationary_at_the_teacher_and_scaled_by_t_squa
 def test_a_multilabel_jsonl_goes_through_finetune_and_compress_with_bce(tmp_path, capsys):
     rows = "".join(json.dumps({"text": f"{' '.join(TOPICS[t][:2])} {i}", "tags": [t, "any"][: 1 + i % 2]}) + "\n"
                    for i, t in enumerate(list(TOPICS) * 6))
-    train = write(tmp_path / "tags.jsonl", rows)
+    train = write_text(tmp_path / "tags.jsonl", rows)
     tiny = make_tiny_bert(tmp_path / "tiny", num_labels=4, layers=1, heads=2, hidden=16, intermediate=32)
     out = tmp_path / "teacher"
     assert main(["finetune", "--model", tiny, "--train-file", train, "--validation-file", train,
@@ -364,8 +361,8 @@ def test_a_multilabel_jsonl_goes_through_finetune_and_compress_with_bce(tmp_path
 def test_a_folder_of_data_files_is_a_dataset_with_its_splits(tmp_path):
     folder = tmp_path / "files"
     folder.mkdir()
-    write(folder / "train.csv", "text,label\na,x\nb,y\nc,x\n")
-    write(folder / "validation.csv", "text,label\nd,y\n")
+    write_text(folder / "train.csv", "text,label\na,x\nb,y\nc,x\n")
+    write_text(folder / "validation.csv", "text,label\nd,y\n")
     task = build_task(DataSource(dataset=str(folder)))
     assert task.label_names == ("x", "y") and [(e.text_a, e.label) for e in load_task(task, "validation")] == [("d", 1)]
 

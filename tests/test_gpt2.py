@@ -10,15 +10,7 @@ from ddk_fast.model.structure import Structure
 transformers = pytest.importorskip("transformers")
 
 VOCAB = 97
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread is faster than two on a loaded 2-core machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one thread is faster on a busy machine
 
 
 def _stock(n_layer=2, n_head=4, n_embd=64, seed=0, **kw):

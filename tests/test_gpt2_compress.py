@@ -8,27 +8,11 @@ import pytest
 import torch
 
 from conftest import GLUE_PATH
-from train_support import write_sst2_text
+from train_support import run_cli, write_sst2_text
 
 SST2 = os.path.join(GLUE_PATH, "SST-2", "train.tsv")
-pytestmark = pytest.mark.skipif(not os.path.isfile(SST2), reason="SST-2 train.tsv not present")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-def _cli(argv):
-    """Run a command through the package parser (the exceptions propagate, unlike ``main``)."""
-    from ddk_fast.cli import build_parser
-
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    return args.func(args)
+pytestmark = [pytest.mark.skipif(not os.path.isfile(SST2), reason="SST-2 train.tsv not present"),
+              pytest.mark.usefixtures("one_thread")]
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +30,7 @@ def test_compress_gpt2_end_to_end(text_files, tmp_path, capsys):
     pretrain = ["pretrain-lm", "--train-file", train, "--eval-file", dev, "--output", teacher, "--vocab-size", "320",
                 "--n-layer", "3", "--n-embd", "64", "--n-head", "4", "--block-size", "32", "--steps", "80",
                 "--batch-size", "16", "--lr", "3e-3"]
-    assert _cli(pretrain) == 0
+    assert run_cli(pretrain) == 0
     pre = json.load(open(os.path.join(teacher, "pretrain.json")))
     assert pre["eval"]["perplexity"] < 0.5 * pre["vocab_size"]  # it learned something from the text
 
@@ -56,7 +40,7 @@ def test_compress_gpt2_end_to_end(text_files, tmp_path, capsys):
             "--target", "params=0.5", "--output", out, "--preset", "quick", "--search-steps", "20",
             "--distill-steps", "40", "--block-size", "32", "--max-eval-examples", "40", "--channel-granularity", "16",
             "--temperature", "2", "--kd", "query_relation_weight=0.5,relation_heads=4", "--no-progress"]
-    assert _cli(argv) == 0
+    assert run_cli(argv) == 0
     printed = capsys.readouterr().out
     assert '"student_dev"' in printed
     report = json.load(open(os.path.join(out, "report.json")))
@@ -87,10 +71,10 @@ def test_sweep_of_lm_compressions(text_files, tmp_path):
     teacher = pretrain_gpt2(train, str(tmp_path / "t"), vocab_size=300, n_layer=2, n_embd=32, n_head=2,
                             block_size=16, steps=10, batch_size=8, log=None)["output"]
     out = str(tmp_path / "sweep")
-    assert _cli(["sweep", "--mode", "ddk", "--task", "lm", "--teacher", teacher, "--train-file", train,
-                 "--eval-file", dev, "--grid", "temperature=1,4", "--output", out, "--target", "params=0.6",
-                 "--search-steps", "3", "--distill-steps", "3", "--block-size", "16", "--max-train-examples", "64",
-                 "--max-eval-examples", "8", "--batch-size", "8"]) == 0
+    assert run_cli(["sweep", "--mode", "ddk", "--task", "lm", "--teacher", teacher, "--train-file", train,
+                    "--eval-file", dev, "--grid", "temperature=1,4", "--output", out, "--target", "params=0.6",
+                    "--search-steps", "3", "--distill-steps", "3", "--block-size", "16", "--max-train-examples", "64",
+                    "--max-eval-examples", "8", "--batch-size", "8"]) == 0
     with open(os.path.join(out, "results.csv")) as fh:
         rows = list(csv.DictReader(fh))
     ppl = [float(r["perplexity"]) for r in rows]

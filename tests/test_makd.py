@@ -10,14 +10,7 @@ from ddk_fast.distill.objectives import KDObjective
 from ddk_fast.distill.tinybert import make_student
 from ddk_fast.model import MaskedTransformer, Structure, TransformerConfig, prune
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread is faster than two on a loaded 2-core machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one thread is faster on a busy machine
 
 
 def ref_relation_scores(x, r):

@@ -12,8 +12,7 @@ from transformers import (BertConfig, BertForSequenceClassification, BertModel, 
 from ddk_fast.model import MaskedTransformer, TransformerConfig
 
 # the op modules themselves (``ddk_fast.ops.masked_ffn`` as an attribute is the function, not the module)
-gated_attention_mod = importlib.import_module("ddk_fast.ops.gated_attention")
-masked_ffn_mod = importlib.import_module("ddk_fast.ops.masked_ffn")
+layers_mod = importlib.import_module("ddk_fast.model.layers")  # the blocks that call the fused ops
 
 ATOL = 1e-5
 PATHS = ["reference", "compact"]
@@ -252,7 +251,7 @@ def test_internals_match_stock_with_pruned_units_zero(path):
 
 def test_unrequested_internals_are_none_and_not_computed(monkeypatch):
     seen = []
-    real_attn, real_ffn = gated_attention_mod.masked_self_attention, masked_ffn_mod.masked_ffn
+    real_attn, real_ffn = layers_mod.masked_self_attention, layers_mod.masked_ffn
 
     def spy_attn(*a, **kw):
         seen.append(("attn", kw["return_qkv"], kw["return_scores"], kw["return_probs"], kw["path"]))
@@ -262,8 +261,8 @@ def test_unrequested_internals_are_none_and_not_computed(monkeypatch):
         seen.append(("ffn", kw.get("return_intermediate", False), kw["path"]))
         return real_ffn(*a, **kw)
 
-    monkeypatch.setattr(gated_attention_mod, "masked_self_attention", spy_attn)
-    monkeypatch.setattr(masked_ffn_mod, "masked_ffn", spy_ffn)
+    monkeypatch.setattr(layers_mod, "masked_self_attention", spy_attn)
+    monkeypatch.setattr(layers_mod, "masked_ffn", spy_ffn)
     model = MaskedTransformer.from_pretrained(tiny_bert()).eval()
     ids, mask, types = batch()
     with torch.no_grad():

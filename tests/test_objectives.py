@@ -13,15 +13,7 @@ from ddk_fast.model import MaskedTransformer, Structure, TransformerConfig, prun
 MAPPINGS = ("uniform", "last", "skip", "random", "mean", "argmin", "fusion")
 EXPECTED_6_TO_3 = {"uniform": [[2], [4], [6]], "last": [[4], [5], [6]], "skip": [[1], [2], [3]],
                    "mean": [[1, 2], [3, 4], [5, 6]]}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread is faster than two on a loaded 2-core machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one thread is faster on a busy machine
 
 
 # ---------------------------------------------------------------------------------------------- setup

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForQuestionAnswering, AutoTokenizer, BertConfig, BertForQuestionAnswering
 
-from train_support import make_tiny_bert, packaged_dir, padded_batch
+from train_support import make_tiny_bert, padded_batch, write_text
 
 from ddk_fast.cli import main
 from ddk_fast.data import DataError, collate, compute_metrics, load_task
@@ -29,19 +29,9 @@ from ddk_fast.search.calibration import task_loss
 SAMPLE = os.path.join(os.path.dirname(__file__), "data", "qa_sample.json")
 
 
-def write(path, text):
-    path.write_text(text, encoding="utf-8")
-    return str(path)
-
-
 def squad_file(path, qas, context="Ravenholt was founded in 1873 by Ilse Maren.", version="1.1"):
-    return write(path, json.dumps({"version": version, "data": [
+    return write_text(path, json.dumps({"version": version, "data": [
         {"title": "T", "paragraphs": [{"context": context, "qas": qas}]}]}))
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return AutoTokenizer.from_pretrained(packaged_dir())
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +64,7 @@ def test_flat_rows_a_saved_dataset_and_the_v2_layout_read_the_same_way(tmp_path,
     _, train, _ = sample
     rows = [{"id": e.id, "question": e.question, "context": e.context,
              "answers": {"text": list(e.answer_texts), "answer_start": [s for _, s in e.answers]}} for e in train[:20]]
-    flat = write(tmp_path / "rows.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    flat = write_text(tmp_path / "rows.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     task = build_task(DataSource(flat, flat))
     assert task.kind == "qa" and load_task(task, "validation") == train[:20]
     folder = str(tmp_path / "saved")
@@ -354,7 +344,7 @@ def test_the_sample_goes_through_finetune_compress_prune_distill_and_evaluate(te
 def _bad_files(root):
     good = [{"id": "a", "question": "Who founded Ravenholt?", "answers": [{"text": "Ilse Maren", "answer_start": 33}]}]
     files = {
-        "missing_context": write(root / "missing_context.json", json.dumps({"data": [{"title": "T", "paragraphs": [
+        "missing_context": write_text(root / "missing_context.json", json.dumps({"data": [{"title": "T", "paragraphs": [
             {"qas": good}]}]})),
         "moved_answer": squad_file(root / "moved_answer.json", [
             {"id": "q7", "question": "Who founded it?", "answers": [{"text": "Ilse Maren", "answer_start": 30}]}]),
@@ -362,8 +352,8 @@ def _bad_files(root):
             {"id": "q8", "question": "Who founded it?", "answers": [{"text": "Ilse Maren", "answer_start": 400}]}]),
         "empty_answers": squad_file(root / "empty_answers.json", [
             {"id": "q9", "question": "Who founded it?", "answers": []}]),
-        "unknown_layout": write(root / "unknown_layout.json", json.dumps({"version": "1.1", "articles": 3})),
-        "no_question": write(root / "no_question.jsonl", json.dumps(
+        "unknown_layout": write_text(root / "unknown_layout.json", json.dumps({"version": "1.1", "articles": 3})),
+        "no_question": write_text(root / "no_question.jsonl", json.dumps(
             {"id": "r1", "question": " ", "context": "Ravenholt.", "answers": {"text": [], "answer_start": []}}) + "\n"),
     }
     (root / "latin1.json").write_bytes(json.dumps({"data": []}).encode()[:-2] + b' "caf\xe9"}\n')

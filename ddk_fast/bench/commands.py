@@ -3,19 +3,19 @@ from __future__ import annotations
 
 import argparse
 
+import torch
+
+from ddk_fast.bench import runner
+from ddk_fast.errors import UserError
+
 
 def _cmd_benchmark(args: argparse.Namespace) -> int:
-    from ddk_fast.bench.runner import run_suite
-    from ddk_fast.errors import UserError
-
-    if args.device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise UserError("--device cuda asked for, but torch sees no CUDA device")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda asked for, but torch sees no CUDA device")
     try:
-        md, out = run_suite(device=args.device, quick=args.quick, output=args.output, bench_dir=args.bench_dir,
-                            select=args.select, threads=args.threads, timer=args.timer)
+        md, out = runner.run_suite(device=args.device, quick=args.quick, output=args.output,
+                                   bench_dir=args.bench_dir, select=args.select, threads=args.threads,
+                                   timer=args.timer)
     except (FileNotFoundError, RuntimeError, ValueError) as exc:
         raise UserError(str(exc)) from exc
     print(md)

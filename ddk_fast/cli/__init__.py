@@ -13,6 +13,7 @@ import traceback
 
 from ddk_fast._version import __version__
 from ddk_fast.bench import commands as bench_commands
+from ddk_fast.bench import environment
 from ddk_fast.cli import commands
 from ddk_fast.cli.parser import Parser
 from ddk_fast.doctor import format_report
@@ -20,9 +21,7 @@ from ddk_fast.errors import UserError
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
-    from ddk_fast.bench.environment import collect
-
-    report = collect()
+    report = environment.collect()
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
 

@@ -64,7 +64,7 @@ def _finetune(args: argparse.Namespace) -> int:
 
 def _compress(args: argparse.Namespace) -> int:
     flags = given(args)
-    if (flags.get("task") or "").lower() == "lm":  # GPT-2 on plain text: its own pipeline
+    if lm.is_lm_run(flags, args.config):  # GPT-2 on plain text (--task lm, or task: lm in --config): its own pipeline
         _print(_summary(lm.compress_lm(flags, args.config)))
         return 0
     for name in LM_ONLY:

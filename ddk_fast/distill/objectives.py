@@ -61,6 +61,10 @@ from ddk_fast.distill.fusion import HighwayFusion, recursive_fusion
 from ddk_fast.distill.makd import LowRankProjection, concat_heads, relation_scores
 from ddk_fast.distill.mappings import MAPPINGS, MeanMapping, UniformMapping, _IndexMapping, build_mapping
 from ddk_fast.distill.projection import HiddenProjection
+# The fused losses. Terms call them with ``check_finite=False``: the training loops watch the total loss
+# on the device (``ddk_fast.train.loop.FiniteWatch``), and each term's own check would read its value
+# back to the host -- a device sync per term per step.
+from ddk_fast.ops import distill_losses
 from ddk_fast.ops.distill_losses import hidden_distill_loss_reference
 from ddk_fast.ops.label_losses import span_rows, task_loss, token_rows
 
@@ -182,15 +186,6 @@ def _mean_over_layers(op, students, teachers, mask, **kw) -> torch.Tensor:
     return total
 
 
-def _ops():
-    """The fused losses. Terms call them with ``check_finite=False``: the training loops watch the total
-    loss on the device (``ddk_fast.train.loop.FiniteWatch``), and each term's own check would read its
-    value back to the host -- a device sync per term per step."""
-    from ddk_fast.ops import distill_losses
-
-    return distill_losses
-
-
 # ----------------------------------------------------------------------------------------------------
 # layer pairs for per-layer terms
 # ----------------------------------------------------------------------------------------------------
@@ -250,8 +245,8 @@ class EmbeddingTerm(KDTerm):
     def forward(self, s, t, batch):
         e_s = self.projection(s.hidden_states[0])
         e_t = t.hidden_states[0].detach()
-        return _ops().hidden_distill_loss([e_s], [e_t], _mean_weights(1, e_s), _token_mask(batch, e_s),
-                                          kind=self.kind, path=self.path, check_finite=False)
+        return distill_losses.hidden_distill_loss([e_s], [e_t], _mean_weights(1, e_s), _token_mask(batch, e_s),
+                                                  kind=self.kind, path=self.path, check_finite=False)
 
 
 class HiddenTerm(KDTerm):
@@ -293,8 +288,8 @@ class HiddenTerm(KDTerm):
             # A learned fusion gate lives on the teacher side; the fused op refuses teacher gradients on
             # purpose, so this (rare) case runs the plain reference, which lets them flow.
             return hidden_distill_loss_reference(students, targets, weights, mask, self.kind)[0]
-        return _ops().hidden_distill_loss(students, targets, weights, mask, kind=self.kind, path=self.path,
-                                          check_finite=False)
+        return distill_losses.hidden_distill_loss(students, targets, weights, mask, kind=self.kind, path=self.path,
+                                                  check_finite=False)
 
 
 class DDKHiddenTerm(KDTerm):
@@ -360,8 +355,9 @@ class DDKHiddenTerm(KDTerm):
             value, per_layer = hidden_distill_loss_reference(students, targets, weights, mask, kind=self.kind)
             per_layer = per_layer.detach()
         else:
-            value, per_layer = _ops().hidden_distill_loss(students, targets, weights, mask, kind=self.kind,
-                                                          path=self.path, return_per_layer=True, check_finite=False)
+            value, per_layer = distill_losses.hidden_distill_loss(students, targets, weights, mask, kind=self.kind,
+                                                                  path=self.path, return_per_layer=True,
+                                                                  check_finite=False)
         if self.layer_weights is not None and self.training:
             self.layer_weights(per_layer)
         return value
@@ -428,7 +424,7 @@ class AttentionTerm(KDTerm):
         if self.kind in ("kl", "prob_mse"):
             students = [_hide_future(a, self.causal) for a, _ in pairs]
             teachers = [_hide_future(b, self.causal) for _, b in pairs]
-            return _mean_over_layers(_ops().attention_distill_loss, students, teachers, mask,
+            return _mean_over_layers(distill_losses.attention_distill_loss, students, teachers, mask,
                                      kind="kl" if self.kind == "kl" else "mse", path=self.path)
         allowed = _allowed_keys(mask, self.causal)
         return torch.stack([tinybert_attention_mse(a, b, allowed) for a, b in pairs]).mean()
@@ -482,7 +478,8 @@ class PredictionTerm(KDTerm):
             s_logits, t_logits = span_rows(s_logits, t_logits, _token_mask(batch, s_logits[..., 0]))
         elif s_logits.dim() == 3:
             s_logits, t_logits = token_rows(s_logits, t_logits, _token_mask(batch, s_logits[..., 0]))
-        return _ops().soft_cross_entropy(s_logits, t_logits, self.temperature, path=self.path, check_finite=False)
+        return distill_losses.soft_cross_entropy(s_logits, t_logits, self.temperature, path=self.path,
+                                                 check_finite=False)
 
 
 class TaskTerm(KDTerm):
@@ -546,7 +543,8 @@ class RelationTerm(KDTerm):
             teachers.append(torch.stack([self._scores(t.qkv[g]) for g in self.groups[m]]).mean(0).detach()
                             if len(self.groups[m]) > 1 else self._scores(t.qkv[self.groups[m][0]]).detach())
         mask = _token_mask(batch, students[0][:, 0, :, 0])
-        return _mean_over_layers(_ops().attention_distill_loss, students, teachers, mask, kind="kl", path=self.path)
+        return _mean_over_layers(distill_losses.attention_distill_loss, students, teachers, mask, kind="kl",
+                                 path=self.path)
 
 
 class FFNTerm(KDTerm):
@@ -586,7 +584,8 @@ class FFNTerm(KDTerm):
             students.append(proj(source[m]))
             teachers.append(_group_mean(target, self.groups[m]).detach())
         mask = _token_mask(batch, students[0][..., 0])
-        return _mean_over_layers(_ops().hidden_distill_loss, students, teachers, mask, kind="mse", path=self.path)
+        return _mean_over_layers(distill_losses.hidden_distill_loss, students, teachers, mask, kind="mse",
+                                 path=self.path)
 
 
 # ----------------------------------------------------------------------------------------------------

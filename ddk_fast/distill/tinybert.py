@@ -29,6 +29,11 @@ from typing import Any
 
 import torch
 
+from ddk_fast.model.gpt2 import MaskedGPT2, prune_gpt2
+from ddk_fast.model.pruning import prune
+from ddk_fast.model.structure import Structure
+from ddk_fast.search.importance import ffn_importance_from_weights, head_importance_from_weights
+
 LAYER_INITS = ("uniform", "first", "last", "scratch")
 
 
@@ -53,12 +58,8 @@ def teacher_layers_for(num_student: int, num_teacher: int, layer_init: str) -> l
 
 
 def _prune_any(model, structure):
-    from ddk_fast.model.gpt2 import MaskedGPT2, prune_gpt2
-
     if isinstance(model, MaskedGPT2):
         return prune_gpt2(model, structure)
-    from ddk_fast.model.pruning import prune
-
     return prune(model, structure)
 
 
@@ -86,9 +87,6 @@ def _per_layer_width(value, num_layers: int, name: str, default: list[int]) -> l
 def make_student(teacher, num_layers: int | None = None, layer_init: str = "uniform", num_heads=None,
                  intermediate_size=None, hidden_size: int | None = None, seed: int = 0):
     """A fixed smaller student of the teacher's class (see the module docstring)."""
-    from ddk_fast.model.structure import Structure
-    from ddk_fast.search.importance import ffn_importance_from_weights, head_importance_from_weights
-
     cfg = teacher.config
     n_t = cfg.num_layers
     n_s = n_t if num_layers is None else int(num_layers)

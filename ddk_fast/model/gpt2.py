@@ -40,6 +40,7 @@ from ddk_fast.model.config import TransformerConfig
 from ddk_fast.model.layers import BlockOutput, linear
 from ddk_fast.model.pruning import prune
 from ddk_fast.model.structure import Structure
+from ddk_fast.model.weights import load_weights, read_checkpoint
 
 FAMILY = "gpt2"
 EXPORT_MODEL_TYPE = "ddk_gpt2"  # model_type of folders written by save_gpt2
@@ -321,9 +322,7 @@ class MaskedGPT2(MaskedBackbone):
     @classmethod
     def from_pretrained(cls, path_or_model, dtype: torch.dtype = torch.float32, **_ignored) -> "MaskedGPT2":
         """From a stock GPT-2 folder / GPT2LMHeadModel object, or a folder written by ``save_gpt2``."""
-        from ddk_fast.model.masked_transformer import _load_weights, _read_checkpoint
-
-        hf_config, state_dict = _read_checkpoint(path_or_model)
+        hf_config, state_dict = read_checkpoint(path_or_model)
         if hf_config.get("model_type") == EXPORT_MODEL_TYPE:
             return _from_export(cls, hf_config, state_dict, dtype)
         if hf_config.get("model_type") not in GPT2.model_types:
@@ -334,18 +333,16 @@ class MaskedGPT2(MaskedBackbone):
         if unused:
             raise ValueError(f"MaskedGPT2.from_pretrained: checkpoint tensors not understood: {unused[:8]}")
         model = cls(config)
-        _load_weights(model, weights)
+        load_weights(model, weights)
         return model.to(dtype)
 
 
 def _from_export(cls, hf_config: dict, state_dict: dict, dtype) -> MaskedGPT2:
-    from ddk_fast.model.masked_transformer import _load_weights
-
     config = TransformerConfig.from_dict(hf_config["ddk_config"])
     model = cls(config)
     weights = {k[len("model."):] if k.startswith("model.") else k: v for k, v in state_dict.items()}
     weights.pop("lm_head.weight", None)
-    _load_weights(model, weights)
+    load_weights(model, weights)
     return model.to(dtype)
 
 

@@ -1,9 +1,10 @@
 """The modules of one masked post-LN encoder layer, and the embeddings.
 
 Each block holds plain nn.Linear / nn.LayerNorm parameters (nn.Linear layout) and calls one fused op
-from ``ddk_fast.ops`` (imported from its module on first call); the op computes only the units whose gate is non-zero. A block with 0 units
-(after physical pruning) keeps its output bias and LayerNorm: with every unit gated off, the op's
-output is exactly that bias, so the pruned block computes LayerNorm(x + dropout(bias)).
+from ``ddk_fast.ops``; the op computes only the units whose gate is non-zero, and the residual add with
+the LayerNorm after it is one pass on the compact CPU path (``ddk_fast.ops.fused_cpu``). A block with
+0 units (after physical pruning) keeps its output bias and LayerNorm: with every unit gated off, the
+op's output is exactly that bias, so the pruned block computes LayerNorm(x + dropout(bias)).
 """
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import torch
 from torch import nn
 
 from ddk_fast.ops.fused_cpu import residual_layer_norm
+from ddk_fast.ops.gated_attention import masked_self_attention
+from ddk_fast.ops.masked_ffn import masked_ffn
 
 
 def linear(in_features: int, out_features: int) -> nn.Linear:
@@ -105,8 +108,6 @@ class MaskedSelfAttention(nn.Module):
         else:
             if gate is None:
                 gate = torch.ones(self.num_heads, dtype=x.dtype, device=x.device)
-            from ddk_fast.ops.gated_attention import masked_self_attention
-
             res = masked_self_attention(
                 x, self.query.weight, self.query.bias, self.key.weight, self.key.bias,
                 self.value.weight, self.value.bias, self.output.weight, self.output.bias,
@@ -114,12 +115,8 @@ class MaskedSelfAttention(nn.Module):
                 return_qkv=want_qkv, return_scores=want_scores, return_probs=want_probs, active=active)
             out = res.out
             extras = BlockOutput(q=res.q, k=res.k, v=res.v, scores=res.scores, probs=res.probs)
-        return _residual_norm(self.norm, x, self.dropout(out), path), extras
-
-
-def _residual_norm(norm: nn.LayerNorm, x: torch.Tensor, y: torch.Tensor, path: str) -> torch.Tensor:
-    """``norm(x + y)``, fused into one pass on the compact CPU path (ddk_fast.ops.fused_cpu)."""
-    return residual_layer_norm(x, y, norm.weight, norm.bias, norm.eps, path)
+        norm = self.norm
+        return residual_layer_norm(x, self.dropout(out), norm.weight, norm.bias, norm.eps, path), extras
 
 
 class MaskedFFN(nn.Module):
@@ -144,8 +141,6 @@ class MaskedFFN(nn.Module):
         else:
             if gate is None:
                 gate = torch.ones(self.intermediate_size, dtype=x.dtype, device=x.device)
-            from ddk_fast.ops.masked_ffn import masked_ffn
-
             y = masked_ffn(x, self.up.weight, self.up.bias, self.down.weight, self.down.bias, gate,
                            activation=self.activation, path=path, return_intermediate=want_intermediate,
                            active=active)
@@ -154,7 +149,8 @@ class MaskedFFN(nn.Module):
                 extras.intermediate = inter.full()
         if want_output:
             extras.output = y
-        return _residual_norm(self.norm, x, self.dropout(y), path), extras
+        norm = self.norm
+        return residual_layer_norm(x, self.dropout(y), norm.weight, norm.bias, norm.eps, path), extras
 
 
 # transformers' activation names -> the fused ops' names.

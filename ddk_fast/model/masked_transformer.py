@@ -7,11 +7,9 @@ Q/K/V, FFN activations) only when asked, so that asking for nothing keeps the fa
 """
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
-import os
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -23,6 +21,7 @@ from ddk_fast.model.backbone import MaskedBackbone
 from ddk_fast.model.config import QUESTION_ANSWERING, TOKEN_CLASSIFICATION, TransformerConfig
 from ddk_fast.model.layers import Embeddings, MaskedLayer, linear
 from ddk_fast.model.structure import Structure
+from ddk_fast.model.weights import load_weights, read_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +133,7 @@ class MaskedTransformer(MaskedBackbone):
         ``...ForQuestionAnswering`` one, else "classification".
         A checkpoint classifier whose row count differs from num_labels is replaced by a fresh one.
         """
-        hf_config, state_dict = _read_checkpoint(path_or_model)
+        hf_config, state_dict = read_checkpoint(path_or_model)
         if hf_config.get("model_type") == DDK_MODEL_TYPE:
             return _from_ddk_export(cls, hf_config, state_dict, dtype)
         adapter = adapter_for(hf_config.get("model_type", ""))
@@ -163,69 +162,12 @@ class MaskedTransformer(MaskedBackbone):
                            weights["classifier.weight"].shape[0], num_labels)
             weights.pop("classifier.weight")
             weights.pop("classifier.bias", None)
-        _load_weights(model, weights, allow_missing=HEAD_KEYS)
+        load_weights(model, weights, allow_missing=HEAD_KEYS)
         return model.to(dtype)
-
-
-def _load_weights(model: nn.Module, weights: dict[str, torch.Tensor], allow_missing: Sequence[str] = ()) -> None:
-    """Copy ``weights`` into ``model``; shapes must match; only ``allow_missing`` keys may be absent."""
-    own = model.state_dict()
-    missing = sorted(k for k in own if k not in weights and k not in allow_missing)
-    unexpected = sorted(k for k in weights if k not in own)
-    if missing or unexpected:
-        raise ValueError(f"checkpoint does not fit the model: missing {missing[:8]}, unexpected {unexpected[:8]}")
-    for key, value in weights.items():
-        if tuple(value.shape) != tuple(own[key].shape):
-            raise ValueError(f"checkpoint tensor {key!r} has shape {tuple(value.shape)}, "
-                             f"the model expects {tuple(own[key].shape)}")
-    absent = [k for k in allow_missing if k in own and k not in weights]
-    if absent:
-        logger.info("fresh (randomly initialised) parameters: %s", absent)
-    model.load_state_dict({k: v for k, v in weights.items()}, strict=False)
-
-
-def _read_checkpoint(path_or_model) -> tuple[dict, dict[str, torch.Tensor]]:
-    """(config as a plain dict, state dict) from a folder or a loaded transformers model."""
-    if isinstance(path_or_model, nn.Module):
-        cfg = getattr(path_or_model, "config", None)
-        if cfg is None or not hasattr(cfg, "to_dict"):
-            raise TypeError(f"path_or_model: a module must be a transformers PreTrainedModel with .config, "
-                            f"got {type(path_or_model).__name__}")
-        return cfg.to_dict(), {k: v.detach() for k, v in path_or_model.state_dict().items()}
-    path = os.fspath(path_or_model)
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"path_or_model: {path!r} is not a folder (expected config.json + weights)")
-    with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
-        config = json.load(f)
-    return config, read_weights(path)
-
-
-def read_weights(folder: str) -> dict[str, torch.Tensor]:
-    """model.safetensors (single or sharded), else pytorch_model.bin loaded with weights_only=True."""
-    from safetensors.torch import load_file
-
-    single = os.path.join(folder, "model.safetensors")
-    if os.path.isfile(single):
-        return load_file(single)
-    index = os.path.join(folder, "model.safetensors.index.json")
-    if os.path.isfile(index):
-        with open(index, encoding="utf-8") as f:
-            shards = sorted(set(json.load(f)["weight_map"].values()))
-        out = {}
-        for shard in shards:
-            out.update(load_file(os.path.join(folder, shard)))
-        return out
-    legacy = os.path.join(folder, "pytorch_model.bin")
-    if os.path.isfile(legacy):
-        return torch.load(legacy, map_location="cpu", weights_only=True)
-    raise FileNotFoundError(f"no weights in {folder!r}: expected model.safetensors, "
-                            f"model.safetensors.index.json or pytorch_model.bin")
 
 
 def _from_ddk_export(cls, hf_config: dict, state_dict: dict, dtype) -> "MaskedTransformer":
     """A folder written by ddk_fast.export.save_pruned: its config.json carries TransformerConfig fields."""
-    import dataclasses
-
     fields = {f.name for f in dataclasses.fields(TransformerConfig)} - {"num_labels", "id2label", "extra"}
     kwargs = {k: hf_config[k] for k in fields if k in hf_config}
     id2label = hf_config.get("id2label")
@@ -234,5 +176,5 @@ def _from_ddk_export(cls, hf_config: dict, state_dict: dict, dtype) -> "MaskedTr
     model = cls(TransformerConfig(**kwargs))
     prefix = "model."
     weights = {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in state_dict.items()}
-    _load_weights(model, weights)
+    load_weights(model, weights)
     return model.to(dtype)

@@ -25,6 +25,7 @@ import torch
 
 from ddk_fast.ops._dispatch import dense_path
 from ddk_fast.ops.activations import activation
+from ddk_fast.ops.gated_attention import masked_self_attention
 
 
 @dataclass
@@ -102,8 +103,6 @@ def _attention_pre_norm(attention, x, attention_mask, path):
     """``x + attention(x)`` before the block's LayerNorm."""
     if attention.num_heads == 0:
         return x + attention.output.bias
-    from ddk_fast.ops.gated_attention import masked_self_attention
-
     gate = torch.ones(attention.num_heads, dtype=x.dtype, device=x.device)
     res = masked_self_attention(x, attention.query.weight, attention.query.bias, attention.key.weight,
                                 attention.key.bias, attention.value.weight, attention.value.bias,

@@ -4,6 +4,7 @@ The functions are bound here eagerly: a lazy ``__getattr__`` would be shadowed b
 the same name (``ddk_fast.ops.masked_ffn`` the module vs ``masked_ffn`` the op) as soon as anything
 imports that submodule. Importing never touches a GPU (kernels are only compiled on first launch).
 """
+from ddk_fast.ops.distill_losses import attention_distill_loss, hidden_distill_loss, soft_cross_entropy
 from ddk_fast.ops.gated_attention import gated_attention, masked_self_attention
 from ddk_fast.ops.masked_ffn import masked_ffn
 from ddk_fast.ops.masked_linear import linear_active_in, linear_active_out
@@ -18,14 +19,3 @@ __all__ = [
     "masked_self_attention",
     "soft_cross_entropy",
 ]
-
-_LOSSES = ("attention_distill_loss", "hidden_distill_loss", "soft_cross_entropy")
-
-
-def __getattr__(name):
-    # The loss ops load on first use (their module name differs from every op name, so no shadowing).
-    if name in _LOSSES:
-        from ddk_fast.ops import distill_losses
-
-        return getattr(distill_losses, name)
-    raise AttributeError(f"module 'ddk_fast.ops' has no attribute {name!r}")

@@ -6,13 +6,33 @@ silently falling back (a silent fallback would change the speed a user measures)
 """
 from __future__ import annotations
 
+from types import ModuleType
+
 import torch
 
 from ddk_fast._ext import extension, extension_error, has_cuda_kernels
-from ddk_fast._runtime import triton_can_run_on
+from ddk_fast._runtime import triton_can_run_on, triton_import_error
 
 ENGINE_PATHS = ("triton", "compact", "reference")
 LOSS_PATHS = ("fused", "reference")
+
+
+def triton_kernels() -> ModuleType:
+    """The ``ddk_fast.kernels`` package with its launch modules (``gated_attention``, ``masked_ffn``,
+    ``masked_linear``) loaded; Python's module cache makes every call after the first a lookup.
+
+    Why late and here: the kernel modules import ``triton`` at their top, an optional dependency that
+    must not be needed to import the package; every op reaches its kernels through this one function,
+    which runs only on a Triton path :func:`resolve_path` chose (so Triton imports). It returns the
+    package rather than a new object so that ``torch.compile`` can trace the ops that call it.
+    """
+    err = triton_import_error()
+    if err:
+        raise RuntimeError(err)
+    from ddk_fast import kernels
+    from ddk_fast.kernels import gated_attention, masked_ffn, masked_linear  # noqa: F401 - bound on `kernels`
+
+    return kernels
 
 
 def _why_not(path: str, device: torch.device) -> list[str]:

@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from ddk_fast import _runtime
-from ddk_fast.ops._dispatch import resolve_path
+from ddk_fast.ops._dispatch import resolve_path, triton_kernels
+from ddk_fast.ops.masked_linear import linear_active_in, linear_active_out
 
 __all__ = [
     "gated_attention", "gated_attention_reference", "masked_softmax",
@@ -182,8 +183,7 @@ def _triton_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gat
                           head_index: torch.Tensor, key_valid: torch.Tensor | None,
                           causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(out [B, H, S, D] stored as [B, S, H, D], zeros at the heads not in ``head_index``; lse [B, A, S])."""
-    from ddk_fast.kernels import gated_attention as kern
-
+    kern = triton_kernels().gated_attention
     out = _bshd_buffer(q, zero=head_index.numel() < q.shape[1])
     if head_index.numel() == 0:
         return out, q.new_empty((q.shape[0], 0, q.shape[2]), dtype=_stats_dtype(q.dtype))
@@ -203,8 +203,7 @@ def _triton_attention_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gat
                           lse: torch.Tensor, dout: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
                                                                           torch.Tensor]:
     """(dq, dk, dv, dgate); pruned heads get exact zeros."""
-    from ddk_fast.kernels import gated_attention as kern
-
+    kern = triton_kernels().gated_attention
     some_pruned = head_index.numel() < q.shape[1]
     dq, dk, dv = (_grad_buffer(t, some_pruned) for t in (q, k, v))
     dgate = torch.zeros_like(gate)
@@ -249,8 +248,7 @@ def _autocast_inputs(q, k, v):
 
 
 def _attend_triton(q, k, v, gate, head_index, attention_mask, causal):
-    from ddk_fast.kernels import gated_attention as kern
-
+    kern = triton_kernels().gated_attention
     q, k, v = _autocast_inputs(q, k, v)
     kern.check_inputs(q, k, v)
     out, _ = _triton_attention_fwd(q, k, v, gate, head_index, _key_valid_int(attention_mask), bool(causal))
@@ -399,8 +397,6 @@ def masked_self_attention(x, wq, bq, wk, bk, wv, bv, wo, bo, head_gate, num_head
     if path == "reference":
         return masked_self_attention_reference(x, wq, bq, wk, bk, wv, bv, wo, bo, head_gate, num_heads,
                                                attention_mask, causal, return_qkv, return_scores, return_probs)
-    from ddk_fast.ops.masked_linear import linear_active_in, linear_active_out
-
     head_dim = wq.shape[0] // num_heads
     active = _active_heads(head_gate) if active is None else active
     n_active = active.numel()

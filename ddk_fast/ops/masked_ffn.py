@@ -21,7 +21,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from ddk_fast.ops._dispatch import resolve_path
+from ddk_fast.ops._dispatch import resolve_path, triton_kernels
 from ddk_fast.ops.activations import activation, activation_backward, check_activation
 from ddk_fast.ops.fused_cpu import gelu_kernels
 
@@ -201,9 +201,8 @@ def _triton_ffn_fwd(x2d: torch.Tensor, w_in: torch.Tensor, b_in: torch.Tensor | 
                     b_out: torch.Tensor | None, gate: torch.Tensor, active: torch.Tensor,
                     activation: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(y [M, d], h [M, K], z [M, K]) over the K active channels."""
-    from ddk_fast.kernels import masked_ffn as FK
-    from ddk_fast.kernels import masked_linear as LK
-
+    kernels = triton_kernels()
+    FK, LK = kernels.masked_ffn, kernels.masked_linear
     h, z = FK.ffn_up_forward(x2d, w_in, b_in, gate, active, activation, save_z=True)
     return LK.active_in_forward(h, w_out, b_out, active), h, z
 
@@ -219,9 +218,8 @@ def _triton_ffn_bwd(grad_y: torch.Tensor, grad_h: torch.Tensor | None, x2d: torc
                     w_out: torch.Tensor, gate: torch.Tensor, z: torch.Tensor, active: torch.Tensor, activation: str,
                     has_b_in: bool, has_b_out: bool, needs: list[bool]) -> list[torch.Tensor]:
     """[dx, dw_in, db_in, dw_out, db_out, dgate]; an empty tensor where ``needs`` (same order) is False."""
-    from ddk_fast.kernels import masked_ffn as FK
-    from ddk_fast.kernels import masked_linear as LK
-
+    kernels = triton_kernels()
+    FK, LK = kernels.masked_ffn, kernels.masked_linear
     need_x, need_w_in, need_b_in, need_w_out, need_b_out, need_gate = needs
     n_ch = w_in.shape[0]
     # distinct empty tensors (the outputs of an op may not alias one another)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ddk_fast.ops._dispatch import resolve_path
+from ddk_fast.ops._dispatch import resolve_path, triton_kernels
 
 __all__ = ["linear_active_out", "linear_active_in", "linear_active_out_reference",
            "linear_active_in_reference"]
@@ -155,8 +155,7 @@ class _LinearActiveInCompact(torch.autograd.Function):
 @torch.library.custom_op("ddk_fast::linear_active_out_fwd", mutates_args=())
 def _triton_out_fwd(x2d: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                     active: torch.Tensor) -> torch.Tensor:
-    from ddk_fast.kernels import masked_linear as K
-
+    K = triton_kernels().masked_linear
     return K.active_out_forward(x2d, weight, bias, active)
 
 
@@ -169,8 +168,7 @@ def _(x2d, weight, bias, active):
 def _triton_out_bwd(grad_y: torch.Tensor, x2d: torch.Tensor, weight: torch.Tensor, active: torch.Tensor,
                     need_x: bool, need_w: bool, need_b: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dx, dw, db); an empty tensor for a gradient not asked for."""
-    from ddk_fast.kernels import masked_linear as K
-
+    K = triton_kernels().masked_linear
     dx = K.active_out_backward_input(grad_y, weight, active) if need_x else x2d.new_empty((0,))
     dw, db = x2d.new_empty((0,)), x2d.new_empty((0,))
     if need_w or need_b:
@@ -206,8 +204,7 @@ _triton_out_fwd.register_autograd(_triton_out_backward, setup_context=_triton_ou
 @torch.library.custom_op("ddk_fast::linear_active_in_fwd", mutates_args=())
 def _triton_in_fwd(h2d: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                    active: torch.Tensor) -> torch.Tensor:
-    from ddk_fast.kernels import masked_linear as K
-
+    K = triton_kernels().masked_linear
     return K.active_in_forward(h2d, weight, bias, active)
 
 
@@ -220,8 +217,7 @@ def _(h2d, weight, bias, active):
 def _triton_in_bwd(grad_y: torch.Tensor, h2d: torch.Tensor, weight: torch.Tensor, active: torch.Tensor,
                    need_h: bool, need_w: bool, need_b: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dh, dw, db); an empty tensor for a gradient not asked for."""
-    from ddk_fast.kernels import masked_linear as K
-
+    K = triton_kernels().masked_linear
     dh = K.active_in_backward_input(grad_y, weight, active) if need_h else h2d.new_empty((0,))
     dw, db = h2d.new_empty((0,)), h2d.new_empty((0,))
     if need_w:
@@ -262,14 +258,12 @@ _triton_in_fwd.register_autograd(_triton_in_backward, setup_context=_triton_in_s
 
 def _triton_inputs(op, x, weight, bias):
     """Autocast does not reach inside a custom kernel: apply its dtype here; check what Triton supports."""
-    from ddk_fast.kernels.masked_linear import check_dtype
-
     dev = x.device.type
     if dev in ("cuda", "cpu") and torch.is_autocast_enabled(dev):
         dt = torch.get_autocast_dtype(dev)
         x, weight = x.to(dt), weight.to(dt)
         bias = bias.to(dt) if bias is not None else None
-    check_dtype(f"{op}: x", x)
+    triton_kernels().masked_linear.check_dtype(f"{op}: x", x)
     return x, weight, bias
 
 

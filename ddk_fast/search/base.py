@@ -11,6 +11,7 @@ from typing import List, Optional, Sequence
 import torch
 from torch import nn
 
+from ddk_fast.model.structure import Structure
 from ddk_fast.search.cost import CostModel, _as_int_list
 
 
@@ -61,7 +62,6 @@ class DerivedStructure:
 
     def to_structure(self, model_or_config):
         """The ``ddk_fast.model.Structure`` (what pruning and export take) for a model's sizes."""
-        from ddk_fast.model.structure import Structure
         return Structure.from_indices(self.heads, self.ffn, model_or_config)
 
     def to_dict(self) -> dict:

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ddk_fast.search.base import DerivedStructure, StructureSearch
+from ddk_fast.search.budget import check_target
 from ddk_fast.search.cost import CostModel
 
 
@@ -111,7 +112,6 @@ class HardConcreteSearch(StructureSearch):
             if cost_model is None:
                 raise ValueError("derive(target=...) needs a cost_model")
             self.check_cost_model(cost_model)
-            from ddk_fast.search.budget import check_target
             check_target(target, cost_model.min_ratio(metric))
             head_counts, ffn_counts = self._greedy_counts(cost_model, target, metric)
         return DerivedStructure(

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ddk_fast.search.base import DerivedStructure, RankedUnitsMixin, StructureSearch, rank_units
+from ddk_fast.search.budget import check_target
 from ddk_fast.search.cost import CostModel, _as_int_list
 
 
@@ -210,7 +211,6 @@ class GumbelWidthSearch(RankedUnitsMixin, StructureSearch):
             if cost_model is None:
                 raise ValueError("derive(target=...) needs a cost_model")
             self.check_cost_model(cost_model)
-            from ddk_fast.search.budget import check_target
             check_target(target, cost_model.min_ratio(metric))
             budget = target * cost_model.full_cost(metric) * (1 + 1e-12)
             unit_cost = {"head": cost_model.head_unit_cost(metric), "ffn": cost_model.channel_unit_cost(metric)}

@@ -17,6 +17,7 @@ from ddk_fast.train.compress import run_compress
 from ddk_fast.train.config import CompressConfig, EvaluateConfig, FinetuneConfig, PruneConfig, build_config, DataOptions
 from ddk_fast.train.evaluate import run_evaluate
 from ddk_fast.train.finetune import run_finetune
+from ddk_fast.train.lm import compress_lm, is_lm_run
 from ddk_fast.train.prune import run_prune
 
 
@@ -40,8 +41,12 @@ def compress(teacher: str, task: Optional[str], output: str, target: Optional[st
 
     Searches the number of heads and FFN channels per layer with recursive adaptive KD, prunes
     physically, distills the pruned student, and exports it with report.json. Returns the report.
+    ``task="lm"`` (or ``task: lm`` in the config file) compresses a GPT-2 on plain text, as
+    ``ddk-fast compress --task lm`` does (``train_file=``, ``eval_file=``, ``block_size=``...).
     """
     flags = dict(options, teacher=teacher, task=task, output=output, target=target, data_dir=data_dir)
+    if is_lm_run(flags, config):  # task "lm" (here or in the config file): a GPT-2 on plain text
+        return compress_lm(flags, config)
     return run_compress(build_config(CompressConfig, "compress", flags, config))
 
 

@@ -20,6 +20,7 @@ from typing import Any, Callable, Optional
 
 import torch
 from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
 from ddk_fast.train.errors import CheckpointWriteError
 from ddk_fast._io import atomic_directory, atomic_write_json, atomic_write_text, read_json
@@ -73,14 +74,10 @@ def model_tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_tensors(path: str, tensors: dict[str, torch.Tensor]) -> None:
-    from safetensors.torch import save_file
-
     save_file(tensors, path)
 
 
 def load_tensors(path: str) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
     return load_file(path)
 
 
@@ -171,8 +168,6 @@ def load_checkpoint(path: str, map_location="cpu") -> tuple[dict[str, torch.Tens
 
 def weights_digest(module: torch.nn.Module) -> str:
     """sha256 over the names, shapes, dtypes and bytes of a module's state (to compare runs and ranks)."""
-    import hashlib
-
     h = hashlib.sha256()
     for name, tensor in sorted(module.state_dict().items()):
         t = tensor.detach().to("cpu").contiguous()

@@ -18,6 +18,7 @@ killed during distillation rebuilds the pruned student from the recorded structu
 """
 from __future__ import annotations
 
+import copy
 import math
 import os
 import shutil
@@ -28,9 +29,9 @@ import torch
 from safetensors import SafetensorError
 
 from ddk_fast._io import atomic_write_json, read_json
-from ddk_fast.data.custom import TASK_FILE, model_task_type, task_files
+from ddk_fast.data.custom import model_task_type, task_files
 from ddk_fast.data.glue import subsample_indices
-from ddk_fast.distill.objectives import DEFAULTS, FUSION_KINDS, LAYER_WEIGHTINGS, KDObjective
+from ddk_fast.distill.objectives import DEFAULTS, KDObjective
 from ddk_fast.errors import UserError
 from ddk_fast.export import save_pruned, load_pruned
 from ddk_fast.model import MaskedTransformer, refusal, write_back, Structure, prune
@@ -42,7 +43,7 @@ from ddk_fast.train.baseline import keep_top, uniform_counts
 from ddk_fast.train.batching import eval_loader, train_loader
 from ddk_fast.train.checkpoint import weights_digest
 from ddk_fast.train.checkpointer import Checkpointer
-from ddk_fast.train.config import INITS, CompressConfig, config_dict, parse_kd
+from ddk_fast.train.config import CompressConfig, config_dict, parse_kd
 from ddk_fast.train.deploy import add_deployment, check_deployment_flags, check_onnx_task
 from ddk_fast.train.evaluation import encode_split, evaluate, load_split, resolve_task, to_device
 from ddk_fast.train.hf import (check_head_kind, check_label_count, has_classifier_head, head_kind_of, load_tokenizer,
@@ -52,6 +53,7 @@ from ddk_fast.train.latency_table import measure_latency_fit
 from ddk_fast.train.logging import RunLogger
 from ddk_fast.train.loop import FiniteWatch, RunHooks, TrainLoop
 from ddk_fast.train.oneshot import one_shot
+from ddk_fast.train.options import check_fields
 from ddk_fast.train.optim import adamw, linear_schedule
 from ddk_fast.train.report import Report, build_report, write_plots
 from ddk_fast.train.run_state import DISTILL, SEARCH, RunState
@@ -59,7 +61,7 @@ from ddk_fast.train.rundir import copy_logs, finalize, finished_result, prepare,
 from ddk_fast.train.stages import DistillModule, SearchModule, initial_importance, teacher_outputs, weight_parameters
 from ddk_fast.train.structure_file import read_structure_file
 from ddk_fast.train.threads import apply_threads
-from ddk_fast.train.validate import check_non_negative, check_positive, check_seq_len, parse_target
+from ddk_fast.train.validate import check_seq_len, parse_target
 
 FIXED_KINDS = ("uniform", "oneshot")
 
@@ -70,53 +72,19 @@ def validate(cfg: CompressConfig) -> tuple[str, float]:
         if not value:
             raise UserError(f"{flag} is required")
     metric, ratio = parse_target(cfg.target)
-    for name in ("batch_size", "eval_batch_size", "max_seq_len", "seq_len", "save_steps", "log_steps",
-                 "channel_granularity", "latency_batch_size", "latency_seq_len", "latency_repeats", "latency_threads"):
-        check_positive(name, getattr(cfg, name))
+    check_fields(cfg)
     check_deployment_flags(cfg, metric)
-    for name in ("search_epochs", "distill_epochs"):
-        value = getattr(cfg, name)
-        if not isinstance(value, int) or value < 0:
-            raise UserError(f"--{name.replace('_', '-')} {value!r}: expected an integer >= 0")
     if cfg.fixed_structure is None and cfg.search_epochs < 1:
         raise UserError("--search-epochs 0: the search needs at least one epoch (or use --fixed-structure uniform)")
-    if cfg.init not in INITS:
-        raise UserError(f"--init {cfg.init!r}: expected one of {', '.join(INITS)}")
-    check_positive("tuning_examples", cfg.tuning_examples)
-    check_non_negative("tuning_check_examples", cfg.tuning_check_examples)
-    check_positive("importance_iterations", cfg.importance_iterations)
     one_shot_pass = cfg.fixed_structure == "oneshot" or (cfg.fixed_structure is None and cfg.init == "oneshot")
     if cfg.importance_iterations > 1 and not one_shot_pass:
         raise UserError(f"--importance-iterations {cfg.importance_iterations}: this run has no one-shot step "
                         "(it needs --init oneshot or --fixed-structure oneshot)")
-    if not isinstance(cfg.calibration_examples, int) or cfg.calibration_examples < 1:
-        raise UserError(f"--calibration-examples {cfg.calibration_examples!r}: expected a positive integer")
     if not (0.0 <= cfg.budget_warmup < 1.0):
         raise UserError(f"--budget-warmup {cfg.budget_warmup!r}: expected a fraction of the search in [0, 1)")
-    for name in ("lr", "arch_lr", "temperature", "tau_start", "tau_end"):
-        value = getattr(cfg, name)
-        if not (value > 0 and math.isfinite(value)):
-            raise UserError(f"--{name.replace('_', '-')} {value!r}: expected a positive finite number")
-    if cfg.search not in ("gumbel", "hard_concrete", "progressive"):
-        raise UserError(f"--search {cfg.search!r}: expected gumbel, hard_concrete or progressive")
     if cfg.fixed_structure not in (None, *FIXED_KINDS) and not os.path.isfile(cfg.fixed_structure):
         raise UserError(f"--fixed-structure {cfg.fixed_structure!r}: expected uniform, oneshot or a structure "
                         "JSON file (no such file)")
-    if cfg.path not in ("auto", "compact", "reference", "triton"):
-        raise UserError(f"--path {cfg.path!r}: expected auto, compact, reference or triton")
-    if cfg.fusion not in FUSION_KINDS:
-        raise UserError(f"--fusion {cfg.fusion!r}: expected one of {', '.join(FUSION_KINDS)}")
-    if cfg.layer_weighting not in LAYER_WEIGHTINGS:
-        raise UserError(f"--layer-weighting {cfg.layer_weighting!r}: expected one of {', '.join(LAYER_WEIGHTINGS)}")
-    if cfg.hidden_loss not in ("mse", "cosine"):
-        raise UserError(f"--hidden-loss {cfg.hidden_loss!r}: expected mse or cosine")
-    if cfg.teacher_cache not in teacher_cache.MODES:
-        raise UserError(f"--teacher-cache {cfg.teacher_cache!r}: expected one of {', '.join(teacher_cache.MODES)}")
-    if cfg.teacher_cache_dtype not in teacher_cache.DTYPES:
-        raise UserError(f"--teacher-cache-dtype {cfg.teacher_cache_dtype!r}: expected one of "
-                        f"{', '.join(teacher_cache.DTYPES)}")
-    if cfg.budget_kind not in ("lagrangian", "one_sided"):
-        raise UserError(f"budget_kind {cfg.budget_kind!r}: expected lagrangian or one_sided")
     extra = objective_options(cfg) and parse_kd(cfg.kd)  # a malformed --kd is refused here, before any work
     if extra.get("hidden_weight") and cfg.progress:
         print(f"note: --kd hidden_weight={extra['hidden_weight']} adds a catalog hidden-state term beside DDK's "
@@ -441,9 +409,6 @@ class _Compression:
     def _run_one_shot(self):
         """Fisher importance, mask search, rearrangement and least-squares scales on the teacher; the
         tuned weights are written back into a full-size student so the search can still grow units."""
-        import copy
-
-
         cfg = self.cfg
         calib = self._calibration_batches()
         result = one_shot(self.teacher, calib, self.cost_model, self.metric, self.ratio,
@@ -568,9 +533,6 @@ class _Compression:
 
     # --- stage 2: search ------------------------------------------------------------------------------
     def _build_search(self):
-        import copy
-
-
         cfg = self.cfg
         if self._oneshot is not None:
             student = self._oneshot[1]
@@ -710,8 +672,6 @@ class _Compression:
 
     # --- stage 3: prune -------------------------------------------------------------------------------
     def _uniform_structure(self):
-        from ddk_fast.model import Structure
-
         heads_n, ffn_n = uniform_counts(self.cost_model, self.ratio, self.metric, self.cfg.channel_granularity)
         heads_imp, ffn_imp = initial_importance(self.teacher)
         return Structure.from_indices(keep_top(heads_imp, heads_n, self.teacher.num_heads),
@@ -741,8 +701,6 @@ class _Compression:
         self.state.best_score = score if math.isfinite(score) else -math.inf
         self.state.best_metrics = dict(self.state.pruned_dev, epoch=0)
         if self.ctx.is_main:
-            from ddk_fast.export import save_pruned
-
             save_pruned(pruned, self.dirs.best, overwrite=True)
         ddp.barrier(self.ctx)
         module, optimizers, schedulers, _ = self._build_distill(pruned)
@@ -750,9 +708,6 @@ class _Compression:
         self._pruned_cache = (pruned, module, optimizers, schedulers)
 
     def _pruned_student(self, structure, source=None):
-        import copy
-
-
         base = source if source is not None else copy.deepcopy(self.teacher)
         pruned = prune(base, structure).to(self.device)
         return pruned.requires_grad_(True).train()
@@ -771,8 +726,6 @@ class _Compression:
         return module, {"weights": opt}, {"weights": sched}, [p for _, p in named]
 
     def _distill_stage(self, resumed):
-        from ddk_fast.model import Structure
-
         cache = self._pruned_cache
         if cache is None and self.state.structure is None:  # fixed-structure run, fresh start
             self._enter_distill(*self._fixed_structure())

@@ -20,7 +20,7 @@ from ddk_fast.search.budget import BUDGETS
 from ddk_fast.search.registry import SEARCHES
 from ddk_fast.train import shared_options as shared
 from ddk_fast.train.oneshot import IMPORTANCE_KINDS
-from ddk_fast.train.options import api_only, check_choices, option
+from ddk_fast.train.options import NON_NEGATIVE, POSITIVE, api_only, check_choices, option
 from ddk_fast.train.presets import PRESETS, preset_values
 
 
@@ -90,7 +90,7 @@ class FinetuneConfig(OptimizerOptions, BatchOptions, DataOptions):
                                   help="local model folder (default: the packaged pretrained MiniLM-L6 BERT)")
     data_dir: Optional[str] = shared.data_dir()
     preset: str = shared.preset(PRESETS["finetune"])
-    epochs: int = option(3, group="train", help="training epochs")
+    epochs: int = option(3, group="train", minimum=POSITIVE, help="training epochs")
     lr: float = shared.lr(1e-4)
     seed: int = shared.seed()
     max_train_examples: Optional[int] = shared.max_train_examples()
@@ -119,7 +119,8 @@ class CompressionRunConfig(BatchOptions, DataOptions):
     target: str = option("params=0.5", group="budget",
                          help="params=RATIO, flops=RATIO or latency=RATIO (measured on this machine at "
                               "--latency-batch-size x --latency-seq-len), RATIO in (0, 1]")
-    seq_len: int = option(128, group="budget", help="sequence length of the FLOPs count and the budget")
+    seq_len: int = option(128, group="budget", minimum=POSITIVE,
+                          help="sequence length of the FLOPs count and the budget")
     data_dir: Optional[str] = shared.data_dir()
     preset: str = shared.preset(PRESETS["prune"], PRESETS["compress"])
     seed: int = shared.seed()
@@ -130,22 +131,27 @@ class CompressionRunConfig(BatchOptions, DataOptions):
     path: str = shared.kernel_path()
     max_eval_examples: Optional[int] = shared.max_eval_examples()
     # one-shot step: Fisher importance from these train examples, least squares on a spread subset
-    calibration_examples: int = option(2048, group="oneshot", help="labelled train examples for the one-shot "
-                                                                   "Fisher importance and least squares")
-    tuning_examples: int = option(512, group="oneshot",
+    calibration_examples: int = option(2048, group="oneshot", minimum=POSITIVE,
+                                       help="labelled train examples for the one-shot Fisher importance and least "
+                                            "squares")
+    tuning_examples: int = option(512, group="oneshot", minimum=POSITIVE,
                                   help="of the calibration examples, how many the least-squares tuning uses")
-    tuning_check_examples: int = option(512, group="oneshot",
+    tuning_check_examples: int = option(512, group="oneshot", minimum=NON_NEGATIVE,
                                         help="other calibration examples on which the tuned scales must lower the "
                                              "task loss to be kept (0: kept unchecked)")
-    importance_iterations: int = option(1, group="oneshot",
+    importance_iterations: int = option(1, group="oneshot", minimum=POSITIVE,
                                         help="prune in K steps of the budget, re-scoring the remaining units each "
                                              "step (Fisher; each step costs one importance pass)")
     # reporting
-    latency_batch_size: int = option(32, group="deploy", help="batch size of the CPU latency measurement")
-    latency_seq_len: int = option(128, group="deploy", help="sequence length of the CPU latency measurement")
-    latency_repeats: int = option(10, group="deploy", help="timed teacher/student pairs of the latency measurement")
-    latency_threads: int = option(1, group="deploy", help="CPU threads of the latency measurement (1: a ratio a "
-                                                          "busy machine cannot drown)")
+    latency_batch_size: int = option(32, group="deploy", minimum=POSITIVE,
+                                     help="batch size of the CPU latency measurement")
+    latency_seq_len: int = option(128, group="deploy", minimum=POSITIVE,
+                                  help="sequence length of the CPU latency measurement")
+    latency_repeats: int = option(10, group="deploy", minimum=POSITIVE,
+                                  help="timed teacher/student pairs of the latency measurement")
+    latency_threads: int = option(1, group="deploy", minimum=POSITIVE,
+                                  help="CPU threads of the latency measurement (1: a ratio a busy machine cannot "
+                                       "drown)")
     # deployment: export the result to ONNX (fp32 + int8), score it there, time it against the teacher
     onnx: bool = option(False, group="deploy", help="also export the result to ONNX (OUT/onnx: fp32 + int8), score "
                                                     "it in ONNX Runtime and time it against the teacher in PyTorch "
@@ -179,13 +185,15 @@ class CompressConfig(OptimizerOptions, CompressionRunConfig):
     keep_checkpoints: bool = shared.keep_checkpoints()
     max_train_examples: Optional[int] = shared.max_train_examples()
     # schedule
-    search_epochs: int = option(3, group="search", help="epochs of the structure search")
-    distill_epochs: int = option(6, group="distill", help="epochs of distillation after pruning")
+    search_epochs: int = option(3, group="search", minimum=NON_NEGATIVE, help="epochs of the structure search")
+    distill_epochs: int = option(6, group="distill", minimum=NON_NEGATIVE, help="epochs of distillation after pruning")
     lr: float = shared.lr(5e-5)
-    arch_lr: float = option(0.05, group="search", help="learning rate of the architecture parameters")
-    tau_start: float = option(5.0, group="search", help="Gumbel-softmax temperature at the start of the search")
-    tau_end: float = option(0.5, group="search", help="Gumbel-softmax temperature at the end of the search")
-    channel_granularity: int = option(64, group="search", help="FFN widths are multiples of this")
+    arch_lr: float = option(0.05, group="search", minimum=POSITIVE, help="learning rate of the architecture parameters")
+    tau_start: float = option(5.0, group="search", minimum=POSITIVE,
+                             help="Gumbel-softmax temperature at the start of the search")
+    tau_end: float = option(0.5, group="search", minimum=POSITIVE,
+                           help="Gumbel-softmax temperature at the end of the search")
+    channel_granularity: int = option(64, group="search", minimum=POSITIVE, help="FFN widths are multiples of this")
     importance_momentum: float = option(0.9, group="search",
                                         help="momentum of the running unit importance that ranks units in the search")
     budget_weight: float = option(5.0, group="search", help="weight of the one_sided budget penalty")
@@ -197,7 +205,7 @@ class CompressConfig(OptimizerOptions, CompressionRunConfig):
     budget_warmup: float = option(0.0, group="search", help="fraction of the search over which the budget target "
                                                             "ramps from 1 to --target")
     # distillation
-    temperature: float = option(2.0, group="distill", help="prediction-KD temperature T")
+    temperature: float = option(2.0, group="distill", minimum=POSITIVE, help="prediction-KD temperature T")
     pred_weight: float = option(1.0, group="distill", help="weight of the prediction KD (soft cross-entropy at T)")
     hidden_weight: float = option(1.0, group="distill", help="weight of the hidden-state KD")
     task_weight: float = option(0.5, group="distill", help="weight of the hard-label task loss")
@@ -235,8 +243,9 @@ class PruneConfig(CompressionRunConfig):
                              help="skip the per-layer rearrangement with the block-diagonal Fisher")
     tune: bool = option(True, group="oneshot", flag="--no-tune",
                         help="skip the least-squares tuning of the kept units' scales")
-    ridge: float = option(1e-3, group="oneshot", help="ridge weight pulling the tuned scales towards 1")
-    channel_granularity: int = option(8, group="oneshot", help="FFN widths are multiples of this")
+    ridge: float = option(1e-3, group="oneshot", minimum=NON_NEGATIVE,
+                          help="ridge weight pulling the tuned scales towards 1")
+    channel_granularity: int = option(8, group="oneshot", minimum=POSITIVE, help="FFN widths are multiples of this")
 
 
 @dataclass

@@ -19,8 +19,7 @@ from ddk_fast.train import shared_options as shared
 from ddk_fast.train.config import DataOptions, packaged_model_dir
 from ddk_fast.train.evaluation import load_split, resolve_task
 from ddk_fast.train.hf import load_tokenizer, quiet_transformers
-from ddk_fast.train.options import option
-from ddk_fast.train.validate import check_positive
+from ddk_fast.train.options import check_value, option
 
 PERCENTILES = (50, 90, 95, 99)
 
@@ -41,7 +40,7 @@ class DataCheckConfig(DataOptions):
 def check_data(task=None, data: DataOptions | None = None, data_dir=None, model=None,
                max_seq_len: int = DataCheckConfig.max_seq_len) -> dict:
     """The check's findings as a dict (what ``data check --json`` prints)."""
-    check_positive("max_seq_len", max_seq_len)
+    check_value(DataCheckConfig, "max_seq_len", max_seq_len)
     spec = resolve_task(task, data, model, kinds=KINDS)
     tokenizer = load_tokenizer(model or packaged_model_dir(), spec)
     splits = {}

@@ -11,10 +11,13 @@ from ddk_fast._io import atomic_write_json, json_value, read_json
 from ddk_fast.data import GLUE_TASKS
 from ddk_fast.data.custom import KINDS, read_task_file
 from ddk_fast.errors import UserError
-from ddk_fast.export.onnx import is_onnx_folder
+from ddk_fast.export import MODEL_TYPE, load_pruned
+from ddk_fast.export.onnx import (INT8_FILE, ONNX_FILE, OnnxExportError, OnnxModel, is_onnx_folder, load_for_export,
+                                  read_onnx_report)
 from ddk_fast.train import ddp
 from ddk_fast.train.batching import eval_loader
 from ddk_fast.train.config import DataOptions, EvaluateConfig
+from ddk_fast.train.deploy import score_onnx, torch_int8
 from ddk_fast.train.evaluation import encode_split, evaluate, has_own_data, load_split, resolve_task, task_spec
 from ddk_fast.train.hf import load_classifier, load_tokenizer, logits_of
 from ddk_fast.train.threads import apply_threads
@@ -27,8 +30,6 @@ def is_pruned_export(folder: str) -> bool:
     if not os.path.isfile(cfg):
         return False
     try:
-        from ddk_fast.export import MODEL_TYPE
-
         return read_json(cfg).get("model_type") == MODEL_TYPE
     except (OSError, ValueError, AttributeError):
         return False
@@ -39,8 +40,6 @@ def load_any(folder: str, spec, path: str = "auto"):
     if not os.path.isdir(folder):
         raise UserError(f"--model {folder!r} is not a folder")
     if is_pruned_export(folder):
-        from ddk_fast.export import load_pruned
-
         try:
             model = load_pruned(folder)
         except (ValueError, OSError, KeyError) as exc:
@@ -163,9 +162,6 @@ def run_evaluate(model: str, task: str, data_dir=None, output=None, batch_size: 
 def _evaluate_torch_int8(folder, spec, data_dir, output, batch_size, max_seq_len, max_eval_examples, split,
                          threads) -> dict:
     """Dev metrics of a model folder after torch.ao dynamic int8 of its linear layers (CPU)."""
-    from ddk_fast.export.onnx import OnnxExportError, load_for_export
-    from ddk_fast.train.deploy import torch_int8
-
     t0 = time.time()
     if not os.path.isdir(folder):
         raise UserError(f"--model {folder!r} is not a folder")
@@ -176,8 +172,6 @@ def _evaluate_torch_int8(folder, spec, data_dir, output, batch_size, max_seq_len
     _check_pruned_labels(folder, module.model, spec)
     quantised = torch_int8(module)
     seq = max_seq_len or trained_seq_len(folder) or 128
-    from ddk_fast.train.validate import check_seq_len
-
     check_seq_len(seq, module.model.config, "--max-seq-len")
     examples = load_split(spec, split, data_dir, max_eval_examples, 0)
     loader = eval_loader(encode_split(examples, load_tokenizer(folder, spec), seq), batch_size)
@@ -196,10 +190,6 @@ def _evaluate_torch_int8(folder, spec, data_dir, output, batch_size, max_seq_len
 def _evaluate_onnx(folder, spec, data_dir, output, batch_size, max_seq_len, max_eval_examples, split, int8,
                    threads) -> dict:
     """Dev metrics of an ONNX export in ONNX Runtime (fp32, or int8 with ``int8``)."""
-    from ddk_fast.export.onnx import INT8_FILE, ONNX_FILE, OnnxModel, read_onnx_report
-    from ddk_fast.train.deploy import score_onnx
-    from ddk_fast.train.hf import load_tokenizer
-
     t0 = time.time()
     path = os.path.join(folder, INT8_FILE if int8 else ONNX_FILE)
     if not os.path.isfile(path):

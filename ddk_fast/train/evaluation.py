@@ -3,11 +3,14 @@ splits as one-line-error-checked examples, a model run over a loader, the task's
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import sys
+import warnings
 from typing import Callable, Optional
 
+import numpy as np
 import torch
 
 from ddk_fast._io import read_json
@@ -16,6 +19,7 @@ from ddk_fast.data.custom import CustomTask, DataSource, build_task, read_task_f
 from ddk_fast.data.examples import QAExample
 from ddk_fast.data.qa_answers import best_answers
 from ddk_fast.data.qa_encoding import encode_qa
+from ddk_fast.distill.objectives import next_token_loss
 from ddk_fast.errors import UserError
 from ddk_fast.ops.label_losses import IGNORE_INDEX
 
@@ -46,6 +50,24 @@ def predict(logits_fn: Callable[[dict], torch.Tensor], loader, device) -> tuple[
         order = torch.argsort(torch.cat(all_ids))
         logits, labels = logits[order], labels[order]
     return logits, labels
+
+
+@torch.no_grad()
+def perplexity(model, blocks: torch.Tensor, batch_size: int, device, path: str = "auto") -> dict:
+    """exp(mean next-token NLL) over every prediction in ``blocks`` [N, S] (no padding)."""
+    was = model.training
+    model.eval()
+    total, count = 0.0, 0
+    try:
+        for i in range(0, blocks.shape[0], batch_size):
+            ids = blocks[i:i + batch_size].to(device)
+            logits = model(ids, path=path).logits
+            total += float(next_token_loss(logits, ids, reduction="sum"))
+            count += ids.numel() - ids.shape[0]
+    finally:
+        model.train(was)
+    nll = total / max(count, 1)
+    return {"perplexity": math.exp(min(nll, 50.0)), "nll": nll, "tokens": count}
 
 
 def _cat_padded(parts, value) -> torch.Tensor:
@@ -93,8 +115,6 @@ def constant_baseline(task, train_ds, dev_ds) -> dict:
 def majority_baseline(task: str, train_labels, dev_labels) -> dict:
     """Dev metrics of a constant predictor: the most frequent train label (classification) or the
     mean train score (regression, whose correlations are then 0). What a model must clearly beat."""
-    import numpy as np
-
     if getattr(get_task(task), "is_token_classification", False):  # the most frequent train tag everywhere
         tags = np.asarray([t for row in train_labels for t in row if t != IGNORE_INDEX], dtype=np.int64)
         dev = _cat_padded([torch.tensor([row]) for row in dev_labels], IGNORE_INDEX).numpy()
@@ -111,11 +131,6 @@ def majority_baseline(task: str, train_labels, dev_labels) -> dict:
 
 def _constant_metrics(task, predictions, labels) -> dict:
     """Metrics of a constant prediction; correlations of a constant are undefined (NaN), reported as 0."""
-    import math
-    import warnings
-
-    from ddk_fast.data import compute_metrics
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         out = compute_metrics(task, predictions, labels)

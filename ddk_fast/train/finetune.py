@@ -30,22 +30,16 @@ from ddk_fast.train.hf import label_arguments, load_classifier, logits_of, save_
 from ddk_fast.train.logging import RunLogger
 from ddk_fast.train.loop import FiniteWatch, RunHooks, TrainLoop
 from ddk_fast.train.optim import adamw, linear_schedule
+from ddk_fast.train.options import check_fields
 from ddk_fast.train.rundir import copy_logs, finalize, finished_result, prepare, run_dirs, stage_dir
 from ddk_fast.train.threads import apply_threads
-from ddk_fast.train.validate import check_positive, check_seq_len
+from ddk_fast.train.validate import check_seq_len
 
 
 def validate(cfg: FinetuneConfig) -> None:
     if not cfg.output:
         raise UserError("--output is required")
-    for name in ("epochs", "batch_size", "eval_batch_size", "max_seq_len", "save_steps", "log_steps"):
-        check_positive(name, getattr(cfg, name))
-    if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
-        raise UserError(f"--lr {cfg.lr!r}: expected a positive finite number")
-    if cfg.max_train_examples is not None:
-        check_positive("max_train_examples", cfg.max_train_examples)
-    if cfg.max_eval_examples is not None:
-        check_positive("max_eval_examples", cfg.max_eval_examples)
+    check_fields(cfg)
 
 
 def run_finetune(cfg: FinetuneConfig) -> dict:

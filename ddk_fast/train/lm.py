@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import os
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -40,13 +39,13 @@ from ddk_fast.train.evaluation import to_device
 from ddk_fast.train.logging import RunLogger
 from ddk_fast.train.loop import FiniteWatch, RunHooks, TrainLoop, skip_batches
 from ddk_fast.train.optim import adamw, linear_schedule
-from ddk_fast.train.options import check_choices, flag_of, like, option
+from ddk_fast.train.options import NON_NEGATIVE, POSITIVE, check_choices, check_fields, flag_of, like, option
 from ddk_fast.train.resumable import publish
 from ddk_fast.train.rundir import finished_result, prepare, run_dirs
 from ddk_fast.train.stages import initial_importance
-from ddk_fast.train.student_kd import KDStage, load_teacher_for, task_data
+from ddk_fast.train.student_kd import KDStage, is_lm_task, load_teacher_for, task_data
 from ddk_fast.train.threads import apply_threads
-from ddk_fast.train.validate import check_positive, parse_target
+from ddk_fast.train.validate import parse_target
 
 DEFAULT_KD = {"pred_weight": 1.0, "temperature": 2.0, "hidden_weight": 1.0, "mapping": "fusion",
               "layer_weighting": "adaptive", "task_weight": 0.5}
@@ -68,13 +67,15 @@ class LMCompressConfig:
     task: str = _compress("task", "lm")
     target: str = _compress("target", "params=0.5")
     preset: str = _compress("preset", "full")
-    block_size: int = option(128, group="lm", help="--task lm: tokens per training block")
+    block_size: int = option(128, group="lm", minimum=POSITIVE, help="--task lm: tokens per training block")
     batch_size: int = _compress("batch_size", 16)
     eval_batch_size: int = _compress("eval_batch_size", 32)
     max_train_examples: Optional[int] = _compress("max_train_examples", None)  # blocks
     max_eval_examples: Optional[int] = _compress("max_eval_examples", None)
-    search_steps: int = option(1000, group="lm", help="--task lm: optimizer steps of the structure search")
-    distill_steps: int = option(2000, group="lm", help="--task lm: optimizer steps of distillation after pruning")
+    search_steps: int = option(1000, group="lm", minimum=POSITIVE,
+                               help="--task lm: optimizer steps of the structure search")
+    distill_steps: int = option(2000, group="lm", minimum=NON_NEGATIVE,
+                                help="--task lm: optimizer steps of distillation after pruning")
     lr: float = _compress("lr", 1e-4)
     arch_lr: float = _compress("arch_lr", 0.05)
     lambda_lr: float = _compress("lambda_lr", 0.05)
@@ -108,9 +109,14 @@ PRESETS = {
 
 
 def build_lm_config(flags: dict, config_file: Optional[str] = None) -> LMCompressConfig:
-    """defaults < preset < YAML file < flags given (None = not given). ``kd`` merges key by key."""
+    """defaults < preset < YAML file < flags given (None = not given). ``kd`` merges key by key; the file's
+    KD options of ``compress`` (``temperature``, ``hidden_loss``...) count as ``kd`` keys, as the flags do."""
     names = {f.name for f in dataclasses.fields(LMCompressConfig)}
-    file_values = load_yaml(config_file) if config_file else {}
+    file_values = _kd_options_into_kd(load_yaml(config_file)) if config_file else {}
+    file_values.pop("config", None)
+    unknown = sorted(set(file_values) - names)
+    if unknown:
+        raise UserError(f"--config {config_file!r}: unknown option(s) {', '.join(unknown)}")
     given = {k: v for k, v in flags.items() if v is not None and k in names}
     preset = str(given.get("preset") or file_values.get("preset") or "full")
     if preset not in PRESETS:
@@ -121,7 +127,7 @@ def build_lm_config(flags: dict, config_file: Optional[str] = None) -> LMCompres
         for key, value in values.items():
             if key == "kd":
                 merged["kd"].update(parse_kd(value))
-            elif key in names and key != "config":
+            elif key in names:
                 merged[key] = _coerce(LMCompressConfig, key, value, source)
     merged["preset"] = preset
     cfg = LMCompressConfig(**merged)
@@ -140,15 +146,7 @@ def validate(cfg: LMCompressConfig) -> tuple[str, float]:
                         "use params=RATIO or flops=RATIO")
     if getattr(cfg, "onnx", False):
         raise UserError("--onnx with --task lm: export the result with `ddk-fast export-onnx OUT --output DIR`")
-    for name in ("block_size", "batch_size", "eval_batch_size", "channel_granularity", "log_steps", "save_steps",
-                 "search_steps"):
-        check_positive(name, getattr(cfg, name))
-    if not isinstance(cfg.distill_steps, int) or cfg.distill_steps < 0:
-        raise UserError(f"--distill-steps {cfg.distill_steps!r}: expected an integer >= 0")
-    for name in ("lr", "arch_lr", "tau_start", "tau_end"):
-        value = getattr(cfg, name)
-        if not (value > 0 and math.isfinite(value)):
-            raise UserError(f"--{name.replace('_', '-')} {value!r}: expected a positive finite number")
+    check_fields(cfg)
     return metric, ratio
 
 
@@ -303,8 +301,6 @@ class _LMCompression:
 
     # --- distill, evaluate, export --------------------------------------------------------------------
     def _pruned_from_state(self):
-        from ddk_fast.model import Structure
-
         pruned = getattr(self, "_pruned", None)
         if pruned is None:
             pruned = prune(copy.deepcopy(self.teacher), Structure.from_dict(self.state["structure"]))
@@ -391,6 +387,26 @@ def run_compress_lm(cfg: LMCompressConfig) -> dict:
 _LM_HINTS = {"max_seq_len": " (use --block-size)", "seq_len": " (the cost length of --task lm is --block-size)"}
 
 
+def is_lm_run(flags: dict, config_file: Optional[str] = None) -> bool:
+    """Whether a ``compress`` run is the LM one: its ``task`` (a flag or keyword given, else the ``--config``
+    file's) is "lm". One rule for ``ddk-fast compress`` and ``ddk_fast.compress``."""
+    task = flags.get("task")
+    if task is None and config_file:
+        task = load_yaml(config_file).get("task")
+    return is_lm_task(task or "")
+
+
+def _kd_options_into_kd(values: dict) -> dict:
+    """``values`` with ``compress``'s KD options (``temperature``, ``hidden_loss``, ``fusion``...) moved into
+    its ``kd`` mapping: an LM run takes them as objective options, as ``--kd`` gives them."""
+    values = dict(values)
+    kd = {key: values.pop(key) for key in list(values) if key in KD_DEFAULTS and key != "path"}
+    kd.update(parse_kd(values.pop("kd", None)))
+    if kd:
+        values["kd"] = kd
+    return values
+
+
 def compress_lm(flags: dict, config_file: Optional[str] = None) -> dict:
     """``ddk-fast compress --task lm ...``: build the config from the flags given and run.
 
@@ -405,11 +421,7 @@ def compress_lm(flags: dict, config_file: Optional[str] = None) -> dict:
     for fld in dataclasses.fields(CompressConfig):
         if fld.name in flags and fld.name not in lm_fields and fld.name not in KD_DEFAULTS:
             raise UserError(f"{flag_of(fld)}{_LM_HINTS.get(fld.name, '')} is not an option of --task lm")
-    kd = {key: flags.pop(key) for key in list(flags) if key in KD_DEFAULTS and key != "path"}
-    kd.update(parse_kd(flags.pop("kd", None)))
-    if kd:
-        flags["kd"] = kd
-    return run_compress_lm(build_lm_config(flags, config_file))
+    return run_compress_lm(build_lm_config(_kd_options_into_kd(flags), config_file))
 
 
-__all__ = ["LMCompressConfig", "build_lm_config", "compress_lm", "run_compress_lm"]
+__all__ = ["LMCompressConfig", "build_lm_config", "compress_lm", "is_lm_run", "run_compress_lm"]

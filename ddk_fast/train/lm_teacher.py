@@ -19,7 +19,9 @@ from ddk_fast._io import atomic_directory, atomic_write_json, output_dir_state
 from ddk_fast.data import DataError, load_text_lm
 from ddk_fast.distill.objectives import next_token_loss
 from ddk_fast.errors import UserError
+from ddk_fast.model.gpt2 import MaskedGPT2
 from ddk_fast.train import shared_options as shared
+from ddk_fast.train.evaluation import perplexity
 from ddk_fast.train.options import option
 
 EOS = "<|endoftext|>"
@@ -116,9 +118,6 @@ def pretrain_gpt2(train_file: str, output: str, vocab_size: int = _D.vocab_size,
               if len(losses) >= 20 else losses[-1], "params": sum(p.numel() for p in model.parameters()),
               "vocab_size": len(tokenizer), "wall_time_s": None}
     if eval_file:
-        from ddk_fast.model.gpt2 import MaskedGPT2
-        from ddk_fast.train.student_kd import perplexity
-
         dev = load_text_lm(eval_file, tokenizer, block_size)
         result["eval"] = perplexity(MaskedGPT2.from_pretrained(model), dev, 32, torch.device("cpu"))
     result["wall_time_s"] = round(time.time() - t0, 1)

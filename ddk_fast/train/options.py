@@ -12,11 +12,14 @@ parsers from dataclass fields the same way). A field that is no flag says why wi
 
 The flag is ``--field-name`` unless ``flag`` names it; a bool field is a switch that sets the opposite of
 its default (so a ``True`` default needs a ``--no-...`` flag). ``choices`` are checked by the parser and,
-for values from a file or the API, by ``check_choices``.
+for values from a file or the API, by ``check_choices``; ``minimum`` (``POSITIVE`` or ``NON_NEGATIVE``:
+an integer >= 1 or >= 0, a finite float > 0 or >= 0, by the field's type) with them by ``check_fields``,
+which every pipeline's ``validate`` calls, so a bound is declared once, beside its flag.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Optional, Sequence
 
 from ddk_fast.errors import UserError
@@ -36,18 +39,22 @@ GROUPS = {
     "run": "run and output",
 }
 
-HELP, GROUP, CHOICES, FLAG, METAVAR, REQUIRED, POSITIONAL, API_ONLY = (
-    "help", "group", "choices", "flag", "metavar", "required", "positional", "api_only")
+HELP, GROUP, CHOICES, MINIMUM, FLAG, METAVAR, REQUIRED, POSITIONAL, API_ONLY = (
+    "help", "group", "choices", "minimum", "flag", "metavar", "required", "positional", "api_only")
+# the lower bounds an option may declare: above 0, or 0 and above
+POSITIVE, NON_NEGATIVE = "positive", "non_negative"
 
 
 def option(default: Any = dataclasses.MISSING, *, help: str, group: str, choices: Optional[Sequence] = None,
-           flag: Optional[str] = None, metavar: Optional[str] = None, required: bool = False,
-           positional: bool = False, default_factory: Any = dataclasses.MISSING) -> Any:
+           minimum: Optional[str] = None, flag: Optional[str] = None, metavar: Optional[str] = None,
+           required: bool = False, positional: bool = False, default_factory: Any = dataclasses.MISSING) -> Any:
     """A config field that is also a command-line flag (see the module docstring)."""
     if group not in GROUPS:
         raise ValueError(f"option group {group!r}: expected one of {', '.join(GROUPS)}")
-    metadata = {HELP: help, GROUP: group, CHOICES: tuple(choices) if choices is not None else None, FLAG: flag,
-                METAVAR: metavar, REQUIRED: required, POSITIONAL: positional}
+    if minimum not in (None, POSITIVE, NON_NEGATIVE):
+        raise ValueError(f"option minimum {minimum!r}: expected POSITIVE or NON_NEGATIVE")
+    metadata = {HELP: help, GROUP: group, CHOICES: tuple(choices) if choices is not None else None,
+                MINIMUM: minimum, FLAG: flag, METAVAR: metavar, REQUIRED: required, POSITIONAL: positional}
     return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
 
 
@@ -82,10 +89,54 @@ def invalid_choice(flag: str, value: Any, choices: Sequence) -> str:
 def check_choices(cfg) -> None:
     """Refuse a value outside its field's choices, naming the flag (values from a file or the API)."""
     for fld in dataclasses.fields(cfg):
-        allowed = fld.metadata.get(CHOICES)
-        value = getattr(cfg, fld.name)
-        if allowed is not None and value is not None and value not in allowed:
-            raise UserError(invalid_choice(flag_of(fld), value, allowed))
+        _check_choice(fld, getattr(cfg, fld.name))
 
 
-__all__ = ["GROUPS", "api_only", "check_choices", "flag_of", "invalid_choice", "is_flag", "like", "option"]
+def check_fields(cfg) -> None:
+    """Refuse a value outside its field's choices or under its minimum, naming the flag: the checks of
+    one field alone, read from its declaration (a ``None`` value means "not given" and is left alone)."""
+    for fld in dataclasses.fields(cfg):
+        _check_field(fld, getattr(cfg, fld.name))
+
+
+def check_value(cfg_cls, name: str, value: Any) -> None:
+    """``check_fields`` for one option of ``cfg_cls`` given on its own (a function argument, not a config)."""
+    _check_field({f.name: f for f in dataclasses.fields(cfg_cls)}[name], value)
+
+
+def _check_field(fld: dataclasses.Field, value: Any) -> None:
+    _check_choice(fld, value)
+    _check_minimum(fld, value)
+
+
+def _check_choice(fld: dataclasses.Field, value: Any) -> None:
+    allowed = fld.metadata.get(CHOICES)
+    if allowed is not None and value is not None and value not in allowed:
+        raise UserError(invalid_choice(flag_of(fld), value, allowed))
+
+
+def _check_minimum(fld: dataclasses.Field, value: Any) -> None:
+    minimum = fld.metadata.get(MINIMUM)
+    if minimum is None or value is None:
+        return
+    is_float = "float" in (fld.type if isinstance(fld.type, str) else getattr(fld.type, "__name__", ""))
+    problem = _below_minimum(flag_of(fld), value, minimum, is_float)
+    if problem:
+        raise UserError(problem)
+
+
+def _below_minimum(flag: str, value: Any, minimum: str, is_float: bool) -> Optional[str]:
+    """The one-line message for a number under its bound, None when it is within it. An integer option
+    takes no bool or float; a float option no infinity or NaN."""
+    if is_float:
+        ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+              and (value > 0 if minimum == POSITIVE else value >= 0))
+        expected = "a positive finite number" if minimum == POSITIVE else "a finite number >= 0"
+    else:
+        ok = isinstance(value, int) and not isinstance(value, bool) and value >= (1 if minimum == POSITIVE else 0)
+        expected = "a positive integer" if minimum == POSITIVE else "an integer >= 0"
+    return None if ok else f"{flag} {value!r}: expected {expected}"
+
+
+__all__ = ["GROUPS", "NON_NEGATIVE", "POSITIVE", "api_only", "check_choices", "check_fields",
+           "check_value", "flag_of", "invalid_choice", "is_flag", "like", "option"]

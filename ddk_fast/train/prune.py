@@ -9,7 +9,6 @@ and is simply started again.
 """
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import time
@@ -28,10 +27,11 @@ from ddk_fast.train.evaluation import encode_split, evaluate, load_split, resolv
 from ddk_fast._io import atomic_write_json
 from ddk_fast.train.logging import RunLogger
 from ddk_fast.train.threads import apply_threads
-from ddk_fast.train.oneshot import IMPORTANCE_KINDS, one_shot
+from ddk_fast.train.oneshot import one_shot
+from ddk_fast.train.options import check_fields
 from ddk_fast.train.report import Report, build_report, write_plots
 from ddk_fast.train.rundir import copy_logs, finalize, prepare, run_dirs, stage_dir
-from ddk_fast.train.validate import check_non_negative, check_positive, check_seq_len, parse_target
+from ddk_fast.train.validate import check_seq_len, parse_target
 
 
 def validate(cfg: PruneConfig) -> tuple[str, float]:
@@ -39,25 +39,11 @@ def validate(cfg: PruneConfig) -> tuple[str, float]:
         if not value:
             raise UserError(f"{flag} is required")
     metric, ratio = parse_target(cfg.target)
-    for name in ("batch_size", "eval_batch_size", "max_seq_len", "seq_len", "channel_granularity",
-                 "latency_batch_size", "latency_seq_len", "latency_repeats", "latency_threads"):
-        check_positive(name, getattr(cfg, name))
-    check_positive("tuning_examples", cfg.tuning_examples)
-    check_non_negative("tuning_check_examples", cfg.tuning_check_examples)
+    check_fields(cfg)
     check_deployment_flags(cfg, metric)
-    if not isinstance(cfg.calibration_examples, int) or cfg.calibration_examples < 1:
-        raise UserError(f"--calibration-examples {cfg.calibration_examples!r}: expected a positive integer "
-                        "(the importance scores need labelled train examples; 2048 is the default)")
-    if cfg.importance not in IMPORTANCE_KINDS:
-        raise UserError(f"--importance {cfg.importance!r}: expected one of {', '.join(IMPORTANCE_KINDS)}")
-    check_positive("importance_iterations", cfg.importance_iterations)
     if cfg.importance_iterations > 1 and cfg.importance != "fisher":
         raise UserError(f"--importance-iterations {cfg.importance_iterations} needs --importance fisher "
                         "(the masked model's gate gradients)")
-    if cfg.path not in ("auto", "compact", "reference", "triton"):
-        raise UserError(f"--path {cfg.path!r}: expected auto, compact, reference or triton")
-    if not (cfg.ridge >= 0 and math.isfinite(cfg.ridge)):
-        raise UserError(f"--ridge {cfg.ridge!r}: expected a finite number >= 0")
     return metric, ratio
 
 

@@ -11,23 +11,21 @@ import platform
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Optional
+
+import torch
+
 from ddk_fast._io import atomic_write
+from ddk_fast._version import __version__
 from ddk_fast.model import encoder_param_count
 from ddk_fast.train.config import config_dict
 from ddk_fast.train.evaluation import constant_baseline
 from ddk_fast.train.latency import compare
+from ddk_fast.train.logging import read_log
 
 
 def versions() -> dict:
-    import torch
-
-    out = {"python": sys.version.split()[0], "torch": torch.__version__, "platform": platform.platform()}
-    try:
-        from ddk_fast._version import __version__
-
-        out["ddk_fast"] = __version__
-    except ImportError:  # pragma: no cover
-        pass
+    out = {"python": sys.version.split()[0], "torch": torch.__version__, "platform": platform.platform(),
+           "ddk_fast": __version__}
     try:
         import transformers
 
@@ -142,7 +140,6 @@ def write_plots(report: dict, folder: str, log_path: str | None = None) -> None:
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
-
     st = report["structure"]
     layers = list(range(len(st["heads"])))
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
@@ -162,8 +159,6 @@ def write_plots(report: dict, folder: str, log_path: str | None = None) -> None:
 
     records = []
     if log_path and os.path.isfile(log_path):
-        from ddk_fast.train.logging import read_log
-
         records = read_log(log_path)
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     for stage, color in (("search", "#c0504d"), ("distill", "#3b6ea5")):

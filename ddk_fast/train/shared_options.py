@@ -17,7 +17,7 @@ from ddk_fast.data.tasks import GLUE_TASKS
 from ddk_fast.distill.objectives import kd_options_help
 from ddk_fast.ops._dispatch import ENGINE_PATHS
 from ddk_fast.train import teacher_cache as _teacher_cache
-from ddk_fast.train.options import api_only, option
+from ddk_fast.train.options import POSITIVE, api_only, option
 from ddk_fast.train.threads import THREADS_HELP
 
 PATHS = ("auto", *ENGINE_PATHS)
@@ -45,28 +45,28 @@ def seed(default: int = 42) -> Any:
 
 
 def batch_size(default: int, help: str = "training batch size per process") -> Any:
-    return option(default, help=help, group="train")
+    return option(default, help=help, group="train", minimum=POSITIVE)
 
 
 def eval_batch_size(default: int) -> Any:
-    return option(default, help="evaluation batch size", group="train")
+    return option(default, help="evaluation batch size", group="train", minimum=POSITIVE)
 
 
 def max_seq_len(default: Optional[int] = 128,
                 help: str = "truncate inputs to this many tokens (batches use dynamic padding)") -> Any:
-    return option(default, help=help, group="train")
+    return option(default, help=help, group="train", minimum=POSITIVE)
 
 
 def max_train_examples(help: str = "use a seeded random subset of the train split") -> Any:
-    return option(None, help=help, group="train")
+    return option(None, help=help, group="train", minimum=POSITIVE)
 
 
 def max_eval_examples(help: str = "use a seeded random subset of the dev split") -> Any:
-    return option(None, help=help, group="train")
+    return option(None, help=help, group="train", minimum=POSITIVE)
 
 
 def lr(default: float, help: str = "learning rate of the model weights") -> Any:
-    return option(default, help=help, group="train")
+    return option(default, help=help, group="train", minimum=POSITIVE)
 
 
 def weight_decay(default: float = 0.01) -> Any:
@@ -105,11 +105,11 @@ def kernel_path(help: str = "kernel path of the masked model") -> Any:
 
 
 def save_steps(default: int) -> Any:
-    return option(default, help="write a resumable checkpoint every N steps", group="run")
+    return option(default, help="write a resumable checkpoint every N steps", group="run", minimum=POSITIVE)
 
 
 def log_steps(default: int) -> Any:
-    return option(default, help="log the training loss every N steps", group="run")
+    return option(default, help="log the training loss every N steps", group="run", minimum=POSITIVE)
 
 
 def overwrite(help: str = "replace an existing --output (and any unfinished run of it)") -> Any:

@@ -12,7 +12,6 @@ Shared pieces used by the LM compression too: ``load_teacher_for``, ``TaskData``
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import shutil
 import tempfile
@@ -23,26 +22,27 @@ from typing import Any, Callable, Iterator, Optional
 
 import torch
 
+from ddk_fast.data import DataError, load_text_lm
 from ddk_fast.data.custom import model_task_type, task_files
-from ddk_fast.distill.objectives import next_token_loss, KDObjective
+from ddk_fast.distill.objectives import KDObjective
 from ddk_fast.distill.tinybert import LAYER_INITS, RECIPES, make_student, recipe_stages
 from ddk_fast.errors import UserError
+from ddk_fast.model.gpt2 import EXPORT_MODEL_TYPE, MaskedGPT2
 from ddk_fast.train import shared_options as shared, teacher_cache
 from ddk_fast.train.batching import eval_loader, train_loader
 from ddk_fast.train.compress import load_teacher
 from ddk_fast.train.config import BatchOptions, DataOptions, OptimizerOptions, config_dict, parse_kd, _coerce, load_yaml
 from ddk_fast.train.checkpointer import Checkpointer
 from ddk_fast.train.ddp import DistContext, resolve_device
-from ddk_fast.train.evaluation import to_device, resolve_task, encode_split, evaluate, load_split
+from ddk_fast.train.evaluation import to_device, resolve_task, encode_split, evaluate, load_split, perplexity
 from ddk_fast.train.hf import load_tokenizer, read_config
 from ddk_fast.train.logging import RunLogger
 from ddk_fast.train.loop import FiniteWatch, RunHooks, TrainLoop, skip_batches
 from ddk_fast.train.optim import adamw, linear_schedule
-from ddk_fast.train.options import api_only, check_choices, option
+from ddk_fast.train.options import POSITIVE, api_only, check_choices, check_fields, option
 from ddk_fast.train.resumable import publish
 from ddk_fast.train.rundir import finished_result, prepare, run_dirs
 from ddk_fast.train.threads import apply_threads
-from ddk_fast.train.validate import check_positive
 
 LM_TASK = "lm"
 
@@ -68,7 +68,7 @@ class DistillConfig(OptimizerOptions, BatchOptions, DataOptions):
     preset: str = shared.preset(PRESETS)
     recipe: str = option("tinybert", group="distill", choices=tuple(RECIPES),
                          help="tinybert (two stages), joint, makd or ddk (docs/distillation.md)")
-    student_layers: int = option(3, group="shape", help="student depth")
+    student_layers: int = option(3, group="shape", minimum=POSITIVE, help="student depth")
     layer_init: str = option("uniform", group="shape", choices=LAYER_INITS,
                              help="which teacher layers the student starts from (scratch: none)")
     student_heads: Optional[int] = option(None, group="shape", help="heads per student layer (default: the "
@@ -76,9 +76,9 @@ class DistillConfig(OptimizerOptions, BatchOptions, DataOptions):
     student_intermediate: Optional[int] = option(None, group="shape", help="FFN width per student layer "
                                                                              "(default: the teacher's)")
     student_hidden: Optional[int] = option(None, group="shape", help="hidden size (needs --layer-init scratch)")
-    steps: int = option(2000, group="train", help="optimizer steps in all (split across stages)")
+    steps: int = option(2000, group="train", minimum=POSITIVE, help="optimizer steps in all (split across stages)")
     lr: float = shared.lr(5e-5)
-    block_size: int = option(64, group="lm", help="--task lm: tokens per block")
+    block_size: int = option(64, group="lm", minimum=POSITIVE, help="--task lm: tokens per block")
     max_train_examples: Optional[int] = shared.max_train_examples()
     max_eval_examples: Optional[int] = shared.max_eval_examples()
     seed: int = shared.seed()
@@ -135,8 +135,6 @@ def load_teacher_for(path: str, task: str, options=None):
         raise UserError(f"--teacher {path!r} is not a folder")
     config = read_config(path)
     if is_lm_task(task):
-        from ddk_fast.model.gpt2 import EXPORT_MODEL_TYPE, MaskedGPT2
-
         if config.get("model_type") not in ("gpt2", EXPORT_MODEL_TYPE):
             raise UserError(f"--teacher {path!r}: --task lm needs a GPT-2 checkpoint, got model_type "
                             f"{config.get('model_type')!r}")
@@ -187,29 +185,9 @@ def _endless_blocks(blocks: torch.Tensor, batch_size: int, seed: int) -> Iterato
             yield {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
 
 
-@torch.no_grad()
-def perplexity(model, blocks: torch.Tensor, batch_size: int, device, path: str = "auto") -> dict:
-    """exp(mean next-token NLL) over every prediction in ``blocks`` [N, S] (no padding)."""
-    was = model.training
-    model.eval()
-    total, count = 0.0, 0
-    try:
-        for i in range(0, blocks.shape[0], batch_size):
-            ids = blocks[i:i + batch_size].to(device)
-            logits = model(ids, path=path).logits
-            total += float(next_token_loss(logits, ids, reduction="sum"))
-            count += ids.numel() - ids.shape[0]
-    finally:
-        model.train(was)
-    nll = total / max(count, 1)
-    return {"perplexity": math.exp(min(nll, 50.0)), "nll": nll, "tokens": count}
-
-
 def task_data(cfg, tokenizer, task_type: str, device) -> TaskData:
     """Batches and evaluation for ``cfg.task`` (GLUE task, or "lm" with train_file / eval_file)."""
     if task_type == "lm":
-        from ddk_fast.data import DataError, load_text_lm
-
         for flag, value in (("--train-file", cfg.train_file), ("--eval-file", cfg.eval_file)):
             if not value:
                 raise UserError(f"{flag} is required with --task lm")
@@ -297,20 +275,7 @@ def validate(cfg: DistillConfig) -> None:
                                                                               if cfg.save_model else ()):
         if not value:
             raise UserError(f"{flag} is required")
-    if cfg.recipe not in RECIPES:
-        raise UserError(f"--recipe {cfg.recipe!r}: expected one of {', '.join(sorted(RECIPES))}")
-    if cfg.layer_init not in LAYER_INITS:
-        raise UserError(f"--layer-init {cfg.layer_init!r}: expected one of {', '.join(LAYER_INITS)}")
-    for name in ("steps", "batch_size", "eval_batch_size", "max_seq_len", "block_size", "student_layers", "log_steps",
-                 "save_steps"):
-        check_positive(name, getattr(cfg, name))
-    if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
-        raise UserError(f"--lr {cfg.lr!r}: expected a positive finite number")
-    if cfg.teacher_cache not in teacher_cache.MODES:
-        raise UserError(f"--teacher-cache {cfg.teacher_cache!r}: expected one of {', '.join(teacher_cache.MODES)}")
-    if cfg.teacher_cache_dtype not in teacher_cache.DTYPES:
-        raise UserError(f"--teacher-cache-dtype {cfg.teacher_cache_dtype!r}: expected one of "
-                        f"{', '.join(teacher_cache.DTYPES)}")
+    check_fields(cfg)
 
 
 def run_distill(cfg: DistillConfig) -> dict:

@@ -26,6 +26,7 @@ import itertools
 import json
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -37,8 +38,9 @@ from ddk_fast.train import shared_options as shared
 from ddk_fast.train.compress import run_compress
 from ddk_fast.train.config import load_yaml, parse_kd, CompressConfig, build_config
 from ddk_fast.train.evaluation import resolve_task
-from ddk_fast.train.options import option
-from ddk_fast.train.student_kd import is_lm_task
+from ddk_fast.train.lm import LMCompressConfig, build_lm_config, run_compress_lm
+from ddk_fast.train.options import check_value, option
+from ddk_fast.train.student_kd import DistillConfig, build_distill_config, is_lm_task, run_distill
 from ddk_fast.train.threads import apply_threads
 
 ALIASES = {"attn_weight": "attention_weight", "attn_loss": "attention_loss", "embd_weight": "embedding_weight",
@@ -114,12 +116,7 @@ def grid_points(grid: dict[str, list]) -> list[dict[str, Any]]:
 
 
 def _run_keys(mode: str, task: str) -> set:
-    if mode == "student":
-        from ddk_fast.train.student_kd import DistillConfig as cls
-    elif is_lm_task(task):
-        from ddk_fast.train.lm import LMCompressConfig as cls
-    else:
-        from ddk_fast.train.config import CompressConfig as cls
+    cls = DistillConfig if mode == "student" else LMCompressConfig if is_lm_task(task) else CompressConfig
     return {f.name for f in dataclasses.fields(cls)} - {"kd", "output", "teacher", "task"}
 
 
@@ -145,9 +142,6 @@ def _label(point: dict) -> str:
 def run_point(mode: str, base: dict, point: dict, folder: str) -> dict:
     """One grid point -> {"dev": metrics, "teacher_dev": metrics, "main_metric", "higher_is_better", ...}."""
     if mode == "student":
-        from ddk_fast.distill.objectives import DEFAULTS
-        from ddk_fast.train.student_kd import DistillConfig, build_distill_config, run_distill
-
         run_keys = {f.name for f in dataclasses.fields(DistillConfig)}
         flags = dict(base)
         kd = dict(flags.pop("kd", None) or {})
@@ -163,9 +157,6 @@ def run_point(mode: str, base: dict, point: dict, folder: str) -> dict:
                 "main_metric": report["main_metric"], "higher_is_better": report["higher_is_better"],
                 "student": report["student"], "steps": cfg.steps, "history": report["history"][-3:]}
     if is_lm_task(base["task"]):
-        from ddk_fast.distill.objectives import DEFAULTS
-        from ddk_fast.train.lm import build_lm_config, run_compress_lm
-
         flags = dict(base)
         kd = dict(flags.pop("kd", None) or {})
         kd.update({k: v for k, v in point.items() if k in DEFAULTS})
@@ -192,8 +183,7 @@ def run_sweep(teacher: str, task: str, output: str, grid: dict[str, list], mode:
               base: Optional[dict] = None, resume: bool = False, overwrite: bool = False,
               heatmap: Optional[tuple[str, str]] = None, log=print) -> dict:
     """Run every grid point not finished yet, then write results.csv/.md and heatmap.png. Returns the summary."""
-    if mode not in MODES:
-        raise UserError(f"--mode {mode!r}: expected one of {', '.join(MODES)}")
+    check_value(SweepConfig, "mode", mode)
     for flag, value in (("--teacher", teacher), ("--output", output)):
         if not value:
             raise UserError(f"{flag} is required")
@@ -215,8 +205,6 @@ def run_sweep(teacher: str, task: str, output: str, grid: dict[str, list], mode:
                 raise UserError(f"--resume: {out!r} holds a sweep with other settings (grid.json differs); "
                                 f"use another --output or --overwrite")
         elif overwrite:
-            import shutil
-
             shutil.rmtree(out)
         else:
             raise UserError(f"--output {out!r} exists and is not empty; pass --resume to continue its sweep or "

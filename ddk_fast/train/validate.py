@@ -4,16 +4,6 @@ from __future__ import annotations
 from ddk_fast.errors import UserError
 
 
-def check_positive(name: str, value) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise UserError(f"--{name.replace('_', '-')} {value!r}: expected a positive integer")
-
-
-def check_non_negative(name: str, value) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise UserError(f"--{name.replace('_', '-')} {value!r}: expected an integer >= 0")
-
-
 def check_seq_len(seq_len: int, hf_config, flag: str = "--seq-len") -> None:
     """A sequence length the model can embed (``max_position_embeddings``)."""
     limit = getattr(hf_config, "max_position_embeddings", None)
