@@ -19,9 +19,9 @@ import torch
 
 from ddk_fast.bench.conventions import tag
 from ddk_fast.model import MaskedTransformer, TransformerConfig
-from ddk_fast.train.batching import train_loader
-from ddk_fast.train.config import packaged_model_dir
-from ddk_fast.train.evaluation import encode_split, load_split, resolve_task
+from ddk_fast.runs.batching import train_loader
+from ddk_fast.runs.config import packaged_model_dir
+from ddk_fast.runs.evaluation import encode_split, load_split, resolve_task
 
 GLUE_DIR = os.environ.get("DDK_GLUE_DIR", "/work/shared/data/glue")
 HIDDEN, HEADS, INTERMEDIATE, VOCAB = 384, 12, 1536, 30522

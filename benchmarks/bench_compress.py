@@ -1,6 +1,6 @@
 """One real ``compress`` run on MRPC (fixed steps), with the teacher cache off and in memory.
 
-What is timed: ``ddk_fast.train.api.compress`` end to end (data loading, one-shot start, search,
+What is timed: ``ddk_fast.api.compress`` end to end (data loading, one-shot start, search,
 pruning, distillation, dev evaluations, export and its latency report), one round per provider; the
 stage times (``report.json`` ``times_s``: oneshot, search, distill, evaluation) and the cache's size
 and hits go into ``extra_info``. Threads are pinned (``THREADS``, torch.set_num_threads) and the load
@@ -23,8 +23,8 @@ import torch
 
 from ddk_fast.bench.conventions import tag
 from ddk_fast.bench.runner import machine_load
-from ddk_fast.train.api import compress
-from ddk_fast.train.config import packaged_model_dir
+from ddk_fast.api import compress
+from ddk_fast.runs.config import packaged_model_dir
 
 GLUE_DIR = os.environ.get("DDK_GLUE_DIR", "/work/shared/data/glue")
 THREADS = 1

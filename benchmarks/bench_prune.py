@@ -16,7 +16,7 @@ from ddk_fast.model import MaskedTransformer
 from ddk_fast.model.config import TransformerConfig
 from ddk_fast.search import CostModel
 from ddk_fast.search.calibration import gate_gradients
-from ddk_fast.train.oneshot import one_shot
+from ddk_fast.pipelines.oneshot import one_shot
 
 HIDDEN, HEADS, INTERMEDIATE = 384, 12, 1536
 

@@ -1,13 +1,13 @@
 """One whole width-search training step, ours vs the pure-PyTorch path, at keep ratios 1.0 / 0.75 / 0.5 / 0.25.
 
-The step is the training loop's: the forward part is ``ddk_fast.train.stages.SearchModule`` (sample
+The step is the training loop's: the forward part is ``ddk_fast.runs.stages.SearchModule`` (sample
 gates from the Gumbel width search -- straight-through, exactly 0/1 forward --, student forward with
 the gates, KD objective, Lagrangian budget loss on the expected cost ratio) fed by the loop's
 ``teacher_outputs`` (teacher forward under no_grad); the objective is the one ``ddk-fast compress``
 builds when attention distillation is asked for (``KDObjective.from_config``): hidden-state MSE over
 the L+1 states (embeddings included), attention KL over the L layers, soft cross-entropy (T=2),
 task cross-entropy (weight 0.5). The rest mirrors the loop's step closure (in
-``ddk_fast.train.compress``, not importable on its own): zero_grad, backward, gradient clipping,
+``ddk_fast.pipelines.compress``, not importable on its own): zero_grad, backward, gradient clipping,
 Taylor-importance update of the search's unit ranking, AdamW step on the student weights and Adam
 step on the architecture logits and budget multipliers. No learning-rate schedule or logging.
 
@@ -20,7 +20,7 @@ Providers:
   compact+fused  engine path="compact" (only kept units computed) + fused losses (``ddk_fast._C``);
   triton+fused   engine path="triton" + fused losses (CUDA only);
   compact+fused+cache  "compact+fused" with the teacher outputs read from the teacher cache
-                 (``ddk_fast.train.teacher_cache``, bf16, in memory; filled by the warm-up step) instead of
+                 (``ddk_fast.runs.teacher_cache``, bf16, in memory; filled by the warm-up step) instead of
                  the teacher forward: a search step in the second and later epochs of ``compress``;
   compile        the reference step with its *objective* under ``torch.compile`` (dynamic=False); the
                  engine stays eager. Compiling the reference engine's forward+backward as well took
@@ -47,9 +47,9 @@ from ddk_fast.bench.memory import peak_memory_bytes
 from ddk_fast.distill.objectives import KDObjective
 from ddk_fast.model import MaskedTransformer, TransformerConfig
 from ddk_fast.search import CostModel, GumbelWidthSearch, build_budget, taylor_importance
-from ddk_fast.train.optim import adamw
-from ddk_fast.train.stages import SearchModule, teacher_outputs
-from ddk_fast.train.teacher_cache import TeacherCache, layout
+from ddk_fast.runs.optim import adamw
+from ddk_fast.runs.stages import SearchModule, teacher_outputs
+from ddk_fast.runs.teacher_cache import TeacherCache, layout
 
 KEEPS = (1.0, 0.75, 0.5, 0.25)
 PROVIDERS = ("reference", "compact+fused", "compact+fused+cache", "triton+fused", "compile")

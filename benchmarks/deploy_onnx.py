@@ -9,7 +9,7 @@ What it measures, in one run:
 - both folders exported to ONNX (fp32 + dynamic int8); the export's own check (ONNX vs PyTorch on a
   padded and an unpadded batch) gives the max abs difference;
 - dev scores: PyTorch (the student's report.json), ONNX fp32 and ONNX int8 (ONNX Runtime here);
-- latency rows (``ddk_fast.train.deploy.latency_table``: alternating pairs, median) at 1x128 and 32x128.
+- latency rows (``ddk_fast.pipelines.deploy.latency_table``: alternating pairs, median) at 1x128 and 32x128.
 Targets (the issue's): fp32 ONNX student >= 2.1x the fp32 ONNX teacher at 32x128 with outputs within
 1e-4; int8 ONNX student >= 4.5x the fp32 ONNX teacher with the dev score within 1 point of the fp32
 student; at 1x128 the student is faster; a ``--target latency=0.5`` run (``--latency-run``) measures
@@ -26,9 +26,9 @@ import torch
 
 from ddk_fast._io import atomic_write_json, atomic_write_text, read_json
 from ddk_fast.export.onnx import export_onnx
-from ddk_fast.train.deploy import _Models, _quiet, latency_table, onnx_dev_scores
-from ddk_fast.train.evaluation import encode_split, load_split, task_spec
-from ddk_fast.train.hf import load_tokenizer
+from ddk_fast.pipelines.deploy import _Models, _quiet, latency_table, onnx_dev_scores
+from ddk_fast.runs.evaluation import encode_split, load_split, task_spec
+from ddk_fast.runs.hf import load_tokenizer
 
 
 def verdict(ok: bool) -> str:

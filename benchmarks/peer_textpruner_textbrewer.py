@@ -19,7 +19,7 @@ cola), it
    encoder parameter ratio, heads and FFN channels kept per layer, wall times and all settings.
 
 Why. It is the peer toolchain's score for the tables that put our compression beside it: the data,
-the tokenisation, the batching and the metrics come from ``ddk_fast.data`` / ``ddk_fast.train.batching``,
+the tokenisation, the batching and the metrics come from ``ddk_fast.data`` / ``ddk_fast.runs.batching``,
 so only the pruning and distillation methods differ.
 
 Run:
@@ -66,7 +66,7 @@ from textpruner import GeneralConfig, TransformerPruner, TransformerPruningConfi
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_linear_schedule_with_warmup
 
 from ddk_fast.data import compute_metrics, encode, get_task, load_task
-from ddk_fast.train.batching import eval_loader, train_loader
+from ddk_fast.runs.batching import eval_loader, train_loader
 
 log = logging.getLogger("peer_textpruner_textbrewer")
 

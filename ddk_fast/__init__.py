@@ -8,10 +8,11 @@ from ddk_fast._lazy import lazy_attributes
 from ddk_fast._version import __version__
 
 _LAZY = {
-    "compress": "ddk_fast.train.api",
-    "finetune": "ddk_fast.train.api",
-    "evaluate": "ddk_fast.train.api",
-    "prune": "ddk_fast.train.api",
+    "compress": "ddk_fast.api",
+    "finetune": "ddk_fast.api",
+    "evaluate": "ddk_fast.api",
+    "prune": "ddk_fast.api",
+    "sweep": "ddk_fast.api",
     "load_pruned": "ddk_fast.export",
     "register_auto_classes": "ddk_fast.export",
     "MaskedTransformer": "ddk_fast.model",

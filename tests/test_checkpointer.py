@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from ddk_fast.errors import UserError
-from ddk_fast.train.checkpoint import rng_state, save_checkpoint
-from ddk_fast.train.checkpointer import Checkpointer
-from ddk_fast.train.config import config_dict
-from ddk_fast.train.errors import RunInterrupted
-from ddk_fast.train.loop import RunHooks, TrainLoop
+from ddk_fast.runs.checkpoint import rng_state, save_checkpoint
+from ddk_fast.runs.checkpointer import Checkpointer
+from ddk_fast.runs.config import config_dict
+from ddk_fast.errors import RunInterrupted
+from ddk_fast.runs.loop import RunHooks, TrainLoop
 
 
 @dataclass

@@ -16,15 +16,16 @@ from ddk_fast.distill.objectives import DEFAULTS as KD_DEFAULTS
 from ddk_fast.distill.objectives import kd_choices
 from ddk_fast.errors import UserError
 from ddk_fast.search.registry import SEARCHES
-from ddk_fast.train.config import CompressConfig, EvaluateConfig, FinetuneConfig, PruneConfig, parse_kd
-from ddk_fast.train.data_check import DataCheckConfig
-from ddk_fast.train.deploy import ExportOnnxConfig, LatencyConfig
-from ddk_fast.train.lm import LMCompressConfig
-from ddk_fast.train.lm_teacher import PretrainLMConfig
-from ddk_fast.train.options import GROUPS, api_only, option
-from ddk_fast.train.presets import PRESETS
-from ddk_fast.train.student_kd import DistillConfig
-from ddk_fast.train.sweep import SweepConfig
+from ddk_fast.pipelines.configs import CompressConfig, EvaluateConfig, FinetuneConfig, PruneConfig
+from ddk_fast.runs.config import parse_kd
+from ddk_fast.pipelines.data_check import DataCheckConfig
+from ddk_fast.pipelines.deploy import ExportOnnxConfig, LatencyConfig
+from ddk_fast.pipelines.lm import LMCompressConfig
+from ddk_fast.pipelines.lm_teacher import PretrainLMConfig
+from ddk_fast.runs.options import GROUPS, api_only, option
+from ddk_fast.runs.presets import PRESETS
+from ddk_fast.pipelines.distill import DistillConfig
+from ddk_fast.pipelines.sweep import SweepConfig
 
 # command -> the config dataclasses whose fields are its options
 CONFIGS = {

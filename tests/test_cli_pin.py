@@ -27,22 +27,22 @@ GRID_YAML = "temperature: [1, 2]\nhidden_weight: [0.5]\n"
 
 # pipeline entry points the commands call; a stub records the call instead of running it
 RUNS = {
-    "ddk_fast.train.finetune:run_finetune": {},
-    "ddk_fast.train.compress:run_compress": {},
-    "ddk_fast.train.prune:run_prune": {},
-    "ddk_fast.train.lm:run_compress_lm": {},
-    "ddk_fast.train.student_kd:run_distill": {},
-    "ddk_fast.train.sweep:run_sweep": {},
-    "ddk_fast.train.evaluate:run_evaluate": {},
-    "ddk_fast.train.lm_teacher:pretrain_gpt2": {},
-    "ddk_fast.train.data_check:check_data": {},
-    "ddk_fast.train.deploy:run_export_onnx": {},
-    "ddk_fast.train.deploy:run_latency": {"rows": []},
+    "ddk_fast.pipelines.finetune:run_finetune": {},
+    "ddk_fast.pipelines.compress:run_compress": {},
+    "ddk_fast.pipelines.prune:run_prune": {},
+    "ddk_fast.pipelines.lm:run_compress_lm": {},
+    "ddk_fast.pipelines.distill:run_distill": {},
+    "ddk_fast.pipelines.sweep:run_sweep": {},
+    "ddk_fast.pipelines.evaluate:run_evaluate": {},
+    "ddk_fast.pipelines.lm_teacher:pretrain_gpt2": {},
+    "ddk_fast.pipelines.data_check:check_data": {},
+    "ddk_fast.pipelines.deploy:run_export_onnx": {},
+    "ddk_fast.pipelines.deploy:run_latency": {"rows": []},
     "ddk_fast.bench.runner:run_suite": ("", ""),
     "ddk_fast.bench.environment:collect": {},
 }
 # helpers the commands call on a run's result (stubbed so an empty result prints)
-PRINTERS = {"ddk_fast.train.data_check:format_check": "", "ddk_fast.train.deploy:format_table": "",
+PRINTERS = {"ddk_fast.pipelines.data_check:format_check": "", "ddk_fast.pipelines.deploy:format_table": "",
             "ddk_fast.doctor:format_report": ""}
 
 TEACHER = ["--teacher", "t"]

@@ -10,7 +10,7 @@ from ddk_fast.cli import main
 from ddk_fast.errors import UserError
 from ddk_fast.model import MaskedTransformer, Structure, prune, write_back
 from ddk_fast.search import build_search
-from ddk_fast.train.api import compress
+from ddk_fast.api import compress
 
 FAST = dict(max_train_examples=32, max_eval_examples=16, batch_size=8, eval_batch_size=16, max_seq_len=32, seq_len=32,
             search_epochs=1, distill_epochs=1, channel_granularity=8, latency_batch_size=2, latency_seq_len=16,

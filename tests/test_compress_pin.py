@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 from train_support import make_tiny_bert
 
-from ddk_fast.train.api import compress
+from ddk_fast.api import compress
 
 PIN_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "compress_pin.json")
 FAST = dict(max_train_examples=32, max_eval_examples=16, batch_size=8, eval_batch_size=16, max_seq_len=32, seq_len=32,

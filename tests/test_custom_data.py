@@ -18,7 +18,7 @@ from train_support import make_tiny_bert, packaged_dir, write_text
 from ddk_fast.cli import main
 from ddk_fast.data import DataError, compute_metrics, load_task
 from ddk_fast.data.custom import CustomTask, DataSource, build_task, read_task_file
-from ddk_fast.train.evaluation import resolve_task
+from ddk_fast.runs.evaluation import resolve_task
 
 TOPICS = {"billing": ["invoice", "refund", "charge", "payment"], "login": ["password", "account", "locked", "reset"],
           "bug": ["crash", "error", "broken", "freeze"]}
@@ -188,7 +188,8 @@ def test_model_label_names_match_case_insensitively_or_are_reported(tmp_path, ca
 
 
 def test_a_yaml_list_of_text_columns_means_the_comma_form(tmp_path):
-    from ddk_fast.train.config import CompressConfig, build_config
+    from ddk_fast.pipelines.configs import CompressConfig
+    from ddk_fast.runs.config import build_config
 
     cfg = tmp_path / "run.yaml"
     cfg.write_text("train-file: t.csv\ntext_columns: [question, answer]\nlabel_column: y\n")

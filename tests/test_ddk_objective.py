@@ -11,8 +11,8 @@ from ddk_fast.distill.objectives import PRESETS, KDObjective
 from ddk_fast.distill.tinybert import make_student
 from ddk_fast.errors import UserError
 from ddk_fast.model import MaskedTransformer, Structure, TransformerConfig, prune
-from ddk_fast.train.compress import checkpoint_tensors, objective_options
-from ddk_fast.train.config import CompressConfig
+from ddk_fast.pipelines.compress import checkpoint_tensors, objective_options
+from ddk_fast.pipelines.configs import CompressConfig
 
 FUSIONS = ("none", "param_free", "learned")
 WEIGHTINGS = ("adaptive", "uniform")

@@ -11,8 +11,8 @@ from ddk_fast.data import encode, load_task
 from ddk_fast.data.custom import DataSource, build_task
 from ddk_fast.data.examples import Example
 from ddk_fast.ops.label_losses import IGNORE_INDEX
-from ddk_fast.train.batching import eval_loader
-from ddk_fast.train.evaluation import evaluate, predict
+from ddk_fast.runs.batching import eval_loader
+from ddk_fast.runs.evaluation import evaluate, predict
 
 NER_SAMPLE = os.path.join(os.path.dirname(__file__), "data", "ner_sample.conll")
 WORDS = "the a film plot was slow bright cast long dull warm story ending music scene".split()

@@ -65,7 +65,7 @@ def test_sweep_of_lm_compressions(text_files, tmp_path):
     """--mode ddk --task lm: each point a GPT-2 compression, ranked by perplexity (lower first)."""
     import csv
 
-    from ddk_fast.train.lm_teacher import pretrain_gpt2
+    from ddk_fast.pipelines.lm_teacher import pretrain_gpt2
 
     train, dev = text_files
     teacher = pretrain_gpt2(train, str(tmp_path / "t"), vocab_size=300, n_layer=2, n_embd=32, n_head=2,

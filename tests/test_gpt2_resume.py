@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.skipif(not os.path.isfile(SST2), reason="SST-2 train.t
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from ddk_fast.train.lm_teacher import pretrain_gpt2
+    from ddk_fast.pipelines.lm_teacher import pretrain_gpt2
 
     folder = tmp_path_factory.mktemp("lm")
     train, dev = write_sst2_text(SST2, folder, 600, 100)
@@ -26,7 +26,7 @@ def setup(tmp_path_factory):
 
 
 def _compress(setup, out, **extra):
-    from ddk_fast.train.lm import build_lm_config, run_compress_lm
+    from ddk_fast.pipelines.lm import build_lm_config, run_compress_lm
 
     teacher, train, dev = setup
     flags = dict(teacher=teacher, train_file=train, eval_file=dev, output=str(out), target="params=0.5",
@@ -37,7 +37,7 @@ def _compress(setup, out, **extra):
 
 
 def test_stop_in_search_and_in_distill_then_resume_equals_uninterrupted(setup, tmp_path):
-    from ddk_fast.train.errors import RunInterrupted
+    from ddk_fast.errors import RunInterrupted
 
     reference = _compress(setup, tmp_path / "ref")
     out = tmp_path / "resumed"
@@ -60,7 +60,7 @@ def test_stop_in_search_and_in_distill_then_resume_equals_uninterrupted(setup, t
 
 def test_stop_at_the_stage_boundary_then_resume(setup, tmp_path):
     """The boundary checkpoint holds the pruned student only (no optimizer yet)."""
-    from ddk_fast.train.errors import RunInterrupted
+    from ddk_fast.errors import RunInterrupted
 
     reference = _compress(setup, tmp_path / "ref")
     out = tmp_path / "b"
@@ -77,7 +77,7 @@ def test_stop_at_the_stage_boundary_then_resume(setup, tmp_path):
 
 def test_unfinished_run_is_kept_and_settings_must_match(setup, tmp_path):
     from ddk_fast.errors import UserError
-    from ddk_fast.train.errors import RunInterrupted
+    from ddk_fast.errors import RunInterrupted
 
     out = tmp_path / "u"
     with pytest.raises(RunInterrupted):

@@ -5,8 +5,8 @@ import resource
 import pytest
 import torch
 
-from ddk_fast.train import host_memory
-from ddk_fast.train.host_memory import keep_freed_memory
+from ddk_fast.runs import host_memory
+from ddk_fast.runs.host_memory import keep_freed_memory
 
 NUMEL = 16 * 2**20  # 64 MiB of float32: above glibc's largest mmap threshold (32 MiB)
 PAGES = NUMEL * 4 // 4096

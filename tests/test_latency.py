@@ -8,7 +8,7 @@ import torch
 
 from ddk_fast.model import MaskedTransformer, Structure, prune
 from ddk_fast.model.config import TransformerConfig
-from ddk_fast.train import latency
+from ddk_fast.runs import latency
 
 
 def _pair():

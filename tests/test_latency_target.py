@@ -11,7 +11,7 @@ from ddk_fast.cli import main
 from ddk_fast.model import MaskedTransformer
 from ddk_fast.search import CostModel, LatencyFit
 from ddk_fast.search.oneshot import fisher_mask_search
-from ddk_fast.train.latency_table import fit_latency, grid, measure_latency_fit
+from ddk_fast.runs.latency_table import fit_latency, grid, measure_latency_fit
 
 
 def _fit(fixed=10.0, head=2.0, channel=0.01):
@@ -130,7 +130,7 @@ def test_bad_latency_flags_are_one_line_errors(tmp_path, glue_dir, capsys):
 
 @pytest.mark.parametrize("search", ["gumbel", "hard_concrete", "progressive"])
 def test_every_search_method_meets_a_latency_budget(tmp_path, glue_dir, search):
-    from ddk_fast.train.api import compress
+    from ddk_fast.api import compress
 
     teacher = make_tiny_bert(tmp_path / "teacher", layers=2, heads=4, hidden=128, intermediate=512)
     report = compress(teacher=teacher, task="mrpc", data_dir=glue_dir, target="latency=0.7", search=search,

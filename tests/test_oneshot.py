@@ -239,7 +239,7 @@ def test_scales_of_one_leave_the_pruned_model_unchanged():
 
 
 def test_spread_subset_strides_over_length_sorted_batches():
-    from ddk_fast.train.oneshot import spread_subset
+    from ddk_fast.pipelines.oneshot import spread_subset
 
     data = [{"input_ids": torch.zeros(4, 40 - i)} for i in range(10)]  # longest first, 4 examples each
     picked = spread_subset(data, 12)
@@ -264,7 +264,7 @@ def test_gate_gradients_at_a_mask_match_finite_differences_there():
 
 
 def test_iterative_one_shot_shrinks_nested_structures_to_the_budget(monkeypatch):
-    import ddk_fast.train.oneshot as oneshot
+    import ddk_fast.pipelines.oneshot as oneshot
 
     model, data = tiny(layers=3), batches(n=3)
     cm = CostModel(16, 4, model.num_heads, model.intermediate_sizes)
@@ -300,7 +300,7 @@ def test_iterative_one_shot_shrinks_nested_structures_to_the_budget(monkeypatch)
 
 # ------------------------------------------------------------------------------------------ held-out check
 def test_tuning_is_kept_only_when_it_lowers_the_held_out_loss(monkeypatch):
-    import ddk_fast.train.oneshot as oneshot
+    import ddk_fast.pipelines.oneshot as oneshot
 
     teacher, data = tiny(), batches(n=6)
     cm = CostModel(16, 4, teacher.num_heads, teacher.intermediate_sizes)
@@ -335,7 +335,7 @@ def test_tuning_is_kept_only_when_it_lowers_the_held_out_loss(monkeypatch):
 
 
 def test_tuning_without_leftover_examples_is_kept_unchecked():
-    from ddk_fast.train.oneshot import one_shot
+    from ddk_fast.pipelines.oneshot import one_shot
 
     teacher, data = tiny(), batches(n=2)
     cm = CostModel(16, 4, teacher.num_heads, teacher.intermediate_sizes)
@@ -374,7 +374,7 @@ def test_held_out_loss_weights_token_batches_by_labelled_tokens_and_skips_empty_
     from transformers import BertForTokenClassification
 
     from ddk_fast.ops.label_losses import IGNORE_INDEX
-    from ddk_fast.train.oneshot import held_out_loss
+    from ddk_fast.pipelines.oneshot import held_out_loss
 
     cfg = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=4, intermediate_size=12,
                      max_position_embeddings=32, num_labels=3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)

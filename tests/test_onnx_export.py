@@ -19,7 +19,7 @@ from ddk_fast.export.onnx import (INT8_FILE, ONNX_FILE, REPORT_FILE, OnnxExportE
                                   export_onnx, load_for_export)
 from ddk_fast.model import MaskedTransformer, Structure, prune
 from ddk_fast.model.gpt2 import MaskedGPT2, prune_gpt2
-from ddk_fast.train.deploy import parse_shapes, run_latency, torch_int8
+from ddk_fast.pipelines.deploy import parse_shapes, run_latency, torch_int8
 from train_support import make_tiny_bert, packaged_dir
 
 VOCAB = 96

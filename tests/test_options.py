@@ -10,11 +10,17 @@ import pytest
 import ddk_fast
 from ddk_fast.cli import main
 from ddk_fast.errors import UserError
-from ddk_fast.train import compress, data_check, finetune, lm, prune, student_kd, sweep
-from ddk_fast.train.config import CompressConfig, FinetuneConfig, PruneConfig
-from ddk_fast.train.lm import LMCompressConfig, build_lm_config
-from ddk_fast.train.options import NON_NEGATIVE, POSITIVE, check_fields, check_value, option
-from ddk_fast.train.student_kd import DistillConfig
+from ddk_fast.pipelines import compress
+from ddk_fast.pipelines import data_check
+from ddk_fast.pipelines import finetune
+from ddk_fast.pipelines import lm
+from ddk_fast.pipelines import prune
+from ddk_fast.pipelines import distill as student_kd
+from ddk_fast.pipelines import sweep
+from ddk_fast.pipelines.configs import CompressConfig, FinetuneConfig, PruneConfig
+from ddk_fast.pipelines.lm import LMCompressConfig, build_lm_config
+from ddk_fast.runs.options import NON_NEGATIVE, POSITIVE, check_fields, check_value, option
+from ddk_fast.pipelines.distill import DistillConfig
 
 
 @dataclass
@@ -169,3 +175,23 @@ def test_api_compress_routes_task_lm_like_the_cli(tmp_path, monkeypatch):
     assert [c.task for c in calls] == ["lm", "lm"] and calls[1].kd["temperature"] == 3.0
     with pytest.raises(UserError, match="--data-dir is not an option of --task lm"):
         ddk_fast.compress(teacher="g", task="lm", output="o", data_dir="glue")
+
+
+def test_api_distill_and_sweep_merge_like_their_commands(tmp_path, monkeypatch):
+    """``ddk_fast.distill`` / ``ddk_fast.sweep`` take the flags' names and the same --config layering."""
+    from ddk_fast import api
+
+    runs, points = [], []
+    monkeypatch.setattr(api, "run_distill", lambda cfg: runs.append(cfg) or {"via": "distill"})
+    path = _yaml(tmp_path, "student_layers: 2\nkd: temperature=3\n")
+    assert api.distill(teacher="t", task="mrpc", output="o", config=path, steps=7) == {"via": "distill"}
+    cli = student_kd.build_distill_config({"teacher": "t", "task": "mrpc", "output": "o", "steps": 7}, path)
+    assert runs[0] == cli and runs[0].student_layers == 2 and runs[0].kd["temperature"] == 3
+
+    monkeypatch.setattr(sweep, "run_sweep", lambda *args, **kw: points.append((args, kw)) or {"via": "sweep"})
+    assert ddk_fast.sweep(teacher="t", task="mrpc", output="s", grid="temperature=1,2", steps=5) == {"via": "sweep"}
+    (teacher, task, output, grid), kw = points[0]
+    assert (teacher, task, output) == ("t", "mrpc", "s") and grid == {"temperature": [1, 2]}
+    assert kw["base"]["steps"] == 5 and kw["mode"] == "student"
+    with pytest.raises(UserError, match="exactly one of --grid or --grid-file"):
+        ddk_fast.sweep(teacher="t", task="mrpc", output="s")

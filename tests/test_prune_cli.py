@@ -113,7 +113,7 @@ def test_python_api_matches_the_cli(teacher, glue_dir, tmp_path):
 
 
 def test_majority_baseline_is_the_constant_predictor():
-    from ddk_fast.train.evaluation import majority_baseline
+    from ddk_fast.runs.evaluation import majority_baseline
 
     got = majority_baseline("mrpc", [1, 1, 0], [1, 0, 1, 1])
     assert got["accuracy"] == pytest.approx(0.75) and got["f1"] == pytest.approx(6 / 7)

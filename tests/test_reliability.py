@@ -10,11 +10,11 @@ import torch
 
 from train_support import make_tiny_bert
 
-import ddk_fast.train.checkpoint as checkpoint
+import ddk_fast.runs.checkpoint as checkpoint
 from ddk_fast.cli import main
 from ddk_fast.errors import UserError
-from ddk_fast.train.api import finetune, prune
-from ddk_fast.train.errors import CheckpointWriteError, RunInterrupted
+from ddk_fast.api import finetune, prune
+from ddk_fast.errors import CheckpointWriteError, RunInterrupted
 
 TINY = dict(task="mrpc", max_train_examples=24, max_eval_examples=8, batch_size=8, max_seq_len=32, epochs=2,
             save_steps=1, progress=False, lr=1e-3)
@@ -131,7 +131,7 @@ def test_prune_keeps_another_commands_unfinished_run(teacher, glue_dir, tmp_path
 
 
 def test_ctrl_c_names_the_step_and_the_resume_flag(teacher, glue_dir, tmp_path, capsys, monkeypatch):
-    import ddk_fast.train.finetune as ft
+    import ddk_fast.pipelines.finetune as ft
 
     real = ft.FiniteWatch.observe
 
@@ -150,7 +150,7 @@ def test_ctrl_c_names_the_step_and_the_resume_flag(teacher, glue_dir, tmp_path, 
 
 
 def test_a_bug_shows_its_traceback_and_the_log(teacher, glue_dir, tmp_path, capsys, monkeypatch):
-    import ddk_fast.train.finetune as ft
+    import ddk_fast.pipelines.finetune as ft
 
     def broken(*args, **kwargs):
         raise RuntimeError("a bug")

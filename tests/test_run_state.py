@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from ddk_fast.train.run_state import DISTILL, SEARCH, RunState
+from ddk_fast.runs.run_state import DISTILL, SEARCH, RunState
 
 
 def test_a_run_state_survives_the_checkpoint_file():

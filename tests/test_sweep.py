@@ -26,7 +26,7 @@ SMALL = ["--data-dir", GLUE, "--steps", "4", "--max-train-examples", "32", "--ma
 
 def test_parse_grid_and_aliases(tmp_path):
     from ddk_fast.errors import UserError
-    from ddk_fast.train.sweep import grid_points, parse_grid
+    from ddk_fast.pipelines.sweep import grid_points, parse_grid
 
     grid = parse_grid("attn_weight=0.5,1;hidden_weight=1,2;temperature=1,4;mapping=uniform,last")
     assert grid == {"attention_weight": [0.5, 1], "hidden_weight": [1, 2], "temperature": [1, 4],
@@ -135,8 +135,8 @@ def test_distill_stopped_in_each_stage_resumes_to_the_uninterrupted_student(tiny
     from train_support import safetensors_equal
 
     from ddk_fast.errors import UserError
-    from ddk_fast.train.errors import RunInterrupted
-    from ddk_fast.train.student_kd import build_distill_config, run_distill
+    from ddk_fast.errors import RunInterrupted
+    from ddk_fast.pipelines.distill import build_distill_config, run_distill
 
     def distill(out, **extra):
         flags = dict(teacher=tiny_teacher, task="mrpc", data_dir=GLUE, output=str(out), recipe="tinybert",

@@ -1,7 +1,7 @@
 """The teacher cache: what it returns equals the teacher's forward, later epochs hit it, the disk copy
 round-trips, an absurd size is refused, and a resumed run with the cache equals an uninterrupted one.
 
-Tolerances (stated in ddk_fast/train/teacher_cache.py): an fp32 cache returns exactly what the forward
+Tolerances (stated in ddk_fast/runs/teacher_cache.py): an fp32 cache returns exactly what the forward
 of the batch that filled it gave; a row re-padded into another batch differs from that batch's own
 forward by fp32 kernel noise only (atol 1e-5 here); bf16 storage moves the KD loss by < 2 % relative.
 """
@@ -18,11 +18,11 @@ from ddk_fast.data import EncodedDataset, collate
 from ddk_fast.distill.objectives import KDObjective
 from ddk_fast.errors import UserError
 from ddk_fast.model import MaskedTransformer, TransformerConfig
-from ddk_fast.train import teacher_cache as tc
-from ddk_fast.train.api import compress
-from ddk_fast.train.batching import collate_with_ids, train_loader
-from ddk_fast.train.errors import RunInterrupted
-from ddk_fast.train.stages import teacher_outputs
+from ddk_fast.runs import teacher_cache as tc
+from ddk_fast.api import compress
+from ddk_fast.runs.batching import collate_with_ids, train_loader
+from ddk_fast.errors import RunInterrupted
+from ddk_fast.runs.stages import teacher_outputs
 
 KD = {"hidden_weight": 1.0, "hidden_embeddings": True, "attention_weight": 1.0, "attention_loss": "kl",
       "pred_weight": 1.0, "task_weight": 0.5}
@@ -208,7 +208,7 @@ def test_resume_with_the_cache_equals_an_uninterrupted_run(tmp_path, glue_dir, m
 
 
 def test_distill_command_fills_in_the_first_epoch_and_hits_after(tmp_path, glue_dir):
-    from ddk_fast.train.student_kd import build_distill_config, run_distill
+    from ddk_fast.pipelines.distill import build_distill_config, run_distill
 
     teacher = make_tiny_bert(tmp_path / "teacher", layers=2, heads=4, hidden=32, intermediate=64)
     flags = dict(teacher=teacher, task="mrpc", data_dir=glue_dir, output=str(tmp_path / "student"), recipe="tinybert",

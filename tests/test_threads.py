@@ -10,11 +10,12 @@ from train_support import make_tiny_bert
 import ddk_fast
 from ddk_fast.cli import build_parser, main
 from ddk_fast.errors import UserError
-from ddk_fast.train import threads as threads_mod
-from ddk_fast.train.config import CompressConfig, FinetuneConfig, PruneConfig, build_config
-from ddk_fast.train.lm import build_lm_config
-from ddk_fast.train.student_kd import build_distill_config
-from ddk_fast.train.threads import (MAX_DEFAULT_THREADS, cgroup_cpu_limit, default_threads, physical_cores,
+from ddk_fast.runs import threads as threads_mod
+from ddk_fast.pipelines.configs import CompressConfig, FinetuneConfig, PruneConfig
+from ddk_fast.runs.config import build_config
+from ddk_fast.pipelines.lm import build_lm_config
+from ddk_fast.pipelines.distill import build_distill_config
+from ddk_fast.runs.threads import (MAX_DEFAULT_THREADS, cgroup_cpu_limit, default_threads, physical_cores,
                                     resolve_threads, usable_cpus)
 
 

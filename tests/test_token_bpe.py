@@ -12,7 +12,7 @@ from ddk_fast.data import DataError, encode, load_task
 from ddk_fast.data.custom import DataSource, build_task
 from ddk_fast.data.encoding import needs_prefix_space
 from ddk_fast.ops.label_losses import IGNORE_INDEX
-from ddk_fast.train.hf import load_classifier, load_tokenizer, save_classifier
+from ddk_fast.runs.hf import load_classifier, load_tokenizer, save_classifier
 
 SNIPPET = """-DOCSTART- -X- -X- O
 

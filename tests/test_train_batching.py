@@ -3,7 +3,7 @@ cover the data, length grouping that keeps every example exactly once."""
 import pytest
 import torch
 
-from ddk_fast.train.batching import ResumableBatchSampler
+from ddk_fast.runs.batching import ResumableBatchSampler
 
 
 @pytest.mark.parametrize("lengths", [None, [((i * 37) % 23) + 1 for i in range(103)]])

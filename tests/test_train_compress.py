@@ -13,8 +13,8 @@ from train_support import make_tiny_bert, safetensors_equal
 
 from ddk_fast.cli import main
 from ddk_fast.errors import UserError
-from ddk_fast.train.api import compress
-from ddk_fast.train.errors import RunInterrupted, TrainingDiverged
+from ddk_fast.api import compress
+from ddk_fast.errors import RunInterrupted, TrainingDiverged
 
 FAST = dict(max_train_examples=32, max_eval_examples=16, batch_size=8, eval_batch_size=16, max_seq_len=32, seq_len=32,
             search_epochs=1, distill_epochs=1, channel_granularity=8, latency_batch_size=2, latency_seq_len=16,
@@ -104,7 +104,7 @@ def _as_written_before_the_objective_record(checkpoint: str) -> None:
     ``objective.X`` instead of ``objective.terms.0.X``, and no ``objective`` record in meta.json."""
     from safetensors.torch import load_file, save_file
 
-    from ddk_fast.train.checkpoint import file_digest
+    from ddk_fast.runs.checkpoint import file_digest
 
     weights = os.path.join(checkpoint, "model.safetensors")
     tensors = {k.replace("objective.terms.0.", "objective."): v for k, v in load_file(weights).items()}

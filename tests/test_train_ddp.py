@@ -12,12 +12,12 @@ from train_support import make_tiny_bert
 
 WORKER = r'''
 import json, os, sys
-from ddk_fast.train.api import finetune, compress
+from ddk_fast.api import finetune, compress
 kind, model, glue, out, result_dir = sys.argv[1:6]
 extra = {}
 if kind == "compress-uneven":
     # rank 1 finds another one-shot structure (a smaller budget): both must continue from rank 0's
-    import ddk_fast.train.oneshot as oneshot
+    import ddk_fast.pipelines.oneshot as oneshot
     real = oneshot.one_shot
     def uneven(teacher, batches, cost_model, metric, ratio, **kw):
         return real(teacher, batches, cost_model, metric, ratio * (0.7 if os.environ["RANK"] == "1" else 1.0), **kw)

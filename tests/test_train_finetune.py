@@ -7,8 +7,8 @@ import pytest
 from train_support import make_tiny_bert, safetensors_equal
 
 from ddk_fast.errors import UserError
-from ddk_fast.train.api import finetune
-from ddk_fast.train.errors import RunInterrupted, TrainingDiverged
+from ddk_fast.api import finetune
+from ddk_fast.errors import RunInterrupted, TrainingDiverged
 
 FAST = dict(max_train_examples=40, max_eval_examples=24, batch_size=8, eval_batch_size=16, max_seq_len=32,
             epochs=2, lr=1e-3, progress=False, save_steps=2)

@@ -6,7 +6,7 @@ import pytest
 
 from ddk_fast.errors import UserError
 from ddk_fast._io import atomic_directory, atomic_write, atomic_write_json
-from ddk_fast.train.rundir import finalize, prepare, run_dirs, stage_dir
+from ddk_fast.runs.rundir import finalize, prepare, run_dirs, stage_dir
 
 
 def test_failed_file_write_keeps_the_old_file(tmp_path):

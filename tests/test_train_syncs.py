@@ -19,9 +19,9 @@ from train_support import make_tiny_bert
 
 import ddk_fast
 from ddk_fast import _runtime
-from ddk_fast.train.api import compress
-from ddk_fast.train.errors import TrainingDiverged
-from ddk_fast.train.loop import FiniteWatch, TrainLoop
+from ddk_fast.api import compress
+from ddk_fast.errors import TrainingDiverged
+from ddk_fast.runs.loop import FiniteWatch, TrainLoop
 
 PROJECT_DIRS = tuple(str(Path(p).resolve()) for p in (Path(ddk_fast.__file__).parent,
                                                      Path(ddk_fast.__file__).parent.parent / "kernels"))

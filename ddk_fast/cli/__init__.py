@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run_position() -> tuple:
     """(last logged step, log path) of the run this process was in, if any run logged anything."""
-    logging_module = sys.modules.get("ddk_fast.train.logging")
+    logging_module = sys.modules.get("ddk_fast.runs.logging")
     logger = getattr(getattr(logging_module, "RunLogger", None), "last", None)
     if logger is None:
         return None, None

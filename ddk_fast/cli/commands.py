@@ -11,10 +11,19 @@ import json
 
 from ddk_fast.cli.parser import Options, add_command
 from ddk_fast.errors import UserError
-from ddk_fast.train import compress, data_check, deploy, evaluate, finetune, lm, lm_teacher, prune, student_kd, sweep
-from ddk_fast.train.config import (CompressConfig, DataOptions, EvaluateConfig, FinetuneConfig, PruneConfig,
-                                   build_config)
-from ddk_fast.train.presets import PRESETS
+from ddk_fast.pipelines import compress
+from ddk_fast.pipelines import data_check
+from ddk_fast.pipelines import deploy
+from ddk_fast.pipelines import evaluate
+from ddk_fast.pipelines import finetune
+from ddk_fast.pipelines import lm
+from ddk_fast.pipelines import lm_teacher
+from ddk_fast.pipelines import prune
+from ddk_fast.pipelines import distill as student_kd
+from ddk_fast.pipelines import sweep
+from ddk_fast.pipelines.configs import CompressConfig, DataOptions, EvaluateConfig, FinetuneConfig, PruneConfig
+from ddk_fast.runs.config import build_config
+from ddk_fast.runs.presets import PRESETS
 
 CONFIG_HELP = "YAML file of options (keys = flag names); flags given here override it"
 _CLI_DESTS = ("command", "data_command", "func", "config")

@@ -1,6 +1,6 @@
 """Sub-command parsers generated from the config dataclasses.
 
-Every flag of a training command is a config field declared with ``ddk_fast.train.options.option``: its
+Every flag of a training command is a config field declared with ``ddk_fast.runs.options.option``: its
 name, type (the annotation), default, choices and help live there, and this module only turns them into
 argparse arguments, grouped as ``options.GROUPS`` orders them, with the default (and each preset's
 value where it differs) appended to the help. A field that is no flag is ``api_only``; a field with
@@ -18,7 +18,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional, Sequence
 
-from ddk_fast.train.options import (API_ONLY, CHOICES, GROUP, GROUPS, HELP, METAVAR, POSITIONAL, REQUIRED, flag_of,
+from ddk_fast.runs.options import (API_ONLY, CHOICES, GROUP, GROUPS, HELP, METAVAR, POSITIONAL, REQUIRED, flag_of,
                                     invalid_choice, is_flag)
 
 

@@ -62,7 +62,7 @@ from ddk_fast.distill.makd import LowRankProjection, concat_heads, relation_scor
 from ddk_fast.distill.mappings import MAPPINGS, MeanMapping, UniformMapping, _IndexMapping, build_mapping
 from ddk_fast.distill.projection import HiddenProjection
 # The fused losses. Terms call them with ``check_finite=False``: the training loops watch the total loss
-# on the device (``ddk_fast.train.loop.FiniteWatch``), and each term's own check would read its value
+# on the device (``ddk_fast.runs.loop.FiniteWatch``), and each term's own check would read its value
 # back to the host -- a device sync per term per step.
 from ddk_fast.ops import distill_losses
 from ddk_fast.ops.distill_losses import hidden_distill_loss_reference

@@ -24,7 +24,7 @@ FLOPs ("flops"), per example at sequence length ``S``, counted as 2 * multiply-a
 Latency ("latency", only with a measured ``LatencyFit``), milliseconds of one forward pass of the
 whole model at the fit's batch size and sequence length on the machine and runtime it was measured on:
     ``fixed_ms + head_ms * (heads kept, all layers) + channel_ms * (channels kept, all layers)``, a
-    least-squares fit to timed uniform-width models (``ddk_fast.train.latency_table``). The constant
+    least-squares fit to timed uniform-width models (``ddk_fast.runs.latency_table``). The constant
     (embeddings, classifier, LayerNorms, residuals) is spread evenly over the 2 * L blocks as their
     fixed cost, so ``structure_cost / full_cost`` is the predicted whole-model latency ratio.
 

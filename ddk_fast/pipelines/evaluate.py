@@ -14,14 +14,14 @@ from ddk_fast.errors import UserError
 from ddk_fast.export import MODEL_TYPE, load_pruned
 from ddk_fast.export.onnx import (INT8_FILE, ONNX_FILE, OnnxExportError, OnnxModel, is_onnx_folder, load_for_export,
                                   read_onnx_report)
-from ddk_fast.train import ddp
-from ddk_fast.train.batching import eval_loader
-from ddk_fast.train.config import DataOptions, EvaluateConfig
-from ddk_fast.train.deploy import score_onnx, torch_int8
-from ddk_fast.train.evaluation import encode_split, evaluate, has_own_data, load_split, resolve_task, task_spec
-from ddk_fast.train.hf import load_classifier, load_tokenizer, logits_of
-from ddk_fast.train.threads import apply_threads
-from ddk_fast.train.validate import check_seq_len
+from ddk_fast.runs import ddp
+from ddk_fast.runs.batching import eval_loader
+from ddk_fast.pipelines.configs import DataOptions, EvaluateConfig
+from ddk_fast.pipelines.deploy import score_onnx, torch_int8
+from ddk_fast.runs.evaluation import encode_split, evaluate, has_own_data, load_split, resolve_task, task_spec
+from ddk_fast.runs.hf import load_classifier, load_tokenizer, logits_of
+from ddk_fast.runs.threads import apply_threads
+from ddk_fast.runs.validate import check_seq_len
 
 
 def is_pruned_export(folder: str) -> bool:
@@ -123,7 +123,7 @@ def run_evaluate(model: str, task: str, data_dir=None, output=None, batch_size: 
                  int8: bool = False, threads: Optional[int] = None, data: Optional[DataOptions] = None) -> dict:
     """Metrics of ``model`` on a split of a GLUE task, or of the user's data (``data``: files, columns;
     a model trained on the user's data needs none of it: its task.json names the files and labels).
-    ``threads``: intra-op CPU threads of PyTorch and of ONNX Runtime (``ddk_fast.train.threads``)."""
+    ``threads``: intra-op CPU threads of PyTorch and of ONNX Runtime (``ddk_fast.runs.threads``)."""
     if not model:
         raise UserError("--model is required")
     cpu_threads = apply_threads(threads)

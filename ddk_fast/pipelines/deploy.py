@@ -32,11 +32,11 @@ from ddk_fast.data.custom import TASK_FILE, read_task_file, write_task_file
 from ddk_fast.errors import UserError
 from ddk_fast.export.onnx import (DEFAULT_OPSET, INT8_FILE, ONNX_FILE, OnnxModel, export_onnx, example_inputs,
                                   is_onnx_folder, load_for_export, quantize_int8)
-from ddk_fast.train.batching import eval_loader
-from ddk_fast.train.evaluation import evaluate_logits, predict
-from ddk_fast.train.hf import quiet_transformers
-from ddk_fast.train.latency import compare_runners, pinned_threads, timed
-from ddk_fast.train.options import option
+from ddk_fast.runs.batching import eval_loader
+from ddk_fast.runs.evaluation import evaluate_logits, predict
+from ddk_fast.runs.hf import quiet_transformers
+from ddk_fast.runs.latency import compare_runners, pinned_threads, timed
+from ddk_fast.runs.options import option
 
 RUNTIMES = ("torch", "torch-int8", "onnx", "onnx-int8")
 DEFAULT_RUNTIMES = ("torch", "onnx", "onnx-int8")

@@ -24,7 +24,7 @@ import sys
 from dataclasses import dataclass
 
 from ddk_fast.errors import UserError
-from ddk_fast.train.config import resume_mismatches
+from ddk_fast.runs.config import resume_mismatches
 from ddk_fast._io import make_temp_sibling, output_dir_state, read_json, replace_directory
 
 SUFFIX = ".inprogress"

@@ -15,11 +15,12 @@ import numpy as np
 
 from ddk_fast.data.custom import HOLDOUT_SHARE, KINDS, open_split
 from ddk_fast.data.qa_encoding import encode_qa
-from ddk_fast.train import shared_options as shared
-from ddk_fast.train.config import DataOptions, packaged_model_dir
-from ddk_fast.train.evaluation import load_split, resolve_task
-from ddk_fast.train.hf import load_tokenizer, quiet_transformers
-from ddk_fast.train.options import check_value, option
+from ddk_fast.runs import shared_options as shared
+from ddk_fast.pipelines.configs import DataOptions
+from ddk_fast.runs.config import packaged_model_dir
+from ddk_fast.runs.evaluation import load_split, resolve_task
+from ddk_fast.runs.hf import load_tokenizer, quiet_transformers
+from ddk_fast.runs.options import check_value, option
 
 PERCENTILES = (50, 90, 95, 99)
 

@@ -20,9 +20,9 @@ from ddk_fast.data import DataError, load_text_lm
 from ddk_fast.distill.objectives import next_token_loss
 from ddk_fast.errors import UserError
 from ddk_fast.model.gpt2 import MaskedGPT2
-from ddk_fast.train import shared_options as shared
-from ddk_fast.train.evaluation import perplexity
-from ddk_fast.train.options import option
+from ddk_fast.runs import shared_options as shared
+from ddk_fast.runs.evaluation import perplexity
+from ddk_fast.runs.options import option
 
 EOS = "<|endoftext|>"
 

@@ -13,8 +13,8 @@ import json
 
 from ddk_fast.errors import UserError
 from ddk_fast.model import Structure
-from ddk_fast.train.baseline import keep_top
-from ddk_fast.train.oneshot import unit_scores
+from ddk_fast.pipelines.baseline import keep_top
+from ddk_fast.pipelines.oneshot import unit_scores
 
 
 def _load(path: str) -> dict:

@@ -29,7 +29,7 @@ from ddk_fast.export.onnx import ONNX_FILE, OnnxModel, export_onnx
 from ddk_fast.model import prune
 from ddk_fast.model.structure import Structure
 from ddk_fast.search.cost import LatencyFit
-from ddk_fast.train.latency import pinned_threads, random_inputs
+from ddk_fast.runs.latency import pinned_threads, random_inputs
 
 FRACTIONS = (0.0, 0.25, 0.5, 0.75, 1.0)
 

@@ -1,4 +1,5 @@
-"""Public Python API: ``ddk_fast.finetune``, ``ddk_fast.compress``, ``ddk_fast.prune``, ``ddk_fast.evaluate``.
+"""Public Python API: ``ddk_fast.finetune``, ``compress``, ``prune``, ``sweep``, ``evaluate``, and
+``ddk_fast.api.distill`` (``ddk_fast.distill`` is the package of distillation terms).
 
 Each takes the same options as the matching ``ddk-fast`` command (flag names with underscores), plus
 ``config="file.yaml"``; precedence is defaults < preset < config file < keyword arguments.
@@ -13,12 +14,15 @@ from __future__ import annotations
 
 from typing import Optional
 
-from ddk_fast.train.compress import run_compress
-from ddk_fast.train.config import CompressConfig, EvaluateConfig, FinetuneConfig, PruneConfig, build_config, DataOptions
-from ddk_fast.train.evaluate import run_evaluate
-from ddk_fast.train.finetune import run_finetune
-from ddk_fast.train.lm import compress_lm, is_lm_run
-from ddk_fast.train.prune import run_prune
+from ddk_fast.pipelines.compress import run_compress
+from ddk_fast.pipelines.configs import CompressConfig, DataOptions, EvaluateConfig, FinetuneConfig, PruneConfig
+from ddk_fast.pipelines.distill import build_distill_config, run_distill
+from ddk_fast.pipelines.evaluate import run_evaluate
+from ddk_fast.pipelines.finetune import run_finetune
+from ddk_fast.pipelines.lm import compress_lm, is_lm_run
+from ddk_fast.pipelines.prune import run_prune
+from ddk_fast.pipelines.sweep import sweep_from_flags
+from ddk_fast.runs.config import build_config
 
 
 def finetune(task: Optional[str], output: str, model: Optional[str] = None, data_dir: Optional[str] = None, *,
@@ -59,6 +63,25 @@ def prune(teacher: str, task: Optional[str], output: str, target: Optional[str] 
     """
     flags = dict(options, teacher=teacher, task=task, output=output, target=target, data_dir=data_dir)
     return run_prune(build_config(PruneConfig, "prune", flags, config))
+
+
+def distill(teacher: str, task: Optional[str], output: Optional[str] = None, *, config: Optional[str] = None,
+            **options) -> dict:
+    """Distil a fixed smaller student (``recipe=`` a TinyBERT / MaKD / fusion recipe, ``student_layers=``)
+    from ``teacher``, as ``ddk-fast distill`` does; ``task="lm"`` for a GPT-2 teacher on plain text.
+    ``output=None``: nothing is written (the student is scored and returned in the metrics).
+    Returns the metrics dict."""
+    flags = dict(options, teacher=teacher, task=task, output=output)
+    return run_distill(build_distill_config(flags, config))
+
+
+def sweep(teacher: str, task: str, output: str, grid: Optional[str] = None, *, config: Optional[str] = None,
+          **options) -> dict:
+    """A grid of distillation settings, as ``ddk-fast sweep`` does: ``grid="temperature=1,2,4;pred_weight=0.5,1"``
+    (or ``grid_file=``), each point a student run (``mode="student"``) or a DDK compression
+    (``mode="ddk"``) with the other ``options``; resumable point by point. Returns the summary."""
+    flags = dict(options, teacher=teacher, task=task, output=output, grid=grid)
+    return sweep_from_flags(flags, config)
 
 
 def evaluate(model: str, task: Optional[str] = None, data_dir: Optional[str] = None, *, output: Optional[str] = None,

@@ -39,7 +39,7 @@ import torch
 
 from ddk_fast.errors import UserError
 from ddk_fast.model.masked_transformer import MaskedTransformerOutput
-from ddk_fast.train.stages import teacher_outputs
+from ddk_fast.runs.stages import teacher_outputs
 
 MODES = ("auto", "memory", "disk", "off")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}

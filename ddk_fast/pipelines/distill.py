@@ -28,21 +28,23 @@ from ddk_fast.distill.objectives import KDObjective
 from ddk_fast.distill.tinybert import LAYER_INITS, RECIPES, make_student, recipe_stages
 from ddk_fast.errors import UserError
 from ddk_fast.model.gpt2 import EXPORT_MODEL_TYPE, MaskedGPT2
-from ddk_fast.train import shared_options as shared, teacher_cache
-from ddk_fast.train.batching import eval_loader, train_loader
-from ddk_fast.train.compress import load_teacher
-from ddk_fast.train.config import BatchOptions, DataOptions, OptimizerOptions, config_dict, parse_kd, _coerce, load_yaml
-from ddk_fast.train.checkpointer import Checkpointer
-from ddk_fast.train.ddp import DistContext, resolve_device
-from ddk_fast.train.evaluation import to_device, resolve_task, encode_split, evaluate, load_split, perplexity
-from ddk_fast.train.hf import load_tokenizer, read_config
-from ddk_fast.train.logging import RunLogger
-from ddk_fast.train.loop import FiniteWatch, RunHooks, TrainLoop, skip_batches
-from ddk_fast.train.optim import adamw, linear_schedule
-from ddk_fast.train.options import POSITIVE, api_only, check_choices, check_fields, option
-from ddk_fast.train.resumable import publish
-from ddk_fast.train.rundir import finished_result, prepare, run_dirs
-from ddk_fast.train.threads import apply_threads
+from ddk_fast.runs import shared_options as shared
+from ddk_fast.runs import teacher_cache
+from ddk_fast.runs.batching import eval_loader, train_loader
+from ddk_fast.pipelines.compress import load_teacher
+from ddk_fast.pipelines.configs import BatchOptions, DataOptions, OptimizerOptions
+from ddk_fast.runs.config import config_dict, parse_kd, _coerce, load_yaml
+from ddk_fast.runs.checkpointer import Checkpointer
+from ddk_fast.runs.ddp import DistContext, resolve_device
+from ddk_fast.runs.evaluation import to_device, resolve_task, encode_split, evaluate, load_split, perplexity
+from ddk_fast.runs.hf import load_tokenizer, read_config
+from ddk_fast.runs.logging import RunLogger
+from ddk_fast.runs.loop import FiniteWatch, RunHooks, TrainLoop, skip_batches
+from ddk_fast.runs.optim import adamw, linear_schedule
+from ddk_fast.runs.options import POSITIVE, api_only, check_choices, check_fields, option
+from ddk_fast.runs.resumable import publish
+from ddk_fast.runs.rundir import finished_result, prepare, run_dirs
+from ddk_fast.runs.threads import apply_threads
 
 LM_TASK = "lm"
 
@@ -94,7 +96,7 @@ class DistillConfig(OptimizerOptions, BatchOptions, DataOptions):
     progress: bool = shared.progress()
     stop_after_steps: Optional[int] = shared.stop_after_steps()
     kd: dict = shared.kd(default_factory=dict)
-    teacher_cache: str = shared.teacher_cache()  # GLUE tasks and the user's data (ddk_fast.train.teacher_cache)
+    teacher_cache: str = shared.teacher_cache()  # GLUE tasks and the user's data (ddk_fast.runs.teacher_cache)
     teacher_cache_dtype: str = shared.teacher_cache_dtype()
 
 

@@ -17,10 +17,10 @@ import torch
 from ddk_fast._io import atomic_write
 from ddk_fast._version import __version__
 from ddk_fast.model import encoder_param_count
-from ddk_fast.train.config import config_dict
-from ddk_fast.train.evaluation import constant_baseline
-from ddk_fast.train.latency import compare
-from ddk_fast.train.logging import read_log
+from ddk_fast.runs.config import config_dict
+from ddk_fast.runs.evaluation import constant_baseline
+from ddk_fast.runs.latency import compare
+from ddk_fast.runs.logging import read_log
 
 
 def versions() -> dict:
@@ -73,7 +73,7 @@ class Report:
     oneshot: Optional[dict] = None
     search_summary: Optional[dict] = None
     times_s: dict = field(default_factory=dict)
-    threads: Optional[dict] = None  # what ddk_fast.train.threads.apply_threads set at the run's start
+    threads: Optional[dict] = None  # what ddk_fast.runs.threads.apply_threads set at the run's start
 
 
 def build_report(source: Report, student) -> dict:

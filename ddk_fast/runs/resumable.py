@@ -1,7 +1,7 @@
 """Publishing the result of the step-counted runs (``distill``, ``compress --task lm``): the exported
 model with its report files and logs, swapped onto the output in one rename.
 
-(Their checkpoints and resume are ``ddk_fast.train.checkpointer.Checkpointer``'s, as for every run.)
+(Their checkpoints and resume are ``ddk_fast.runs.checkpointer.Checkpointer``'s, as for every run.)
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from ddk_fast._io import to_jsonable
 from ddk_fast.export.gpt2 import save_causal_lm
 from ddk_fast.export.save import save_pruned
 from ddk_fast.model.gpt2 import MaskedGPT2
-from ddk_fast.train.rundir import copy_logs, finalize, stage_dir
+from ddk_fast.runs.rundir import copy_logs, finalize, stage_dir
 
 
 def export_model(model, tokenizer, out: str, extra_files: dict) -> str:

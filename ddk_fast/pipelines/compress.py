@@ -38,30 +38,32 @@ from ddk_fast.model import MaskedTransformer, refusal, write_back, Structure, pr
 from ddk_fast.model.masked_transformer import DDK_MODEL_TYPE
 from ddk_fast.search import CostModel, LatencyFit, TemperatureSchedule, build_budget, build_search
 from ddk_fast.search.importance import taylor_importance
-from ddk_fast.train import ddp, teacher_cache
-from ddk_fast.train.baseline import keep_top, uniform_counts
-from ddk_fast.train.batching import eval_loader, train_loader
-from ddk_fast.train.checkpoint import weights_digest
-from ddk_fast.train.checkpointer import Checkpointer
-from ddk_fast.train.config import CompressConfig, config_dict, parse_kd
-from ddk_fast.train.deploy import add_deployment, check_deployment_flags, check_onnx_task
-from ddk_fast.train.evaluation import encode_split, evaluate, load_split, resolve_task, to_device
-from ddk_fast.train.hf import (check_head_kind, check_label_count, has_classifier_head, head_kind_of, load_tokenizer,
+from ddk_fast.runs import ddp
+from ddk_fast.runs import teacher_cache
+from ddk_fast.pipelines.baseline import keep_top, uniform_counts
+from ddk_fast.runs.batching import eval_loader, train_loader
+from ddk_fast.runs.checkpoint import weights_digest
+from ddk_fast.runs.checkpointer import Checkpointer
+from ddk_fast.pipelines.configs import CompressConfig
+from ddk_fast.runs.config import config_dict, parse_kd
+from ddk_fast.pipelines.deploy import add_deployment, check_deployment_flags, check_onnx_task
+from ddk_fast.runs.evaluation import encode_split, evaluate, load_split, resolve_task, to_device
+from ddk_fast.runs.hf import (check_head_kind, check_label_count, has_classifier_head, head_kind_of, load_tokenizer,
                                read_config)
-from ddk_fast.train.host_memory import keep_freed_memory
-from ddk_fast.train.latency_table import measure_latency_fit
-from ddk_fast.train.logging import RunLogger
-from ddk_fast.train.loop import FiniteWatch, RunHooks, TrainLoop
-from ddk_fast.train.oneshot import one_shot
-from ddk_fast.train.options import check_fields
-from ddk_fast.train.optim import adamw, linear_schedule
-from ddk_fast.train.report import Report, build_report, write_plots
-from ddk_fast.train.run_state import DISTILL, SEARCH, RunState
-from ddk_fast.train.rundir import copy_logs, finalize, finished_result, prepare, run_dirs, stage_dir
-from ddk_fast.train.stages import DistillModule, SearchModule, initial_importance, teacher_outputs, weight_parameters
-from ddk_fast.train.structure_file import read_structure_file
-from ddk_fast.train.threads import apply_threads
-from ddk_fast.train.validate import check_seq_len, parse_target
+from ddk_fast.runs.host_memory import keep_freed_memory
+from ddk_fast.runs.latency_table import measure_latency_fit
+from ddk_fast.runs.logging import RunLogger
+from ddk_fast.runs.loop import FiniteWatch, RunHooks, TrainLoop
+from ddk_fast.pipelines.oneshot import one_shot
+from ddk_fast.runs.options import check_fields
+from ddk_fast.runs.optim import adamw, linear_schedule
+from ddk_fast.pipelines.report import Report, build_report, write_plots
+from ddk_fast.runs.run_state import DISTILL, SEARCH, RunState
+from ddk_fast.runs.rundir import copy_logs, finalize, finished_result, prepare, run_dirs, stage_dir
+from ddk_fast.runs.stages import DistillModule, SearchModule, initial_importance, teacher_outputs, weight_parameters
+from ddk_fast.pipelines.structure_file import read_structure_file
+from ddk_fast.runs.threads import apply_threads
+from ddk_fast.runs.validate import check_seq_len, parse_target
 
 FIXED_KINDS = ("uniform", "oneshot")
 
@@ -262,7 +264,7 @@ def run_compress(cfg: CompressConfig) -> dict:
         run = _Compression(cfg, spec, metric, ratio, teacher, tokenizer, teacher_path, cost_model, dirs, ctx,
                            mode, data)
         run.file_structure, run.threads = file_structure, threads
-        with keep_freed_memory():  # exact: fewer page faults per step (ddk_fast.train.host_memory)
+        with keep_freed_memory():  # exact: fewer page faults per step (ddk_fast.runs.host_memory)
             return run.run()
     finally:
         ddp.teardown(ctx)
@@ -309,12 +311,12 @@ class _Compression:
         self.checkpoints = Checkpointer(dirs, "compress", cfg, self.log, ctx)
         self.hooks = RunHooks.of(cfg)
         self.state = RunState(stage=SEARCH if cfg.fixed_structure is None else DISTILL)
-        self.teacher_cache = None  # ddk_fast.train.teacher_cache.TeacherCache, built at the first stage
+        self.teacher_cache = None  # ddk_fast.runs.teacher_cache.TeacherCache, built at the first stage
         self._teacher_cache_decided = False  # built (or found off) once: a cache that is off stays off
         self.teacher_cache_summary = {"mode": "off"}
         self._oneshot = None  # (OneShotResult, full-size student holding the tuned weights), fresh runs only
         self.file_structure = None  # the --fixed-structure FILE.json structure, read before any output
-        self.threads = None  # what ddk_fast.train.threads.apply_threads set at the run's start
+        self.threads = None  # what ddk_fast.runs.threads.apply_threads set at the run's start
         self._pruned_cache = None  # (pruned student, module, optimizers, schedulers) built at the stage boundary
         self.final_digest = None  # sha256 of the in-memory student after the last step
 

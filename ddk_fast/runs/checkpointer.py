@@ -4,7 +4,7 @@ Why one class: what makes ``--resume`` exact and safe is the same for ``finetune
 ``distill`` and ``compress --task lm`` -- the RNG state of every rank, written by the main rank only;
 the newest intact checkpoint; refusing another command's run, other settings or another process count;
 restoring the module, optimizers and schedulers before the RNG (building them consumes random numbers);
-the wall time summed over every attempt. The files themselves are ``ddk_fast.train.checkpoint``'s.
+the wall time summed over every attempt. The files themselves are ``ddk_fast.runs.checkpoint``'s.
 
 What a checkpoint holds besides the module tensors: ``state.pt`` = ``{"optimizers": {name: state},
 "schedulers": {name: state}, "loop": the run's state (plain values), "rng": [state per rank]}``,
@@ -23,9 +23,9 @@ import torch
 
 from ddk_fast._io import to_jsonable
 from ddk_fast.errors import UserError
-from ddk_fast.train import ddp
-from ddk_fast.train.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from ddk_fast.train.config import config_dict, resume_mismatches
+from ddk_fast.runs import ddp
+from ddk_fast.runs.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from ddk_fast.runs.config import config_dict, resume_mismatches
 
 WALL_KEY = "wall_before_s"  # the loop state's record of the wall time of earlier attempts
 

@@ -2,7 +2,7 @@
 checkpoint and output switches, the kernel path, the teacher cache, the KD catalog. Each is declared
 here once (help, group, choices); a command passes its own default where the commands differ.
 
-    from ddk_fast.train import shared_options as shared
+    from ddk_fast.runs import shared_options as shared
 
     @dataclass
     class DistillConfig:
@@ -16,9 +16,9 @@ from typing import Any, Optional
 from ddk_fast.data.tasks import GLUE_TASKS
 from ddk_fast.distill.objectives import kd_options_help
 from ddk_fast.ops._dispatch import ENGINE_PATHS
-from ddk_fast.train import teacher_cache as _teacher_cache
-from ddk_fast.train.options import POSITIVE, api_only, option
-from ddk_fast.train.threads import THREADS_HELP
+from ddk_fast.runs import teacher_cache as _teacher_cache
+from ddk_fast.runs.options import POSITIVE, api_only, option
+from ddk_fast.runs.threads import THREADS_HELP
 
 PATHS = ("auto", *ENGINE_PATHS)
 GLUE_TASK_HELP = (f"GLUE task: {' '.join(GLUE_TASKS)} (or CoLA, SST-2, ...); with --train-file/--dataset an "

@@ -34,14 +34,15 @@ from typing import Any, Optional
 from ddk_fast._io import atomic_write_json, output_dir_state, read_json, atomic_write_text
 from ddk_fast.distill.objectives import DEFAULTS
 from ddk_fast.errors import UserError
-from ddk_fast.train import shared_options as shared
-from ddk_fast.train.compress import run_compress
-from ddk_fast.train.config import load_yaml, parse_kd, CompressConfig, build_config
-from ddk_fast.train.evaluation import resolve_task
-from ddk_fast.train.lm import LMCompressConfig, build_lm_config, run_compress_lm
-from ddk_fast.train.options import check_value, option
-from ddk_fast.train.student_kd import DistillConfig, build_distill_config, is_lm_task, run_distill
-from ddk_fast.train.threads import apply_threads
+from ddk_fast.runs import shared_options as shared
+from ddk_fast.pipelines.compress import run_compress
+from ddk_fast.pipelines.configs import CompressConfig
+from ddk_fast.runs.config import load_yaml, parse_kd, build_config
+from ddk_fast.runs.evaluation import resolve_task
+from ddk_fast.pipelines.lm import LMCompressConfig, build_lm_config, run_compress_lm
+from ddk_fast.runs.options import check_value, option
+from ddk_fast.pipelines.distill import DistillConfig, build_distill_config, is_lm_task, run_distill
+from ddk_fast.runs.threads import apply_threads
 
 ALIASES = {"attn_weight": "attention_weight", "attn_loss": "attention_loss", "embd_weight": "embedding_weight",
            "T": "temperature"}

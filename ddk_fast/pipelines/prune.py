@@ -2,7 +2,7 @@
 
 Fisher importance of every head and FFN channel from ``--calibration-examples`` train examples, the
 global mask search under the budget, rearrangement inside each layer, physical pruning and
-least-squares unit scales (``ddk_fast.train.oneshot``); then the same export, report.json and plots as
+least-squares unit scales (``ddk_fast.pipelines.oneshot``); then the same export, report.json and plots as
 ``compress``. The dev score is measured after each stage so the report says what each one bought.
 No checkpoints: the whole run takes minutes; an interrupted run leaves the previous output untouched
 and is simply started again.
@@ -19,19 +19,20 @@ from ddk_fast.data.custom import task_files
 from ddk_fast.data.glue import subsample_indices
 from ddk_fast.errors import UserError
 from ddk_fast.export import load_pruned, save_pruned
-from ddk_fast.train.deploy import add_deployment, check_deployment_flags, check_onnx_task
-from ddk_fast.train.batching import eval_loader
-from ddk_fast.train.compress import _console, check_budget, cost_model_for, load_teacher
-from ddk_fast.train.config import PruneConfig, config_dict
-from ddk_fast.train.evaluation import encode_split, evaluate, load_split, resolve_task, to_device
+from ddk_fast.pipelines.deploy import add_deployment, check_deployment_flags, check_onnx_task
+from ddk_fast.runs.batching import eval_loader
+from ddk_fast.pipelines.compress import _console, check_budget, cost_model_for, load_teacher
+from ddk_fast.pipelines.configs import PruneConfig
+from ddk_fast.runs.config import config_dict
+from ddk_fast.runs.evaluation import encode_split, evaluate, load_split, resolve_task, to_device
 from ddk_fast._io import atomic_write_json
-from ddk_fast.train.logging import RunLogger
-from ddk_fast.train.threads import apply_threads
-from ddk_fast.train.oneshot import one_shot
-from ddk_fast.train.options import check_fields
-from ddk_fast.train.report import Report, build_report, write_plots
-from ddk_fast.train.rundir import copy_logs, finalize, prepare, run_dirs, stage_dir
-from ddk_fast.train.validate import check_seq_len, parse_target
+from ddk_fast.runs.logging import RunLogger
+from ddk_fast.runs.threads import apply_threads
+from ddk_fast.pipelines.oneshot import one_shot
+from ddk_fast.runs.options import check_fields
+from ddk_fast.pipelines.report import Report, build_report, write_plots
+from ddk_fast.runs.rundir import copy_logs, finalize, prepare, run_dirs, stage_dir
+from ddk_fast.runs.validate import check_seq_len, parse_target
 
 
 def validate(cfg: PruneConfig) -> tuple[str, float]:

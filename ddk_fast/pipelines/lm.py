@@ -31,21 +31,22 @@ from ddk_fast.model.gpt2 import MaskedGPT2
 from ddk_fast.model.pruning import prune
 from ddk_fast.search import CostModel, TemperatureSchedule, build_budget, build_search
 from ddk_fast.search.importance import taylor_importance
-from ddk_fast.train import shared_options as shared
-from ddk_fast.train.config import CompressConfig, config_dict, parse_kd, _coerce, load_yaml
-from ddk_fast.train.checkpointer import Checkpointer
-from ddk_fast.train.ddp import DistContext, resolve_device
-from ddk_fast.train.evaluation import to_device
-from ddk_fast.train.logging import RunLogger
-from ddk_fast.train.loop import FiniteWatch, RunHooks, TrainLoop, skip_batches
-from ddk_fast.train.optim import adamw, linear_schedule
-from ddk_fast.train.options import NON_NEGATIVE, POSITIVE, check_choices, check_fields, flag_of, like, option
-from ddk_fast.train.resumable import publish
-from ddk_fast.train.rundir import finished_result, prepare, run_dirs
-from ddk_fast.train.stages import initial_importance
-from ddk_fast.train.student_kd import KDStage, is_lm_task, load_teacher_for, task_data
-from ddk_fast.train.threads import apply_threads
-from ddk_fast.train.validate import parse_target
+from ddk_fast.runs import shared_options as shared
+from ddk_fast.pipelines.configs import CompressConfig
+from ddk_fast.runs.config import config_dict, parse_kd, _coerce, load_yaml
+from ddk_fast.runs.checkpointer import Checkpointer
+from ddk_fast.runs.ddp import DistContext, resolve_device
+from ddk_fast.runs.evaluation import to_device
+from ddk_fast.runs.logging import RunLogger
+from ddk_fast.runs.loop import FiniteWatch, RunHooks, TrainLoop, skip_batches
+from ddk_fast.runs.optim import adamw, linear_schedule
+from ddk_fast.runs.options import NON_NEGATIVE, POSITIVE, check_choices, check_fields, flag_of, like, option
+from ddk_fast.runs.resumable import publish
+from ddk_fast.runs.rundir import finished_result, prepare, run_dirs
+from ddk_fast.runs.stages import initial_importance
+from ddk_fast.pipelines.distill import KDStage, is_lm_task, load_teacher_for, task_data
+from ddk_fast.runs.threads import apply_threads
+from ddk_fast.runs.validate import parse_target
 
 DEFAULT_KD = {"pred_weight": 1.0, "temperature": 2.0, "hidden_weight": 1.0, "mapping": "fusion",
               "layer_weighting": "adaptive", "task_weight": 0.5}

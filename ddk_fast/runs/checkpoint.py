@@ -22,7 +22,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ddk_fast.train.errors import CheckpointWriteError
+from ddk_fast.errors import CheckpointWriteError
 from ddk_fast._io import atomic_directory, atomic_write_json, atomic_write_text, read_json
 
 LATEST = "LATEST"

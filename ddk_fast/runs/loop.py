@@ -15,10 +15,10 @@ from typing import Callable, Iterable, Iterator, Optional
 
 import torch
 
-from ddk_fast.train import ddp
-from ddk_fast.train.checkpoint import latest_checkpoint
-from ddk_fast.train.errors import RunInterrupted, TrainingDiverged
-from ddk_fast.train.logging import progress
+from ddk_fast.runs import ddp
+from ddk_fast.runs.checkpoint import latest_checkpoint
+from ddk_fast.errors import RunInterrupted, TrainingDiverged
+from ddk_fast.runs.logging import progress
 
 
 class FirstNonFinite:

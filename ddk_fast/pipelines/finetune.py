@@ -20,20 +20,21 @@ import torch
 from ddk_fast._io import atomic_directory, atomic_write_json
 from ddk_fast.data.custom import KINDS, write_task_file
 from ddk_fast.errors import UserError
-from ddk_fast.train import ddp
-from ddk_fast.train.batching import eval_loader, train_loader
-from ddk_fast.train.checkpoint import weights_digest
-from ddk_fast.train.checkpointer import Checkpointer
-from ddk_fast.train.config import FinetuneConfig, config_dict, packaged_model_dir
-from ddk_fast.train.evaluation import encode_split, evaluate, load_split, resolve_task, to_device
-from ddk_fast.train.hf import label_arguments, load_classifier, logits_of, save_classifier
-from ddk_fast.train.logging import RunLogger
-from ddk_fast.train.loop import FiniteWatch, RunHooks, TrainLoop
-from ddk_fast.train.optim import adamw, linear_schedule
-from ddk_fast.train.options import check_fields
-from ddk_fast.train.rundir import copy_logs, finalize, finished_result, prepare, run_dirs, stage_dir
-from ddk_fast.train.threads import apply_threads
-from ddk_fast.train.validate import check_seq_len
+from ddk_fast.runs import ddp
+from ddk_fast.runs.batching import eval_loader, train_loader
+from ddk_fast.runs.checkpoint import weights_digest
+from ddk_fast.runs.checkpointer import Checkpointer
+from ddk_fast.pipelines.configs import FinetuneConfig
+from ddk_fast.runs.config import config_dict, packaged_model_dir
+from ddk_fast.runs.evaluation import encode_split, evaluate, load_split, resolve_task, to_device
+from ddk_fast.runs.hf import label_arguments, load_classifier, logits_of, save_classifier
+from ddk_fast.runs.logging import RunLogger
+from ddk_fast.runs.loop import FiniteWatch, RunHooks, TrainLoop
+from ddk_fast.runs.optim import adamw, linear_schedule
+from ddk_fast.runs.options import check_fields
+from ddk_fast.runs.rundir import copy_logs, finalize, finished_result, prepare, run_dirs, stage_dir
+from ddk_fast.runs.threads import apply_threads
+from ddk_fast.runs.validate import check_seq_len
 
 
 def validate(cfg: FinetuneConfig) -> None:
