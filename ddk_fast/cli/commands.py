@@ -32,7 +32,7 @@ LM_ONLY = tuple(f.name for f in dataclasses.fields(lm.LMCompressConfig)
                 if f.name not in {g.name for g in dataclasses.fields(CompressConfig)})
 # the run options a sweep passes to every point: a student run's, and a DDK run's budget and LM steps
 SWEEP_POINT_OPTIONS = (
-    Options(student_kd.DistillConfig, presets=student_kd.PRESETS,
+    Options(student_kd.DistillConfig, presets=PRESETS["distill"],
             names=("data_dir", *(f.name for f in dataclasses.fields(DataOptions)), "preset", "recipe", "student_layers",
                    "layer_init", "student_heads", "student_intermediate", "student_hidden", "steps", "kd", "eval_file",
                    "block_size", "lr", "batch_size", "eval_batch_size", "max_seq_len", "max_train_examples",
@@ -152,12 +152,12 @@ def register(sub) -> None:
                             "width search with recursive adaptive KD, physical pruning, distillation of the pruned "
                             "student, export + report.json. --task lm compresses a GPT-2 on plain text.",
                 options=[Options(CompressConfig, presets=PRESETS["compress"]),
-                         Options(lm.LMCompressConfig, presets=lm.PRESETS, note="--task lm")],
+                         Options(lm.LMCompressConfig, presets=PRESETS["compress-lm"], note="--task lm")],
                 func=_compress, config_help=CONFIG_HELP)
     add_command(sub, "distill", help="distil a fixed smaller student (TinyBERT / MaKD / fusion recipes)",
                 description="Distil a TinyBERT-style student (fewer layers, optionally narrower) from a teacher with "
                             "a recipe of the KD catalog; GLUE task, your own data or --task lm.",
-                options=[Options(student_kd.DistillConfig, presets=student_kd.PRESETS)], func=_distill,
+                options=[Options(student_kd.DistillConfig, presets=PRESETS["distill"])], func=_distill,
                 config_help="YAML file of options (keys = flag names)")
     add_command(sub, "sweep", help="grid of KD settings (loss weights, temperature, mapping...), resumable",
                 description="Run a grid of distillation settings: each point a TinyBERT-style student (--mode "

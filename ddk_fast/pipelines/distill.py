@@ -11,7 +11,6 @@ Shared pieces used by the LM compression too: ``load_teacher_for``, ``TaskData``
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 import tempfile
@@ -33,7 +32,8 @@ from ddk_fast.runs import teacher_cache
 from ddk_fast.runs.batching import eval_loader, train_loader
 from ddk_fast.pipelines.compress import load_teacher
 from ddk_fast.pipelines.configs import BatchOptions, DataOptions, OptimizerOptions
-from ddk_fast.runs.config import config_dict, parse_kd, _coerce, load_yaml
+from ddk_fast.runs.config import build_config, config_dict
+from ddk_fast.runs.presets import PRESETS
 from ddk_fast.runs.checkpointer import Checkpointer
 from ddk_fast.runs.ddp import DistContext, resolve_device
 from ddk_fast.runs.evaluation import to_device, resolve_task, encode_split, evaluate, load_split, perplexity
@@ -41,7 +41,7 @@ from ddk_fast.runs.hf import load_tokenizer, read_config
 from ddk_fast.runs.logging import RunLogger
 from ddk_fast.runs.loop import FiniteWatch, RunHooks, TrainLoop, skip_batches
 from ddk_fast.runs.optim import adamw, linear_schedule
-from ddk_fast.runs.options import POSITIVE, api_only, check_choices, check_fields, option
+from ddk_fast.runs.options import POSITIVE, api_only, check_fields, option
 from ddk_fast.runs.resumable import publish
 from ddk_fast.runs.rundir import finished_result, prepare, run_dirs
 from ddk_fast.runs.threads import apply_threads
@@ -50,13 +50,6 @@ LM_TASK = "lm"
 
 
 # ------------------------------------------------------------------------------------------ config
-PRESETS = {
-    "full": {},
-    "quick": {"steps": 200, "max_train_examples": 2000, "max_eval_examples": 400, "max_seq_len": 64,
-              "batch_size": 16, "lr": 1e-4, "block_size": 64},
-}
-
-
 @dataclass
 class DistillConfig(OptimizerOptions, BatchOptions, DataOptions):
     """A fixed-student distillation run (see the module docstring). ``train_file`` is plain text for
@@ -67,7 +60,7 @@ class DistillConfig(OptimizerOptions, BatchOptions, DataOptions):
     output: str = shared.output("folder for the student + metrics.json")
     data_dir: Optional[str] = shared.data_dir("folder of GLUE TSVs (with a GLUE --task)")
     eval_file: Optional[str] = option(None, group="lm", help="--task lm: plain-text evaluation file")
-    preset: str = shared.preset(PRESETS)
+    preset: str = shared.preset(PRESETS["distill"])
     recipe: str = option("tinybert", group="distill", choices=tuple(RECIPES),
                          help="tinybert (two stages), joint, makd or ddk (docs/distillation.md)")
     student_layers: int = option(3, group="shape", minimum=POSITIVE, help="student depth")
@@ -101,28 +94,8 @@ class DistillConfig(OptimizerOptions, BatchOptions, DataOptions):
 
 
 def build_distill_config(flags: dict, config_file: Optional[str] = None) -> DistillConfig:
-    """defaults < preset < YAML file < flags given (None = not given)."""
-    names = {f.name for f in dataclasses.fields(DistillConfig)}
-    file_values = load_yaml(config_file) if config_file else {}
-    unknown = sorted(set(file_values) - names - {"config"})
-    if unknown:
-        raise UserError(f"--config {config_file!r}: unknown option(s) {', '.join(unknown)}")
-    given = {k: v for k, v in flags.items() if v is not None and k in names}
-    preset = str(given.get("preset") or file_values.get("preset") or "full")
-    if preset not in PRESETS:
-        raise UserError(f"--preset {preset!r} is not a preset; expected one of {', '.join(PRESETS)}")
-    merged: dict[str, Any] = {}
-    for source, values in (("preset " + preset, PRESETS[preset]), (f"--config {config_file}", file_values),
-                           ("flag", given)):
-        for key, value in values.items():
-            if key == "kd":
-                merged["kd"] = dict(merged.get("kd", {}), **parse_kd(value))
-            elif key in names and key != "config":
-                merged[key] = _coerce(DistillConfig, key, value, source)
-    merged["preset"] = preset
-    cfg = DistillConfig(**merged)
-    check_choices(cfg)
-    return cfg
+    """defaults < preset < YAML file < flags given (None = not given); ``kd`` merges key by key."""
+    return build_config(DistillConfig, "distill", flags, config_file)
 
 
 # --------------------------------------------------------------------------------------- teachers

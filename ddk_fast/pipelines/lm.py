@@ -33,14 +33,14 @@ from ddk_fast.search import CostModel, TemperatureSchedule, build_budget, build_
 from ddk_fast.search.importance import taylor_importance
 from ddk_fast.runs import shared_options as shared
 from ddk_fast.pipelines.configs import CompressConfig
-from ddk_fast.runs.config import config_dict, parse_kd, _coerce, load_yaml
+from ddk_fast.runs.config import build_config, config_dict, load_yaml, parse_kd
 from ddk_fast.runs.checkpointer import Checkpointer
 from ddk_fast.runs.ddp import DistContext, resolve_device
 from ddk_fast.runs.evaluation import to_device
 from ddk_fast.runs.logging import RunLogger
 from ddk_fast.runs.loop import FiniteWatch, RunHooks, TrainLoop, skip_batches
 from ddk_fast.runs.optim import adamw, linear_schedule
-from ddk_fast.runs.options import NON_NEGATIVE, POSITIVE, check_choices, check_fields, flag_of, like, option
+from ddk_fast.runs.options import NON_NEGATIVE, POSITIVE, check_fields, flag_of, like, option
 from ddk_fast.runs.resumable import publish
 from ddk_fast.runs.rundir import finished_result, prepare, run_dirs
 from ddk_fast.runs.stages import initial_importance
@@ -102,38 +102,10 @@ class LMCompressConfig:
     kd: dict = _compress("kd", default_factory=lambda: dict(DEFAULT_KD))
 
 
-PRESETS = {
-    "full": {},
-    "quick": {"search_steps": 150, "distill_steps": 300, "block_size": 64, "batch_size": 16,
-              "max_train_examples": 2000, "max_eval_examples": 200, "lr": 3e-4, "channel_granularity": 16},
-}
-
-
 def build_lm_config(flags: dict, config_file: Optional[str] = None) -> LMCompressConfig:
     """defaults < preset < YAML file < flags given (None = not given). ``kd`` merges key by key; the file's
     KD options of ``compress`` (``temperature``, ``hidden_loss``...) count as ``kd`` keys, as the flags do."""
-    names = {f.name for f in dataclasses.fields(LMCompressConfig)}
-    file_values = _kd_options_into_kd(load_yaml(config_file)) if config_file else {}
-    file_values.pop("config", None)
-    unknown = sorted(set(file_values) - names)
-    if unknown:
-        raise UserError(f"--config {config_file!r}: unknown option(s) {', '.join(unknown)}")
-    given = {k: v for k, v in flags.items() if v is not None and k in names}
-    preset = str(given.get("preset") or file_values.get("preset") or "full")
-    if preset not in PRESETS:
-        raise UserError(f"--preset {preset!r} is not a preset; expected one of {', '.join(PRESETS)}")
-    merged: dict[str, Any] = {"kd": dict(DEFAULT_KD)}
-    for source, values in (("preset " + preset, PRESETS[preset]), (f"--config {config_file}", file_values),
-                           ("flag", given)):
-        for key, value in values.items():
-            if key == "kd":
-                merged["kd"].update(parse_kd(value))
-            elif key in names:
-                merged[key] = _coerce(LMCompressConfig, key, value, source)
-    merged["preset"] = preset
-    cfg = LMCompressConfig(**merged)
-    check_choices(cfg)
-    return cfg
+    return build_config(LMCompressConfig, "compress-lm", flags, config_file, rewrite=_kd_options_into_kd)
 
 
 def validate(cfg: LMCompressConfig) -> tuple[str, float]:

@@ -8,7 +8,7 @@ import dataclasses
 import functools
 import hashlib
 import os
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from ddk_fast.distill.objectives import DEFAULTS as KD_DEFAULTS
 from ddk_fast.distill.objectives import kd_choices
@@ -72,31 +72,44 @@ def load_yaml(path: str) -> dict:
     return {str(k).replace("-", "_"): v for k, v in data.items()}
 
 
-def build_config(cfg_cls, command: str, flags: dict, config_file: Optional[str] = None):
-    """Merge defaults < preset < YAML file < flags (only flags that were actually given: not None)."""
+def build_config(cfg_cls, command: str, flags: dict, config_file: Optional[str] = None,
+                 rewrite: Optional[Callable[[dict], dict]] = None):
+    """Merge defaults < preset < YAML file < flags (only flags that were actually given: not None).
+
+    The one merge of every command: ``command`` names its table in ``presets.PRESETS``. A ``kd`` field
+    typed ``dict`` (distill, ``--task lm``) merges key by key over its default, each source's ``--kd``
+    parsed by ``parse_kd``; a ``str`` one (``compress``, parsed when the run starts) is replaced whole.
+    ``rewrite``: applied to the file's mapping and to the flags before the merge (``--task lm`` folds
+    compress's KD flags into ``kd`` with it)."""
     names = {f.name for f in dataclasses.fields(cfg_cls)}
     file_values = load_yaml(config_file) if config_file else {}
     file_values.pop("config", None)
+    given = {k: v for k, v in flags.items() if v is not None}
+    if rewrite is not None:
+        file_values, given = rewrite(file_values), rewrite(given)
     unknown = sorted(set(file_values) - names)
     if unknown:
         raise UserError(f"--config {config_file!r}: unknown option(s) {', '.join(unknown)}")
-    bad_flags = sorted(k for k in flags if k not in names)
+    bad_flags = sorted(k for k in given if k not in names)
     if bad_flags:
         raise TypeError(f"unknown option(s) for {command}: {', '.join(bad_flags)}")
-    given = {k: v for k, v in flags.items() if v is not None}
-    for source in (file_values, given):  # a YAML mapping and a KEY=VALUE string mean the same thing
-        if isinstance(source.get("kd"), dict):
+    kd_field = next((f for f in dataclasses.fields(cfg_cls) if f.name == "kd"), None)
+    kd_merges = kd_field is not None and kd_field.default_factory is not dataclasses.MISSING
+    for source in (file_values, given):
+        if isinstance(source.get("kd"), dict) and not kd_merges:  # a YAML mapping means KEY=VALUE,...
             source["kd"] = ",".join(f"{k}={v}" for k, v in source["kd"].items())
         if isinstance(source.get("text_columns"), (list, tuple)):  # YAML [a, b] means --text-columns a,b
             source["text_columns"] = ",".join(str(c) for c in source["text_columns"])
-    preset = given.get("preset") or file_values.get("preset") or "full"
-    merged: dict[str, Any] = {}
-    for source, values in (("preset " + str(preset), preset_values(command, str(preset))),
+    preset = str(given.get("preset") or file_values.get("preset") or "full")
+    merged: dict[str, Any] = {"kd": kd_field.default_factory()} if kd_merges else {}
+    for source, values in (("preset " + preset, preset_values(command, preset)),
                            (f"--config {config_file}", file_values), ("flag", given)):
         for key, value in values.items():
-            if key in names:
+            if key == "kd" and kd_merges:
+                merged["kd"] = dict(merged["kd"], **parse_kd(value))
+            elif key in names:
                 merged[key] = _coerce(cfg_cls, key, value, source)
-    merged["preset"] = str(preset)
+    merged["preset"] = preset
     cfg = cfg_cls(**merged)
     check_choices(cfg)
     return cfg

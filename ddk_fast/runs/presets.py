@@ -61,6 +61,17 @@ PRESETS: dict[str, dict[str, dict]] = {
     },
 }
 
+PRESETS["distill"] = {
+    "full": {},
+    "quick": {"steps": 200, "max_train_examples": 2000, "max_eval_examples": 400, "max_seq_len": 64,
+              "batch_size": 16, "lr": 1e-4, "block_size": 64},
+}
+PRESETS["compress-lm"] = {  # ``compress --task lm``
+    "full": {},
+    "quick": {"search_steps": 150, "distill_steps": 300, "block_size": 64, "batch_size": 16,
+              "max_train_examples": 2000, "max_eval_examples": 200, "lr": 3e-4, "channel_granularity": 16},
+}
+
 
 def preset_values(command: str, name: str) -> dict:
     table = PRESETS[command]
