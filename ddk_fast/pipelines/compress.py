@@ -46,7 +46,7 @@ from ddk_fast.runs.checkpoint import weights_digest
 from ddk_fast.runs.checkpointer import Checkpointer
 from ddk_fast.pipelines.configs import CompressConfig
 from ddk_fast.runs.config import config_dict, parse_kd
-from ddk_fast.pipelines.deploy import add_deployment, check_deployment_flags, check_onnx_task
+from ddk_fast.pipelines.deploy import add_deployment, check_onnx_task, check_pruning_run
 from ddk_fast.runs.evaluation import encode_split, evaluate, load_split, resolve_task, to_device
 from ddk_fast.runs.hf import (check_head_kind, check_label_count, has_classifier_head, head_kind_of, load_tokenizer,
                                read_config)
@@ -55,7 +55,6 @@ from ddk_fast.runs.latency_table import measure_latency_fit
 from ddk_fast.runs.logging import RunLogger
 from ddk_fast.runs.loop import FiniteWatch, RunHooks, TrainLoop
 from ddk_fast.pipelines.oneshot import one_shot
-from ddk_fast.runs.options import check_fields
 from ddk_fast.runs.optim import adamw, linear_schedule
 from ddk_fast.pipelines.report import Report, build_report, write_plots
 from ddk_fast.runs.run_state import DISTILL, SEARCH, RunState
@@ -63,19 +62,14 @@ from ddk_fast.runs.rundir import copy_logs, finalize, finished_result, prepare, 
 from ddk_fast.runs.stages import DistillModule, SearchModule, initial_importance, teacher_outputs, weight_parameters
 from ddk_fast.pipelines.structure_file import read_structure_file
 from ddk_fast.runs.threads import apply_threads
-from ddk_fast.runs.validate import check_seq_len, parse_target
+from ddk_fast.runs.validate import check_seq_len
 
 FIXED_KINDS = ("uniform", "oneshot")
 
 
 # ----------------------------------------------------------------------------------------- validation
 def validate(cfg: CompressConfig) -> tuple[str, float]:
-    for flag, value in (("--teacher", cfg.teacher), ("--output", cfg.output)):
-        if not value:
-            raise UserError(f"{flag} is required")
-    metric, ratio = parse_target(cfg.target)
-    check_fields(cfg)
-    check_deployment_flags(cfg, metric)
+    metric, ratio = check_pruning_run(cfg)
     if cfg.fixed_structure is None and cfg.search_epochs < 1:
         raise UserError("--search-epochs 0: the search needs at least one epoch (or use --fixed-structure uniform)")
     one_shot_pass = cfg.fixed_structure == "oneshot" or (cfg.fixed_structure is None and cfg.init == "oneshot")

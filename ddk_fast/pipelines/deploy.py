@@ -36,7 +36,8 @@ from ddk_fast.runs.batching import eval_loader
 from ddk_fast.runs.evaluation import evaluate_logits, predict
 from ddk_fast.runs.hf import quiet_transformers
 from ddk_fast.runs.latency import compare_runners, pinned_threads, timed
-from ddk_fast.runs.options import option
+from ddk_fast.runs.options import check_fields, option
+from ddk_fast.runs.validate import parse_target
 
 RUNTIMES = ("torch", "torch-int8", "onnx", "onnx-int8")
 DEFAULT_RUNTIMES = ("torch", "onnx", "onnx-int8")
@@ -281,6 +282,19 @@ def deployment_shapes(cfg) -> list[tuple[int, int]]:
     serving) and the --latency-batch-size x --latency-seq-len shape of the engine's ratio."""
     shapes = parse_shapes(cfg.latency_shapes) if cfg.latency_shapes else [(1, cfg.latency_seq_len)]
     return list(dict.fromkeys(shapes + [(cfg.latency_batch_size, cfg.latency_seq_len)]))
+
+
+def check_pruning_run(cfg) -> tuple[str, float]:
+    """The checks every pruning run (``prune``, ``compress``) makes before any work: teacher and output
+    given, the ``--target`` parsed, the fields' choices and bounds, the deployment flags. Returns the
+    target's (metric, ratio)."""
+    for flag, value in (("--teacher", cfg.teacher), ("--output", cfg.output)):
+        if not value:
+            raise UserError(f"{flag} is required")
+    metric, ratio = parse_target(cfg.target)
+    check_fields(cfg)
+    check_deployment_flags(cfg, metric)
+    return metric, ratio
 
 
 def check_deployment_flags(cfg, metric: str) -> None:

@@ -19,7 +19,7 @@ from ddk_fast.data.custom import task_files
 from ddk_fast.data.glue import subsample_indices
 from ddk_fast.errors import UserError
 from ddk_fast.export import load_pruned, save_pruned
-from ddk_fast.pipelines.deploy import add_deployment, check_deployment_flags, check_onnx_task
+from ddk_fast.pipelines.deploy import add_deployment, check_onnx_task, check_pruning_run
 from ddk_fast.runs.batching import eval_loader
 from ddk_fast.pipelines.compress import _console, check_budget, cost_model_for, load_teacher
 from ddk_fast.pipelines.configs import PruneConfig
@@ -29,19 +29,13 @@ from ddk_fast._io import atomic_write_json
 from ddk_fast.runs.logging import RunLogger
 from ddk_fast.runs.threads import apply_threads
 from ddk_fast.pipelines.oneshot import one_shot
-from ddk_fast.runs.options import check_fields
 from ddk_fast.pipelines.report import Report, build_report, write_plots
 from ddk_fast.runs.rundir import copy_logs, finalize, prepare, run_dirs, stage_dir
-from ddk_fast.runs.validate import check_seq_len, parse_target
+from ddk_fast.runs.validate import check_seq_len
 
 
 def validate(cfg: PruneConfig) -> tuple[str, float]:
-    for flag, value in (("--teacher", cfg.teacher), ("--output", cfg.output)):
-        if not value:
-            raise UserError(f"{flag} is required")
-    metric, ratio = parse_target(cfg.target)
-    check_fields(cfg)
-    check_deployment_flags(cfg, metric)
+    metric, ratio = check_pruning_run(cfg)
     if cfg.importance_iterations > 1 and cfg.importance != "fisher":
         raise UserError(f"--importance-iterations {cfg.importance_iterations} needs --importance fisher "
                         "(the masked model's gate gradients)")
