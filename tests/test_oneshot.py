@@ -334,6 +334,34 @@ def test_tuning_is_kept_only_when_it_lowers_the_held_out_loss(monkeypatch):
     assert all(torch.equal(a, b) for a, b in zip(dropped.student.state_dict().values(), plain.state_dict().values()))
 
 
+def test_the_held_out_task_score_decides_over_the_loss(monkeypatch):
+    """With the task's score the check keeps the tuning only when it scores higher on the held-out
+    examples (the loss breaks a tie), whatever the loss says; the scores are those of the two students."""
+    import ddk_fast.pipelines.oneshot as oneshot
+
+    teacher, data = tiny(), batches(n=6)
+    cm = CostModel(16, 4, teacher.num_heads, teacher.intermediate_sizes)
+    seen = []
+
+    def accuracy(logits, labels):
+        seen.append((logits.shape, labels.shape))
+        return float((logits.argmax(-1) == labels).float().mean())
+
+    run = dict(rearrange_units=False, path="reference", tuning_examples=8, tuning_check_examples=8)
+    result = oneshot.one_shot(teacher, data, cm, "params", 0.5, score_logits=accuracy, **run)
+    report = result.tuning
+    assert len(seen) == 2 and seen[0][0][0] == seen[0][1][0] == 8  # both students over the 8 held-out rows
+    assert report.kept == (report.held_out_score_tuned > report.held_out_score_untuned
+                           or (report.held_out_score_tuned == report.held_out_score_untuned
+                               and report.held_out_loss_tuned < report.held_out_loss_untuned))
+
+    monkeypatch.setattr(oneshot, "held_out_loss", lambda *a: next(losses))  # the loss says: tuning helps
+    for scores, kept in (([0.7, 0.6], False), ([0.6, 0.7], True), ([0.6, 0.6], True)):
+        losses, values = iter([2.0, 1.0]), iter(scores)
+        again = oneshot.one_shot(teacher, data, cm, "params", 0.5, score_logits=lambda *a: next(values), **run)
+        assert again.tuning.kept is kept and again.tuning.held_out_score_untuned == scores[0]
+
+
 def test_tuning_without_leftover_examples_is_kept_unchecked():
     from ddk_fast.pipelines.oneshot import one_shot
 

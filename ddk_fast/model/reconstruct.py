@@ -34,10 +34,13 @@ class TuningReport:
     calibration tokens before and after tuning, and whether the solution was kept."""
 
     rows: list[dict] = field(default_factory=list)
-    # the held-out check of ``one_shot``: task loss of the untuned / tuned student on calibration
-    # examples the least squares did not see, and whether the tuned scales were kept (None: no check)
+    # the held-out check of ``one_shot``: task loss and (when the caller can score the task) the task's
+    # score of the untuned / tuned student on calibration examples the least squares did not see, and
+    # whether the tuned scales were kept (None: no check)
     held_out_loss_untuned: float | None = None
     held_out_loss_tuned: float | None = None
+    held_out_score_untuned: float | None = None
+    held_out_score_tuned: float | None = None
     kept: bool | None = None
 
     @property

@@ -47,7 +47,7 @@ from ddk_fast.runs.checkpointer import Checkpointer
 from ddk_fast.pipelines.configs import CompressConfig
 from ddk_fast.runs.config import config_dict, parse_kd
 from ddk_fast.pipelines.deploy import add_deployment, check_onnx_task, check_pruning_run
-from ddk_fast.runs.evaluation import encode_split, evaluate, load_split, resolve_task, to_device
+from ddk_fast.runs.evaluation import encode_split, evaluate, load_split, resolve_task, score_of, to_device
 from ddk_fast.runs.hf import (check_head_kind, check_label_count, has_classifier_head, head_kind_of, load_tokenizer,
                                read_config)
 from ddk_fast.runs.host_memory import keep_freed_memory
@@ -409,7 +409,7 @@ class _Compression:
         calib = self._calibration_batches()
         result = one_shot(self.teacher, calib, self.cost_model, self.metric, self.ratio,
                           granularity=cfg.channel_granularity, path=cfg.path, tuning_examples=cfg.tuning_examples,
-                          tuning_check_examples=cfg.tuning_check_examples,
+                          tuning_check_examples=cfg.tuning_check_examples, score_logits=score_of(self.spec),
                           importance_iterations=cfg.importance_iterations)
         if self.ctx.distributed:
             # Every rank continues from rank 0's result: GPU reductions need not agree bitwise across

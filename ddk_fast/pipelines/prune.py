@@ -24,7 +24,7 @@ from ddk_fast.runs.batching import eval_loader
 from ddk_fast.pipelines.compress import _console, check_budget, cost_model_for, load_teacher
 from ddk_fast.pipelines.configs import PruneConfig
 from ddk_fast.runs.config import config_dict
-from ddk_fast.runs.evaluation import encode_split, evaluate, load_split, resolve_task, to_device
+from ddk_fast.runs.evaluation import encode_split, evaluate, load_split, resolve_task, score_of, to_device
 from ddk_fast._io import atomic_write_json
 from ddk_fast.runs.logging import RunLogger
 from ddk_fast.runs.threads import apply_threads
@@ -144,7 +144,7 @@ def _run(run, calib, tokenizer, dirs, log, device) -> dict:
     result = one_shot(teacher, calib, run.cost_model, run.metric, run.ratio, granularity=cfg.channel_granularity,
                       importance=cfg.importance, rearrange_units=cfg.rearrange, tune=cfg.tune, path=cfg.path,
                       ridge=cfg.ridge, tuning_examples=cfg.tuning_examples,
-                      tuning_check_examples=cfg.tuning_check_examples,
+                      tuning_check_examples=cfg.tuning_check_examples, score_logits=score_of(spec),
                       importance_iterations=cfg.importance_iterations)
     stages = [("mask_search", result.searched)]
     if result.rearrangement is not None:
@@ -164,8 +164,11 @@ def _run(run, calib, tokenizer, dirs, log, device) -> dict:
     tuned = result.tuning is not None and result.tuning.kept is not False
     state["history"].append({"stage": "tuned" if tuned else "pruned", "epoch": 0, "step": 0, **final})
     if result.tuning is not None and result.tuning.kept is not None:
-        log.info(f"least-squares tuning {'kept' if tuned else 'dropped'}: held-out calibration loss "
-                 f"{result.tuning.held_out_loss_untuned:.4f} untuned, {result.tuning.held_out_loss_tuned:.4f} tuned")
+        t = result.tuning
+        score = ("" if t.held_out_score_untuned is None else
+                 f"score {t.held_out_score_untuned:.4f} untuned, {t.held_out_score_tuned:.4f} tuned; ")
+        log.info(f"least-squares tuning {'kept' if tuned else 'dropped'}: held-out calibration {score}"
+                 f"loss {t.held_out_loss_untuned:.4f} untuned, {t.held_out_loss_tuned:.4f} tuned")
     log.info(f"after {'least-squares tuning' if tuned else 'pruning'}: dev " + _fmt(final))
     state["best_metrics"] = dict(final, epoch=0)
     state["pruned_dev"] = final
@@ -178,7 +181,9 @@ def _run(run, calib, tokenizer, dirs, log, device) -> dict:
             "error_before": result.tuning.error_before, "error_after": result.tuning.error_after,
             "sublayers_tuned": sum(r["tuned"] for r in result.tuning.rows), "rows": result.tuning.rows,
             "kept": result.tuning.kept, "held_out_loss_untuned": result.tuning.held_out_loss_untuned,
-            "held_out_loss_tuned": result.tuning.held_out_loss_tuned}}
+            "held_out_loss_tuned": result.tuning.held_out_loss_tuned,
+            "held_out_score_untuned": result.tuning.held_out_score_untuned,
+            "held_out_score_tuned": result.tuning.held_out_score_tuned}}
     state["times_s"] = {k[:-2]: v for k, v in timings.items()}
     log.info("time: " + ", ".join(f"{k} {v:.1f} s" for k, v in state["times_s"].items()))
     return _export(run, student.cpu() if device.type != "cpu" else student, tokenizer, dirs, log)

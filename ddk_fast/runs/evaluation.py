@@ -93,6 +93,12 @@ def evaluate_logits(task, logits: torch.Tensor, labels: torch.Tensor, dataset=No
     return {k: float(v) for k, v in compute_metrics(task, preds.numpy(), labels.numpy()).items()}
 
 
+def score_of(task):
+    """``(logits, labels) -> the task's score`` (the mean of its metrics, higher is better) of sequence-level
+    logits: what the one-shot step's held-out check compares the tuned and untuned students by."""
+    return lambda logits, labels: evaluate_logits(task, logits, labels)["score"]
+
+
 def evaluate(model, logits_fn, loader, device, task: str) -> dict:
     was_training = model.training
     model.eval()
