@@ -195,3 +195,17 @@ def test_api_distill_and_sweep_merge_like_their_commands(tmp_path, monkeypatch):
     assert kw["base"]["steps"] == 5 and kw["mode"] == "student"
     with pytest.raises(UserError, match="exactly one of --grid or --grid-file"):
         ddk_fast.sweep(teacher="t", task="mrpc", output="s")
+
+
+def test_the_full_finetune_schedule_takes_a_tasks_own_values():
+    """CoLA's teacher trains at lr 5e-5 for 5 epochs (the sweep of docs/results.md); flags, the config
+    file and the quick preset are not overridden by it, and other tasks keep the full schedule."""
+    from ddk_fast.runs.config import build_config
+
+    def cfg(**flags):
+        return build_config(FinetuneConfig, "finetune", dict(output="o", **flags))
+
+    assert (cfg(task="cola").lr, cfg(task="cola").epochs) == (5e-5, 5)
+    assert (cfg(task="CoLA").lr, cfg(task="mrpc").lr, cfg(task="mrpc").epochs) == (5e-5, 1e-4, 3)
+    assert cfg(task="cola", lr=2e-4).lr == 2e-4 and cfg(task="cola", preset="quick").lr == 1e-4
+    assert cfg(task="cola", preset="quick").epochs == 2

@@ -80,7 +80,8 @@ class FinetuneConfig(OptimizerOptions, BatchOptions, DataOptions):
     data_dir: Optional[str] = shared.data_dir()
     preset: str = shared.preset(PRESETS["finetune"])
     epochs: int = option(3, group="train", minimum=POSITIVE, help="training epochs")
-    lr: float = shared.lr(1e-4)
+    lr: float = shared.lr(1e-4, help="learning rate of the model weights (the full schedule of CoLA: 5e-5 for "
+                                     "5 epochs, chosen by the sweep in docs/results.md)")
     seed: int = shared.seed()
     max_train_examples: Optional[int] = shared.max_train_examples()
     max_eval_examples: Optional[int] = shared.max_eval_examples()

@@ -102,7 +102,8 @@ def build_config(cfg_cls, command: str, flags: dict, config_file: Optional[str] 
             source["text_columns"] = ",".join(str(c) for c in source["text_columns"])
     preset = str(given.get("preset") or file_values.get("preset") or "full")
     merged: dict[str, Any] = {"kd": kd_field.default_factory()} if kd_merges else {}
-    for source, values in (("preset " + preset, preset_values(command, preset)),
+    task = given.get("task") or file_values.get("task")
+    for source, values in (("preset " + preset, preset_values(command, preset, task)),
                            (f"--config {config_file}", file_values), ("flag", given)):
         for key, value in values.items():
             if key == "kd" and kd_merges:
