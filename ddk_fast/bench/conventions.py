@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 
-BASELINES = ("reference", "transformers", "eager", "uncached", "sgemm")
+BASELINES = ("reference", "transformers", "eager", "uncached", "sgemm", "student step")  # the last: batching's
 QUICK_ENV = "DDK_BENCH_QUICK"
 DEVICE_ENV = "DDK_BENCH_DEVICE"
 
