@@ -226,21 +226,29 @@ def check_budget(cost_model, ratio: float, metric: str, target_text: str) -> Non
 
 
 # ------------------------------------------------------------------------------------------------ run
-def run_compress(cfg: CompressConfig) -> dict:
-    metric, ratio = validate(cfg)
-    threads = apply_threads(cfg.threads)
+def open_teacher(cfg, metric: str, ratio: float):
+    """What a pruning run (``prune``, ``compress``) opens and checks before it touches any output: the
+    task, the teacher and its tokenizer, the sequence lengths against the teacher, the cost model and
+    the budget, the run folders. Returns (teacher_path, spec, teacher, tokenizer, cost_model, dirs)."""
     teacher_path = os.path.abspath(cfg.teacher)
     spec = resolve_task(cfg.task, cfg, teacher_path)
     check_onnx_task(cfg, spec)
     teacher, tokenizer = load_teacher(teacher_path, spec)
-    check_seq_len(cfg.seq_len, teacher.config, "--seq-len")
-    check_seq_len(cfg.max_seq_len, teacher.config, "--max-seq-len")
-    check_seq_len(cfg.latency_seq_len, teacher.config, "--latency-seq-len")
+    for value, flag in ((cfg.seq_len, "--seq-len"), (cfg.max_seq_len, "--max-seq-len"),
+                        (cfg.latency_seq_len, "--latency-seq-len")):
+        check_seq_len(value, teacher.config, flag)
     cost_model = cost_model_for(teacher, cfg.seq_len, metric, cfg, info=_console(cfg))
     check_budget(cost_model, ratio, metric, cfg.target)
     dirs = run_dirs(cfg.output)
     if os.path.abspath(dirs.output) == teacher_path:
         raise UserError("--output must differ from --teacher")
+    return teacher_path, spec, teacher, tokenizer, cost_model, dirs
+
+
+def run_compress(cfg: CompressConfig) -> dict:
+    metric, ratio = validate(cfg)
+    threads = apply_threads(cfg.threads)
+    teacher_path, spec, teacher, tokenizer, cost_model, dirs = open_teacher(cfg, metric, ratio)
     ctx = ddp.setup(cfg.device)
     try:
         data = _load_data(cfg, spec, tokenizer)  # bad data is refused before the output folders are touched

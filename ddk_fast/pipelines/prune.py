@@ -19,19 +19,18 @@ from ddk_fast.data.custom import task_files
 from ddk_fast.data.glue import subsample_indices
 from ddk_fast.errors import UserError
 from ddk_fast.export import load_pruned, save_pruned
-from ddk_fast.pipelines.deploy import add_deployment, check_onnx_task, check_pruning_run
+from ddk_fast.pipelines.deploy import add_deployment, check_pruning_run
 from ddk_fast.runs.batching import eval_loader
-from ddk_fast.pipelines.compress import _console, check_budget, cost_model_for, load_teacher
+from ddk_fast.pipelines.compress import open_teacher
 from ddk_fast.pipelines.configs import PruneConfig
 from ddk_fast.runs.config import config_dict
-from ddk_fast.runs.evaluation import encode_split, evaluate, load_split, resolve_task, score_of, to_device
+from ddk_fast.runs.evaluation import encode_split, evaluate, load_split, score_of, to_device
 from ddk_fast._io import atomic_write_json
 from ddk_fast.runs.logging import RunLogger
 from ddk_fast.runs.threads import apply_threads
 from ddk_fast.pipelines.oneshot import one_shot
 from ddk_fast.pipelines.report import Report, build_report, write_plots
-from ddk_fast.runs.rundir import copy_logs, finalize, prepare, run_dirs, stage_dir
-from ddk_fast.runs.validate import check_seq_len
+from ddk_fast.runs.rundir import copy_logs, finalize, prepare, stage_dir
 
 
 def validate(cfg: PruneConfig) -> tuple[str, float]:
@@ -92,18 +91,7 @@ class _PruneRun:
 def run_prune(cfg: PruneConfig) -> dict:
     metric, ratio = validate(cfg)
     threads = apply_threads(cfg.threads)
-    teacher_path = os.path.abspath(cfg.teacher)
-    spec = resolve_task(cfg.task, cfg, teacher_path)
-    check_onnx_task(cfg, spec)
-    teacher, tokenizer = load_teacher(teacher_path, spec)
-    for value, flag in ((cfg.seq_len, "--seq-len"), (cfg.max_seq_len, "--max-seq-len"),
-                        (cfg.latency_seq_len, "--latency-seq-len")):
-        check_seq_len(value, teacher.config, flag)
-    cost_model = cost_model_for(teacher, cfg.seq_len, metric, cfg, info=_console(cfg))
-    check_budget(cost_model, ratio, metric, cfg.target)
-    dirs = run_dirs(cfg.output)
-    if os.path.abspath(dirs.output) == teacher_path:
-        raise UserError("--output must differ from --teacher")
+    teacher_path, spec, teacher, tokenizer, cost_model, dirs = open_teacher(cfg, metric, ratio)
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if cfg.device == "auto" else cfg.device))
     messages = []
