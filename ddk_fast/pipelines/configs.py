@@ -127,8 +127,8 @@ class CompressionRunConfig(BatchOptions, DataOptions):
     tuning_examples: int = option(512, group="oneshot", minimum=POSITIVE,
                                   help="of the calibration examples, how many the least-squares tuning uses")
     tuning_check_examples: int = option(512, group="oneshot", minimum=NON_NEGATIVE,
-                                        help="other calibration examples on which the tuned scales must lower the "
-                                             "task loss to be kept (0: kept unchecked)")
+                                        help="other calibration examples on which the tuned scales must score higher "
+                                             "(the task's score; the loss breaks a tie) to be kept (0: kept unchecked)")
     importance_iterations: int = option(1, group="oneshot", minimum=POSITIVE,
                                         help="prune in K steps of the budget, re-scoring the remaining units each "
                                              "step (Fisher; each step costs one importance pass)")
