@@ -8,6 +8,7 @@ from train_support import make_tiny_bert
 
 from ddk_fast.cli import main
 from ddk_fast.errors import UserError
+from ddk_fast.export import load_pruned
 from ddk_fast.model import MaskedTransformer, Structure, prune, write_back
 from ddk_fast.search import build_search
 from ddk_fast.api import compress
@@ -132,9 +133,30 @@ def test_bad_init_options_are_refused(teacher, glue_dir, tmp_path, options, mess
 
 
 def test_distillation_replaces_the_pruned_student_only_when_it_improves(teacher, glue_dir, tmp_path):
-    # lr 1e-12 leaves the weights as they are: no distillation epoch can beat the pruned student (epoch 0)
+    # lr 1e-12 leaves the weights as they are: no distillation epoch can beat the pruned student (epoch 0);
+    # --init weights: no one-shot student competes with it
     report = compress(teacher=teacher, task="mrpc", data_dir=glue_dir, output=str(tmp_path / "z"),
-                      **dict(FAST, lr=1e-12))
+                      **dict(FAST, lr=1e-12, init="weights"))
     pruned = report["pruned_before_distillation_dev"]
     assert all(h["score"] == pruned["score"] for h in report["history"] if h["stage"] == "distill")
     assert report["student_dev"]["epoch"] == 0 and report["student_dev"]["score"] == pruned["score"]
+    assert report["exported_from"] == "pruned"
+
+
+def test_the_export_is_the_best_candidate_the_run_saw(teacher, glue_dir, tmp_path):
+    """Candidates in order: the one-shot student, the pruned student after the search, each distillation
+    epoch; a later one replaces the export only with a higher dev score, and report.json says which it is."""
+    report = compress(teacher=teacher, task="mrpc", data_dir=glue_dir, output=str(tmp_path / "b"),
+                      **dict(FAST, distill_epochs=2))
+    candidates = [("oneshot", report["oneshot"]["dev"]), ("pruned", report["pruned_before_distillation_dev"])]
+    candidates += [("distill", h) for h in report["history"] if h["stage"] == "distill"]
+    best_source, best = candidates[0]
+    for source, metrics in candidates[1:]:
+        if metrics["score"] > best["score"]:
+            best_source, best = source, metrics
+    assert report["exported_from"] == best_source
+    assert report["student_dev"]["score"] == best["score"]
+    exported = load_pruned(str(tmp_path / "b"))
+    searched = next(h for h in report["history"] if h["stage"] == "search")
+    kept = report["oneshot"] if best_source == "oneshot" else searched
+    assert list(exported.num_heads) == list(kept["heads"])

@@ -13,6 +13,9 @@
 ``--fixed-structure uniform`` replaces (2)-(3) by the same budget met with uniform widths; its
 distillation runs search_epochs + distill_epochs epochs so both see the same number of steps.
 
+The export is the best dev score among the one-shot student, the pruned student and each distillation
+epoch (``_offer_export``).
+
 Resume: the checkpoint records the stage; a run killed during the search resumes the search, one
 killed during distillation rebuilds the pruned student from the recorded structure.
 """
@@ -426,6 +429,8 @@ class _Compression:
         dev = self._evaluate(result.student.to(self.device))
         student = write_back(copy.deepcopy(self.teacher), result.student).requires_grad_(True).train()
         self._oneshot = (result, student)
+        if cfg.fixed_structure is None:  # a search follows: its student must beat the one-shot one to be exported
+            self._offer_export(result.student, dev, "oneshot", epoch=0)
         timings = {k: round(v, 2) for k, v in result.timings.items()}
         self.state.oneshot = {"dev": dev, "calibration_examples": sum(len(b["labels"]) for b in calib),
                               "heads": result.structure.head_counts, "ffn": result.structure.ffn_counts,
@@ -700,13 +705,9 @@ class _Compression:
                   + _fmt(self.state.pruned_dev))
         self.log.log("pruned", step=self.state.global_step, structure=self.state.structure,
                      dev=self.state.pruned_dev)
-        # the pruned student itself is the first candidate: distillation must improve on it to replace it
-        score = self.state.pruned_dev[self.spec.main_metric]
-        self.state.best_score = score if math.isfinite(score) else -math.inf
-        self.state.best_metrics = dict(self.state.pruned_dev, epoch=0)
-        if self.ctx.is_main:
-            save_pruned(pruned, self.dirs.best, overwrite=True)
-        ddp.barrier(self.ctx)
+        # the pruned student is a candidate for the export (the first one unless a one-shot student came
+        # before it): distillation must improve on the best so far to replace it
+        self._offer_export(pruned, self.state.pruned_dev, "pruned", epoch=0)
         module, optimizers, schedulers, _ = self._build_distill(pruned)
         self._save(module, optimizers, schedulers)
         self._pruned_cache = (pruned, module, optimizers, schedulers)
@@ -715,6 +716,23 @@ class _Compression:
         base = source if source is not None else copy.deepcopy(self.teacher)
         pruned = prune(base, structure).to(self.device)
         return pruned.requires_grad_(True).train()
+
+    def _offer_export(self, model, metrics: dict, source: str, epoch: int) -> bool:
+        """Keep ``model`` as the run's export (``dirs.best``) when its dev score beats every earlier candidate;
+        the first candidate is always kept, so an export exists even when no score is finite. Candidates in
+        order: the one-shot student (a search run), the pruned student, each distillation epoch. Why the
+        one-shot student: on small dev sets (CoLA) it can score above what the search and distillation
+        make of the budget, and a user asked for the best model the run saw, not the last."""
+        score = metrics[self.spec.main_metric]
+        score = score if math.isfinite(score) else -math.inf
+        if self.state.best_metrics is not None and not score > self.state.best_score:
+            return False
+        self.state.best_score, self.state.best_metrics = score, dict(metrics, epoch=epoch)
+        self.state.exported_from = source
+        if self.ctx.is_main:
+            save_pruned(model, self.dirs.best, overwrite=True)
+        ddp.barrier(self.ctx)
+        return True
 
     # --- stage 4: distill -----------------------------------------------------------------------------
     def _distill_epochs(self) -> int:
@@ -771,17 +789,11 @@ class _Compression:
 
         def after_epoch(epoch):
             metrics = self._evaluate(pruned)
-            score = metrics[self.spec.main_metric]
-            improved = score > self.state.best_score
+            improved = self._offer_export(pruned, metrics, DISTILL, epoch=epoch + 1)
             entry = {"stage": DISTILL, "epoch": epoch + 1, "step": self.state.global_step, **metrics, "best": improved}
             self.state.history.append(entry)
             self.log.log("eval", **entry)
             self.info(f"distill epoch {epoch + 1}: dev " + _fmt(metrics) + (" (best)" if improved else ""))
-            if improved:
-                self.state.best_score, self.state.best_metrics = score, dict(metrics, epoch=epoch + 1)
-                if ctx.is_main:
-                    save_pruned(pruned, self.dirs.best, overwrite=True)
-                ddp.barrier(ctx)
 
         self._loop(DISTILL, step, watch, lambda: self._save(module, optimizers, schedulers)).run_epochs(
             self.loader, self.state, epochs, after_epoch, epoch_offset=1000)
@@ -796,7 +808,8 @@ class _Compression:
                       dev_ds=self.dev_ds, world_size=self.ctx.world_size,
                       wall_time_s=self.checkpoints.wall_time_s(), teacher_dev=st.teacher_dev,
                       student_dev=st.best_metrics, pruned_dev=st.pruned_dev, history=st.history, oneshot=st.oneshot,
-                      search_summary=st.search_summary, times_s=st.times_s, threads=self.threads)
+                      search_summary=st.search_summary, times_s=st.times_s, threads=self.threads,
+                      exported_from=st.exported_from)
 
     def _finish(self) -> dict:
         ctx, cfg = self.ctx, self.cfg
@@ -818,10 +831,10 @@ class _Compression:
                 shutil.rmtree(staged, ignore_errors=True)
                 raise
             finalize(self.dirs, staged, keep_work=cfg.keep_checkpoints)
-            self.info(f"student saved to {self.dirs.output}: dev {self.spec.main_metric}="
-                      f"{report['student_dev'][self.spec.main_metric]:.4f} (teacher "
-                      f"{report['teacher_dev'][self.spec.main_metric]:.4f}), {self.metric} ratio "
-                      f"{report[self.metric]['ratio']:.3f}, CPU latency x{report['latency']['speedup']}")
+            main = self.spec.main_metric
+            self.info(f"student saved to {self.dirs.output} ({_EXPORTED[self.state.exported_from]}): dev {main}="
+                      f"{report['student_dev'][main]:.4f} (teacher {report['teacher_dev'][main]:.4f}), {self.metric} "
+                      f"ratio {report[self.metric]['ratio']:.3f}, CPU latency x{report['latency']['speedup']}")
             if report["latency"]["warning"]:
                 self.info("warning: " + report["latency"]["warning"])
         report = ddp.broadcast_object(ctx, report)
@@ -836,6 +849,11 @@ def method_name(cfg: CompressConfig) -> str:
     if fixed is None:
         return f"ddk-{cfg.search}"
     return fixed if fixed == "uniform" else ("fixed-oneshot" if fixed == "oneshot" else "fixed-file")
+
+
+# how the closing line names the exported candidate (RunState.exported_from)
+_EXPORTED = {"oneshot": "the one-shot student, which scored best", "pruned": "the pruned student before distillation",
+             DISTILL: "the best distillation epoch", None: "the best candidate"}
 
 
 def _fmt(metrics: dict) -> str:

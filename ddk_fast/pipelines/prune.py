@@ -85,7 +85,8 @@ class _PruneRun:
                       method=f"oneshot-{self.cfg.importance}", train_ds=self.train_ds, dev_ds=self.dev_ds,
                       world_size=1, wall_time_s=time.time() - self.t_start, teacher_dev=st["teacher_dev"],
                       student_dev=st["best_metrics"], pruned_dev=st["pruned_dev"], history=st["history"],
-                      search_summary=st["search_summary"], times_s=st["times_s"], threads=self.threads)
+                      search_summary=st["search_summary"], times_s=st["times_s"], threads=self.threads,
+                      exported_from="oneshot")
 
 
 def run_prune(cfg: PruneConfig) -> dict:

@@ -74,6 +74,7 @@ class Report:
     search_summary: Optional[dict] = None
     times_s: dict = field(default_factory=dict)
     threads: Optional[dict] = None  # what ddk_fast.runs.threads.apply_threads set at the run's start
+    exported_from: Optional[str] = None  # which candidate the export is: "oneshot", "pruned", "distill"
 
 
 def build_report(source: Report, student) -> dict:
@@ -109,6 +110,7 @@ def build_report(source: Report, student) -> dict:
         "teacher_dev": source.teacher_dev,
         "majority_dev": constant_baseline(spec, source.train_ds, source.dev_ds),
         "student_dev": source.student_dev,
+        "exported_from": source.exported_from,
         "pruned_before_distillation_dev": source.pruned_dev,
         "oneshot": source.oneshot,
         "params": {"what": "encoder (transformer layers; no embeddings, pooler, classifier)", "teacher": t_params,
