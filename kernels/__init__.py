@@ -5,20 +5,28 @@ This folder sits at the top of a checkout, so whenever the checkout's root is on
 ``import kernels`` finds it before the ``kernels`` distribution that ``transformers`` depends on (and
 imports from ``transformers.integrations.hub_kernels``). Imported under that top-level name, this file
 therefore steps aside: it loads the installed distribution in its place, so ``transformers`` works from
-a checkout as it does elsewhere. As ``ddk_fast.kernels`` it is an ordinary package.
+a checkout as it does elsewhere (without the distribution it stays an empty package, which transformers
+reads as "kernels not available"). As ``ddk_fast.kernels`` it is an ordinary package.
 """
 import importlib.machinery
 import importlib.util
 import os
 import sys
 
+def _distribution_spec():
+    """The spec of a ``kernels`` found elsewhere on ``sys.path`` than this folder (under any spelling of
+    its path: a symlinked checkout on the path twice must not find itself again), or None."""
+    here = os.path.realpath(__file__)
+    for entry in sys.path:
+        spec = importlib.machinery.PathFinder.find_spec("kernels", [entry or os.curdir])
+        if spec is not None and spec.origin and os.path.realpath(spec.origin) != here:
+            return spec
+    return None
+
+
 if __name__ == "kernels":
-    _checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    _elsewhere = [p for p in sys.path if os.path.abspath(p or os.curdir) != _checkout]
-    _spec = importlib.machinery.PathFinder.find_spec("kernels", _elsewhere)
-    if _spec is None:
-        raise ModuleNotFoundError("No module named 'kernels' (this checkout's kernels/ folder is "
-                                  "ddk_fast.kernels, not the 'kernels' distribution)", name="kernels")
-    _module = importlib.util.module_from_spec(_spec)
-    sys.modules["kernels"] = _module  # the import statement returns what sys.modules holds after this file ran
-    _spec.loader.exec_module(_module)
+    _spec = _distribution_spec()
+    if _spec is not None:  # else nothing else is called kernels: this folder stays, an empty package
+        _module = importlib.util.module_from_spec(_spec)
+        sys.modules["kernels"] = _module  # the import statement returns what sys.modules holds after this file
+        _spec.loader.exec_module(_module)

@@ -23,11 +23,17 @@ def test_top_level_kernels_is_not_the_checkout_folder():
     except importlib.metadata.PackageNotFoundError:
         installed = False
     done = _run_from_root("import sys; sys.path.insert(0, ''); import kernels; print(kernels.__file__)")
-    if installed:
-        assert done.returncode == 0, done.stderr
-        assert not os.path.abspath(done.stdout.strip()).startswith(os.path.join(ROOT, "kernels"))
-    else:
-        assert done.returncode != 0 and "ModuleNotFoundError" in done.stderr
+    assert done.returncode == 0, done.stderr
+    is_checkout = os.path.realpath(done.stdout.strip()) == os.path.realpath(os.path.join(ROOT, "kernels",
+                                                                                          "__init__.py"))
+    assert is_checkout != installed  # the distribution when there is one, else the (empty) checkout folder
+
+
+def test_a_checkout_on_the_path_twice_does_not_recurse(tmp_path):
+    link = tmp_path / "checkout"
+    link.symlink_to(ROOT, target_is_directory=True)
+    done = _run_from_root(f"import sys; sys.path[:0] = ['', {str(link)!r}]; import kernels; print('ok')")
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
 
 
 def test_transformers_and_ddk_fast_kernels_import_from_the_root():

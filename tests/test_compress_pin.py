@@ -8,7 +8,9 @@ records them again (only when a change of the numbers is intended).
 What is compared, per step of both stages: the total loss, the KD total (hidden-state term included:
 it is ``kd_total`` less the prediction and task terms), the prediction and task terms, the budget
 loss, the expected ratio and the gradient norm; then the dev scores per epoch, the kept structure and
-a fingerprint (sum and sum of squares) of every tensor of the exported student.
+a fingerprint (sum and sum of squares) of every tensor of the exported student. (On these tiny teachers
+the export is the one-shot student, the best dev candidate; the distillation's updates are pinned
+through the losses of the steps after them.)
 """
 import json
 import os

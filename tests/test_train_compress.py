@@ -125,14 +125,16 @@ def _latest(out) -> str:
 
 def test_checkpoint_of_the_former_objective_layout_resumes_to_the_same_student(teacher, glue_dir, tmp_path):
     kwargs = dict(FAST, teacher=teacher, task="mrpc", data_dir=glue_dir, target="params=0.5", fusion="learned")
-    compress(**kwargs, output=str(tmp_path / "whole"))
+    whole = compress(**kwargs, output=str(tmp_path / "whole"))
     out = tmp_path / "resumed"
     with pytest.raises(RunInterrupted):
         compress(**kwargs, output=str(out), stop_after_steps=3)  # checkpoint of step 2, in the search
     _as_written_before_the_objective_record(_latest(out))
-    compress(**kwargs, output=str(out), resume=True)
+    resumed = compress(**kwargs, output=str(out), resume=True)
     same, why = safetensors_equal(str(tmp_path / "whole" / "model.safetensors"), str(out / "model.safetensors"))
     assert same, why
+    # the export may be the one-shot student, made before any checkpoint: the final weights must agree
+    assert resumed["final_weights_sha256"] == whole["final_weights_sha256"]
     # with catalog terms the former hidden term was another one: such a checkpoint is refused
     kd_out = tmp_path / "kd"
     with pytest.raises(RunInterrupted):

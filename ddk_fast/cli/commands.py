@@ -57,7 +57,8 @@ def _print(value) -> None:
 
 
 def _summary(report: dict) -> dict:
-    keys = ("output", "task", "target", "teacher_dev", "student_dev", "params", "flops", "latency", "structure")
+    keys = ("output", "task", "target", "teacher_dev", "student_dev", "exported_from", "params", "flops", "latency",
+            "structure")
     out = {k: report[k] for k in keys if k in report}
     if isinstance(out.get("structure"), dict):
         out["structure"] = {k: out["structure"][k] for k in ("heads", "ffn") if k in out["structure"]}

@@ -725,14 +725,16 @@ class _Compression:
         make of the budget, and a user asked for the best model the run saw, not the last."""
         score = metrics[self.spec.main_metric]
         score = score if math.isfinite(score) else -math.inf
-        if self.state.best_metrics is not None and not score > self.state.best_score:
-            return False
-        self.state.best_score, self.state.best_metrics = score, dict(metrics, epoch=epoch)
-        self.state.exported_from = source
-        if self.ctx.is_main:
-            save_pruned(model, self.dirs.best, overwrite=True)
+        # the main rank decides for all, with its scores: ranks' dev scores need not agree bitwise on GPUs
+        improved = self.state.best_metrics is None or score > self.state.best_score
+        improved, score, metrics = ddp.broadcast_object(self.ctx, (improved, score, metrics))
+        if improved:
+            self.state.best_score, self.state.best_metrics = score, dict(metrics, epoch=epoch)
+            self.state.exported_from = source
+            if self.ctx.is_main:
+                save_pruned(model, self.dirs.best, overwrite=True)
         ddp.barrier(self.ctx)
-        return True
+        return improved
 
     # --- stage 4: distill -----------------------------------------------------------------------------
     def _distill_epochs(self) -> int:
@@ -852,7 +854,7 @@ def method_name(cfg: CompressConfig) -> str:
 
 
 # how the closing line names the exported candidate (RunState.exported_from)
-_EXPORTED = {"oneshot": "the one-shot student, which scored best", "pruned": "the pruned student before distillation",
+_EXPORTED = {"oneshot": "the one-shot student", "pruned": "the pruned student before distillation",
              DISTILL: "the best distillation epoch", None: "the best candidate"}
 
 
