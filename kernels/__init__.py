@@ -13,6 +13,7 @@ import importlib.util
 import os
 import sys
 
+
 def _distribution_spec():
     """The spec of a ``kernels`` found elsewhere on ``sys.path`` than this folder (under any spelling of
     its path: a symlinked checkout on the path twice must not find itself again), or None."""
