@@ -51,6 +51,7 @@ from ddk_fast.pipelines.configs import CompressConfig
 from ddk_fast.runs.config import config_dict, parse_kd
 from ddk_fast.pipelines.deploy import add_deployment, check_onnx_task, check_pruning_run
 from ddk_fast.runs.evaluation import encode_split, evaluate, load_split, resolve_task, score_of, to_device
+from ddk_fast.runs.export_slot import ExportSlot
 from ddk_fast.runs.hf import (check_head_kind, check_label_count, has_classifier_head, head_kind_of, load_tokenizer,
                                read_config)
 from ddk_fast.runs.host_memory import keep_freed_memory
@@ -314,6 +315,7 @@ class _Compression:
         self.teacher = teacher.to(self.device).eval().requires_grad_(False)
         self.log = RunLogger(dirs.logs, enabled=ctx.is_main, console=cfg.progress)
         self.checkpoints = Checkpointer(dirs, "compress", cfg, self.log, ctx)
+        self.export_slot = ExportSlot(dirs.best)  # best/ changes only after the checkpoint that records it
         self.hooks = RunHooks.of(cfg)
         self.state = RunState(stage=SEARCH if cfg.fixed_structure is None else DISTILL)
         self.teacher_cache = None  # ddk_fast.runs.teacher_cache.TeacherCache, built at the first stage
@@ -461,6 +463,8 @@ class _Compression:
         self.checkpoints.save(st.global_step, st.to_dict(), module, optimizers, schedulers,
                               meta={"stage": st.stage, "epoch": st.epoch, "batch": st.batch,
                                     "objective": [term.name for term in module.objective.terms]})
+        if self.ctx.is_main:
+            self.export_slot.commit()  # the checkpoint just written names the pending candidate
 
     def _resume(self):
         """The newest checkpoint (its run state becomes ``self.state``), or None."""
@@ -471,6 +475,9 @@ class _Compression:
             except (TypeError, ValueError) as exc:
                 raise UserError(f"--resume: the checkpoint {resumed.path!r} holds no compress run state "
                                 f"({exc})") from None
+            if self.ctx.is_main:
+                self.export_slot.recover(self.state.export_candidate)
+            ddp.barrier(self.ctx)
         return resumed
 
     def _restore(self, resumed, module, optimizers, schedulers):
@@ -580,7 +587,7 @@ class _Compression:
         arch = list(search.arch_parameters())
         lam = list(budget.parameters()) if budget is not None else []
         named_weights = weight_parameters(module, arch + lam)
-        w_opt = adamw(named_weights, cfg.lr, cfg.weight_decay)
+        w_opt = adamw(named_weights, cfg.lr if cfg.search_lr is None else cfg.search_lr, cfg.weight_decay)
         groups = [{"params": arch, "lr": cfg.arch_lr, "weight_decay": 0.0}] if arch else []
         if lam:
             groups.append({"params": lam, "lr": cfg.lambda_lr, "weight_decay": 0.0})
@@ -731,8 +738,9 @@ class _Compression:
         if improved:
             self.state.best_score, self.state.best_metrics = score, dict(metrics, epoch=epoch)
             self.state.exported_from = source
+            self.state.export_candidate = f"{source}:{epoch}:{self.state.global_step}"
             if self.ctx.is_main:
-                save_pruned(model, self.dirs.best, overwrite=True)
+                self.export_slot.stage(model, self.state.export_candidate)
         ddp.barrier(self.ctx)
         return improved
 
@@ -817,6 +825,7 @@ class _Compression:
         ctx, cfg = self.ctx, self.cfg
         report = None
         if ctx.is_main:
+            self.export_slot.commit()  # every candidate is followed by a checkpoint; this is a no-op then
             student = load_pruned(self.dirs.best)
             report = build_report(self._report_source(), student)
             report["teacher_cache"] = self.teacher_cache_summary

@@ -178,6 +178,8 @@ class CompressConfig(OptimizerOptions, CompressionRunConfig):
     search_epochs: int = option(3, group="search", minimum=NON_NEGATIVE, help="epochs of the structure search")
     distill_epochs: int = option(6, group="distill", minimum=NON_NEGATIVE, help="epochs of distillation after pruning")
     lr: float = shared.lr(5e-5)
+    search_lr: Optional[float] = option(None, group="search", minimum=POSITIVE,
+                                        help="learning rate of the model weights during the search (default: --lr)")
     arch_lr: float = option(0.05, group="search", minimum=POSITIVE, help="learning rate of the architecture parameters")
     tau_start: float = option(5.0, group="search", minimum=POSITIVE,
                              help="Gumbel-softmax temperature at the start of the search")

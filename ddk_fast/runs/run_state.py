@@ -29,7 +29,8 @@ class RunState:
     stage / epoch / batch: where the run is (the batch is the next one of the epoch); global_step: steps
     done over both stages; stage_start_step: global_step when the stage began (schedules count from it).
     best_score / best_metrics / exported_from: the best dev score among the export's candidates so far
-    (the one-shot student, the pruned student, each distillation epoch) and which one it was.
+    (the one-shot student, the pruned student, each distillation epoch) and which one it was;
+    export_candidate: that candidate's identity (``runs.export_slot``: which saved folder it is).
     teacher_dev, pruned_dev, oneshot (the one-shot start's summary), history (one entry per evaluation),
     structure (``Structure.to_dict`` once pruned), search_summary: what the report shows. times_s:
     seconds per part. (The wall time of earlier attempts is the Checkpointer's: it is saved beside this
@@ -44,6 +45,7 @@ class RunState:
     best_score: float = -math.inf
     best_metrics: Optional[dict] = None
     exported_from: Optional[str] = None
+    export_candidate: Optional[str] = None
     teacher_dev: Optional[dict] = None
     pruned_dev: Optional[dict] = None
     history: list = field(default_factory=list)

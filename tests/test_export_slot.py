@@ -1,0 +1,82 @@
+"""The export of a run that picks among candidates changes only after the checkpoint that records it."""
+import itertools
+import os
+
+import pytest
+import torch
+
+from test_compress_init import FAST as COMPRESS_FAST
+from train_support import make_tiny_bert
+
+from ddk_fast.api import compress
+from ddk_fast.export import load_pruned
+from ddk_fast.model import MaskedTransformer
+from ddk_fast.pipelines import compress as compress_module
+from ddk_fast.runs.checkpoint import latest_checkpoint
+from ddk_fast.runs.checkpointer import Checkpointer
+from ddk_fast.runs.export_slot import ExportSlot
+
+FAST = dict(COMPRESS_FAST, save_steps=100)  # checkpoints at the epoch ends only
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    return make_tiny_bert(tmp_path_factory.mktemp("teacher") / "bert", layers=2, heads=4, hidden=32, intermediate=64)
+
+
+def _model(teacher, scale):
+    model = MaskedTransformer.from_pretrained(teacher)
+    with torch.no_grad():
+        model.classifier.weight.mul_(scale)
+    return model
+
+
+def test_a_staged_candidate_is_the_export_only_once_committed(teacher, tmp_path):
+    slot = ExportSlot(str(tmp_path / "best"))
+    slot.stage(_model(teacher, 1.0), "a")
+    assert not os.path.exists(slot.folder) and slot.pending_identity() == "a"
+    slot.commit()
+    assert slot.committed_identity() == "a" and not os.path.exists(slot.pending)
+    slot.stage(_model(teacher, 2.0), "b")
+    slot.recover("a")  # the checkpoint names "a": "b" was written after it and is dropped
+    assert slot.committed_identity() == "a" and not os.path.exists(slot.pending)
+    slot.stage(_model(teacher, 2.0), "b")
+    slot.recover("b")  # the checkpoint names "b": the kill came after it, so "b" becomes the export
+    assert slot.committed_identity() == "b" and not os.path.exists(slot.pending)
+    expected = _model(teacher, 2.0).classifier.weight
+    assert torch.equal(load_pruned(slot.folder).classifier.weight, expected)
+    assert slot.commit() is False  # nothing pending
+
+
+def test_a_kill_between_a_new_best_and_its_checkpoint_leaves_the_recorded_export(teacher, glue_dir, tmp_path,
+                                                                                  monkeypatch):
+    # every evaluation scores higher than the one before, so each candidate replaces the export
+    real_evaluate, counter = compress_module.evaluate, itertools.count(1)
+
+    def rising(*args, **kwargs):
+        value = next(counter) / 100.0
+        return {k: (value if isinstance(v, float) else v) for k, v in real_evaluate(*args, **kwargs).items()}
+
+    monkeypatch.setattr(compress_module, "evaluate", rising)
+    real_save = Checkpointer.save
+
+    def killed_before_the_distill_checkpoint(self, step, state, *args, **kwargs):
+        if state["stage"] == "distill":
+            raise KeyboardInterrupt("killed")  # the pruned student is staged, its checkpoint not yet written
+        return real_save(self, step, state, *args, **kwargs)
+
+    monkeypatch.setattr(Checkpointer, "save", killed_before_the_distill_checkpoint)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        compress(teacher=teacher, task="mrpc", data_dir=glue_dir, output=str(out), **FAST)
+    work = str(out) + ".inprogress"
+    slot = ExportSlot(os.path.join(work, "best"))
+    recorded = torch.load(os.path.join(latest_checkpoint(os.path.join(work, "checkpoints")), "state.pt"),
+                          weights_only=True)["loop"]["export_candidate"]
+    assert recorded.startswith("oneshot:") and slot.committed_identity() == recorded
+    assert slot.pending_identity().startswith("pruned:")  # written, not yet the export
+
+    monkeypatch.setattr(Checkpointer, "save", real_save)
+    report = compress(teacher=teacher, task="mrpc", data_dir=glue_dir, output=str(out), resume=True, **FAST)
+    assert report["exported_from"] == "distill"  # the last candidate scored highest
+    assert os.path.isfile(os.path.join(out, "model.safetensors")) and not os.path.exists(work)
