@@ -161,3 +161,14 @@ def test_the_export_is_the_best_candidate_the_run_saw(teacher, glue_dir, tmp_pat
     searched = next(h for h in report["history"] if h["stage"] == "search")
     kept = report["oneshot"] if best_source == "oneshot" else searched
     assert list(exported.num_heads) == list(kept["heads"])
+
+
+def test_search_lr_sets_the_weights_learning_rate_of_the_search_only(teacher, glue_dir, tmp_path):
+    compress(teacher=teacher, task="mrpc", data_dir=glue_dir, output=str(tmp_path / "l"),
+             **dict(FAST, search_lr=1e-6, log_steps=1))
+    with open(tmp_path / "l" / "log.jsonl", encoding="utf-8") as fh:
+        events = [json.loads(line) for line in fh]
+    search = [e["lr"] for e in events if e["event"] == "search"]
+    distill = [e["lr"] for e in events if e["event"] == "distill"]
+    assert search and distill
+    assert max(search) <= 1e-6 < max(distill) <= FAST["lr"]
