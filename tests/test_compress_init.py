@@ -125,6 +125,7 @@ def test_bad_structure_files_exit_2(teacher, glue_dir, tmp_path, capsys, content
     (dict(calibration_examples=0), "--calibration-examples"),
     (dict(budget_warmup=1.5), "--budget-warmup"),
     (dict(fixed_structure="missing.json"), "no such file"),
+    (dict(fixed_structure="uniform", search_lr=1e-5), "--search-lr"),
 ])
 def test_bad_init_options_are_refused(teacher, glue_dir, tmp_path, options, message):
     with pytest.raises(UserError, match=message):

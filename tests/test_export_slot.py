@@ -24,6 +24,18 @@ def teacher(tmp_path_factory):
     return make_tiny_bert(tmp_path_factory.mktemp("teacher") / "bert", layers=2, heads=4, hidden=32, intermediate=64)
 
 
+@pytest.fixture
+def rising_scores(monkeypatch):
+    """Every dev evaluation scores higher than the one before, so each candidate replaces the export."""
+    real_evaluate, counter = compress_module.evaluate, itertools.count(1)
+
+    def rising(*args, **kwargs):
+        value = next(counter) / 100.0
+        return {k: (value if isinstance(v, float) else v) for k, v in real_evaluate(*args, **kwargs).items()}
+
+    monkeypatch.setattr(compress_module, "evaluate", rising)
+
+
 def _model(teacher, scale):
     model = MaskedTransformer.from_pretrained(teacher)
     with torch.no_grad():
@@ -49,15 +61,7 @@ def test_a_staged_candidate_is_the_export_only_once_committed(teacher, tmp_path)
 
 
 def test_a_kill_between_a_new_best_and_its_checkpoint_leaves_the_recorded_export(teacher, glue_dir, tmp_path,
-                                                                                  monkeypatch):
-    # every evaluation scores higher than the one before, so each candidate replaces the export
-    real_evaluate, counter = compress_module.evaluate, itertools.count(1)
-
-    def rising(*args, **kwargs):
-        value = next(counter) / 100.0
-        return {k: (value if isinstance(v, float) else v) for k, v in real_evaluate(*args, **kwargs).items()}
-
-    monkeypatch.setattr(compress_module, "evaluate", rising)
+                                                                                  monkeypatch, rising_scores):
     real_save = Checkpointer.save
 
     def killed_before_the_distill_checkpoint(self, step, state, *args, **kwargs):
@@ -80,3 +84,36 @@ def test_a_kill_between_a_new_best_and_its_checkpoint_leaves_the_recorded_export
     report = compress(teacher=teacher, task="mrpc", data_dir=glue_dir, output=str(out), resume=True, **FAST)
     assert report["exported_from"] == "distill"  # the last candidate scored highest
     assert os.path.isfile(os.path.join(out, "model.safetensors")) and not os.path.exists(work)
+
+
+def test_a_kill_after_the_checkpoint_but_before_the_swap_promotes_the_recorded_candidate(teacher, glue_dir, tmp_path,
+                                                                                          monkeypatch, rising_scores):
+    real_commit, real_recover = ExportSlot.commit, ExportSlot.recover
+
+    def killed_before_the_swap(self):
+        if (self.pending_identity() or "").startswith("pruned:"):
+            raise KeyboardInterrupt("killed")  # its checkpoint is written, best/ not yet swapped
+        return real_commit(self)
+
+    monkeypatch.setattr(ExportSlot, "commit", killed_before_the_swap)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        compress(teacher=teacher, task="mrpc", data_dir=glue_dir, output=str(out), **FAST)
+    work = str(out) + ".inprogress"
+    recorded = torch.load(os.path.join(latest_checkpoint(os.path.join(work, "checkpoints")), "state.pt"),
+                          weights_only=True)["loop"]["export_candidate"]
+    slot = ExportSlot(os.path.join(work, "best"))
+    assert recorded.startswith("pruned:") and slot.pending_identity() == recorded
+    assert slot.committed_identity().startswith("oneshot:")
+
+    after_recover = []
+
+    def watched_recover(self, identity):
+        real_recover(self, identity)
+        after_recover.append((self.committed_identity(), load_pruned(self.folder).num_heads))
+
+    monkeypatch.setattr(ExportSlot, "commit", real_commit)
+    monkeypatch.setattr(ExportSlot, "recover", watched_recover)
+    report = compress(teacher=teacher, task="mrpc", data_dir=glue_dir, output=str(out), resume=True, **FAST)
+    assert after_recover[0][0] == recorded  # the checkpoint's candidate became the export on resume
+    assert list(after_recover[0][1]) == report["structure"]["heads"]  # the pruned student's weights

@@ -80,6 +80,8 @@ def validate(cfg: CompressConfig) -> tuple[str, float]:
     if cfg.importance_iterations > 1 and not one_shot_pass:
         raise UserError(f"--importance-iterations {cfg.importance_iterations}: this run has no one-shot step "
                         "(it needs --init oneshot or --fixed-structure oneshot)")
+    if cfg.search_lr is not None and cfg.fixed_structure is not None:
+        raise UserError(f"--search-lr {cfg.search_lr}: --fixed-structure runs no search (use --lr)")
     if not (0.0 <= cfg.budget_warmup < 1.0):
         raise UserError(f"--budget-warmup {cfg.budget_warmup!r}: expected a fraction of the search in [0, 1)")
     if cfg.fixed_structure not in (None, *FIXED_KINDS) and not os.path.isfile(cfg.fixed_structure):
@@ -475,9 +477,15 @@ class _Compression:
             except (TypeError, ValueError) as exc:
                 raise UserError(f"--resume: the checkpoint {resumed.path!r} holds no compress run state "
                                 f"({exc})") from None
-            if self.ctx.is_main:
-                self.export_slot.recover(self.state.export_candidate)
-            ddp.barrier(self.ctx)
+        recorded = None if resumed is None else self.state.export_candidate
+        if self.ctx.is_main:
+            # no checkpoint: the run starts again, so a candidate staged before the first one is dropped
+            self.export_slot.recover(recorded)
+            committed = self.export_slot.committed_identity()
+            if committed not in (None, recorded):  # the newest checkpoint was unreadable: an older one resumed
+                self.info(f"warning: the export so far ({committed}) is newer than the checkpoint resumed "
+                          f"({recorded}); the next better candidate replaces it")
+        ddp.barrier(self.ctx)
         return resumed
 
     def _restore(self, resumed, module, optimizers, schedulers):
