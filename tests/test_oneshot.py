@@ -327,7 +327,7 @@ def test_tuning_is_kept_only_when_it_lowers_the_held_out_loss(monkeypatch):
 
     # a held-out loss that never improves drops the tuning: the student is the plain pruned one
     losses = iter([1.0, 2.0])
-    monkeypatch.setattr(oneshot, "held_out_loss", lambda *a: next(losses))
+    monkeypatch.setattr(oneshot, "held_out_eval", lambda *a: (next(losses), None))
     dropped = oneshot.one_shot(teacher, data, cm, "params", 0.5, rearrange_units=False, path="reference",
                                tuning_examples=8, tuning_check_examples=8)
     assert dropped.tuning.kept is False
@@ -355,11 +355,43 @@ def test_the_held_out_task_score_decides_over_the_loss(monkeypatch):
                            or (report.held_out_score_tuned == report.held_out_score_untuned
                                and report.held_out_loss_tuned < report.held_out_loss_untuned))
 
-    monkeypatch.setattr(oneshot, "held_out_loss", lambda *a: next(losses))  # the loss says: tuning helps
+    # the loss says: tuning helps (2.0 -> 1.0); the scores (untuned, tuned) decide
+    monkeypatch.setattr(oneshot, "held_out_eval", lambda *a: (next(losses), next(values)))
     for scores, kept in (([0.7, 0.6], False), ([0.6, 0.7], True), ([0.6, 0.6], True)):
         losses, values = iter([2.0, 1.0]), iter(scores)
-        again = oneshot.one_shot(teacher, data, cm, "params", 0.5, score_logits=lambda *a: next(values), **run)
+        again = oneshot.one_shot(teacher, data, cm, "params", 0.5, score_logits=accuracy, **run)
         assert again.tuning.kept is kept and again.tuning.held_out_score_untuned == scores[0]
+
+
+def test_held_out_eval_gives_the_loss_and_the_score_of_one_pass():
+    """One forward per batch gives both numbers: the loss equals held_out_loss, the score that of the
+    pooled logits; no score without a scorer."""
+    import ddk_fast.pipelines.oneshot as oneshot
+
+    model, data = tiny(), batches(n=3)
+    calls = []
+    real_forward = model.forward
+
+    def counting(*a, **kw):
+        calls.append(1)
+        return real_forward(*a, **kw)
+
+    model.forward = counting
+    seen = []
+
+    def accuracy(logits, labels):
+        seen.append(len(labels))
+        return float((logits.argmax(-1) == labels).float().mean())
+
+    loss, score = oneshot.held_out_eval(model, data, accuracy, "reference")
+    assert len(calls) == len(data) and seen == [sum(len(b["labels"]) for b in data)]
+    with torch.no_grad():
+        logits = torch.cat([real_forward(b["input_ids"], attention_mask=b.get("attention_mask"),
+                                         path="reference").logits for b in data])
+    labels = torch.cat([b["labels"] for b in data])
+    assert score == pytest.approx(float((logits.argmax(-1) == labels).float().mean()))
+    assert loss == pytest.approx(oneshot.held_out_loss(model, data, "reference"), rel=1e-6)
+    assert oneshot.held_out_eval(model, data, None, "reference")[1] is None
 
 
 def test_tuning_without_leftover_examples_is_kept_unchecked():

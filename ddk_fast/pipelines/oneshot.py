@@ -102,12 +102,18 @@ def _scored_count(logits: torch.Tensor, labels: torch.Tensor) -> int:
 
 
 @torch.no_grad()
-def held_out_loss(model, batches: list[dict], path: str = "auto") -> float:
-    """Mean task loss of ``model`` (eval mode, restored) over ``batches``, each batch weighted by what
-    its loss averages over (examples, or labelled tokens); batches with nothing to score are skipped."""
+def held_out_eval(model, batches: list[dict], score_logits=None, path: str = "auto") -> tuple[float, float | None]:
+    """(mean task loss, task score or None) of ``model`` (eval mode, restored) over ``batches``, from one
+    forward pass per batch: the tuning check needs both for two students, and the forwards are its cost.
+
+    The loss weights each batch by what it averages over (examples, or labelled tokens); batches with
+    nothing to score are skipped (nan when none is left). The score is ``score_logits(logits, labels)``
+    (higher is better) over all rows pooled, None without ``score_logits``, where the task has no
+    per-example score (per-token or span logits), or where the score is nan."""
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
+    logits, labels, per_example = [], [], score_logits is not None
     try:
         for b in batches:
             out = model(b["input_ids"], attention_mask=b.get("attention_mask"),
@@ -116,32 +122,22 @@ def held_out_loss(model, batches: list[dict], path: str = "auto") -> float:
             if n:
                 total += float(task_loss(out.logits, b["labels"])) * n
                 count += n
-    finally:
-        model.train(was_training)
-    return total / count if count else float("nan")
-
-
-def held_out_score(model, batches: list[dict], score_logits, path: str = "auto") -> float | None:
-    """``score_logits(logits, labels)`` (the task's score, higher is better) of ``model`` over ``batches``,
-    or None where the task has no per-example score to pool (per-token or span logits)."""
-    was_training = model.training
-    model.eval()
-    logits, labels = [], []
-    try:
-        with torch.no_grad():
-            for b in batches:
-                out = model(b["input_ids"], attention_mask=b.get("attention_mask"),
-                            token_type_ids=b.get("token_type_ids"), path=path)
-                if out.logits.dim() != 2:
-                    return None
+            per_example = per_example and out.logits.dim() == 2
+            if per_example:
                 logits.append(out.logits.float().cpu())
                 labels.append(b["labels"].cpu())
     finally:
         model.train(was_training)
-    if not logits:
-        return None
+    loss = total / count if count else float("nan")
+    if not (per_example and logits):
+        return loss, None
     value = float(score_logits(torch.cat(logits), torch.cat(labels)))
-    return None if math.isnan(value) else value
+    return loss, None if math.isnan(value) else value
+
+
+def held_out_loss(model, batches: list[dict], path: str = "auto") -> float:
+    """Mean task loss of ``model`` over ``batches`` (see :func:`held_out_eval`)."""
+    return held_out_eval(model, batches, None, path)[0]
 
 
 def _tune_checked(student, teacher, batches: list[dict], tuning_examples: int, check_examples: int,
@@ -162,17 +158,15 @@ def _tune_checked(student, teacher, batches: list[dict], tuning_examples: int, c
     if untuned is None:
         return student, tuning
     check = spread_subset(rest, check_examples)
-    before, after = held_out_loss(untuned, check, path), held_out_loss(student, check, path)
+    before, score_before = held_out_eval(untuned, check, score_logits, path)
+    after, score_after = held_out_eval(student, check, score_logits, path)
     if math.isnan(before) or math.isnan(after):
         return student, tuning
     tuning.held_out_loss_untuned, tuning.held_out_loss_tuned = before, after
     tuning.kept = after < before
-    if score_logits is not None:
-        score_before = held_out_score(untuned, check, score_logits, path)
-        score_after = held_out_score(student, check, score_logits, path)
-        if score_before is not None and score_after is not None:
-            tuning.held_out_score_untuned, tuning.held_out_score_tuned = score_before, score_after
-            tuning.kept = score_after > score_before or (score_after == score_before and after < before)
+    if score_before is not None and score_after is not None:
+        tuning.held_out_score_untuned, tuning.held_out_score_tuned = score_before, score_after
+        tuning.kept = score_after > score_before or (score_after == score_before and after < before)
     return (student if tuning.kept else untuned), tuning
 
 
@@ -231,4 +225,4 @@ def one_shot(teacher, batches: list[dict], cost_model, metric: str, ratio: float
     return OneShotResult(head_scores, ffn_scores, searched, structure, student, grads, stats, tuning, timings)
 
 
-__all__ = ["IMPORTANCE_KINDS", "OneShotResult", "held_out_loss", "held_out_score", "one_shot", "unit_scores"]
+__all__ = ["IMPORTANCE_KINDS", "OneShotResult", "held_out_eval", "held_out_loss", "one_shot", "unit_scores"]
