@@ -9,7 +9,7 @@ from test_compress_init import FAST as COMPRESS_FAST
 from train_support import make_tiny_bert
 
 from ddk_fast.api import compress
-from ddk_fast.export import load_pruned
+from ddk_fast.export import load_pruned, save_pruned
 from ddk_fast.model import MaskedTransformer
 from ddk_fast.pipelines import compress as compress_module
 from ddk_fast.runs.checkpoint import latest_checkpoint
@@ -43,21 +43,30 @@ def _model(teacher, scale):
     return model
 
 
+def _writer(teacher, scale):
+    return lambda folder: save_pruned(_model(teacher, scale), folder, overwrite=True)
+
+
 def test_a_staged_candidate_is_the_export_only_once_committed(teacher, tmp_path):
     slot = ExportSlot(str(tmp_path / "best"))
-    slot.stage(_model(teacher, 1.0), "a")
+    slot.stage(_writer(teacher, 1.0), "a")
     assert not os.path.exists(slot.folder) and slot.pending_identity() == "a"
     slot.commit()
     assert slot.committed_identity() == "a" and not os.path.exists(slot.pending)
-    slot.stage(_model(teacher, 2.0), "b")
+    slot.stage(_writer(teacher, 2.0), "b")
     slot.recover("a")  # the checkpoint names "a": "b" was written after it and is dropped
     assert slot.committed_identity() == "a" and not os.path.exists(slot.pending)
-    slot.stage(_model(teacher, 2.0), "b")
+    slot.stage(_writer(teacher, 2.0), "b")
     slot.recover("b")  # the checkpoint names "b": the kill came after it, so "b" becomes the export
     assert slot.committed_identity() == "b" and not os.path.exists(slot.pending)
     expected = _model(teacher, 2.0).classifier.weight
     assert torch.equal(load_pruned(slot.folder).classifier.weight, expected)
     assert slot.commit() is False  # nothing pending
+    assert "candidate.json" not in slot.files() and "model.safetensors" in slot.files()
+    # an older checkpoint resumed (the newest was unreadable): the newer export stays, with a warning
+    assert slot.recover("b") is None
+    warning = slot.recover("a")
+    assert "(b) is newer than the checkpoint resumed (a)" in warning and slot.committed_identity() == "b"
 
 
 def test_a_kill_between_a_new_best_and_its_checkpoint_leaves_the_recorded_export(teacher, glue_dir, tmp_path,
@@ -109,11 +118,50 @@ def test_a_kill_after_the_checkpoint_but_before_the_swap_promotes_the_recorded_c
     after_recover = []
 
     def watched_recover(self, identity):
-        real_recover(self, identity)
+        warning = real_recover(self, identity)
         after_recover.append((self.committed_identity(), load_pruned(self.folder).num_heads))
+        return warning
 
     monkeypatch.setattr(ExportSlot, "commit", real_commit)
     monkeypatch.setattr(ExportSlot, "recover", watched_recover)
     report = compress(teacher=teacher, task="mrpc", data_dir=glue_dir, output=str(out), resume=True, **FAST)
     assert after_recover[0][0] == recorded  # the checkpoint's candidate became the export on resume
     assert list(after_recover[0][1]) == report["structure"]["heads"]  # the pruned student's weights
+
+
+def test_finetune_keeps_its_best_epoch_pending_until_the_checkpoint_that_records_it(glue_dir, tmp_path, monkeypatch):
+    """finetune's best/ follows the same rule: a kill between a new best epoch and its checkpoint leaves
+    the recorded epoch as the export, the resume drops the unrecorded one, and the output folder gets the
+    model files without the identity file."""
+    from test_train_finetune import FAST as FINETUNE_FAST
+
+    from ddk_fast.api import finetune
+    from ddk_fast.pipelines import finetune as finetune_module
+
+    base = make_tiny_bert(tmp_path / "base", layers=2, heads=4, hidden=32, intermediate=64)
+    real_evaluate, counter = finetune_module.evaluate, itertools.count(1)
+
+    def rising(*args, **kwargs):
+        value = next(counter) / 100.0
+        return {k: (value if isinstance(v, float) else v) for k, v in real_evaluate(*args, **kwargs).items()}
+
+    monkeypatch.setattr(finetune_module, "evaluate", rising)
+    real_save, saves = Checkpointer.save, itertools.count(1)
+
+    def killed_at_the_second_checkpoint(self, *args, **kwargs):
+        if next(saves) == 2:
+            raise KeyboardInterrupt("killed")  # epoch 2 is staged as the best, its checkpoint not yet written
+        return real_save(self, *args, **kwargs)
+
+    monkeypatch.setattr(Checkpointer, "save", killed_at_the_second_checkpoint)
+    out = tmp_path / "teacher"
+    options = dict(FINETUNE_FAST, save_steps=100)  # checkpoints at the epoch ends only
+    with pytest.raises(KeyboardInterrupt):
+        finetune(task="mrpc", output=str(out), model=base, data_dir=glue_dir, **options)
+    slot = ExportSlot(os.path.join(str(out) + ".inprogress", "best"))
+    assert slot.committed_identity().startswith("train:1:") and slot.pending_identity().startswith("train:2:")
+
+    monkeypatch.setattr(Checkpointer, "save", real_save)
+    result = finetune(task="mrpc", output=str(out), model=base, data_dir=glue_dir, resume=True, **options)
+    assert result["dev"]["epoch"] == 2  # the replayed epoch 2 scored highest and was exported
+    assert (out / "model.safetensors").is_file() and not (out / "candidate.json").exists()

@@ -480,11 +480,9 @@ class _Compression:
         recorded = None if resumed is None else self.state.export_candidate
         if self.ctx.is_main:
             # no checkpoint: the run starts again, so a candidate staged before the first one is dropped
-            self.export_slot.recover(recorded)
-            committed = self.export_slot.committed_identity()
-            if committed not in (None, recorded):  # the newest checkpoint was unreadable: an older one resumed
-                self.info(f"warning: the export so far ({committed}) is newer than the checkpoint resumed "
-                          f"({recorded}); the next better candidate replaces it")
+            warning = self.export_slot.recover(recorded)
+            if warning:
+                self.info(warning)
         ddp.barrier(self.ctx)
         return resumed
 
@@ -748,7 +746,8 @@ class _Compression:
             self.state.exported_from = source
             self.state.export_candidate = f"{source}:{epoch}:{self.state.global_step}"
             if self.ctx.is_main:
-                self.export_slot.stage(model, self.state.export_candidate)
+                self.export_slot.stage(lambda folder: save_pruned(model, folder, overwrite=True),
+                                       self.state.export_candidate)
         ddp.barrier(self.ctx)
         return improved
 

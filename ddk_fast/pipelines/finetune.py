@@ -17,7 +17,7 @@ from typing import Optional
 
 import torch
 
-from ddk_fast._io import atomic_directory, atomic_write_json
+from ddk_fast._io import atomic_write_json
 from ddk_fast.data.custom import KINDS, write_task_file
 from ddk_fast.errors import UserError
 from ddk_fast.runs import ddp
@@ -27,6 +27,7 @@ from ddk_fast.runs.checkpointer import Checkpointer
 from ddk_fast.pipelines.configs import FinetuneConfig
 from ddk_fast.runs.config import config_dict, packaged_model_dir
 from ddk_fast.runs.evaluation import encode_split, evaluate, load_split, resolve_task, to_device
+from ddk_fast.runs.export_slot import ExportSlot
 from ddk_fast.runs.hf import label_arguments, load_classifier, logits_of, save_classifier
 from ddk_fast.runs.logging import RunLogger
 from ddk_fast.runs.loop import FiniteWatch, RunHooks, TrainLoop
@@ -86,6 +87,8 @@ class FinetuneState:
     best_metrics: Optional[dict] = None
     history: list = field(default_factory=list)
     loss_sum: float = 0.0
+    # the identity of the best epoch's saved model (``runs.export_slot``); None in older checkpoints
+    export_candidate: Optional[str] = None
 
     def to_dict(self) -> dict:
         return dict(dataclasses.asdict(self), best_score=float(self.best_score))
@@ -118,6 +121,12 @@ def _train(cfg, spec, model_path, model, tokenizer, train_ds, dev_ds, dirs, ctx,
             checkpoints.restore(resumed, model, optimizers, schedulers)
         else:
             torch.manual_seed(cfg.seed + 1000 * ctx.rank)
+        # best/ changes only after the checkpoint that records the new best epoch (see ExportSlot)
+        export = ExportSlot(dirs.best)
+        if ctx.is_main:
+            warning = export.recover(state.export_candidate if resumed is not None else None)
+            if warning:
+                log.info(warning)
         train_model = ddp.wrap(model, ctx)
         log.log("start", step=state.global_step, mode=mode, task=spec.name, model=model_path,
                 train_examples=len(train_ds), dev_examples=len(dev_ds), steps_per_epoch=steps_per_epoch,
@@ -157,6 +166,8 @@ def _train(cfg, spec, model_path, model, tokenizer, train_ds, dev_ds, dirs, ctx,
             add_losses()
             checkpoints.save(state.global_step, state.to_dict(), model, optimizers, schedulers,
                              meta={"epoch": state.epoch, "batch": state.batch})
+            if ctx.is_main:
+                export.commit()  # the checkpoint just written names the pending best epoch
 
         def after_epoch(epoch):
             add_losses()
@@ -171,9 +182,9 @@ def _train(cfg, spec, model_path, model, tokenizer, train_ds, dev_ds, dirs, ctx,
                          + (" (best)" if improved else ""))
             if improved:
                 state.best_score, state.best_metrics = score, dict(metrics, epoch=epoch + 1)
+                state.export_candidate = f"train:{epoch + 1}:{state.global_step}"
                 if ctx.is_main:
-                    with atomic_directory(dirs.best) as tmp:
-                        save_classifier(model, tokenizer, tmp)
+                    export.stage(lambda folder: save_classifier(model, tokenizer, folder), state.export_candidate)
             state.loss_sum = 0.0
 
         TrainLoop(stage="train", step=step, watch=watch, log=log, log_steps=cfg.log_steps, save_steps=cfg.save_steps,
@@ -190,7 +201,8 @@ def _train(cfg, spec, model_path, model, tokenizer, train_ds, dev_ds, dirs, ctx,
         if ctx.is_main:
             staged = stage_dir(dirs)
             try:
-                for name in os.listdir(dirs.best):
+                export.commit()  # a no-op: every epoch's end is followed by a checkpoint
+                for name in export.files():
                     shutil.copy2(os.path.join(dirs.best, name), os.path.join(staged, name))
                 atomic_write_json(os.path.join(staged, "metrics.json"), result)
                 write_task_file(spec, staged)

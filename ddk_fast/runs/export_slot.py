@@ -17,10 +17,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from typing import Optional
+from typing import Callable, Optional
 
-from ddk_fast._io import replace_directory
-from ddk_fast.export import save_pruned
+from ddk_fast._io import atomic_directory, atomic_write_json, replace_directory
 
 IDENTITY_FILE = "candidate.json"
 
@@ -32,9 +31,13 @@ class ExportSlot:
         self.folder = os.path.abspath(folder)
         self.pending = self.folder + ".pending"
 
-    def stage(self, model, identity: str) -> None:
-        """Write ``model`` as the pending candidate named ``identity`` (replacing any earlier pending one)."""
-        save_pruned(model, self.pending, overwrite=True, extra_files={IDENTITY_FILE: {"identity": identity}})
+    def stage(self, write: Callable[[str], None], identity: str) -> None:
+        """Make the pending candidate named ``identity`` (replacing any earlier pending one): ``write(folder)``
+        fills an empty folder with the model (``compress``: ``save_pruned``; ``finetune``: the transformers
+        classifier), the identity file is added, and the folder appears whole or not at all."""
+        with atomic_directory(self.pending) as folder:
+            write(folder)
+            atomic_write_json(os.path.join(folder, IDENTITY_FILE), {"identity": identity})
 
     def pending_identity(self) -> Optional[str]:
         """The identity of the pending candidate, or None (none pending, or a folder without one)."""
@@ -48,14 +51,25 @@ class ExportSlot:
         replace_directory(self.pending, self.folder)
         return True
 
-    def recover(self, identity: Optional[str]) -> None:
-        """After a resume: keep the pending candidate only if the checkpoint recorded it (``identity``)."""
-        if not os.path.lexists(self.pending):
-            return
-        if identity is not None and self.pending_identity() == identity:
-            self.commit()
-        else:
-            shutil.rmtree(self.pending, ignore_errors=True)
+    def recover(self, identity: Optional[str]) -> Optional[str]:
+        """At the start of a run: keep the pending candidate only if the checkpoint resumed recorded it
+        (``identity``; None when no checkpoint resumed, so anything pending is dropped). Returns a warning
+        when the committed export is not the recorded one (the newest checkpoint was unreadable and an
+        older one resumed), else None."""
+        if os.path.lexists(self.pending):
+            if identity is not None and self.pending_identity() == identity:
+                self.commit()
+            else:
+                shutil.rmtree(self.pending, ignore_errors=True)
+        committed = self.committed_identity()
+        if committed not in (None, identity):
+            return (f"warning: the export so far ({committed}) is newer than the checkpoint resumed ({identity}); "
+                    "the next better candidate replaces it")
+        return None
+
+    def files(self) -> list[str]:
+        """The committed export's file names, without the identity file (what an output folder copies)."""
+        return sorted(name for name in os.listdir(self.folder) if name != IDENTITY_FILE)
 
     def committed_identity(self) -> Optional[str]:
         """The identity of the committed export (None before the first commit)."""
