@@ -12,7 +12,7 @@ Threads: ``--threads N`` sets ``OMP_NUM_THREADS`` for both sides and passes ``--
 revisions whose ``compress`` has that flag (older ones take their thread count from torch, i.e. from
 ``OMP_NUM_THREADS``).
 
-Example (the issue-time baseline of the teacher-cache work, 150 MRPC steps, both cores):
+Example (against 78f6064, the code before the teacher cache; 75 MRPC steps, both cores):
 
     python benchmarks/compress_vs_revision.py --baseline 78f6064 --repeats 2 --threads 2 \\
         --output compress-vs-78f6064.json -- \\
@@ -45,15 +45,26 @@ def prepare_baseline(revision: str, workdir: str) -> str:
     put first on PYTHONPATH, imports that revision's ``ddk_fast`` (with its Triton ``kernels/`` folder
     mapped to ``ddk_fast.kernels`` as the installed package does)."""
     tree = os.path.join(workdir, "tree")
+    package_root = os.path.join(workdir, "pkg")
+    remove_baseline(workdir)  # a tree or package left by an earlier, interrupted run
     _git("worktree", "add", "--detach", "-f", tree, revision)
     subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=tree, check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    package_root = os.path.join(workdir, "pkg")
     shutil.copytree(os.path.join(tree, "ddk_fast"), os.path.join(package_root, "ddk_fast"))
     kernels = os.path.join(tree, "kernels")
     if os.path.isdir(kernels) and not os.path.isdir(os.path.join(package_root, "ddk_fast", "kernels")):
         shutil.copytree(kernels, os.path.join(package_root, "ddk_fast", "kernels"))
     return package_root
+
+
+def remove_baseline(workdir: str) -> None:
+    """Unregister and delete the baseline worktree and its package copy (idempotent)."""
+    tree = os.path.join(workdir, "tree")
+    if os.path.isdir(tree):
+        subprocess.run(["git", "worktree", "remove", "--force", tree], cwd=REPO, capture_output=True)
+    subprocess.run(["git", "worktree", "prune"], cwd=REPO, capture_output=True)
+    shutil.rmtree(tree, ignore_errors=True)
+    shutil.rmtree(os.path.join(workdir, "pkg"), ignore_errors=True)
 
 
 def _has_threads_flag(env: dict) -> bool:
@@ -105,22 +116,30 @@ def main(argv: list[str] | None = None) -> int:
     compress_args = [a for a in args.compress_args if a != "--"]
     if "--output" in compress_args:
         parser.error("leave --output out of the compress flags: every run gets its own folder")
-    workdir = args.workdir or tempfile.mkdtemp(prefix="compress-vs-")
+    workdir = os.path.abspath(args.workdir or tempfile.mkdtemp(prefix="compress-vs-"))
     os.makedirs(workdir, exist_ok=True)
     base_env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     base_env.pop("PYTHONPATH", None)
-    envs = {"baseline": dict(base_env, PYTHONPATH=prepare_baseline(args.baseline, workdir)),
-            "head": dict(base_env, PYTHONPATH=REPO)}
-    flags = {label: (["--threads", str(args.threads)] if _has_threads_flag(env) else []) for label, env in envs.items()}
     rows = []
-    for repeat in range(args.repeats):
-        for label in ("baseline", "head"):
-            out = os.path.join(workdir, f"{label}-{repeat}")
-            shutil.rmtree(out, ignore_errors=True)
-            row = run_once(label, envs[label], compress_args + flags[label], out, out + ".log")
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-    result = dict(baseline=args.baseline, head=_git("rev-parse", "--short", "HEAD"), threads=args.threads,
+    try:
+        # head: this checkout first on the path, ddk_fast.kernels (kernels/) through the install's
+        # editable finder; the baseline gets that mapping by copying (prepare_baseline)
+        envs = {"baseline": dict(base_env, PYTHONPATH=prepare_baseline(args.baseline, workdir)),
+                "head": dict(base_env, PYTHONPATH=REPO)}
+        flags = {label: (["--threads", str(args.threads)] if _has_threads_flag(env) else [])
+                 for label, env in envs.items()}
+        for repeat in range(args.repeats):
+            for label in ("baseline", "head"):
+                out = os.path.join(workdir, f"{label}-{repeat}")
+                shutil.rmtree(out, ignore_errors=True)
+                row = run_once(label, envs[label], compress_args + flags[label], out, out + ".log")
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    finally:
+        remove_baseline(workdir)
+    # "-dirty" when this checkout has uncommitted changes: the head side ran them too
+    head = _git("describe", "--always", "--dirty")
+    result = dict(baseline=args.baseline, head=head, threads=args.threads,
                   compress_args=compress_args, rows=rows,
                   wall_speedup=_ratio(rows, "wall_s"), cpu_speedup=_ratio(rows, "cpu_s"))
     tmp = args.output + ".tmp"
@@ -128,10 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         json.dump(result, fh, indent=2)
     os.replace(tmp, args.output)
     print(f"median wall speed-up {result['wall_speedup']}x, CPU time {result['cpu_speedup']}x "
-          f"({args.baseline} -> {result['head']}, {args.threads} threads)")
-    worktree = os.path.join(workdir, "tree")
-    if os.path.isdir(worktree):
-        _git("worktree", "remove", "--force", worktree)
+          f"({args.baseline} -> {head}, {args.threads} threads)")
     return 0 if all(r["exit_code"] == 0 for r in rows) else 1
 
 

@@ -6,12 +6,14 @@ import pytest
 import torch
 
 from test_compress_init import FAST as COMPRESS_FAST
+from test_train_finetune import FAST as FINETUNE_FAST
 from train_support import make_tiny_bert
 
-from ddk_fast.api import compress
+from ddk_fast.api import compress, finetune
 from ddk_fast.export import load_pruned, save_pruned
 from ddk_fast.model import MaskedTransformer
 from ddk_fast.pipelines import compress as compress_module
+from ddk_fast.pipelines import finetune as finetune_module
 from ddk_fast.runs.checkpoint import latest_checkpoint
 from ddk_fast.runs.checkpointer import Checkpointer
 from ddk_fast.runs.export_slot import ExportSlot
@@ -133,11 +135,6 @@ def test_finetune_keeps_its_best_epoch_pending_until_the_checkpoint_that_records
     """finetune's best/ follows the same rule: a kill between a new best epoch and its checkpoint leaves
     the recorded epoch as the export, the resume drops the unrecorded one, and the output folder gets the
     model files without the identity file."""
-    from test_train_finetune import FAST as FINETUNE_FAST
-
-    from ddk_fast.api import finetune
-    from ddk_fast.pipelines import finetune as finetune_module
-
     base = make_tiny_bert(tmp_path / "base", layers=2, heads=4, hidden=32, intermediate=64)
     real_evaluate, counter = finetune_module.evaluate, itertools.count(1)
 
@@ -161,7 +158,18 @@ def test_finetune_keeps_its_best_epoch_pending_until_the_checkpoint_that_records
     slot = ExportSlot(os.path.join(str(out) + ".inprogress", "best"))
     assert slot.committed_identity().startswith("train:1:") and slot.pending_identity().startswith("train:2:")
 
+    real_recover, after_recover = ExportSlot.recover, []
+
+    def watched_recover(self, identity):
+        warning = real_recover(self, identity)
+        after_recover.append((identity, self.committed_identity(), os.path.exists(self.pending)))
+        return warning
+
     monkeypatch.setattr(Checkpointer, "save", real_save)
+    monkeypatch.setattr(ExportSlot, "recover", watched_recover)
     result = finetune(task="mrpc", output=str(out), model=base, data_dir=glue_dir, resume=True, **options)
+    recorded, committed, pending_left = after_recover[0]
+    # the checkpoint names epoch 1: the pending epoch 2 is dropped, epoch 1 stays the export
+    assert recorded.startswith("train:1:") and committed == recorded and not pending_left
     assert result["dev"]["epoch"] == 2  # the replayed epoch 2 scored highest and was exported
     assert (out / "model.safetensors").is_file() and not (out / "candidate.json").exists()

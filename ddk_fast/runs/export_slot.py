@@ -10,7 +10,8 @@ previous candidate while ``best/`` already holds the new one, and a replay that 
 weights. So a candidate is written to ``best.pending/`` with its identity, the checkpoint recording
 that identity is written, and only then ``commit`` swaps it onto ``best/``. On resume, ``recover``
 gets the identity the checkpoint recorded: a pending candidate with that identity is promoted (the
-kill came after the checkpoint), any other pending candidate is dropped (it came before).
+kill came after the checkpoint), any other pending candidate is dropped (it came before). ``finetune``
+keeps its best epoch the same way.
 """
 from __future__ import annotations
 
