@@ -33,6 +33,8 @@ import sys
 import tempfile
 import time
 
+from ddk_fast.bench.runner import machine_load
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -73,13 +75,9 @@ def _has_threads_flag(env: dict) -> bool:
     return "--threads" in help_text
 
 
-def _load() -> str:
-    return " ".join(f"{v:.2f}" for v in os.getloadavg())
-
-
 def run_once(label: str, env: dict, compress_args: list[str], output: str, log_path: str) -> dict:
     """One ``compress`` run in a child process; wall and CPU time measured from outside."""
-    load_before = _load()
+    load_before = machine_load()
     with open(log_path, "w") as log:
         t0 = time.perf_counter()
         child = subprocess.Popen([sys.executable, "-m", "ddk_fast.cli", "compress", *compress_args,
@@ -88,7 +86,7 @@ def run_once(label: str, env: dict, compress_args: list[str], output: str, log_p
         wall = time.perf_counter() - t0
     code = os.waitstatus_to_exitcode(status)
     row = dict(label=label, exit_code=code, wall_s=round(wall, 1), cpu_s=round(usage.ru_utime + usage.ru_stime, 1),
-               max_rss_mib=round(usage.ru_maxrss / 1024), load_before=load_before, load_after=_load(), log=log_path)
+               max_rss_mib=round(usage.ru_maxrss / 1024), load_before=load_before, load_after=machine_load(), log=log_path)
     report_path = os.path.join(output, "report.json")
     if code == 0 and os.path.exists(report_path):
         with open(report_path) as fh:

@@ -26,16 +26,21 @@ def teacher(tmp_path_factory):
     return make_tiny_bert(tmp_path_factory.mktemp("teacher") / "bert", layers=2, heads=4, hidden=32, intermediate=64)
 
 
-@pytest.fixture
-def rising_scores(monkeypatch):
-    """Every dev evaluation scores higher than the one before, so each candidate replaces the export."""
-    real_evaluate, counter = compress_module.evaluate, itertools.count(1)
+def _make_scores_rise(monkeypatch, module):
+    """Every dev evaluation of ``module`` (a pipeline) scores higher than the one before, so each
+    candidate replaces the export."""
+    real_evaluate, counter = module.evaluate, itertools.count(1)
 
     def rising(*args, **kwargs):
         value = next(counter) / 100.0
         return {k: (value if isinstance(v, float) else v) for k, v in real_evaluate(*args, **kwargs).items()}
 
-    monkeypatch.setattr(compress_module, "evaluate", rising)
+    monkeypatch.setattr(module, "evaluate", rising)
+
+
+@pytest.fixture
+def rising_scores(monkeypatch):
+    _make_scores_rise(monkeypatch, compress_module)
 
 
 def _model(teacher, scale):
@@ -136,13 +141,7 @@ def test_finetune_keeps_its_best_epoch_pending_until_the_checkpoint_that_records
     the recorded epoch as the export, the resume drops the unrecorded one, and the output folder gets the
     model files without the identity file."""
     base = make_tiny_bert(tmp_path / "base", layers=2, heads=4, hidden=32, intermediate=64)
-    real_evaluate, counter = finetune_module.evaluate, itertools.count(1)
-
-    def rising(*args, **kwargs):
-        value = next(counter) / 100.0
-        return {k: (value if isinstance(v, float) else v) for k, v in real_evaluate(*args, **kwargs).items()}
-
-    monkeypatch.setattr(finetune_module, "evaluate", rising)
+    _make_scores_rise(monkeypatch, finetune_module)
     real_save, saves = Checkpointer.save, itertools.count(1)
 
     def killed_at_the_second_checkpoint(self, *args, **kwargs):
